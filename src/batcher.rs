@@ -1,0 +1,892 @@
+//! The public face: [`Batcher`], its builder, and [`Producer`].
+
+use core::cell::Cell;
+use core::fmt;
+use core::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+
+use crate::completion::{TableOwner, Ticket};
+use crate::config::{Backpressure, Config, ConfigError, LaneAssignment};
+use crate::drainer::Drainer;
+use crate::error::{Error, RefusedKind, SliceError, SubmitError};
+use crate::handler::{Batch, BatchError, FnHandler, Handler};
+use crate::pool::Pool;
+use crate::ring::{Claim, ClaimError, Ring, distance};
+use crate::stats::{DrainerCounters, LaneCounters, LaneStats, Stats};
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, OnceLock, Ordering, thread};
+use crate::wait::{Progress, WaitStrategy, retry_until_room};
+
+/// One lane: its ring and its producer-side counters.
+pub(crate) struct Lane<T> {
+    pub(crate) ring: Ring<T>,
+    pub(crate) counters: CachePadded<LaneCounters>,
+}
+
+/// Requests to the drainer, read by it on every loop turn.
+#[derive(Default)]
+pub(crate) struct Control {
+    /// Shutdown has begun: every lane is closed; drain and stop.
+    pub(crate) closing: AtomicBool,
+    /// Flush requests made (a counter, so concurrent flushes coalesce).
+    pub(crate) flush_requested: AtomicU64,
+}
+
+/// State shared by the batcher, its producers and the drainer.
+pub(crate) struct Shared<T, R> {
+    pub(crate) lanes: Box<[Lane<T>]>,
+    pub(crate) table: TableOwner<R>,
+    pub(crate) control: CachePadded<Control>,
+    /// Flush waiters sleep here; the drainer reports each completed flush.
+    pub(crate) progress: Progress,
+    pub(crate) counters: DrainerCounters,
+    pub(crate) pool: Pool<T>,
+    /// The drainer's thread, set before any producer exists.
+    pub(crate) drainer: OnceLock<thread::Thread>,
+    pub(crate) config: Config,
+    next_lane: AtomicUsize,
+}
+
+impl<T, R> Shared<T, R> {
+    /// Wakes the drainer (after publishing into a lane it announced it would
+    /// park on, or after posting a request).
+    #[cold]
+    pub(crate) fn unpark_drainer(&self) {
+        if let Some(thread) = self.drainer.get() {
+            thread.unpark();
+        }
+    }
+
+    fn memory_bytes(&self) -> usize {
+        let lanes = self.lanes.len();
+        let capacity = self.config.capacity;
+        lanes * (capacity * Ring::<T>::slot_bytes() + core::mem::size_of::<Lane<T>>())
+            + lanes * self.config.result_slot_count() * crate::completion::Table::<R>::slot_bytes()
+            + self.pool.footprint()
+    }
+
+    fn stats(&self) -> Stats {
+        let mut stats = Stats {
+            memory_bytes: self.memory_bytes(),
+            pool_size: self.pool.size(),
+            pool_free: self.pool.available(),
+            ..Stats::default()
+        };
+        self.counters.fill(&mut stats);
+        stats.lanes = self
+            .lanes
+            .iter()
+            .map(|lane| {
+                let (tail, _) = lane.ring.tail();
+                let skipped = LaneCounters::get(&lane.counters.skipped);
+                LaneStats {
+                    // The claim cursor counts every accepted item (sequence
+                    // numbers start at 0), less the slots published empty.
+                    accepted: (tail as u64).saturating_sub(skipped),
+                    rejected: LaneCounters::get(&lane.counters.rejected),
+                    dropped: LaneCounters::get(&lane.counters.dropped),
+                    refused_closed: LaneCounters::get(&lane.counters.refused_closed),
+                    depth: lane.ring.depth() as u64,
+                }
+            })
+            .collect();
+        for lane in &stats.lanes {
+            stats.accepted += lane.accepted;
+            stats.rejected += lane.rejected;
+            stats.dropped += lane.dropped;
+            stats.refused_closed += lane.refused_closed;
+        }
+        stats.submitted = stats.accepted + stats.rejected + stats.dropped + stats.refused_closed;
+        stats
+    }
+}
+
+/// A batcher: lanes that producers push into, and a drainer thread that
+/// assembles batches and runs the [`Handler`].
+///
+/// `T` is the item type, `R` the per-item result a [`Ticket`] resolves to.
+/// Build one with [`Batcher::builder`]; get a [`Producer`] per thread with
+/// [`producer`](Self::producer).
+///
+/// Dropping the batcher shuts it down gracefully, like
+/// [`shutdown`](Self::shutdown).
+///
+/// # Examples
+///
+/// ```
+/// use ringbatch::{Batch, Batcher};
+///
+/// let batcher = Batcher::builder()
+///     .capacity(1024)
+///     .max_batch(64)
+///     .handler_fn(|batch: &mut Batch<'_, String, usize>| {
+///         // A real sink would write the batch out here.
+///         batch.complete_with(|line| Ok::<_, ringbatch::Error>(line.len()));
+///         Ok(())
+///     })
+///     .build()?;
+///
+/// std::thread::scope(|s| {
+///     for t in 0..2 {
+///         let batcher = &batcher;
+///         s.spawn(move || {
+///             let producer = batcher.producer();
+///             for i in 0..100 {
+///                 producer.push(format!("event {t}/{i}")).unwrap();
+///             }
+///             let ticket = producer.submit("last".to_string()).unwrap();
+///             assert_eq!(ticket.wait().unwrap(), 4);
+///         });
+///     }
+/// });
+///
+/// let stats = batcher.shutdown();
+/// assert_eq!(stats.items_handled, 202);
+/// # Ok::<(), ringbatch::ConfigError>(())
+/// ```
+pub struct Batcher<T, R = ()> {
+    shared: Arc<Shared<T, R>>,
+    drainer: Option<thread::JoinHandle<()>>,
+}
+
+impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
+    /// A builder with the default settings.
+    pub fn builder() -> BatcherBuilder<T, R> {
+        BatcherBuilder {
+            config: Config::default(),
+            handler: None,
+        }
+    }
+
+    /// A producer bound to a lane by the batcher's [`LaneAssignment`].
+    ///
+    /// Producers are cheap (a reference count and a lane index); make one per
+    /// thread, on that thread.
+    pub fn producer(&self) -> Producer<T, R> {
+        let lanes = self.shared.lanes.len();
+        let lane = match self.shared.config.lane_assignment {
+            LaneAssignment::CurrentCore => current_cpu().map(|cpu| cpu % lanes),
+            LaneAssignment::RoundRobin => None,
+        }
+        .unwrap_or_else(|| self.shared.next_lane.fetch_add(1, Ordering::Relaxed) % lanes);
+        Producer::new(Arc::clone(&self.shared), lane)
+    }
+
+    /// A producer bound to lane `lane`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::NoSuchLane`] if `lane >= self.lanes()`.
+    pub fn producer_on_lane(&self, lane: usize) -> Result<Producer<T, R>, ConfigError> {
+        let lanes = self.shared.lanes.len();
+        if lane >= lanes {
+            return Err(ConfigError::NoSuchLane { lane, lanes });
+        }
+        Ok(Producer::new(Arc::clone(&self.shared), lane))
+    }
+
+    /// Number of lanes.
+    pub fn lanes(&self) -> usize {
+        self.shared.lanes.len()
+    }
+
+    /// The settings the batcher was built with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Blocks until every item submitted before the call (by any producer) has
+    /// been handled and its result delivered.
+    ///
+    /// Called from the handler itself (the drainer thread) it returns at once,
+    /// since waiting there could never end.
+    pub fn flush(&self) {
+        self.flush_until(None);
+    }
+
+    /// [`flush`](Self::flush), waiting at most `timeout`. Returns whether the
+    /// flush completed.
+    pub fn flush_timeout(&self, timeout: Duration) -> bool {
+        self.flush_until(Instant::now().checked_add(timeout))
+    }
+
+    fn flush_until(&self, deadline: Option<Instant>) -> bool {
+        let shared = &*self.shared;
+        if shared.drainer.get().map(|t| t.id()) == Some(thread::current().id()) {
+            return true;
+        }
+        let control = &shared.control;
+        // AcqRel: Release makes this thread's earlier claims visible to the
+        // drainer's Acquire load of the request; it then reads every tail.
+        let request = control.flush_requested.fetch_add(1, Ordering::AcqRel) + 1;
+        shared.unpark_drainer();
+        shared.progress.wait_flushed(request, deadline)
+    }
+
+    /// A snapshot of the counters; see [`Stats`].
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Stops accepting items, drains every lane, dispatches what it finds,
+    /// completes every ticket, joins the drainer and returns the final stats.
+    ///
+    /// Producers still held elsewhere get [`SubmitError::Closed`] from then on;
+    /// tickets still held can be waited on.
+    pub fn shutdown(mut self) -> Stats {
+        self.stop();
+        self.shared.stats()
+    }
+}
+
+impl<T, R> Batcher<T, R> {
+    fn stop(&mut self) {
+        let Some(drainer) = self.drainer.take() else {
+            return;
+        };
+        let shared = &*self.shared;
+        for lane in shared.lanes.iter() {
+            lane.ring.close();
+        }
+        // Release: the drainer's Acquire load of `closing` then sees every
+        // lane closed, and reads the final tails.
+        shared.control.closing.store(true, Ordering::Release);
+        for index in 0..shared.lanes.len() {
+            // Producers waiting for room wake up and see the lane closed.
+            shared.table.lane(index).notifier.notify_all();
+        }
+        shared.unpark_drainer();
+        // The drainer catches handler panics; a panic here would be a bug of
+        // ours, and its tickets still complete (with `Error::Closed`) when the
+        // shared state is dropped.
+        let _ = drainer.join();
+    }
+}
+
+impl<T, R> Drop for Batcher<T, R> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl<T, R> fmt::Debug for Batcher<T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batcher")
+            .field("lanes", &self.shared.lanes.len())
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Batcher`]; every setting is checked by [`build`](Self::build).
+pub struct BatcherBuilder<T, R> {
+    config: Config,
+    handler: Option<Box<dyn Handler<T, R>>>,
+}
+
+impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
+    /// Number of lanes (default: one per core).
+    pub fn lanes(mut self, lanes: usize) -> Self {
+        self.config.lanes = Some(lanes);
+        self
+    }
+
+    /// Slots per lane, a power of two (default 1024).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.config.capacity = capacity;
+        self
+    }
+
+    /// Most items per batch, at most `capacity` (default 256).
+    pub fn max_batch(mut self, max_batch: usize) -> Self {
+        self.config.max_batch = max_batch;
+        self
+    }
+
+    /// Batch buffers allocated at build time (default 2).
+    pub fn pool_size(mut self, pool_size: usize) -> Self {
+        self.config.pool_size = pool_size;
+        self
+    }
+
+    /// Completion slots per lane, a power of two (default: `capacity`).
+    ///
+    /// A submission with a ticket needs the slot of its sequence free, so at
+    /// most this many tickets per lane can hold results at once; beyond that,
+    /// submissions meet backpressure until tickets are taken or dropped. Raise
+    /// it if producers hold many tickets before waiting on them.
+    pub fn result_slots(mut self, slots: usize) -> Self {
+        self.config.result_slots = Some(slots);
+        self
+    }
+
+    /// How waiting threads wait (default [`WaitStrategy::Backoff`]).
+    pub fn wait_strategy(mut self, wait: WaitStrategy) -> Self {
+        self.config.wait = wait;
+        self
+    }
+
+    /// What producers do when their lane is full (default [`Backpressure::Block`]).
+    pub fn backpressure(mut self, backpressure: Backpressure) -> Self {
+        self.config.backpressure = backpressure;
+        self
+    }
+
+    /// Pins the drainer thread to core `core` (checked at build).
+    pub fn pin_drainer(mut self, core: usize) -> Self {
+        self.config.pin_drainer = Some(core);
+        self
+    }
+
+    /// How producers pick lanes (default [`LaneAssignment::CurrentCore`]).
+    pub fn lane_assignment(mut self, assignment: LaneAssignment) -> Self {
+        self.config.lane_assignment = assignment;
+        self
+    }
+
+    /// The drainer thread's name (default `ringbatch-drainer`).
+    pub fn thread_name(mut self, name: impl Into<String>) -> Self {
+        self.config.thread_name = name.into();
+        self
+    }
+
+    /// Replaces every setting at once.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The sink, as a [`Handler`].
+    pub fn handler(mut self, handler: impl Handler<T, R>) -> Self {
+        self.handler = Some(Box::new(handler));
+        self
+    }
+
+    /// The sink, as a closure called with each batch.
+    pub fn handler_fn<F>(self, f: F) -> Self
+    where
+        F: FnMut(&mut Batch<'_, T, R>) -> Result<(), BatchError> + Send + 'static,
+    {
+        self.handler(FnHandler(f))
+    }
+
+    /// Checks the settings, allocates every lane, slot and batch buffer, and
+    /// starts the drainer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first invalid setting, or saying why the
+    /// drainer could not start.
+    pub fn build(self) -> Result<Batcher<T, R>, ConfigError> {
+        self.config.validate()?;
+        let handler = self.handler.ok_or(ConfigError::MissingHandler)?;
+        let config = self.config;
+        let lanes = config.lane_count();
+        let shared = Arc::new(Shared {
+            lanes: (0..lanes)
+                .map(|_| Lane {
+                    ring: Ring::new(config.capacity),
+                    counters: CachePadded::new(LaneCounters::default()),
+                })
+                .collect(),
+            table: TableOwner::new(lanes, config.result_slot_count(), config.wait),
+            control: CachePadded::new(Control::default()),
+            progress: Progress::default(),
+            counters: DrainerCounters::default(),
+            pool: Pool::new(config.pool_size, config.max_batch),
+            drainer: OnceLock::new(),
+            next_lane: AtomicUsize::new(0),
+            config,
+        });
+
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let drainer = Drainer::new(Arc::clone(&shared), handler);
+        let pin = shared.config.pin_drainer;
+        let handle = thread::Builder::new()
+            .name(shared.config.thread_name.clone())
+            .spawn(move || {
+                if let Some(core) = pin {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                        let _ = started_tx.send(Err(ConfigError::PinFailed { core }));
+                        return;
+                    }
+                }
+                let _ = started_tx.send(Ok(()));
+                drainer.run();
+            })
+            .map_err(|e| ConfigError::Spawn {
+                message: e.to_string(),
+            })?;
+        let _ = shared.drainer.set(handle.thread().clone());
+        match started_rx.recv() {
+            Ok(Ok(())) => Ok(Batcher {
+                shared,
+                drainer: Some(handle),
+            }),
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = handle.join();
+                Err(ConfigError::Spawn {
+                    message: "the drainer thread ended before it started".to_owned(),
+                })
+            }
+        }
+    }
+}
+
+impl<T, R> fmt::Debug for BatcherBuilder<T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatcherBuilder")
+            .field("config", &self.config)
+            .field("handler", &self.handler.is_some())
+            .finish()
+    }
+}
+
+/// The core the calling thread runs on, if the platform says.
+fn current_cpu() -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `sched_getcpu` takes no arguments and only reads the
+        // calling thread's state; it returns -1 on failure.
+        let cpu = unsafe { libc::sched_getcpu() };
+        usize::try_from(cpu).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// How long a claim may wait.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Not at all.
+    Never,
+    /// As the backpressure policy says.
+    Policy,
+    /// Until there is room, or the deadline if any.
+    Block(Option<Instant>),
+}
+
+/// A handle for submitting items, bound to one lane for its whole life so its
+/// items stay in order.
+///
+/// `Send` but not `Sync`: move it to the thread that uses it, or better,
+/// create it there ([`Batcher::producer`] picks that thread's core's lane).
+/// Several producers may share a lane.
+///
+/// Every method that does not accept an item gives it back in the error.
+pub struct Producer<T, R = ()> {
+    shared: Arc<Shared<T, R>>,
+    lane: usize,
+    /// Private copy of the lane's drainer cursor, reloaded only when the lane
+    /// looks full.
+    cached_head: Cell<usize>,
+    /// Not `Sync` (the cached cursor is a `Cell`).
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+// SAFETY: a producer moves `T` into the batcher and `R` out through tickets;
+// it is `Send` when both are. The shared state is `Sync` for `T, R: Send`.
+unsafe impl<T: Send, R: Send> Send for Producer<T, R> {}
+
+impl<T, R> Producer<T, R> {
+    fn new(shared: Arc<Shared<T, R>>, lane: usize) -> Self {
+        Self {
+            shared,
+            lane,
+            cached_head: Cell::new(0),
+            _not_sync: PhantomData,
+        }
+    }
+
+    /// The lane this producer is bound to.
+    pub fn lane(&self) -> usize {
+        self.lane
+    }
+
+    /// Whether the batcher has been shut down (after which every submission
+    /// returns [`SubmitError::Closed`]).
+    pub fn is_closed(&self) -> bool {
+        self.lane_ref().ring.is_closed()
+    }
+
+    #[inline(always)]
+    fn lane_ref(&self) -> &Lane<T> {
+        let lanes = &self.shared.lanes;
+        debug_assert!(self.lane < lanes.len());
+        // SAFETY: `lane` was checked against the lane count when bound.
+        unsafe { lanes.get_unchecked(self.lane) }
+    }
+
+    /// One claim attempt of `n` slots; with `ticket`, the completion slots
+    /// must be free too.
+    #[inline(always)]
+    fn try_claim(&self, n: usize, ticket: bool) -> Result<Claim, ClaimError> {
+        let ring = &self.lane_ref().ring;
+        let mut head = self.cached_head.get();
+        let result = if ticket {
+            let slots = self.shared.table.lane(self.lane);
+            ring.try_claim(n, &mut head, |seq| slots.are_free(seq, n))
+        } else {
+            ring.try_claim(n, &mut head, |_| true)
+        };
+        self.cached_head.set(head);
+        result
+    }
+
+    /// Claims `n` slots, waiting as `wait` says.
+    #[inline(always)]
+    fn claim(&self, n: usize, ticket: bool, wait: Wait) -> Result<Claim, RefusedKind> {
+        match self.try_claim(n, ticket) {
+            Ok(claim) => Ok(claim),
+            Err(ClaimError::Closed) => Err(RefusedKind::Closed),
+            Err(ClaimError::Full) => match wait {
+                Wait::Never => Err(RefusedKind::Full),
+                Wait::Policy => match self.shared.config.backpressure {
+                    Backpressure::Block => self.claim_slow(n, ticket, None),
+                    Backpressure::Reject | Backpressure::DropNewest => Err(RefusedKind::Full),
+                },
+                Wait::Block(deadline) => self.claim_slow(n, ticket, deadline),
+            },
+        }
+    }
+
+    /// The lane is full: wait for room by the wait strategy.
+    #[cold]
+    #[inline(never)]
+    fn claim_slow(
+        &self,
+        n: usize,
+        ticket: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Claim, RefusedKind> {
+        retry_until_room(
+            self.shared.config.wait,
+            &self.shared.table.lane(self.lane).notifier,
+            deadline,
+            || self.try_claim(n, ticket),
+            || self.arm_waiter(n, ticket),
+        )
+    }
+
+    /// Under the lane notifier's lock: flags what blocks a claim of `n` (the
+    /// ring's room, or a held completion slot) so that its freer notifies.
+    /// Returns false if nothing blocks it any more.
+    fn arm_waiter(&self, n: usize, ticket: bool) -> bool {
+        let ring = &self.lane_ref().ring;
+        if ring.arm_room_waiter(n) {
+            return true;
+        }
+        let (seq, flags) = ring.tail();
+        ticket
+            && flags & crate::ring::CLOSED == 0
+            && self.shared.table.lane(self.lane).arm_waiter(seq, n)
+    }
+
+    /// Counts a refusal and builds the error.
+    #[cold]
+    fn refuse(&self, kind: RefusedKind, n: u64) -> RefusedKind {
+        let counters = &self.lane_ref().counters;
+        match kind {
+            RefusedKind::Full | RefusedKind::Timeout => LaneCounters::add(&counters.rejected, n),
+            RefusedKind::Closed => LaneCounters::add(&counters.refused_closed, n),
+        }
+        kind
+    }
+
+    /// Whether a full lane drops instead of refusing.
+    #[inline(always)]
+    fn drops_when_full(&self, kind: RefusedKind, wait: Wait) -> bool {
+        kind == RefusedKind::Full
+            && matches!(wait, Wait::Policy)
+            && self.shared.config.backpressure == Backpressure::DropNewest
+    }
+
+    #[cold]
+    fn count_dropped(&self, n: u64) {
+        LaneCounters::add(&self.lane_ref().counters.dropped, n);
+    }
+
+    #[inline(always)]
+    fn push_with(&self, item: T, wait: Wait) -> Result<(), SubmitError<T>> {
+        match self.claim(1, false, wait) {
+            Ok(claim) => {
+                // SAFETY: we claimed `claim.seq` and publish it once.
+                unsafe { self.lane_ref().ring.publish(claim.seq, item, false) };
+                if claim.wake_drainer {
+                    self.shared.unpark_drainer();
+                }
+                Ok(())
+            }
+            Err(kind) if self.drops_when_full(kind, wait) => {
+                self.count_dropped(1);
+                drop(item);
+                Ok(())
+            }
+            Err(kind) => Err(refused(self.refuse(kind, 1), item)),
+        }
+    }
+
+    #[inline(always)]
+    fn submit_with(&self, item: T, wait: Wait) -> Result<Ticket<R>, SubmitError<T>> {
+        match self.claim(1, true, wait) {
+            // SAFETY: we claimed `claim.seq` (with its completion slot free).
+            Ok(claim) => Ok(unsafe { self.publish_ticketed(claim, item) }),
+            Err(kind) if self.drops_when_full(kind, wait) => {
+                self.count_dropped(1);
+                drop(item);
+                Ok(Ticket::ready(Err(Error::Dropped)))
+            }
+            Err(kind) => Err(refused(self.refuse(kind, 1), item)),
+        }
+    }
+
+    /// Arms the completion slot, publishes the item, returns its ticket.
+    ///
+    /// # Safety
+    ///
+    /// `claim.seq` was claimed with a ticket (its completion slot free) and is
+    /// published once, here.
+    #[inline(always)]
+    unsafe fn publish_ticketed(&self, claim: Claim, item: T) -> Ticket<R> {
+        let table = &self.shared.table;
+        // SAFETY: the claim checked the completion slot free; arming happens
+        // before the stamp's Release store in `publish`.
+        unsafe {
+            table.lane(self.lane).slot(claim.seq).arm();
+            self.lane_ref().ring.publish(claim.seq, item, true);
+        }
+        if claim.wake_drainer {
+            self.shared.unpark_drainer();
+        }
+        // SAFETY: armed above; one ticket per armed slot.
+        unsafe { table.ticket(self.lane, claim.seq) }
+    }
+
+    /// Submits `item` fire-and-forget, following the batcher's
+    /// [`Backpressure`] policy when the lane is full.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Closed`] after shutdown; [`SubmitError::Full`] under
+    /// [`Backpressure::Reject`]. Under `DropNewest` a full lane drops the item
+    /// (counted) and returns `Ok`.
+    #[inline]
+    pub fn push(&self, item: T) -> Result<(), SubmitError<T>> {
+        self.push_with(item, Wait::Policy)
+    }
+
+    /// Submits `item` fire-and-forget if there is room now; never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Full`] or [`SubmitError::Closed`], with the item.
+    #[inline]
+    pub fn try_push(&self, item: T) -> Result<(), SubmitError<T>> {
+        self.push_with(item, Wait::Never)
+    }
+
+    /// Submits `item` fire-and-forget, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Timeout`] or [`SubmitError::Closed`], with the item.
+    pub fn push_timeout(&self, item: T, timeout: Duration) -> Result<(), SubmitError<T>> {
+        self.push_with(item, deadline(timeout))
+    }
+
+    /// Submits `item` and returns a [`Ticket`] for its result, following the
+    /// batcher's [`Backpressure`] policy when the lane is full.
+    ///
+    /// # Errors
+    ///
+    /// As for [`push`](Self::push); under `DropNewest` the ticket resolves to
+    /// [`Error::Dropped`].
+    #[inline]
+    pub fn submit(&self, item: T) -> Result<Ticket<R>, SubmitError<T>> {
+        self.submit_with(item, Wait::Policy)
+    }
+
+    /// Submits `item` with a ticket if there is room now; never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Full`] or [`SubmitError::Closed`], with the item.
+    #[inline]
+    pub fn try_submit(&self, item: T) -> Result<Ticket<R>, SubmitError<T>> {
+        self.submit_with(item, Wait::Never)
+    }
+
+    /// Submits `item` with a ticket, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Timeout`] or [`SubmitError::Closed`], with the item.
+    pub fn submit_timeout(&self, item: T, timeout: Duration) -> Result<Ticket<R>, SubmitError<T>> {
+        self.submit_with(item, deadline(timeout))
+    }
+
+    /// Submits clones of `items` fire-and-forget, in order, claiming slots for
+    /// up to a lane's capacity of them with one cursor move.
+    ///
+    /// # Errors
+    ///
+    /// A [`SliceError`] saying how many leading items were accepted and why
+    /// the rest were not. Under `DropNewest`, items that do not fit are
+    /// dropped and counted instead.
+    pub fn push_slice(&self, items: &[T]) -> Result<(), SliceError>
+    where
+        T: Clone,
+    {
+        self.slice_with(items, None)
+    }
+
+    /// Submits clones of `items` in order, claiming slots for up to a lane's
+    /// capacity of them with one cursor move, and appends one ticket per
+    /// accepted item to `tickets`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`push_slice`](Self::push_slice); a dropped item's ticket
+    /// resolves to [`Error::Dropped`].
+    pub fn submit_many(&self, items: &[T], tickets: &mut Vec<Ticket<R>>) -> Result<(), SliceError>
+    where
+        T: Clone,
+    {
+        self.slice_with(items, Some(tickets))
+    }
+
+    fn slice_with(
+        &self,
+        items: &[T],
+        mut tickets: Option<&mut Vec<Ticket<R>>>,
+    ) -> Result<(), SliceError>
+    where
+        T: Clone,
+    {
+        let chunk_size = self
+            .shared
+            .config
+            .capacity
+            .min(self.shared.table.lane(self.lane).len());
+        let mut accepted = 0;
+        for chunk in items.chunks(chunk_size) {
+            if let Some(tickets) = tickets.as_deref_mut() {
+                // Reserve before claiming, so nothing can fail between arming
+                // a slot and handing out its ticket.
+                tickets.reserve(chunk.len());
+            }
+            let n = chunk.len();
+            match self.claim(n, tickets.is_some(), Wait::Policy) {
+                Ok(claim) => {
+                    self.fill(claim, chunk, tickets.as_deref_mut());
+                    accepted += n;
+                }
+                Err(kind) if self.drops_when_full(kind, Wait::Policy) => {
+                    let rest = items.len() - accepted;
+                    self.count_dropped(rest as u64);
+                    if let Some(tickets) = tickets.as_deref_mut() {
+                        tickets.extend((0..rest).map(|_| Ticket::ready(Err(Error::Dropped))));
+                    }
+                    return Ok(());
+                }
+                Err(kind) => {
+                    let rest = (items.len() - accepted) as u64;
+                    return Err(SliceError {
+                        accepted,
+                        kind: self.refuse(kind, rest),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills the claimed run with clones of `chunk`. If a clone panics, the
+    /// rest of the run is published empty so that the lane is not blocked.
+    fn fill(&self, claim: Claim, chunk: &[T], mut tickets: Option<&mut Vec<Ticket<R>>>)
+    where
+        T: Clone,
+    {
+        struct Guard<'a, T, R> {
+            producer: &'a Producer<T, R>,
+            next: usize,
+            end: usize,
+            wake: bool,
+        }
+        impl<T, R> Drop for Guard<'_, T, R> {
+            fn drop(&mut self) {
+                let lane = self.producer.lane_ref();
+                let skipped = distance(self.next, self.end);
+                if skipped > 0 {
+                    LaneCounters::add(&lane.counters.skipped, skipped as u64);
+                }
+                while self.next != self.end {
+                    // SAFETY: the run `next..end` is claimed by us and not yet
+                    // published.
+                    unsafe { lane.ring.publish_skip(self.next) };
+                    self.next = crate::ring::seq_add(self.next, 1);
+                }
+                if self.wake {
+                    self.producer.shared.unpark_drainer();
+                }
+            }
+        }
+        let mut guard = Guard {
+            producer: self,
+            next: claim.seq,
+            end: crate::ring::seq_add(claim.seq, chunk.len()),
+            wake: claim.wake_drainer,
+        };
+        let ring = &self.lane_ref().ring;
+        let table = &self.shared.table;
+        for item in chunk {
+            let value = item.clone();
+            let seq = guard.next;
+            match tickets.as_deref_mut() {
+                Some(tickets) => {
+                    // SAFETY: `seq` is claimed (with its completion slot free)
+                    // and published once; `tickets` has room reserved, so the
+                    // push cannot fail after arming.
+                    unsafe {
+                        table.lane(self.lane).slot(seq).arm();
+                        ring.publish(seq, value, true);
+                        tickets.push(table.ticket(self.lane, seq));
+                    }
+                }
+                // SAFETY: `seq` is claimed and published once.
+                None => unsafe { ring.publish(seq, value, false) },
+            }
+            guard.next = crate::ring::seq_add(seq, 1);
+        }
+        // Dropping the guard wakes the drainer if it asked to be.
+    }
+}
+
+impl<T, R> fmt::Debug for Producer<T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("lane", &self.lane)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Waits for room until `timeout` from now (for ever if that is beyond
+/// representable time).
+fn deadline(timeout: Duration) -> Wait {
+    Wait::Block(Instant::now().checked_add(timeout))
+}
+
+fn refused<T>(kind: RefusedKind, item: T) -> SubmitError<T> {
+    match kind {
+        RefusedKind::Full => SubmitError::Full(item),
+        RefusedKind::Closed => SubmitError::Closed(item),
+        RefusedKind::Timeout => SubmitError::Timeout(item),
+    }
+}

@@ -1,0 +1,766 @@
+//! Completion slots and tickets: how each item's result gets back to the
+//! thread or task that submitted it.
+//!
+//! Every lane has a table of completion slots indexed by the item's sequence
+//! number. A producer that wants the result arms the slot for its sequence
+//! before publishing the item (it may claim the sequence only if that slot is
+//! free), and gets a [`Ticket`] naming the slot. The drainer writes the result
+//! into the slot and wakes the ticket's waker if one is registered; the ticket
+//! takes the result and frees the slot. A ticket may be dropped at any moment:
+//! whoever of the two comes second frees the slot.
+//!
+//! One waker per slot serves both a thread blocked in [`Ticket::wait`] (a
+//! waker that unparks it) and a task awaiting the ticket.
+//!
+//! Tickets hold raw pointers into the table instead of a reference count, so a
+//! submission pays no shared-counter RMW. The table outlives the batcher: when
+//! the batcher's state is dropped, every slot still owned by a ticket is marked
+//! `ORPHANED` and counted, and the ticket that frees the last such slot frees
+//! the table.
+
+use core::mem::MaybeUninit;
+use core::ptr::NonNull;
+use core::task::Waker;
+use std::time::Instant;
+
+use crate::error::Error;
+use crate::sync::{AtomicUsize, Ordering, UnsafeCell, thread};
+use crate::wait::{Backoff, Notifier, WaitStrategy};
+
+/// A ticket owns the slot (set by the producer that claimed the sequence).
+const ARMED: usize = 1 << 0;
+/// The result is written. Set once, by the completer.
+const READY: usize = 1 << 1;
+/// A waker is stored. Set and cleared only by the ticket, and only while
+/// `READY` is clear, so its value when `READY` is set never changes again: the
+/// completer uses the waker if and only if `WAKER` was set at that moment.
+const WAKER: usize = 1 << 2;
+/// The ticket is gone and left the freeing of the slot to the completer.
+const RELEASED: usize = 1 << 3;
+/// The completer has finished with the waker (set only if it used one).
+const DONE: usize = 1 << 4;
+/// The batcher is gone: freeing this slot releases one reference to the table.
+const ORPHANED: usize = 1 << 5;
+/// A producer sleeps waiting for this slot to be freed (set under the lane
+/// notifier's lock, only while the slot is held); `free` notifies.
+const SLOT_WAITER: usize = 1 << 6;
+/// No ticket: the slot may be armed by the next claim of its index.
+const FREE: usize = 0;
+
+/// One completion slot.
+pub(crate) struct CompletionSlot<R> {
+    state: AtomicUsize,
+    result: UnsafeCell<MaybeUninit<Result<R, Error>>>,
+    /// Empty whenever `WAKER` is clear and the slot is owned by the ticket.
+    waker: UnsafeCell<Option<Waker>>,
+}
+
+impl<R> CompletionSlot<R> {
+    fn new() -> Self {
+        Self {
+            state: AtomicUsize::new(FREE),
+            result: UnsafeCell::new(MaybeUninit::uninit()),
+            waker: UnsafeCell::new(None),
+        }
+    }
+
+    /// Whether no ticket holds the slot. Acquire pairs with the swap in
+    /// [`free`](Self::free): the previous ticket's last access happened before
+    /// the claimer's writes.
+    #[inline(always)]
+    pub(crate) fn is_free(&self) -> bool {
+        self.state.load(Ordering::Acquire) == FREE
+    }
+
+    /// Producer side, under the lane notifier's lock: if the slot is still
+    /// held, sets [`SLOT_WAITER`] so that `free` notifies, and returns true.
+    pub(crate) fn arm_waiter(&self) -> bool {
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            if state == FREE {
+                return false;
+            }
+            if state & SLOT_WAITER != 0 {
+                return true;
+            }
+            // Acquire: if the slot was freed in between, the CAS fails and we
+            // see `FREE` (with the previous ticket's accesses before it).
+            match self.state.compare_exchange_weak(
+                state,
+                state | SLOT_WAITER,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
+    /// Arms the slot for a new ticket.
+    ///
+    /// # Safety
+    ///
+    /// The caller claimed the sequence this slot serves after seeing the slot
+    /// free ([`is_free`](Self::is_free)), and publishes its item after this call
+    /// (the ring stamp's Release store carries this store to the drainer).
+    #[inline(always)]
+    pub(crate) unsafe fn arm(&self) {
+        self.state.store(ARMED, Ordering::Relaxed);
+    }
+
+    /// Completer side: stores the result and wakes the ticket.
+    ///
+    /// # Safety
+    ///
+    /// The slot is armed, and this is the one completion of its sequence.
+    pub(crate) unsafe fn complete(
+        &self,
+        result: Result<R, Error>,
+        lane: &LaneCompletions<R>,
+        table: &Table<R>,
+    ) {
+        // SAFETY: until `READY` is set the result cell belongs to the completer.
+        self.result.with_mut(|p| unsafe { (*p).write(result) });
+        // Release publishes the result to the ticket's Acquire load of `READY`;
+        // Acquire makes the ticket's waker write (before its `WAKER` CAS, or its
+        // `RELEASED` CAS) visible here.
+        let prev = self.state.fetch_or(READY, Ordering::AcqRel);
+        if prev & RELEASED != 0 {
+            // The ticket left before the result came: drop it and free.
+            // SAFETY: just written, and the ticket will never read it.
+            self.result.with_mut(|p| unsafe { (*p).assume_init_drop() });
+            // SAFETY: the ticket is gone; the completer owns the slot.
+            unsafe { self.free(lane, table) };
+        } else if prev & WAKER != 0 {
+            self.waker.with(|w| {
+                // SAFETY: `WAKER` was set before `READY`, so the ticket does not
+                // touch the waker cell again until it sees `DONE` (shared reads
+                // only).
+                if let Some(waker) = unsafe { &*w } {
+                    waker.wake_by_ref();
+                }
+            });
+            // AcqRel: Release hands the waker cell back; Acquire sees the
+            // ticket's `RELEASED` (and its read of the result) if it came first.
+            let prev = self.state.fetch_or(DONE, Ordering::AcqRel);
+            if prev & RELEASED != 0 {
+                // SAFETY: the ticket took the result and left the freeing to us.
+                unsafe { self.free(lane, table) };
+            }
+        }
+    }
+
+    /// Ticket side: takes the result if it is there.
+    ///
+    /// # Safety
+    ///
+    /// Called by the ticket that owns this slot, which must stop using the slot
+    /// once this returns `Some`.
+    #[inline]
+    pub(crate) unsafe fn try_take(
+        &self,
+        lane: &LaneCompletions<R>,
+        table: &Table<R>,
+    ) -> Option<Result<R, Error>> {
+        // Acquire pairs with the completer's `fetch_or(READY)`.
+        let state = self.state.load(Ordering::Acquire);
+        if state & READY == 0 {
+            return None;
+        }
+        // SAFETY: `READY` is set, so the result is initialised, and only the
+        // ticket reads it, once.
+        let result = self.result.with(|p| unsafe { (*p).assume_init_read() });
+        // SAFETY: the ticket owns the slot and has taken the result.
+        unsafe { self.finish(state, lane, table) };
+        Some(result)
+    }
+
+    /// Whether the result is there (a snapshot).
+    pub(crate) fn is_ready(&self) -> bool {
+        self.state.load(Ordering::Acquire) & READY != 0
+    }
+
+    /// Ticket side, after taking the result: free the slot, or leave that to
+    /// the completer if it may still be using the waker.
+    ///
+    /// # Safety
+    ///
+    /// `state` is the state in which the ticket saw `READY`; the ticket has
+    /// taken the result and does not touch the slot afterwards.
+    unsafe fn finish(&self, state: usize, lane: &LaneCompletions<R>, table: &Table<R>) {
+        if state & WAKER == 0 {
+            // The completer saw no waker and is done with the slot.
+            // SAFETY: the ticket owns the slot.
+            unsafe { self.free(lane, table) };
+        } else {
+            // AcqRel: Acquire sees `DONE` (the completer is finished with the
+            // waker); Release orders our read of the result before a free by
+            // the completer.
+            let prev = self.state.fetch_or(RELEASED, Ordering::AcqRel);
+            if prev & DONE != 0 {
+                // SAFETY: both sides are finished; we are the last.
+                unsafe { self.free(lane, table) };
+            }
+        }
+    }
+
+    /// Ticket side: stores `waker` to be woken when the result is written.
+    /// Returns false (storing nothing new) if the result is already there.
+    ///
+    /// # Safety
+    ///
+    /// Called by the ticket that owns this slot, before it has taken the result.
+    pub(crate) unsafe fn register(&self, waker: &Waker) -> bool {
+        let mut state = self.state.load(Ordering::Acquire);
+        if state & READY != 0 {
+            return false;
+        }
+        if state & WAKER != 0 {
+            // SAFETY: with `WAKER` set the completer may read the cell, but
+            // nobody writes it; a shared read is fine.
+            let same = self
+                .waker
+                .with(|w| unsafe { &*w }.as_ref().is_some_and(|w| w.will_wake(waker)));
+            if same {
+                return true;
+            }
+            // Take the cell back, but only while `READY` is clear.
+            loop {
+                if state & READY != 0 {
+                    return false;
+                }
+                // Acquire on failure re-reads the state the completer set.
+                match self.state.compare_exchange_weak(
+                    state,
+                    state & !WAKER,
+                    Ordering::Acquire,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => break,
+                    Err(actual) => state = actual,
+                }
+            }
+            state &= !WAKER;
+        }
+        // `WAKER` and `READY` are clear: the completer will not read the cell.
+        // SAFETY: the ticket owns the waker cell while `WAKER` is clear.
+        self.waker.with_mut(|w| unsafe { *w = Some(waker.clone()) });
+        loop {
+            if state & READY != 0 {
+                // Too late; the waker stays in the cell and is dropped by `free`.
+                return false;
+            }
+            // Release publishes the waker cell to the completer's AcqRel
+            // `fetch_or(READY)`.
+            match self.state.compare_exchange_weak(
+                state,
+                state | WAKER,
+                Ordering::Release,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
+    /// Ticket side: the ticket is dropped without having taken the result.
+    ///
+    /// # Safety
+    ///
+    /// Called once, by the ticket that owns this slot, which then stops using it.
+    pub(crate) unsafe fn release(&self, lane: &LaneCompletions<R>, table: &Table<R>) {
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            if state & READY != 0 {
+                // SAFETY: `READY` is set, the result is ours to take (and drop).
+                drop(self.result.with(|p| unsafe { (*p).assume_init_read() }));
+                // SAFETY: as in `try_take`.
+                unsafe { self.finish(state, lane, table) };
+                return;
+            }
+            // AcqRel: Release hands the waker cell to the completer, which will
+            // free the slot; Acquire on failure sees the result if it came.
+            match self.state.compare_exchange_weak(
+                state,
+                state | RELEASED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
+    /// Frees the slot for the next claim of its index.
+    ///
+    /// # Safety
+    ///
+    /// The caller is the last of ticket and completer to use the slot; the
+    /// result cell is empty. The slot must not be touched afterwards (it may be
+    /// reused at once, or the whole table may be freed).
+    unsafe fn free(&self, lane: &LaneCompletions<R>, table: &Table<R>) {
+        // SAFETY: the caller owns the slot exclusively.
+        self.waker.with_mut(|w| drop(unsafe { (*w).take() }));
+        // AcqRel swap: Release makes the slot reusable (pairs with the
+        // claimer's Acquire `is_free`); being an RMW it sees a `SLOT_WAITER`
+        // or `ORPHANED` mark set at any moment before it.
+        let prev = self.state.swap(FREE, Ordering::AcqRel);
+        if prev & ORPHANED != 0 {
+            // No producer is left to notify.
+            // SAFETY: this slot was counted once in `orphans` and is released
+            // once, here.
+            unsafe { Table::release_orphan(NonNull::from(table)) };
+        } else if prev & SLOT_WAITER != 0 {
+            lane.notifier.notify_all();
+        }
+    }
+}
+
+/// The completion slots of one lane and the notifier for producers waiting
+/// for room in that lane (ring slots or completion slots).
+pub(crate) struct LaneCompletions<R> {
+    slots: Box<[CompletionSlot<R>]>,
+    mask: usize,
+    pub(crate) notifier: Notifier,
+}
+
+impl<R> LaneCompletions<R> {
+    /// The slot serving sequence `seq`.
+    #[inline(always)]
+    pub(crate) fn slot(&self, seq: usize) -> &CompletionSlot<R> {
+        let index = seq & self.mask;
+        debug_assert!(index < self.slots.len());
+        // SAFETY: masked by `len - 1`, and `len` is a power of two.
+        unsafe { self.slots.get_unchecked(index) }
+    }
+
+    /// Whether the slots for `n` sequences from `seq` are all free.
+    #[inline(always)]
+    pub(crate) fn are_free(&self, seq: usize, n: usize) -> bool {
+        (0..n).all(|i| self.slot(seq.wrapping_add(i)).is_free())
+    }
+
+    /// Under the lane notifier's lock: if one of the slots for `n` sequences
+    /// from `seq` is held, flags it (see [`CompletionSlot::arm_waiter`]) and
+    /// returns true.
+    pub(crate) fn arm_waiter(&self, seq: usize, n: usize) -> bool {
+        (0..n).any(|i| self.slot(seq.wrapping_add(i)).arm_waiter())
+    }
+
+    /// Number of slots.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// Every lane's completion slots. Allocated once; see the module docs for how
+/// it outlives the batcher.
+pub(crate) struct Table<R> {
+    lanes: Box<[LaneCompletions<R>]>,
+    /// References held on the table once it is orphaned: one per slot still
+    /// owned by a ticket, plus one while the orphaning scan runs.
+    orphans: AtomicUsize,
+    wait: WaitStrategy,
+    /// Under loom, a tracked allocation: loom fails a model in which the table
+    /// is never freed ("Arc leaked").
+    #[cfg(loom)]
+    _leak_probe: crate::sync::Arc<()>,
+}
+
+// SAFETY: the table moves `R` values from the drainer to ticket holders, so it
+// is shareable exactly when `R: Send`. Each slot's cells are accessed under the
+// state protocol above: one writer at a time, handed over by AcqRel RMWs.
+unsafe impl<R: Send> Sync for Table<R> {}
+// SAFETY: as for `Sync`.
+unsafe impl<R: Send> Send for Table<R> {}
+// SAFETY: `LaneCompletions` is reached only through a `Table`; same reasoning.
+unsafe impl<R: Send> Sync for LaneCompletions<R> {}
+// SAFETY: as for `Sync`.
+unsafe impl<R: Send> Send for LaneCompletions<R> {}
+
+impl<R> Table<R> {
+    /// Frees the table if this was the last orphan reference.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds one orphan reference and gives it up; `table` is not
+    /// used by the caller afterwards.
+    unsafe fn release_orphan(table: NonNull<Table<R>>) {
+        // SAFETY: the table is alive while the caller's reference is counted.
+        let last = unsafe { table.as_ref() }
+            .orphans
+            .fetch_sub(1, Ordering::AcqRel)
+            == 1;
+        if last {
+            // SAFETY: AcqRel above: every other holder's accesses happened before
+            // its decrement, which we read; no references remain. The table was
+            // allocated by `Box::new` in `TableOwner::new`.
+            drop(unsafe { Box::from_raw(table.as_ptr()) });
+        }
+    }
+
+    /// Bytes of one completion slot, for the memory report.
+    pub(crate) const fn slot_bytes() -> usize {
+        core::mem::size_of::<CompletionSlot<R>>()
+    }
+}
+
+/// The batcher's ownership of the [`Table`]. Dropping it completes whatever
+/// the drainer could not (with [`Error::Closed`]) and hands the table over to
+/// the tickets still holding slots.
+pub(crate) struct TableOwner<R> {
+    table: NonNull<Table<R>>,
+}
+
+// SAFETY: a `TableOwner` only gives `&Table`, which is `Send + Sync` for `R: Send`.
+unsafe impl<R: Send> Send for TableOwner<R> {}
+// SAFETY: as for `Send`.
+unsafe impl<R: Send> Sync for TableOwner<R> {}
+
+impl<R> TableOwner<R> {
+    /// A table of `lanes` lanes of `slots` slots each (a power of two).
+    pub(crate) fn new(lanes: usize, slots: usize, wait: WaitStrategy) -> Self {
+        debug_assert!(slots.is_power_of_two());
+        let lanes = (0..lanes)
+            .map(|_| LaneCompletions {
+                slots: (0..slots).map(|_| CompletionSlot::new()).collect(),
+                mask: slots - 1,
+                notifier: Notifier::new(),
+            })
+            .collect();
+        let table = Box::new(Table {
+            lanes,
+            orphans: AtomicUsize::new(0),
+            wait,
+            #[cfg(loom)]
+            _leak_probe: crate::sync::Arc::new(()),
+        });
+        Self {
+            table: NonNull::from(Box::leak(table)),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn get(&self) -> &Table<R> {
+        // SAFETY: the table lives at least as long as its owner (it is freed
+        // only through orphan references, which exist after `drop`).
+        unsafe { self.table.as_ref() }
+    }
+
+    /// Lane `index`'s completions.
+    #[inline(always)]
+    pub(crate) fn lane(&self, index: usize) -> &LaneCompletions<R> {
+        let lanes = &self.get().lanes;
+        debug_assert!(index < lanes.len());
+        // SAFETY: lane indexes are validated when a producer is bound.
+        unsafe { lanes.get_unchecked(index) }
+    }
+
+    /// Makes a ticket for the armed slot of sequence `seq` in lane `lane`.
+    ///
+    /// # Safety
+    ///
+    /// The caller armed that slot ([`CompletionSlot::arm`]) and makes one ticket
+    /// for it.
+    #[inline(always)]
+    pub(crate) unsafe fn ticket(&self, lane: usize, seq: usize) -> Ticket<R> {
+        let lanes = self.lane(lane);
+        Ticket {
+            inner: Inner::Pending(SlotRef {
+                slot: NonNull::from(lanes.slot(seq)),
+                lane: NonNull::from(lanes),
+                table: self.table,
+                seq: seq as u64,
+            }),
+        }
+    }
+}
+
+impl<R> Drop for TableOwner<R> {
+    fn drop(&mut self) {
+        let table = self.get();
+        // Our own reference while scanning, so that no ticket frees the table
+        // under us.
+        table.orphans.store(1, Ordering::Relaxed);
+        for lane in table.lanes.iter() {
+            for slot in lane.slots.iter() {
+                let state = slot.state.load(Ordering::Acquire);
+                if state & ARMED != 0 && state & READY == 0 {
+                    // No drainer is left to complete this item.
+                    // SAFETY: armed and never completed; we are the only completer.
+                    unsafe { slot.complete(Err(Error::Closed), lane, table) };
+                }
+                loop {
+                    let state = slot.state.load(Ordering::Acquire);
+                    if state == FREE {
+                        break;
+                    }
+                    // Count first, so the ticket's release can never see a count
+                    // that misses its slot.
+                    table.orphans.fetch_add(1, Ordering::Relaxed);
+                    // AcqRel: the ticket's `free` swap reads this mark.
+                    match slot.state.compare_exchange(
+                        state,
+                        state | ORPHANED,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => break,
+                        Err(_) => {
+                            table.orphans.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        // SAFETY: gives up the scan's own reference.
+        unsafe { Table::release_orphan(self.table) };
+    }
+}
+
+/// The address of one armed completion slot.
+struct SlotRef<R> {
+    slot: NonNull<CompletionSlot<R>>,
+    lane: NonNull<LaneCompletions<R>>,
+    table: NonNull<Table<R>>,
+    seq: u64,
+}
+
+impl<R> SlotRef<R> {
+    /// The slot, its lane and the table, borrowed for one operation.
+    #[inline(always)]
+    fn parts(&self) -> (&CompletionSlot<R>, &LaneCompletions<R>, &Table<R>) {
+        // SAFETY: the ticket owns the slot, so the table is alive: it is freed
+        // only after every orphaned slot is freed, and this one is freed by the
+        // ticket's own `try_take`/`release`, after which the `SlotRef` is gone.
+        unsafe { (self.slot.as_ref(), self.lane.as_ref(), self.table.as_ref()) }
+    }
+}
+
+enum Inner<R> {
+    Pending(SlotRef<R>),
+    Ready(Result<R, Error>),
+    Taken,
+}
+
+/// The result of one submitted item, to be waited for or polled.
+///
+/// A ticket names the completion slot of its item's lane and sequence. Waiting
+/// spins, then yields, then parks, as the batcher's [`WaitStrategy`] says.
+/// Dropping a ticket at any moment is safe: its result is dropped and its slot
+/// freed.
+///
+/// Until a ticket gives up its slot (by taking the result or being dropped),
+/// that slot cannot serve a later submission of the same index, so a producer
+/// that holds many tickets can fill its lane's result slots; see
+/// [`BatcherBuilder::result_slots`](crate::BatcherBuilder::result_slots).
+///
+/// # Examples
+///
+/// ```
+/// use ringbatch::Batcher;
+///
+/// let batcher = Batcher::builder()
+///     .handler_fn(|batch: &mut ringbatch::Batch<'_, u32, u32>| {
+///         batch.complete_with(|x| Ok::<_, ringbatch::Error>(x + 1));
+///         Ok(())
+///     })
+///     .build()
+///     .unwrap();
+/// let producer = batcher.producer();
+/// let ticket = producer.submit(41).unwrap();
+/// assert_eq!(ticket.wait().unwrap(), 42);
+/// ```
+#[must_use = "dropping a ticket discards the item's result"]
+pub struct Ticket<R> {
+    inner: Inner<R>,
+}
+
+// SAFETY: a ticket exclusively owns the ticket side of its slot; the result
+// (an `R`) is moved to whichever thread holds the ticket, hence `R: Send`. The
+// table it points into outlives it (orphan protocol, module docs).
+unsafe impl<R: Send> Send for Ticket<R> {}
+
+impl<R> Ticket<R> {
+    /// A ticket whose outcome is already known (the item never reached a slot).
+    pub(crate) fn ready(result: Result<R, Error>) -> Self {
+        Self {
+            inner: Inner::Ready(result),
+        }
+    }
+
+    /// The item's sequence number in its lane, if it reached a lane.
+    pub fn sequence(&self) -> Option<u64> {
+        match &self.inner {
+            Inner::Pending(slot) => Some(slot.seq),
+            _ => None,
+        }
+    }
+
+    /// Whether the result is there, so that [`try_take`](Self::try_take) would
+    /// return it. A `false` may be stale a moment later.
+    pub fn is_ready(&self) -> bool {
+        match &self.inner {
+            Inner::Pending(slot) => slot.parts().0.is_ready(),
+            Inner::Ready(_) | Inner::Taken => true,
+        }
+    }
+
+    /// Takes the result if it is there; `None` if it is not yet.
+    ///
+    /// Once the result has been taken, later calls return
+    /// `Some(Err(Error::AlreadyTaken))`.
+    pub fn try_take(&mut self) -> Option<Result<R, Error>> {
+        match &self.inner {
+            Inner::Pending(slot) => {
+                let (slot, lane, table) = slot.parts();
+                // SAFETY: this ticket owns the slot; on `Some` we stop using it.
+                let result = unsafe { slot.try_take(lane, table) }?;
+                self.inner = Inner::Taken;
+                Some(result)
+            }
+            Inner::Ready(_) => match core::mem::replace(&mut self.inner, Inner::Taken) {
+                Inner::Ready(result) => Some(result),
+                _ => unreachable!("matched Ready above"),
+            },
+            Inner::Taken => Some(Err(Error::AlreadyTaken)),
+        }
+    }
+
+    /// Blocks until the result is there and returns it.
+    ///
+    /// # Errors
+    ///
+    /// The item's [`Error`]: the handler failed it, failed its batch, panicked
+    /// or left it uncompleted, or the item was dropped.
+    pub fn wait(mut self) -> Result<R, Error> {
+        match self.wait_until(None) {
+            Some(result) => result,
+            None => unreachable!("an untimed wait returns only with a result"),
+        }
+    }
+
+    /// Blocks for at most `timeout`; `None` if the result is not there by then
+    /// (the ticket stays valid: wait again or drop it).
+    pub fn wait_timeout(&mut self, timeout: std::time::Duration) -> Option<Result<R, Error>> {
+        let deadline = Instant::now().checked_add(timeout);
+        match deadline {
+            Some(deadline) => self.wait_until(Some(deadline)),
+            None => self.wait_until(None),
+        }
+    }
+
+    /// Blocks until `deadline` at the latest; see [`wait_timeout`](Self::wait_timeout).
+    pub fn wait_deadline(&mut self, deadline: Instant) -> Option<Result<R, Error>> {
+        self.wait_until(Some(deadline))
+    }
+
+    fn wait_until(&mut self, deadline: Option<Instant>) -> Option<Result<R, Error>> {
+        let wait = match &self.inner {
+            Inner::Pending(slot) => slot.parts().2.wait,
+            _ => return self.try_take(),
+        };
+        let mut backoff = Backoff::new(wait);
+        loop {
+            if let Some(result) = self.try_take() {
+                return Some(result);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            if backoff.snooze() {
+                break;
+            }
+        }
+        // Park phase: register this thread's waker, then sleep until woken.
+        if let Inner::Pending(slot) = &self.inner {
+            let (slot, _, _) = slot.parts();
+            // SAFETY: this ticket owns the slot and has not taken the result.
+            with_thread_waker(|waker| unsafe { slot.register(waker) });
+        }
+        loop {
+            if let Some(result) = self.try_take() {
+                return Some(result);
+            }
+            match deadline {
+                None => thread::park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    thread::park_timeout(deadline - now);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(all(test, loom))]
+impl<R> Ticket<R> {
+    /// Registers `waker` as a waiter would (for the loom models).
+    pub(crate) fn register_for_test(&mut self, waker: &Waker) -> bool {
+        match &self.inner {
+            // SAFETY: this ticket owns the slot and has not taken the result.
+            Inner::Pending(slot) => unsafe { slot.parts().0.register(waker) },
+            _ => false,
+        }
+    }
+}
+
+impl<R> Drop for Ticket<R> {
+    fn drop(&mut self) {
+        if let Inner::Pending(slot) = &self.inner {
+            let (slot, lane, table) = slot.parts();
+            // SAFETY: this ticket owns the slot and never uses it again.
+            unsafe { slot.release(lane, table) };
+        }
+    }
+}
+
+impl<R> core::fmt::Debug for Ticket<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("sequence", &self.sequence())
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+/// Runs `f` with a waker that unparks the current thread.
+#[cfg(not(loom))]
+fn with_thread_waker<T>(f: impl FnOnce(&Waker) -> T) -> T {
+    thread_local! {
+        // Built once per thread, so parking on a ticket does not allocate.
+        static WAKER: Waker = thread_waker();
+    }
+    let mut f = Some(f);
+    match WAKER.try_with(|waker| (f.take().expect("called once"))(waker)) {
+        Ok(value) => value,
+        // The thread-local is being destroyed: build a one-off waker.
+        Err(_) => (f.take().expect("not called yet"))(&thread_waker()),
+    }
+}
+
+#[cfg(loom)]
+fn with_thread_waker<T>(f: impl FnOnce(&Waker) -> T) -> T {
+    f(&thread_waker())
+}
+
+pub(crate) fn thread_waker() -> Waker {
+    struct Unparker(thread::Thread);
+    impl std::task::Wake for Unparker {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    // `Waker` is built from the standard `Arc`; this is not shared state of
+    // ours, only the waker's vtable owner.
+    Waker::from(std::sync::Arc::new(Unparker(thread::current())))
+}

@@ -1,0 +1,303 @@
+//! Validated configuration: every invalid value is a typed error naming the
+//! field and the reason.
+
+use core::fmt;
+
+use crate::wait::WaitStrategy;
+
+/// What a producer does when its lane is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backpressure {
+    /// Wait for room, by the batcher's [`WaitStrategy`] (the default). Nothing
+    /// is lost; the producer slows to the drainer's pace.
+    #[default]
+    Block,
+    /// Return [`SubmitError::Full`](crate::SubmitError::Full) with the item.
+    Reject,
+    /// Drop the new item and count it in [`Stats::dropped`](crate::Stats::dropped);
+    /// a submission's ticket resolves to [`Error::Dropped`](crate::Error::Dropped).
+    DropNewest,
+}
+
+/// How a new [`Producer`](crate::Producer) picks its lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LaneAssignment {
+    /// The lane of the core the creating thread runs on (`core % lanes`), or
+    /// round-robin where the core cannot be read (the default). Create each
+    /// producer on the thread that uses it.
+    #[default]
+    CurrentCore,
+    /// Lanes in turn, one producer after another.
+    RoundRobin,
+}
+
+/// Largest number of lanes.
+pub const MAX_LANES: usize = 1 << 16;
+/// Largest lane capacity and result-slot count per lane.
+pub const MAX_CAPACITY: usize = 1 << 30;
+
+/// The settings a batcher is built with; see [`BatcherBuilder`](crate::BatcherBuilder)
+/// for what each means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Number of lanes; `None` means one per core.
+    pub lanes: Option<usize>,
+    /// Slots per lane ring (a power of two).
+    pub capacity: usize,
+    /// Most items in one batch (at most `capacity`).
+    pub max_batch: usize,
+    /// Batch buffers allocated at build time.
+    pub pool_size: usize,
+    /// Completion slots per lane (a power of two); `None` means `capacity`.
+    pub result_slots: Option<usize>,
+    /// How waiting threads wait.
+    pub wait: WaitStrategy,
+    /// What producers do when their lane is full.
+    pub backpressure: Backpressure,
+    /// Core to pin the drainer thread to.
+    pub pin_drainer: Option<usize>,
+    /// How producers pick lanes.
+    pub lane_assignment: LaneAssignment,
+    /// The drainer thread's name.
+    pub thread_name: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            lanes: None,
+            capacity: 1024,
+            max_batch: 256,
+            pool_size: 2,
+            result_slots: None,
+            wait: WaitStrategy::Backoff,
+            backpressure: Backpressure::Block,
+            pin_drainer: None,
+            lane_assignment: LaneAssignment::CurrentCore,
+            thread_name: "ringbatch-drainer".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks every setting; the first invalid one is reported.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field and the reason.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(lanes) = self.lanes {
+            nonzero("lanes", lanes)?;
+            at_most("lanes", lanes, MAX_LANES)?;
+        }
+        power_of_two("capacity", self.capacity)?;
+        nonzero("max_batch", self.max_batch)?;
+        if self.max_batch > self.capacity {
+            return Err(ConfigError::MaxBatchAboveCapacity {
+                max_batch: self.max_batch,
+                capacity: self.capacity,
+            });
+        }
+        nonzero("pool_size", self.pool_size)?;
+        at_most("pool_size", self.pool_size, 1 << 16)?;
+        if let Some(slots) = self.result_slots {
+            power_of_two("result_slots", slots)?;
+        }
+        if self.thread_name.contains('\0') {
+            return Err(ConfigError::InvalidThreadName {
+                name: self.thread_name.clone(),
+            });
+        }
+        if let Some(core) = self.pin_drainer {
+            let available = available_cores().ok_or(ConfigError::PinningUnsupported { core })?;
+            if !available.contains(&core) {
+                return Err(ConfigError::NoSuchCore { core, available });
+            }
+        }
+        Ok(())
+    }
+
+    /// The lane count after defaults.
+    pub(crate) fn lane_count(&self) -> usize {
+        self.lanes.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(MAX_LANES)
+        })
+    }
+
+    /// The completion slots per lane after defaults.
+    pub(crate) fn result_slot_count(&self) -> usize {
+        self.result_slots.unwrap_or(self.capacity)
+    }
+}
+
+fn nonzero(field: &'static str, value: usize) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(ConfigError::Zero { field })
+    } else {
+        Ok(())
+    }
+}
+
+fn at_most(field: &'static str, value: usize, max: usize) -> Result<(), ConfigError> {
+    if value > max {
+        Err(ConfigError::TooLarge { field, value, max })
+    } else {
+        Ok(())
+    }
+}
+
+fn power_of_two(field: &'static str, value: usize) -> Result<(), ConfigError> {
+    nonzero(field, value)?;
+    if !value.is_power_of_two() {
+        return Err(ConfigError::NotPowerOfTwo { field, value });
+    }
+    at_most(field, value, MAX_CAPACITY)
+}
+
+/// The ids of the cores this process may run on, if the platform says.
+pub(crate) fn available_cores() -> Option<Vec<usize>> {
+    core_affinity::get_core_ids().map(|ids| ids.into_iter().map(|c| c.id).collect())
+}
+
+/// Why a batcher could not be built, or a producer bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The field must not be zero.
+    Zero {
+        /// The setting.
+        field: &'static str,
+    },
+    /// The field must be a power of two.
+    NotPowerOfTwo {
+        /// The setting.
+        field: &'static str,
+        /// The value given.
+        value: usize,
+    },
+    /// The field is above its maximum.
+    TooLarge {
+        /// The setting.
+        field: &'static str,
+        /// The value given.
+        value: usize,
+        /// The largest value allowed.
+        max: usize,
+    },
+    /// `max_batch` is larger than the lane `capacity`.
+    MaxBatchAboveCapacity {
+        /// The `max_batch` given.
+        max_batch: usize,
+        /// The `capacity` given.
+        capacity: usize,
+    },
+    /// `pin_drainer` names a core this process cannot run on.
+    NoSuchCore {
+        /// The core asked for.
+        core: usize,
+        /// The cores available.
+        available: Vec<usize>,
+    },
+    /// `pin_drainer` was set on a platform where threads cannot be pinned.
+    PinningUnsupported {
+        /// The core asked for.
+        core: usize,
+    },
+    /// The operating system refused to pin the drainer to the core.
+    PinFailed {
+        /// The core asked for.
+        core: usize,
+    },
+    /// `thread_name` contains a NUL byte.
+    InvalidThreadName {
+        /// The name given.
+        name: String,
+    },
+    /// No handler was given.
+    MissingHandler,
+    /// The drainer thread could not be started.
+    Spawn {
+        /// The operating system's error.
+        message: String,
+    },
+    /// A producer was asked for a lane that does not exist.
+    NoSuchLane {
+        /// The lane asked for.
+        lane: usize,
+        /// The number of lanes.
+        lanes: usize,
+    },
+}
+
+impl ConfigError {
+    /// The setting at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            ConfigError::Zero { field }
+            | ConfigError::NotPowerOfTwo { field, .. }
+            | ConfigError::TooLarge { field, .. } => field,
+            ConfigError::MaxBatchAboveCapacity { .. } => "max_batch",
+            ConfigError::NoSuchCore { .. }
+            | ConfigError::PinningUnsupported { .. }
+            | ConfigError::PinFailed { .. } => "pin_drainer",
+            ConfigError::InvalidThreadName { .. } | ConfigError::Spawn { .. } => "thread_name",
+            ConfigError::MissingHandler => "handler",
+            ConfigError::NoSuchLane { .. } => "lane",
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Zero { field } => write!(f, "{field} must be at least 1"),
+            ConfigError::NotPowerOfTwo { field, value } => {
+                write!(f, "{field} must be a power of two, got {value}")
+            }
+            ConfigError::TooLarge { field, value, max } => {
+                write!(f, "{field} must be at most {max}, got {value}")
+            }
+            ConfigError::MaxBatchAboveCapacity {
+                max_batch,
+                capacity,
+            } => write!(
+                f,
+                "max_batch ({max_batch}) must not exceed the lane capacity ({capacity})"
+            ),
+            ConfigError::NoSuchCore { core, available } => write!(
+                f,
+                "pin_drainer: core {core} is not available to this process (available: {available:?})"
+            ),
+            ConfigError::PinningUnsupported { core } => {
+                write!(
+                    f,
+                    "pin_drainer: cannot pin to core {core}: this platform does not support it"
+                )
+            }
+            ConfigError::PinFailed { core } => {
+                write!(
+                    f,
+                    "pin_drainer: the operating system refused to pin the drainer to core {core}"
+                )
+            }
+            ConfigError::InvalidThreadName { name } => {
+                write!(f, "thread_name must not contain a NUL byte, got {name:?}")
+            }
+            ConfigError::MissingHandler => f.write_str("handler: no handler was given"),
+            ConfigError::Spawn { message } => {
+                write!(f, "the drainer thread could not start: {message}")
+            }
+            ConfigError::NoSuchLane { lane, lanes } => {
+                write!(
+                    f,
+                    "lane {lane} does not exist (the batcher has {lanes} lanes)"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,194 @@
+//! Error types: why a submission was refused (the item comes back), and why
+//! an accepted item produced no output.
+
+use core::fmt;
+// Error payloads are shared by every ticket of a failed batch. This `Arc` is
+// plain data, not part of an atomic protocol, so it is the standard one.
+use std::sync::Arc;
+
+/// A boxed error from a handler, shared by every item it applies to.
+pub type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why an item was not accepted. Every variant gives the item back.
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub enum SubmitError<T> {
+    /// The lane is full (or, for a submission with a ticket, every result slot
+    /// it needs is still held by an earlier ticket) and the call does not wait.
+    Full(T),
+    /// The batcher is shutting down or shut down.
+    Closed(T),
+    /// The lane stayed full until the call's timeout.
+    Timeout(T),
+}
+
+impl<T> SubmitError<T> {
+    /// Gives the item back.
+    pub fn into_inner(self) -> T {
+        match self {
+            SubmitError::Full(item) | SubmitError::Closed(item) | SubmitError::Timeout(item) => {
+                item
+            }
+        }
+    }
+
+    /// Why the item was refused, without the item.
+    pub fn kind(&self) -> RefusedKind {
+        match self {
+            SubmitError::Full(_) => RefusedKind::Full,
+            SubmitError::Closed(_) => RefusedKind::Closed,
+            SubmitError::Timeout(_) => RefusedKind::Timeout,
+        }
+    }
+
+    /// Whether the lane was full.
+    pub fn is_full(&self) -> bool {
+        matches!(self, SubmitError::Full(_))
+    }
+
+    /// Whether the batcher was closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, SubmitError::Closed(_))
+    }
+}
+
+impl<T> fmt::Debug for SubmitError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The item need not be `Debug`; name the variant.
+        match self {
+            SubmitError::Full(_) => f.write_str("Full(..)"),
+            SubmitError::Closed(_) => f.write_str("Closed(..)"),
+            SubmitError::Timeout(_) => f.write_str("Timeout(..)"),
+        }
+    }
+}
+
+impl<T> fmt::Display for SubmitError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.kind(), f)
+    }
+}
+
+impl<T> std::error::Error for SubmitError<T> {}
+
+/// Why a submission was refused (a [`SubmitError`] without its item).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedKind {
+    /// The lane was full.
+    Full,
+    /// The batcher was closed.
+    Closed,
+    /// The lane stayed full until the timeout.
+    Timeout,
+}
+
+impl fmt::Display for RefusedKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RefusedKind::Full => "the lane is full",
+            RefusedKind::Closed => "the batcher is closed",
+            RefusedKind::Timeout => "the lane stayed full until the timeout",
+        })
+    }
+}
+
+/// A slice submission stopped part way: `items[accepted..]` were not accepted
+/// (the caller still holds them), for the reason in `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SliceError {
+    /// How many leading items were accepted (in order).
+    pub accepted: usize,
+    /// Why the rest were not.
+    pub kind: RefusedKind,
+}
+
+impl fmt::Display for SliceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "accepted the first {} items, then {}",
+            self.accepted, self.kind
+        )
+    }
+}
+
+impl std::error::Error for SliceError {}
+
+/// Why an accepted item produced no output. Cloneable: a whole-batch failure
+/// gives the same error to every item of the batch.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// The handler failed this item ([`Batch::fail`](crate::Batch::fail)).
+    Failed(SharedError),
+    /// The handler returned an error for the whole batch.
+    BatchFailed(SharedError),
+    /// The handler panicked while handling the item's batch.
+    HandlerPanicked {
+        /// The panic message, when it was a string.
+        message: Arc<str>,
+    },
+    /// The handler returned without completing the item.
+    NotCompleted,
+    /// The item was dropped by the [`DropNewest`](crate::Backpressure::DropNewest)
+    /// policy because its lane was full.
+    Dropped,
+    /// The batcher stopped without handling the item (its drainer thread
+    /// ended abnormally).
+    Closed,
+    /// The result was already taken from this ticket.
+    AlreadyTaken,
+}
+
+impl Error {
+    /// The handler's error, for [`Failed`](Error::Failed) and
+    /// [`BatchFailed`](Error::BatchFailed).
+    pub fn handler_error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            Error::Failed(e) | Error::BatchFailed(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Failed(e) => f.debug_tuple("Failed").field(&format_args!("{e}")).finish(),
+            Error::BatchFailed(e) => f
+                .debug_tuple("BatchFailed")
+                .field(&format_args!("{e}"))
+                .finish(),
+            Error::HandlerPanicked { message } => f
+                .debug_struct("HandlerPanicked")
+                .field("message", message)
+                .finish(),
+            Error::NotCompleted => f.write_str("NotCompleted"),
+            Error::Dropped => f.write_str("Dropped"),
+            Error::Closed => f.write_str("Closed"),
+            Error::AlreadyTaken => f.write_str("AlreadyTaken"),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Failed(e) => write!(f, "the handler failed the item: {e}"),
+            Error::BatchFailed(e) => write!(f, "the handler failed the whole batch: {e}"),
+            Error::HandlerPanicked { message } => write!(f, "the handler panicked: {message}"),
+            Error::NotCompleted => f.write_str("the handler returned without completing the item"),
+            Error::Dropped => f.write_str("the item was dropped because its lane was full"),
+            Error::Closed => f.write_str("the batcher stopped before handling the item"),
+            Error::AlreadyTaken => f.write_str("the result was already taken from this ticket"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Failed(e) | Error::BatchFailed(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The sink side: the [`Handler`] trait, and the [`Batch`] it receives.
+
+use core::fmt;
+use std::sync::Arc;
+
+use crate::completion::TableOwner;
+use crate::error::{Error, SharedError};
+use crate::pool::{BatchBuf, Origin};
+
+/// An error a handler returns for a whole batch: every item of the batch that
+/// it has not completed fails with [`Error::BatchFailed`] carrying it.
+pub type BatchError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The sink: receives each batch on the drainer thread and completes its
+/// items.
+///
+/// Implement it for a stateful sink (a connection, a buffered writer); for the
+/// simple case pass a closure to
+/// [`BatcherBuilder::handler_fn`](crate::BatcherBuilder::handler_fn).
+///
+/// Each item should be completed with [`Batch::ok`], [`Batch::fail`],
+/// [`Batch::complete`] or [`Batch::complete_with`]. After `handle` returns:
+/// - `Ok(())`: items left uncompleted fail with [`Error::NotCompleted`];
+/// - `Err(e)`: items left uncompleted fail with [`Error::BatchFailed`];
+/// - a panic: items left uncompleted fail with [`Error::HandlerPanicked`],
+///   and the drainer goes on with the next batch.
+///
+/// Fire-and-forget items (from `push`) take part the same way; their results
+/// are simply not delivered anywhere.
+///
+/// # Examples
+///
+/// ```
+/// use ringbatch::{Batch, BatchError, Batcher, Handler};
+///
+/// /// Sums what it is given and answers each item with the running total.
+/// struct Summer {
+///     total: u64,
+/// }
+///
+/// impl Handler<u64, u64> for Summer {
+///     fn handle(&mut self, batch: &mut Batch<'_, u64, u64>) -> Result<(), BatchError> {
+///         let total = &mut self.total;
+///         batch.complete_with(|x| {
+///             *total += x;
+///             Ok::<_, ringbatch::Error>(*total)
+///         });
+///         Ok(())
+///     }
+/// }
+///
+/// let batcher = Batcher::builder().handler(Summer { total: 0 }).build().unwrap();
+/// let producer = batcher.producer();
+/// assert_eq!(producer.submit(5).unwrap().wait().unwrap(), 5);
+/// assert_eq!(producer.submit(7).unwrap().wait().unwrap(), 12);
+/// ```
+pub trait Handler<T, R>: Send + 'static {
+    /// Handles one batch.
+    ///
+    /// # Errors
+    ///
+    /// An error fails every item of the batch not completed yet.
+    fn handle(&mut self, batch: &mut Batch<'_, T, R>) -> Result<(), BatchError>;
+}
+
+impl<T: 'static, R: 'static> Handler<T, R> for Box<dyn Handler<T, R>> {
+    fn handle(&mut self, batch: &mut Batch<'_, T, R>) -> Result<(), BatchError> {
+        (**self).handle(batch)
+    }
+}
+
+/// A closure as a [`Handler`].
+pub(crate) struct FnHandler<F>(pub(crate) F);
+
+impl<T, R, F> Handler<T, R> for FnHandler<F>
+where
+    F: FnMut(&mut Batch<'_, T, R>) -> Result<(), BatchError> + Send + 'static,
+{
+    fn handle(&mut self, batch: &mut Batch<'_, T, R>) -> Result<(), BatchError> {
+        (self.0)(batch)
+    }
+}
+
+/// Why [`Batch::complete`] (or `ok` / `fail`) did nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompleteError {
+    /// No item has this index.
+    OutOfRange {
+        /// The index given.
+        index: usize,
+        /// The batch's length.
+        len: usize,
+    },
+    /// The item was completed already; the first result stands.
+    AlreadyCompleted {
+        /// The index given.
+        index: usize,
+    },
+}
+
+impl fmt::Display for CompleteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompleteError::OutOfRange { index, len } => {
+                write!(f, "item index {index} is out of range for a batch of {len}")
+            }
+            CompleteError::AlreadyCompleted { index } => {
+                write!(f, "item {index} was already completed")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CompleteError {}
+
+/// One batch, lent to the [`Handler`]: the items in dispatch order, and a way
+/// to complete each with its result.
+///
+/// Items from one producer appear in the order it submitted them; items from
+/// different lanes interleave.
+pub struct Batch<'a, T, R> {
+    buf: &'a mut BatchBuf<T>,
+    table: &'a TableOwner<R>,
+    /// Items completed through this batch (tickets or not).
+    completed: usize,
+}
+
+impl<'a, T, R> Batch<'a, T, R> {
+    pub(crate) fn new(buf: &'a mut BatchBuf<T>, table: &'a TableOwner<R>) -> Self {
+        Self {
+            buf,
+            table,
+            completed: 0,
+        }
+    }
+
+    /// Number of items.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether the batch has no items (never true for a dispatched batch).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The items.
+    #[inline]
+    pub fn items(&self) -> &[T] {
+        &self.buf.items
+    }
+
+    /// The items, mutably (for sinks that move data out of them).
+    #[inline]
+    pub fn items_mut(&mut self) -> &mut [T] {
+        &mut self.buf.items
+    }
+
+    /// Iterates over the items.
+    #[inline]
+    pub fn iter(&self) -> core::slice::Iter<'_, T> {
+        self.buf.items.iter()
+    }
+
+    /// Whether a ticket waits for item `index`'s result (false for
+    /// fire-and-forget items, completed items and out-of-range indexes). A
+    /// handler may skip computing outputs nobody will read.
+    #[inline]
+    pub fn wants_result(&self, index: usize) -> bool {
+        self.buf
+            .origins
+            .get(index)
+            .is_some_and(|origin| origin.pending().is_some())
+    }
+
+    /// Items not completed yet.
+    #[inline]
+    pub fn remaining(&self) -> usize {
+        self.len() - self.completed
+    }
+
+    /// Completes item `index` with `result`, waking its ticket at once.
+    ///
+    /// # Errors
+    ///
+    /// [`CompleteError::OutOfRange`] or [`CompleteError::AlreadyCompleted`];
+    /// the result is then dropped.
+    pub fn complete(
+        &mut self,
+        index: usize,
+        result: Result<R, Error>,
+    ) -> Result<(), CompleteError> {
+        let len = self.len();
+        let Some(origin) = self.buf.origins.get_mut(index) else {
+            return Err(CompleteError::OutOfRange { index, len });
+        };
+        if *origin == Origin::DONE {
+            return Err(CompleteError::AlreadyCompleted { index });
+        }
+        let target = origin.pending();
+        *origin = Origin::DONE;
+        self.completed += 1;
+        if let Some((lane, seq)) = target {
+            deliver(self.table, lane, seq, result);
+        }
+        Ok(())
+    }
+
+    /// Completes item `index` with `Ok(value)`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`complete`](Self::complete).
+    #[inline]
+    pub fn ok(&mut self, index: usize, value: R) -> Result<(), CompleteError> {
+        self.complete(index, Ok(value))
+    }
+
+    /// Fails item `index` with `error` (its ticket gets [`Error::Failed`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`complete`](Self::complete).
+    pub fn fail(
+        &mut self,
+        index: usize,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Result<(), CompleteError> {
+        self.complete(index, Err(Error::Failed(Arc::from(error.into()))))
+    }
+
+    /// Completes every item not completed yet with `f(item)`, in order.
+    pub fn complete_with<E>(&mut self, mut f: impl FnMut(&T) -> Result<R, E>)
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        let table = self.table;
+        let mut completed = 0;
+        for (item, origin) in self.buf.items.iter().zip(self.buf.origins.iter_mut()) {
+            if *origin == Origin::DONE {
+                continue;
+            }
+            let result = f(item).map_err(|e| Error::Failed(Arc::from(e.into())));
+            if let Some((lane, seq)) = origin.pending() {
+                deliver(table, lane, seq, result);
+            }
+            *origin = Origin::DONE;
+            completed += 1;
+        }
+        self.completed += completed;
+    }
+
+    /// Fails every item not completed yet with `error` (drainer side).
+    pub(crate) fn fail_remaining(&mut self, error: Error) {
+        if self.completed == self.len() {
+            return;
+        }
+        let table = self.table;
+        for origin in self.buf.origins.iter_mut() {
+            if let Some((lane, seq)) = origin.pending() {
+                deliver(table, lane, seq, Err(error.clone()));
+            }
+            *origin = Origin::DONE;
+        }
+        self.completed = self.len();
+    }
+}
+
+impl<T: fmt::Debug, R> fmt::Debug for Batch<'_, T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch")
+            .field("items", &self.buf.items)
+            .field("remaining", &self.remaining())
+            .finish()
+    }
+}
+
+#[inline]
+fn deliver<R>(table: &TableOwner<R>, lane: usize, seq: usize, result: Result<R, Error>) {
+    let lane_table = table.lane(lane);
+    // SAFETY: the origin was pending, so the slot is armed for this item and
+    // this is its one completion (the origin is marked done by the caller).
+    unsafe {
+        lane_table
+            .slot(seq)
+            .complete(result, lane_table, table.get())
+    };
+}
+
+/// Turns a whole-batch error into the ticket error.
+pub(crate) fn batch_failed(error: BatchError) -> Error {
+    Error::BatchFailed(SharedError::from(error))
+}

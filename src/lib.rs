@@ -1,0 +1,83 @@
+//! Lock-free batching for latency-sensitive Rust.
+//!
+//! Producers push items into per-core bounded MPSC lanes; one drainer thread
+//! sweeps the lanes, assembles batches in buffers allocated at build time, and
+//! runs your [`Handler`] (the sink: a database, a gateway, an exporter). Each
+//! item's result comes back to its submitter through a [`Ticket`], to be waited
+//! for; fire-and-forget submissions pay nothing for that.
+//!
+//! - No item is lost or duplicated: every accepted item reaches the handler
+//!   once, or its ticket says why not; a refused item comes back in the error.
+//! - One producer's items reach the handler in the order it submitted them.
+//! - Memory is fixed at build time ([`Stats::memory_bytes`]); the steady-state
+//!   path from submit to handler and back does not allocate.
+//! - Natural batching: at low load a batch is one item, dispatched at once;
+//!   under load batches grow up to `max_batch`, with no timer.
+//!
+//! # Example
+//!
+//! ```
+//! use ringbatch::{Batch, Batcher};
+//!
+//! let batcher = Batcher::builder()
+//!     .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+//!         // Send `batch.items()` to the sink here; answer each item.
+//!         batch.complete_with(|x| Ok::<_, ringbatch::Error>(x * 2));
+//!         Ok(())
+//!     })
+//!     .build()
+//!     .expect("valid settings");
+//!
+//! let producer = batcher.producer();
+//! producer.push(1).unwrap(); // fire and forget
+//! let ticket = producer.submit(21).unwrap(); // with a result
+//! assert_eq!(ticket.wait().unwrap(), 42);
+//!
+//! let stats = batcher.shutdown(); // drains, completes, joins
+//! assert_eq!(stats.items_handled, 2);
+//! ```
+//!
+//! # The API
+//!
+//! - [`Batcher::builder`] and [`BatcherBuilder`]: lanes, capacity,
+//!   `max_batch`, pool, [`WaitStrategy`], [`Backpressure`], drainer pinning,
+//!   the handler. [`ConfigError`] names any invalid setting.
+//! - [`Producer`]: `push` / `try_push` / `push_timeout` / `push_slice`
+//!   (fire-and-forget) and `submit` / `try_submit` / `submit_timeout` /
+//!   `submit_many` (with [`Ticket`]s). Refusals are [`SubmitError`]s holding
+//!   the item.
+//! - [`Ticket`]: `wait`, `wait_timeout`, `try_take`.
+//! - [`Handler`] and [`Batch`]: the sink's side; complete items with `ok`,
+//!   `fail` or `complete_with`. Item failures are [`Error`]s.
+//! - [`Batcher::flush`], [`Batcher::shutdown`], [`Batcher::stats`] ([`Stats`]).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+mod batcher;
+mod completion;
+mod config;
+mod drainer;
+mod error;
+mod handler;
+mod pool;
+mod ring;
+mod stats;
+mod sync;
+mod wait;
+
+pub use batcher::{Batcher, BatcherBuilder, Producer};
+pub use completion::Ticket;
+pub use config::{Backpressure, Config, ConfigError, LaneAssignment, MAX_CAPACITY, MAX_LANES};
+pub use error::{Error, RefusedKind, SharedError, SliceError, SubmitError};
+pub use handler::{Batch, BatchError, CompleteError, Handler};
+pub use stats::{DispatchCounts, DispatchReason, LaneStats, Stats};
+pub use wait::WaitStrategy;
+
+// The loom models (`loom-tests/`) run as unit tests of the crate, built only
+// with `--cfg loom`, so they drive the real ring, completion and wake-up code
+// through its crate-private API. Run them with `bin/loom`.
+#[cfg(all(test, loom))]
+#[path = "../loom-tests/mod.rs"]
+mod loom_tests;

@@ -1,0 +1,134 @@
+//! Batch buffers, allocated at build time and recycled.
+//!
+//! The drainer takes a buffer from the pool, fills it, hands it to the
+//! handler and puts it back. The return path is a lock-free `ArrayQueue`, so a
+//! buffer can come back from another thread (a task running an async sink).
+
+use crossbeam_queue::ArrayQueue;
+
+/// Where an item's result goes: packed `(lane, slot index)`, or one of the
+/// two sentinels.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(transparent)]
+pub(crate) struct Origin(u64);
+
+impl Origin {
+    /// A fire-and-forget item: nobody waits for its result.
+    pub(crate) const NONE: Origin = Origin(u64::MAX);
+    /// The item's result was already delivered.
+    pub(crate) const DONE: Origin = Origin(u64::MAX - 1);
+
+    /// The completion slot of sequence `seq` in lane `lane` (`lane` is below
+    /// `u32::MAX - 1`, checked by the configuration).
+    #[inline(always)]
+    pub(crate) fn ticket(lane: usize, seq: usize) -> Origin {
+        Origin(((lane as u64) << 32) | (seq as u32 as u64))
+    }
+
+    /// `(lane, sequence low bits)` for a pending ticket.
+    #[inline(always)]
+    pub(crate) fn pending(self) -> Option<(usize, usize)> {
+        if self.0 >= Origin::DONE.0 {
+            None
+        } else {
+            Some(((self.0 >> 32) as usize, self.0 as u32 as usize))
+        }
+    }
+}
+
+/// One batch buffer: the items and, in parallel, where each result goes.
+#[derive(Debug)]
+pub(crate) struct BatchBuf<T> {
+    pub(crate) items: Vec<T>,
+    pub(crate) origins: Vec<Origin>,
+}
+
+impl<T> BatchBuf<T> {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Self {
+            items: Vec::with_capacity(capacity),
+            origins: Vec::with_capacity(capacity),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    #[inline(always)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Appends an item; the caller keeps `len() < capacity`, so this never
+    /// reallocates.
+    #[inline(always)]
+    pub(crate) fn push(&mut self, item: T, origin: Origin) {
+        debug_assert!(self.items.len() < self.items.capacity());
+        self.items.push(item);
+        self.origins.push(origin);
+    }
+
+    /// Empties the buffer, keeping its allocation.
+    pub(crate) fn clear(&mut self) {
+        self.items.clear();
+        self.origins.clear();
+    }
+}
+
+/// The pool of batch buffers.
+#[derive(Debug)]
+pub(crate) struct Pool<T> {
+    free: ArrayQueue<BatchBuf<T>>,
+    size: usize,
+    buffer_capacity: usize,
+}
+
+impl<T> Pool<T> {
+    /// `size` buffers of `buffer_capacity` items each, allocated now.
+    pub(crate) fn new(size: usize, buffer_capacity: usize) -> Self {
+        let free = ArrayQueue::new(size);
+        for _ in 0..size {
+            let pushed = free.push(BatchBuf::with_capacity(buffer_capacity));
+            debug_assert!(pushed.is_ok(), "the queue holds exactly `size` buffers");
+        }
+        Self {
+            free,
+            size,
+            buffer_capacity,
+        }
+    }
+
+    /// Takes a free buffer, if any.
+    #[inline]
+    pub(crate) fn take(&self) -> Option<BatchBuf<T>> {
+        self.free.pop()
+    }
+
+    /// Returns an emptied buffer.
+    #[inline]
+    pub(crate) fn put(&self, mut buf: BatchBuf<T>) {
+        buf.clear();
+        // The pool only ever holds buffers it handed out, so it cannot be full.
+        let returned = self.free.push(buf);
+        debug_assert!(returned.is_ok(), "a buffer came back twice");
+    }
+
+    /// Buffers currently in the pool (not in use).
+    pub(crate) fn available(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Buffers the pool was built with.
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Bytes the pool's buffers hold, for the memory report.
+    pub(crate) fn footprint(&self) -> usize {
+        self.size
+            * self.buffer_capacity
+            * (core::mem::size_of::<T>() + core::mem::size_of::<Origin>())
+    }
+}

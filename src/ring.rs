@@ -1,0 +1,410 @@
+//! The bounded multi-producer, single-consumer lane ring.
+//!
+//! Producers claim sequence numbers by moving the `tail` cursor with one CAS
+//! (one CAS for a run of `n` items), write their items into the claimed slots,
+//! then publish each slot by storing its stamp. The drainer is the only
+//! consumer: it reads a run of published slots and moves the `head` cursor once
+//! for the whole run.
+//!
+//! A producer decides that a slot is free from `head` alone (the drainer moves
+//! `head` past a slot only after it has read it), so the drainer never writes a
+//! slot. Producers keep a cached copy of `head` and reload it only when the
+//! lane looks full.
+//!
+//! The tail word also carries two flags, so that the producer's one CAS tells
+//! it everything it needs: whether the lane is closed (shutdown) and whether
+//! the drainer is parked and must be woken after the item is published.
+
+use core::mem::MaybeUninit;
+
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{AtomicUsize, Ordering, UnsafeCell};
+
+/// Tail word bit 0: the drainer is parked (or about to park) and the producer
+/// whose CAS clears this bit must unpark it after publishing.
+pub(crate) const PARKED: usize = 0b01;
+/// Tail word bit 1: the lane accepts no more claims (set once, at shutdown).
+pub(crate) const CLOSED: usize = 0b10;
+/// Tail word bits 2..: the next sequence number to claim.
+const SEQ_SHIFT: u32 = 2;
+
+/// Head word bit 0: a producer waits for room and must be notified when the
+/// drainer next moves the head.
+const HEAD_WAITERS: usize = 0b1;
+const HEAD_SHIFT: u32 = 1;
+
+/// Sequence numbers live in 62 bits (the tail word's width minus its flags)
+/// and wrap modulo 2^62; every comparison goes through [`distance`].
+pub(crate) const SEQ_MASK: usize = usize::MAX >> SEQ_SHIFT;
+
+/// Stamp bit 0: the item carries a ticket (its submitter wants the result).
+pub(crate) const STAMP_TICKET: usize = 0b01;
+/// Stamp bit 1: the slot was claimed but holds no item (a slice claim whose
+/// producer panicked while filling it); the drainer steps over it.
+pub(crate) const STAMP_SKIP: usize = 0b10;
+const STAMP_SHIFT: u32 = 2;
+
+/// `b - a` in sequence space.
+#[inline(always)]
+pub(crate) fn distance(a: usize, b: usize) -> usize {
+    b.wrapping_sub(a) & SEQ_MASK
+}
+
+/// `seq + n` in sequence space.
+#[inline(always)]
+pub(crate) fn seq_add(seq: usize, n: usize) -> usize {
+    seq.wrapping_add(n) & SEQ_MASK
+}
+
+/// The stamp that publishes sequence `seq`: `seq + 1` in bits 2.., so that the
+/// all-zero initial stamp never reads as published for sequence 0, and a stamp
+/// left from the previous lap (`seq - capacity + 1`) never matches either.
+#[inline(always)]
+fn stamp_for(seq: usize) -> usize {
+    seq_add(seq, 1) << STAMP_SHIFT
+}
+
+/// A successful claim of `n` consecutive sequence numbers starting at `seq`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claim {
+    pub(crate) seq: usize,
+    /// The drainer had announced that it parks: the claimer must unpark it
+    /// once its items are published.
+    pub(crate) wake_drainer: bool,
+}
+
+/// Why a claim failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimError {
+    /// Not enough free slots (or the caller's extra condition did not hold).
+    Full,
+    /// The lane is closed.
+    Closed,
+}
+
+/// One slot: the stamp says which sequence (if any) it currently publishes.
+struct Slot<T> {
+    stamp: AtomicUsize,
+    value: UnsafeCell<MaybeUninit<T>>,
+}
+
+/// A bounded MPSC ring of `capacity` slots (a power of two).
+pub(crate) struct Ring<T> {
+    /// Claim cursor and flags, written by producers (CAS) and, to set `PARKED`
+    /// or `CLOSED`, by the drainer and the closer (`fetch_or`).
+    tail: CachePadded<AtomicUsize>,
+    /// Bits 1..: the next sequence the drainer reads, moved only by the
+    /// drainer, after it has read every slot below it. Bit 0
+    /// ([`HEAD_WAITERS`]): a producer sleeps waiting for room.
+    head: CachePadded<AtomicUsize>,
+    slots: Box<[Slot<T>]>,
+    mask: usize,
+}
+
+// SAFETY: the ring moves `T` values between threads (producer to drainer), so
+// it is `Send` and `Sync` exactly when `T: Send`. Access to each slot's value
+// is serialised by the claim/publish/drain protocol: a producer writes a slot
+// only after claiming its sequence and seeing `head` past the slot's previous
+// lap; the drainer reads it only after an Acquire load of its published stamp.
+unsafe impl<T: Send> Send for Ring<T> {}
+// SAFETY: see the `Send` impl; `&Ring` only exposes the protocol operations.
+unsafe impl<T: Send> Sync for Ring<T> {}
+
+impl<T> Ring<T> {
+    /// Creates a ring of `capacity` slots; `capacity` must be a power of two
+    /// (validated by the configuration before it gets here).
+    pub(crate) fn new(capacity: usize) -> Self {
+        debug_assert!(capacity.is_power_of_two());
+        let slots = (0..capacity)
+            .map(|_| Slot {
+                stamp: AtomicUsize::new(0),
+                value: UnsafeCell::new(MaybeUninit::uninit()),
+            })
+            .collect();
+        Self {
+            tail: CachePadded::new(AtomicUsize::new(0)),
+            head: CachePadded::new(AtomicUsize::new(0)),
+            slots,
+            mask: capacity - 1,
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.mask + 1
+    }
+
+    /// Bytes of one slot (stamp and item), for the memory report.
+    pub(crate) const fn slot_bytes() -> usize {
+        core::mem::size_of::<Slot<T>>()
+    }
+
+    #[inline(always)]
+    fn slot(&self, seq: usize) -> &Slot<T> {
+        let index = seq & self.mask;
+        debug_assert!(index < self.slots.len());
+        // SAFETY: `index` is masked by `capacity - 1` and `slots.len() == capacity`.
+        unsafe { self.slots.get_unchecked(index) }
+    }
+
+    /// Claims `n` consecutive sequence numbers (`1 <= n <= capacity`).
+    ///
+    /// `cached_head` is the caller's private copy of `head`; it is reloaded
+    /// only when the lane looks full. `extra(seq)` is checked before the CAS
+    /// with the sequence about to be claimed (the completion slots use it); if
+    /// it returns false the claim fails with [`ClaimError::Full`].
+    #[inline]
+    pub(crate) fn try_claim(
+        &self,
+        n: usize,
+        cached_head: &mut usize,
+        mut extra: impl FnMut(usize) -> bool,
+    ) -> Result<Claim, ClaimError> {
+        debug_assert!(n >= 1 && n <= self.capacity());
+        let room = self.capacity() - n;
+        let mut word = self.tail.load(Ordering::Relaxed);
+        loop {
+            if word & CLOSED != 0 {
+                return Err(ClaimError::Closed);
+            }
+            let seq = word >> SEQ_SHIFT;
+            if distance(*cached_head, seq) > room {
+                *cached_head = self.head_seq();
+                if distance(*cached_head, seq) > room {
+                    return Err(ClaimError::Full);
+                }
+            }
+            if !extra(seq) {
+                return Err(ClaimError::Full);
+            }
+            // Relaxed is enough: the RMW's atomicity gives each sequence to one
+            // producer, slot reuse is ordered by the Acquire load of `head`
+            // above, and the `PARKED` hand-off only depends on the tail word's
+            // modification order (the drainer's `fetch_or` either sees our
+            // claim or we see its flag).
+            match self.tail.compare_exchange_weak(
+                word,
+                seq_add(seq, n) << SEQ_SHIFT,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Ok(Claim {
+                        seq,
+                        wake_drainer: word & PARKED != 0,
+                    });
+                }
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// Writes `value` into the claimed slot `seq` and publishes it.
+    ///
+    /// # Safety
+    ///
+    /// The caller claimed `seq` with [`try_claim`](Self::try_claim) and has not
+    /// published it yet.
+    #[inline(always)]
+    pub(crate) unsafe fn publish(&self, seq: usize, value: T, ticket: bool) {
+        let slot = self.slot(seq);
+        // SAFETY: the caller owns the claimed slot; the drainer does not read it
+        // until the stamp below is stored, and its previous value was moved out
+        // before `head` passed it (checked in `try_claim`).
+        slot.value.with_mut(|p| unsafe { (*p).write(value) });
+        let flags = if ticket { STAMP_TICKET } else { 0 };
+        // Release pairs with the Acquire load of the stamp in `drain_run`:
+        // the value written above is visible to the drainer.
+        slot.stamp.store(stamp_for(seq) | flags, Ordering::Release);
+    }
+
+    /// Publishes the claimed slot `seq` as empty: the drainer steps over it.
+    ///
+    /// # Safety
+    ///
+    /// As for [`publish`](Self::publish).
+    pub(crate) unsafe fn publish_skip(&self, seq: usize) {
+        // Release pairs with the Acquire load in `drain_run`, as in `publish`.
+        self.slot(seq)
+            .stamp
+            .store(stamp_for(seq) | STAMP_SKIP, Ordering::Release);
+    }
+
+    /// Reads up to `max` published items starting at `head`, in order, calling
+    /// `sink(item, seq, has_ticket)` for each, and returns the new head (the
+    /// caller then calls [`finish_run`](Self::finish_run)). Stops at the first
+    /// slot that is not yet published.
+    ///
+    /// # Safety
+    ///
+    /// Only the single consumer calls this, with `head` equal to the ring's
+    /// current head (the value it last passed to `finish_run`).
+    #[inline]
+    pub(crate) unsafe fn drain_run(
+        &self,
+        head: usize,
+        max: usize,
+        mut sink: impl FnMut(T, usize, bool),
+    ) -> usize {
+        let mut seq = head;
+        let end = seq_add(head, max);
+        while seq != end {
+            let slot = self.slot(seq);
+            // Acquire pairs with the Release store in `publish`/`publish_skip`.
+            let stamp = slot.stamp.load(Ordering::Acquire);
+            if stamp & !(STAMP_TICKET | STAMP_SKIP) != stamp_for(seq) {
+                break;
+            }
+            if stamp & STAMP_SKIP == 0 {
+                // SAFETY: the stamp shows the slot published for `seq`, so it
+                // holds an initialised value that no producer touches until
+                // `head` moves past it; we move it out exactly once.
+                let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
+                sink(value, seq, stamp & STAMP_TICKET != 0);
+            }
+            seq = seq_add(seq, 1);
+        }
+        seq
+    }
+
+    /// Moves `head` to `new_head` after a run: the slots below it are free.
+    /// Returns true if a producer flagged that it waits for room (the caller
+    /// then notifies the lane's [`Notifier`](crate::wait::Notifier)).
+    ///
+    /// AcqRel swap: Release pairs with the Acquire loads of `head` in
+    /// `try_claim` (the slots below it were read); being an RMW, it sees a
+    /// waiter flag set by any earlier RMW on the word.
+    #[inline]
+    pub(crate) fn finish_run(&self, new_head: usize) -> bool {
+        self.head.swap(new_head << HEAD_SHIFT, Ordering::AcqRel) & HEAD_WAITERS != 0
+    }
+
+    /// The drainer's cursor. Acquire pairs with the swap in `finish_run`: the
+    /// slots below it have been read.
+    #[inline]
+    fn head_seq(&self) -> usize {
+        self.head.load(Ordering::Acquire) >> HEAD_SHIFT
+    }
+
+    /// Producer side, under the lane notifier's lock: if a claim of `n` slots
+    /// is still impossible (lane full, not closed), sets [`HEAD_WAITERS`] so
+    /// that the drainer's next `finish_run` notifies, and returns true.
+    pub(crate) fn arm_room_waiter(&self, n: usize) -> bool {
+        let mut word = self.head.load(Ordering::Acquire);
+        loop {
+            let (tail, flags) = self.tail();
+            if flags & CLOSED != 0 || distance(word >> HEAD_SHIFT, tail) <= self.capacity() - n {
+                return false;
+            }
+            if word & HEAD_WAITERS != 0 {
+                return true;
+            }
+            // Acquire: as for `head_seq`. If the drainer moved the head in
+            // between, the CAS fails and we look again.
+            match self.head.compare_exchange_weak(
+                word,
+                word | HEAD_WAITERS,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// Current tail word's sequence and flags.
+    #[inline]
+    pub(crate) fn tail(&self) -> (usize, usize) {
+        // Acquire: a flush or shutdown reads the tail to learn which sequences
+        // were claimed before it; their publication is then awaited by stamp.
+        let word = self.tail.load(Ordering::Acquire);
+        (word >> SEQ_SHIFT, word & (PARKED | CLOSED))
+    }
+
+    /// Items claimed but not yet drained (a snapshot).
+    pub(crate) fn depth(&self) -> usize {
+        let (tail, _) = self.tail();
+        distance(self.head_seq(), tail)
+    }
+
+    /// Announces that the drainer is about to park. Returns true if the lane is
+    /// empty (`tail == head`), in which case any later claim sees `PARKED` and
+    /// wakes the drainer; false if something is claimed and not yet drained.
+    ///
+    /// The decision needs only the tail word's modification order (our RMW
+    /// and a producer's CAS are ordered one way or the other), so Relaxed.
+    pub(crate) fn announce_park(&self, head: usize) -> bool {
+        let word = self.tail.fetch_or(PARKED, Ordering::Relaxed);
+        word >> SEQ_SHIFT == head
+    }
+
+    /// Withdraws a park announcement (a no-op if a producer already cleared it).
+    pub(crate) fn clear_park(&self) {
+        if self.tail.load(Ordering::Relaxed) & PARKED != 0 {
+            self.tail.fetch_and(!PARKED, Ordering::Relaxed);
+        }
+    }
+
+    /// Closes the lane to new claims and returns the final tail sequence.
+    ///
+    /// AcqRel: the closer (and, through the control flag, the drainer) must
+    /// know every claim made before the lane closed.
+    pub(crate) fn close(&self) -> usize {
+        self.tail.fetch_or(CLOSED, Ordering::AcqRel) >> SEQ_SHIFT
+    }
+
+    /// Whether [`close`](Self::close) has run.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tail.load(Ordering::Acquire) & CLOSED != 0
+    }
+}
+
+impl<T> Drop for Ring<T> {
+    fn drop(&mut self) {
+        // With `&mut self` no producer or drainer is running; drop the items
+        // that were published and never drained.
+        let head = self.head_seq();
+        let (tail, _) = self.tail();
+        let mut seq = head;
+        while seq != tail {
+            let slot = self.slot(seq);
+            let stamp = slot.stamp.load(Ordering::Acquire);
+            if stamp & !(STAMP_TICKET | STAMP_SKIP) == stamp_for(seq) && stamp & STAMP_SKIP == 0 {
+                // SAFETY: published for `seq` and never drained (it is at or
+                // above `head`), so the value is initialised and owned here.
+                slot.value.with_mut(|p| unsafe { (*p).assume_init_drop() });
+            }
+            seq = seq_add(seq, 1);
+        }
+    }
+}
+
+/// The drainer's park step: announces the park on every lane (stopping at the
+/// first that is not empty), parks unless a lane was not empty or `requested()`
+/// says a request is pending, then withdraws the announcements.
+///
+/// A producer whose claim clears a `PARKED` flag unparks the drainer after
+/// publishing; a requester posts its request, then unparks. Either way the
+/// park token makes `park` return, so no wake-up is lost.
+pub(crate) fn park_drainer<'a, T: 'a>(
+    lanes: impl Iterator<Item = (&'a Ring<T>, usize)> + Clone,
+    requested: impl FnOnce() -> bool,
+) {
+    let mut announced = 0;
+    let mut empty = true;
+    for (ring, head) in lanes.clone() {
+        announced += 1;
+        if !ring.announce_park(head) {
+            empty = false;
+            break;
+        }
+    }
+    if empty && !requested() {
+        crate::sync::thread::park();
+    }
+    for (ring, _) in lanes.take(announced) {
+        ring.clear_park();
+    }
+}

@@ -1,0 +1,197 @@
+//! Counters and snapshots.
+//!
+//! Producers write nothing per item: a lane's accepted count is its claim
+//! cursor, and the producer-side counters (refusals and drops, per lane,
+//! cache-padded) are written only on those slow paths. The drainer keeps its
+//! counters in plain integers and publishes them once per batch.
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// Why a batch was dispatched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DispatchReason {
+    /// The batch reached `max_batch` items.
+    Full,
+    /// A sweep over every lane found nothing new (natural batching).
+    LanesIdle,
+    /// [`Batcher::flush`](crate::Batcher::flush) asked for it.
+    Flush,
+    /// The batcher is shutting down.
+    Shutdown,
+}
+
+impl DispatchReason {
+    pub(crate) const COUNT: usize = 4;
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            DispatchReason::Full => 0,
+            DispatchReason::LanesIdle => 1,
+            DispatchReason::Flush => 2,
+            DispatchReason::Shutdown => 3,
+        }
+    }
+}
+
+/// How many batches were dispatched for each reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DispatchCounts {
+    /// Batches that reached `max_batch`.
+    pub full: u64,
+    /// Batches dispatched because a sweep found nothing new.
+    pub lanes_idle: u64,
+    /// Batches dispatched by a flush.
+    pub flush: u64,
+    /// Batches dispatched at shutdown.
+    pub shutdown: u64,
+}
+
+/// One lane's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaneStats {
+    /// Items accepted into the lane.
+    pub accepted: u64,
+    /// Submissions refused because the lane was full (or stayed full until a
+    /// timeout).
+    pub rejected: u64,
+    /// Items dropped by [`Backpressure::DropNewest`](crate::Backpressure::DropNewest).
+    pub dropped: u64,
+    /// Submissions refused because the batcher was closed.
+    pub refused_closed: u64,
+    /// Items in the lane not yet taken by the drainer (a snapshot).
+    pub depth: u64,
+}
+
+/// A snapshot of a batcher's counters.
+///
+/// Counters are read one by one while producers and the drainer run, so a
+/// snapshot taken under load is not one instant; one taken after
+/// [`Batcher::flush`](crate::Batcher::flush) with producers stopped, or the
+/// one [`Batcher::shutdown`](crate::Batcher::shutdown) returns, is exact.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Items offered: `accepted + rejected + dropped + refused_closed`.
+    pub submitted: u64,
+    /// Items accepted into a lane.
+    pub accepted: u64,
+    /// Items handed back because their lane was full or stayed full.
+    pub rejected: u64,
+    /// Items dropped by the `DropNewest` policy.
+    pub dropped: u64,
+    /// Items handed back because the batcher was closed.
+    pub refused_closed: u64,
+    /// Batches dispatched to the handler.
+    pub batches: u64,
+    /// Items dispatched to the handler.
+    pub items_handled: u64,
+    /// The largest batch dispatched.
+    pub max_batch_items: u64,
+    /// Why batches were dispatched.
+    pub dispatched: DispatchCounts,
+    /// Batches whose handler returned an error.
+    pub batch_errors: u64,
+    /// Batches whose handler panicked.
+    pub handler_panics: u64,
+    /// Per-lane counters.
+    pub lanes: Vec<LaneStats>,
+    /// Batch buffers the pool was built with.
+    pub pool_size: usize,
+    /// Batch buffers in the pool now (not being filled or handled).
+    pub pool_free: usize,
+    /// Bytes fixed at build time: rings, completion slots and batch buffers.
+    pub memory_bytes: usize,
+}
+
+impl Stats {
+    /// Mean items per batch (0 before the first batch).
+    pub fn mean_batch_items(&self) -> f64 {
+        if self.batches == 0 {
+            0.0
+        } else {
+            self.items_handled as f64 / self.batches as f64
+        }
+    }
+
+    /// Items accepted but not yet dispatched (a snapshot).
+    pub fn in_lanes(&self) -> u64 {
+        self.lanes.iter().map(|l| l.depth).sum()
+    }
+}
+
+/// The drainer's counters as published to other threads.
+#[derive(Debug, Default)]
+pub(crate) struct DrainerCounters {
+    batches: AtomicU64,
+    items: AtomicU64,
+    max_batch: AtomicU64,
+    reasons: [AtomicU64; DispatchReason::COUNT],
+    batch_errors: AtomicU64,
+    panics: AtomicU64,
+}
+
+/// The drainer's own running counts (plain integers, single writer).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct DrainerTally {
+    pub(crate) batches: u64,
+    pub(crate) items: u64,
+    pub(crate) max_batch: u64,
+    pub(crate) reasons: [u64; DispatchReason::COUNT],
+    pub(crate) batch_errors: u64,
+    pub(crate) panics: u64,
+}
+
+impl DrainerCounters {
+    /// Publishes the drainer's tally (drainer only; Relaxed stores, since the
+    /// drainer is the single writer and readers want a recent value, not an
+    /// ordering with other memory; a final snapshot is ordered by the join).
+    pub(crate) fn publish(&self, tally: &DrainerTally) {
+        self.batches.store(tally.batches, Ordering::Relaxed);
+        self.items.store(tally.items, Ordering::Relaxed);
+        self.max_batch.store(tally.max_batch, Ordering::Relaxed);
+        for (slot, value) in self.reasons.iter().zip(tally.reasons) {
+            slot.store(value, Ordering::Relaxed);
+        }
+        self.batch_errors
+            .store(tally.batch_errors, Ordering::Relaxed);
+        self.panics.store(tally.panics, Ordering::Relaxed);
+    }
+
+    pub(crate) fn fill(&self, stats: &mut Stats) {
+        stats.batches = self.batches.load(Ordering::Relaxed);
+        stats.items_handled = self.items.load(Ordering::Relaxed);
+        stats.max_batch_items = self.max_batch.load(Ordering::Relaxed);
+        let reason = |r: DispatchReason| self.reasons[r.index()].load(Ordering::Relaxed);
+        stats.dispatched = DispatchCounts {
+            full: reason(DispatchReason::Full),
+            lanes_idle: reason(DispatchReason::LanesIdle),
+            flush: reason(DispatchReason::Flush),
+            shutdown: reason(DispatchReason::Shutdown),
+        };
+        stats.batch_errors = self.batch_errors.load(Ordering::Relaxed);
+        stats.handler_panics = self.panics.load(Ordering::Relaxed);
+    }
+}
+
+/// Producer-side counters of one lane, written only on slow paths.
+#[derive(Debug, Default)]
+pub(crate) struct LaneCounters {
+    pub(crate) rejected: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) refused_closed: AtomicU64,
+    /// Claimed slots published empty (a slice whose element clone panicked).
+    pub(crate) skipped: AtomicU64,
+}
+
+impl LaneCounters {
+    /// Adds `n` to `counter` (Relaxed: a statistic, ordered with nothing).
+    #[inline]
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

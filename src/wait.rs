@@ -1,0 +1,234 @@
+//! How threads wait: the public [`WaitStrategy`], the spin/yield/park stepper
+//! that implements it, and the notifier that wakes producers waiting for room.
+
+use std::time::Instant;
+
+use crate::error::RefusedKind;
+use crate::ring::ClaimError;
+use crate::sync::{self, Condvar, Mutex, thread};
+
+/// How a thread that has nothing to do waits: the drainer when every lane is
+/// empty, a producer when its lane is full (under [`Backpressure::Block`]) and
+/// a thread in [`Ticket::wait`].
+///
+/// [`Backpressure::Block`]: crate::Backpressure::Block
+/// [`Ticket::wait`]: crate::Ticket::wait
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WaitStrategy {
+    /// Spin on the CPU without ever yielding: the lowest latency, and one busy
+    /// core per waiting thread. Use only with a core to spare for the drainer.
+    BusySpin,
+    /// Spin briefly, then yield to the scheduler between checks; never sleeps.
+    Yield,
+    /// Spin, then yield, then park until woken (the default): low latency
+    /// under load, no CPU when idle.
+    #[default]
+    Backoff,
+    /// Park at once until woken: the least CPU, the highest wake-up latency.
+    Park,
+}
+
+/// Spin steps: step `k` spins `2^k` times.
+const SPIN_STEPS: u32 = 7;
+/// Yield steps after the spin steps, before parking.
+const YIELD_STEPS: u32 = 64;
+
+/// A spin, yield, park stepper following a [`WaitStrategy`].
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    strategy: WaitStrategy,
+    step: u32,
+}
+
+impl Backoff {
+    pub(crate) fn new(strategy: WaitStrategy) -> Self {
+        Self { strategy, step: 0 }
+    }
+
+    /// Starts over after progress was made.
+    #[inline]
+    pub(crate) fn reset(&mut self) {
+        self.step = 0;
+    }
+
+    /// Waits a little. Returns `true` when the strategy says it is time to park
+    /// instead (the caller then parks by its own wake-up protocol).
+    #[inline]
+    pub(crate) fn snooze(&mut self) -> bool {
+        match self.strategy {
+            WaitStrategy::BusySpin => {
+                sync::spin_loop();
+                false
+            }
+            WaitStrategy::Yield => {
+                if self.step < SPIN_STEPS {
+                    self.spin();
+                } else {
+                    thread::yield_now();
+                }
+                self.step = self.step.saturating_add(1);
+                false
+            }
+            WaitStrategy::Backoff => {
+                if self.step < SPIN_STEPS {
+                    self.spin();
+                } else if self.step < SPIN_STEPS + YIELD_STEPS {
+                    thread::yield_now();
+                } else {
+                    return true;
+                }
+                self.step += 1;
+                false
+            }
+            WaitStrategy::Park => true,
+        }
+    }
+
+    #[inline]
+    fn spin(&self) {
+        #[cfg(not(loom))]
+        for _ in 0..1u32 << self.step {
+            sync::spin_loop();
+        }
+        // Under loom one yield per step keeps the model small.
+        #[cfg(loom)]
+        sync::spin_loop();
+    }
+}
+
+/// Wakes producers that wait for room in a lane (ring slots or completion
+/// slots). Waiting is the slow path: producers that find room never touch it.
+///
+/// Protocol: a waiter takes the lock, then *arms*: with an RMW on the very
+/// word that blocks it (the ring's head word, or the completion slot's state)
+/// it sets a waiter flag, but only while that word still says "no room"; then
+/// it sleeps on the condvar (which releases the lock). The freer changes that
+/// word with a swap; if the swap returns the flag, it takes the lock and
+/// notifies. Both sides are RMWs of one location, so one comes first in its
+/// modification order: either the waiter's RMW sees the room (and it does not
+/// sleep), or the freer's swap sees the flag, and its lock waits until the
+/// waiter sleeps. No wake-up is lost, and the freer's fast path pays nothing
+/// beyond the swap it does anyway.
+#[derive(Debug, Default)]
+pub(crate) struct Notifier {
+    lock: Mutex<()>,
+    cond: Condvar,
+}
+
+impl Notifier {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wakes every waiter (after a swap returned a waiter flag, or at shutdown).
+    pub(crate) fn notify_all(&self) {
+        // Taking the lock orders this after an armed waiter's sleep: a waiter
+        // holds the lock from arming until the condvar releases it.
+        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()));
+        self.cond.notify_all();
+    }
+
+    /// Under the lock, runs `arm`; if it returns true (a waiter flag is set
+    /// and the caller is still blocked), sleeps until notified or `deadline`.
+    pub(crate) fn sleep_if_armed(&self, deadline: Option<Instant>, arm: impl FnOnce() -> bool) {
+        let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !arm() {
+            return;
+        }
+        match deadline {
+            None => drop(self.cond.wait(guard).unwrap_or_else(|e| e.into_inner())),
+            Some(deadline) => {
+                let now = Instant::now();
+                if now < deadline {
+                    drop(
+                        self.cond
+                            .wait_timeout(guard, deadline - now)
+                            .unwrap_or_else(|e| e.into_inner()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Retries `attempt` until it succeeds, the lane closes, or `deadline`
+/// passes, waiting between attempts by `strategy`; when the strategy says to
+/// park, sleeps on `notifier` if `arm()` sets a waiter flag (see [`Notifier`]).
+/// This is how a producer waits for room.
+pub(crate) fn retry_until_room<C>(
+    strategy: WaitStrategy,
+    notifier: &Notifier,
+    deadline: Option<Instant>,
+    mut attempt: impl FnMut() -> Result<C, ClaimError>,
+    mut arm: impl FnMut() -> bool,
+) -> Result<C, RefusedKind> {
+    let mut backoff = Backoff::new(strategy);
+    loop {
+        match attempt() {
+            Ok(claim) => return Ok(claim),
+            Err(ClaimError::Closed) => return Err(RefusedKind::Closed),
+            Err(ClaimError::Full) => {}
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(RefusedKind::Timeout);
+        }
+        if backoff.snooze() {
+            notifier.sleep_if_armed(deadline, &mut arm);
+        }
+    }
+}
+
+/// Flush completion, as the drainer reports it. A plain mutex and condvar:
+/// flushes are rare, and the drainer touches this once per flush.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// (last flush request completed, the drainer has exited)
+    state: Mutex<(u64, bool)>,
+    cond: Condvar,
+}
+
+impl Progress {
+    /// Drainer side: every flush request up to `request` is complete.
+    pub(crate) fn flushed(&self, request: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 = state.0.max(request);
+        drop(state);
+        self.cond.notify_all();
+    }
+
+    /// Drainer side: the drainer has exited; no flush will complete any more.
+    pub(crate) fn exited(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.1 = true;
+        drop(state);
+        self.cond.notify_all();
+    }
+
+    /// Waits until flush `request` is complete (true), or the drainer exited
+    /// or `deadline` passed first (false).
+    pub(crate) fn wait_flushed(&self, request: u64, deadline: Option<Instant>) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if state.0 >= request {
+                return true;
+            }
+            if state.1 {
+                return false;
+            }
+            match deadline {
+                None => state = self.cond.wait(state).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return false;
+                    }
+                    state = self
+                        .cond
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+}
