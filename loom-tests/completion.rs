@@ -11,11 +11,11 @@ use crate::wait::WaitStrategy;
 /// A table of one lane of two slots, with slot 0 armed and its ticket.
 fn armed<R>(wait: WaitStrategy) -> (Arc<TableOwner<R>>, crate::completion::Ticket<R>) {
     let owner = Arc::new(TableOwner::new(1, 2, wait));
-    // SAFETY: a fresh table: slot 0 is free; one ticket for it.
-    let ticket = unsafe {
-        owner.lane(0).slot(0).arm();
-        owner.ticket(0, 0)
-    };
+    let mut index = [usize::MAX];
+    assert!(owner.lane(0).try_acquire(&mut 0, &mut index));
+    assert_eq!(index, [0], "a fresh table hands out slot 0 first");
+    // SAFETY: slot 0 armed just above; one ticket for it.
+    let ticket = unsafe { owner.ticket(0, 0, 0) };
     (owner, ticket)
 }
 

@@ -2,39 +2,72 @@
 
 use loom::thread;
 
-use crate::ring::{ClaimError, Ring};
+use crate::ring::{Claim, ClaimError, Ring, park_drainer};
 use crate::sync::Arc;
+use crate::wait::{Notifier, WaitStrategy, retry_until_room};
 
-/// Pushes `value` with the real claim/publish code, yielding while full.
-fn push<T>(ring: &Ring<T>, cached_head: &mut usize, value: T) {
-    loop {
-        match ring.try_claim(1, cached_head, |_| true) {
-            Ok(claim) => {
-                // SAFETY: just claimed, published once.
-                unsafe { ring.publish(claim.seq, value, false) };
-                return;
-            }
-            Err(ClaimError::Full) => thread::yield_now(),
-            Err(ClaimError::Closed) => panic!("the lane is never closed in this model"),
-        }
-    }
+/// A lane as the models use it: the ring, and the notifier its producers
+/// sleep on while it is full.
+struct Lane<T> {
+    ring: Ring<T>,
+    notifier: Notifier,
 }
 
-/// Drains runs with the real drainer code until `count` items arrived.
-fn drain<T>(ring: &Ring<T>, max_run: usize, count: usize) -> Vec<T> {
-    let mut head = 0;
-    let mut got = Vec::new();
-    while got.len() < count {
-        // SAFETY: this thread is the only consumer and `head` is current.
-        let new_head = unsafe { ring.drain_run(head, max_run, |v, _, _| got.push(v)) };
-        if new_head == head {
-            thread::yield_now();
-        } else {
-            ring.finish_run(new_head);
-            head = new_head;
+impl<T> Lane<T> {
+    fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            ring: Ring::new(capacity),
+            notifier: Notifier::new(),
+        })
+    }
+
+    /// Claims `n` slots by the real producer path: try, and while full sleep
+    /// on the notifier after flagging the head word (`WaitStrategy::Park`, so
+    /// the model has no spin loop).
+    fn claim(&self, n: usize, cached_head: &mut usize) -> Claim {
+        retry_until_room(
+            WaitStrategy::Park,
+            &self.notifier,
+            None,
+            || self.ring.try_claim(n, cached_head),
+            || self.ring.arm_room_waiter(n),
+        )
+        .expect("the lane is never closed in this model")
+    }
+
+    /// Pushes `value`, waking `drainer` if the claim says it parked.
+    fn push(&self, cached_head: &mut usize, value: T, drainer: &thread::Thread) {
+        let claim = self.claim(1, cached_head);
+        // SAFETY: just claimed, published once.
+        unsafe { self.ring.publish(claim.seq, value, None) };
+        if claim.wake_drainer {
+            drainer.unpark();
         }
     }
-    got
+
+    /// The drainer's loop: drains runs of up to `max_run` with the real code,
+    /// notifies waiting producers, and parks by the real announce/park step
+    /// when the lane is empty, until `count` items arrived.
+    fn drain(&self, max_run: usize, count: usize) -> Vec<T> {
+        let mut head = 0;
+        let mut got = Vec::new();
+        while got.len() < count {
+            // SAFETY: this thread is the only consumer and `head` is current.
+            let new_head = unsafe { self.ring.drain_run(head, max_run, |v, _, _| got.push(v)) };
+            if new_head == head {
+                park_drainer(std::iter::once((&self.ring, head)), || false);
+                // A claimed but unpublished slot does not let the drainer
+                // park: wait for its producer, as the drainer's backoff does.
+                thread::yield_now();
+            } else {
+                if self.ring.finish_run(new_head) {
+                    self.notifier.notify_all();
+                }
+                head = new_head;
+            }
+        }
+        got
+    }
 }
 
 /// (a) Two producers and the drainer on one lane of two slots, four items:
@@ -43,19 +76,21 @@ fn drain<T>(ring: &Ring<T>, max_run: usize, count: usize) -> Vec<T> {
 #[test]
 fn two_producers_and_drainer_across_wrap_around() {
     loom::model(|| {
-        let ring = Arc::new(Ring::<(u8, u8)>::new(2));
+        let lane = Lane::<(u8, u8)>::new(2);
+        let drainer = thread::current();
         let producers: Vec<_> = (0..2u8)
             .map(|p| {
-                let ring = Arc::clone(&ring);
+                let lane = Arc::clone(&lane);
+                let drainer = drainer.clone();
                 thread::spawn(move || {
                     let mut head = 0;
                     for i in 0..2u8 {
-                        push(&ring, &mut head, (p, i));
+                        lane.push(&mut head, (p, i), &drainer);
                     }
                 })
             })
             .collect();
-        let got = drain(&ring, 2, 4);
+        let got = lane.drain(2, 4);
         for producer in producers {
             producer.join().unwrap();
         }
@@ -80,30 +115,29 @@ fn two_producers_and_drainer_across_wrap_around() {
 #[test]
 fn slice_claim_with_a_competing_producer() {
     loom::model(|| {
-        let ring = Arc::new(Ring::<u8>::new(2));
+        let lane = Lane::<u8>::new(2);
+        let drainer = thread::current();
         let slicer = {
-            let ring = Arc::clone(&ring);
+            let lane = Arc::clone(&lane);
+            let drainer = drainer.clone();
             thread::spawn(move || {
-                let mut head = 0;
-                let claim = loop {
-                    match ring.try_claim(2, &mut head, |_| true) {
-                        Ok(claim) => break claim,
-                        Err(ClaimError::Full) => thread::yield_now(),
-                        Err(ClaimError::Closed) => panic!("never closed"),
-                    }
-                };
+                let claim = lane.claim(2, &mut 0);
                 // SAFETY: both sequences are ours, each published once.
                 unsafe {
-                    ring.publish(claim.seq, 10, false);
-                    ring.publish(crate::ring::seq_add(claim.seq, 1), 11, false);
+                    lane.ring.publish(claim.seq, 10, None);
+                    lane.ring
+                        .publish(crate::ring::seq_add(claim.seq, 1), 11, None);
+                }
+                if claim.wake_drainer {
+                    drainer.unpark();
                 }
             })
         };
         let single = {
-            let ring = Arc::clone(&ring);
-            thread::spawn(move || push(&ring, &mut 0, 20))
+            let lane = Arc::clone(&lane);
+            thread::spawn(move || lane.push(&mut 0, 20, &drainer))
         };
-        let got = drain(&ring, 2, 3);
+        let got = lane.drain(2, 3);
         slicer.join().unwrap();
         single.join().unwrap();
         let at = got
@@ -124,21 +158,25 @@ fn slice_claim_with_a_competing_producer() {
 #[test]
 fn skipped_slot_is_stepped_over() {
     loom::model(|| {
-        let ring = Arc::new(Ring::<u8>::new(2));
+        let lane = Lane::<u8>::new(2);
+        let drainer = thread::current();
         let producer = {
-            let ring = Arc::clone(&ring);
+            let lane = Arc::clone(&lane);
             thread::spawn(move || {
                 let mut head = 0;
-                let claim = ring.try_claim(2, &mut head, |_| true).expect("empty lane");
+                let claim = lane.ring.try_claim(2, &mut head).expect("empty lane");
                 // SAFETY: both sequences are ours, each published once.
                 unsafe {
-                    ring.publish(claim.seq, 1, false);
-                    ring.publish_skip(crate::ring::seq_add(claim.seq, 1));
+                    lane.ring.publish(claim.seq, 1, None);
+                    lane.ring.publish_skip(crate::ring::seq_add(claim.seq, 1));
                 }
-                push(&ring, &mut head, 2);
+                if claim.wake_drainer {
+                    drainer.unpark();
+                }
+                lane.push(&mut head, 2, &drainer);
             })
         };
-        let got = drain(&ring, 2, 2);
+        let got = lane.drain(2, 2);
         producer.join().unwrap();
         assert_eq!(got, vec![1, 2]);
     });
@@ -149,24 +187,25 @@ fn skipped_slot_is_stepped_over() {
 #[test]
 fn close_races_a_claim() {
     loom::model(|| {
-        let ring = Arc::new(Ring::<u8>::new(2));
+        let lane = Lane::<u8>::new(2);
+        let drainer = thread::current();
         let producer = {
-            let ring = Arc::clone(&ring);
-            thread::spawn(move || {
-                let mut head = 0;
-                match ring.try_claim(1, &mut head, |_| true) {
-                    Ok(claim) => {
-                        // SAFETY: claimed, published once.
-                        unsafe { ring.publish(claim.seq, 7, false) };
-                        true
+            let lane = Arc::clone(&lane);
+            thread::spawn(move || match lane.ring.try_claim(1, &mut 0) {
+                Ok(claim) => {
+                    // SAFETY: claimed, published once.
+                    unsafe { lane.ring.publish(claim.seq, 7, None) };
+                    if claim.wake_drainer {
+                        drainer.unpark();
                     }
-                    Err(ClaimError::Closed) => false,
-                    Err(ClaimError::Full) => panic!("the lane has room"),
+                    true
                 }
+                Err(ClaimError::Closed) => false,
+                Err(ClaimError::Full) => panic!("the lane has room"),
             })
         };
-        let final_tail = ring.close();
-        let got = drain(&ring, 2, final_tail);
+        let final_tail = lane.ring.close();
+        let got = lane.drain(2, final_tail);
         let accepted = producer.join().unwrap();
         assert_eq!(
             accepted,

@@ -46,9 +46,9 @@ fn publish_one(
     value: u8,
     drainer: &thread::Thread,
 ) -> Result<(), ClaimError> {
-    let claim = ring.try_claim(1, cached_head, |_| true)?;
+    let claim = ring.try_claim(1, cached_head)?;
     // SAFETY: claimed, published once.
-    unsafe { ring.publish(claim.seq, value, false) };
+    unsafe { ring.publish(claim.seq, value, None) };
     if claim.wake_drainer {
         drainer.unpark();
     }
@@ -96,12 +96,12 @@ fn producer_waits_for_room_while_the_drainer_frees_it() {
                         WaitStrategy::Park,
                         &notifier,
                         None,
-                        || ring.try_claim(1, &mut head, |_| true),
+                        || ring.try_claim(1, &mut head),
                         || ring.arm_room_waiter(1),
                     )
                     .expect("never closed");
                     // SAFETY: claimed, published once.
-                    unsafe { ring.publish(claim.seq, value, false) };
+                    unsafe { ring.publish(claim.seq, value, None) };
                     if claim.wake_drainer {
                         drainer.unpark();
                     }
@@ -114,55 +114,91 @@ fn producer_waits_for_room_while_the_drainer_frees_it() {
     });
 }
 
-/// A submission waits for its completion slot, held by an earlier ticket,
-/// while that ticket takes its result on another thread and frees the slot:
-/// the submitter is always woken.
+/// Takes one completion slot of lane 0 as a submitter does, waiting (by
+/// the real slow path: arm the held slots under the notifier's lock, sleep)
+/// while every slot is held. Returns the slot's index.
+fn acquire_one<R>(owner: &TableOwner<R>, cursor: &mut usize) -> usize {
+    let lane = owner.lane(0);
+    let mut index = [0];
+    retry_until_room(
+        WaitStrategy::Park,
+        &lane.notifier,
+        None,
+        || {
+            if lane.try_acquire(cursor, &mut index) {
+                Ok(())
+            } else {
+                Err(ClaimError::Full)
+            }
+        },
+        || lane.arm_waiter(),
+    )
+    .expect("never closed");
+    index[0]
+}
+
+/// A submission waits for a completion slot, all held by tickets, while a
+/// ticket takes its result on another thread and frees its slot: the
+/// submitter is always woken and gets that slot.
 #[test]
 fn submitter_waits_for_a_completion_slot_held_by_a_ticket() {
     loom::model(|| {
-        // One lane, one completion slot, a two-slot ring.
+        // One lane with one completion slot, held by a completed ticket.
         let owner = Arc::new(TableOwner::<u8>::new(1, 1, WaitStrategy::Park));
-        let ring = Ring::<u8>::new(2);
-        let mut head = 0;
-        // Sequence 0 is submitted with a ticket and already completed.
-        let claim = ring
-            .try_claim(1, &mut head, |seq| owner.lane(0).are_free(seq, 1))
-            .unwrap();
-        // SAFETY: claimed with its completion slot free; one ticket.
+        let first = acquire_one(&owner, &mut 0);
+        // SAFETY: armed above; one ticket, one completion.
         let mut ticket = unsafe {
-            owner.lane(0).slot(claim.seq).arm();
-            ring.publish(claim.seq, 0, true);
-            owner.ticket(0, claim.seq)
-        };
-        // SAFETY: armed above; its one completion.
-        unsafe {
-            owner
-                .lane(0)
-                .slot(0)
-                .complete(Ok(40), owner.lane(0), owner.get())
+            let lane = owner.lane(0);
+            lane.slot(first).complete(Ok(40), lane, owner.get());
+            owner.ticket(0, first, 0)
         };
         let taker = thread::spawn(move || ticket.try_take().expect("completed").unwrap());
-        // Sequence 1 needs the same completion slot.
-        let lane = owner.lane(0);
-        let claim = retry_until_room(
-            WaitStrategy::Park,
-            &lane.notifier,
-            None,
-            || ring.try_claim(1, &mut head, |seq| lane.are_free(seq, 1)),
-            || lane.arm_waiter(1, 1),
-        )
-        .expect("never closed");
-        assert_eq!(claim.seq, 1);
+        let second = acquire_one(&owner, &mut 0);
+        assert_eq!(second, first, "the only slot, once freed");
         assert_eq!(taker.join().unwrap(), 40);
-        // SAFETY: claimed; published once. (Armed and completed so the table
-        // ends clean.)
-        unsafe {
-            lane.slot(1).arm();
-            ring.publish(1, 1, true);
-            lane.slot(1).complete(Ok(41), lane, owner.get());
-        }
-        let mut ticket = unsafe { owner.ticket(0, 1) };
+        // SAFETY: armed by `acquire_one`; one ticket, one completion.
+        let mut ticket = unsafe {
+            let lane = owner.lane(0);
+            lane.slot(second).complete(Ok(41), lane, owner.get());
+            owner.ticket(0, second, 1)
+        };
         assert_eq!(ticket.try_take().unwrap().unwrap(), 41);
+    });
+}
+
+/// Two submitters race for the two completion slots of a lane, one of which
+/// is held by a completed ticket that a third thread is dropping (which
+/// frees the slot): each submitter gets a slot of its own (never the same
+/// one), and neither is left asleep.
+#[test]
+fn two_submitters_race_for_completion_slots() {
+    loom::model(|| {
+        let owner = Arc::new(TableOwner::<u8>::new(1, 2, WaitStrategy::Park));
+        let held = acquire_one(&owner, &mut 0);
+        // SAFETY: armed above; one ticket, one completion.
+        let ticket = unsafe {
+            let lane = owner.lane(0);
+            lane.slot(held).complete(Ok(0), lane, owner.get());
+            owner.ticket(0, held, 0)
+        };
+        let dropper = thread::spawn(move || drop(ticket));
+        let other = {
+            let owner = Arc::clone(&owner);
+            thread::spawn(move || acquire_one(&owner, &mut 1))
+        };
+        let mine = acquire_one(&owner, &mut 0);
+        let theirs = other.join().unwrap();
+        dropper.join().unwrap();
+        assert_ne!(mine, theirs, "one slot went to two submitters");
+        let lane = owner.lane(0);
+        for index in [mine, theirs] {
+            // SAFETY: each armed by `acquire_one`; one ticket, one completion.
+            let mut ticket = unsafe {
+                lane.slot(index).complete(Ok(1), lane, owner.get());
+                owner.ticket(0, index, 0)
+            };
+            assert_eq!(ticket.try_take().unwrap().unwrap(), 1);
+        }
     });
 }
 

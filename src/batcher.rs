@@ -18,6 +18,10 @@ use crate::stats::{DrainerCounters, LaneCounters, LaneStats, Stats};
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, OnceLock, Ordering, thread};
 use crate::wait::{Progress, WaitStrategy, retry_until_room};
 
+/// Most tickets one claim of [`Producer::submit_many`] covers: their
+/// completion slot indexes are kept on the stack between claim and publish.
+const TICKET_CHUNK: usize = 64;
+
 /// One lane: its ring and its producer-side counters.
 pub(crate) struct Lane<T> {
     pub(crate) ring: Ring<T>,
@@ -46,6 +50,8 @@ pub(crate) struct Shared<T, R> {
     pub(crate) drainer: OnceLock<thread::Thread>,
     pub(crate) config: Config,
     next_lane: AtomicUsize,
+    /// Producers made so far (spreads their completion slot cursors).
+    producers_made: AtomicUsize,
 }
 
 impl<T, R> Shared<T, R> {
@@ -155,6 +161,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     pub fn builder() -> BatcherBuilder<T, R> {
         BatcherBuilder {
             config: Config::default(),
+            max_batch_set: false,
             handler: None,
         }
     }
@@ -282,6 +289,8 @@ impl<T, R> fmt::Debug for Batcher<T, R> {
 /// Builds a [`Batcher`]; every setting is checked by [`build`](Self::build).
 pub struct BatcherBuilder<T, R> {
     config: Config,
+    /// Whether `max_batch` was set (if not, it follows a smaller capacity).
+    max_batch_set: bool,
     handler: Option<Box<dyn Handler<T, R>>>,
 }
 
@@ -298,9 +307,11 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         self
     }
 
-    /// Most items per batch, at most `capacity` (default 256).
+    /// Most items per batch, at most `capacity` (default 256, or the
+    /// capacity if that is smaller).
     pub fn max_batch(mut self, max_batch: usize) -> Self {
         self.config.max_batch = max_batch;
+        self.max_batch_set = true;
         self
     }
 
@@ -312,10 +323,14 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
 
     /// Completion slots per lane, a power of two (default: `capacity`).
     ///
-    /// A submission with a ticket needs the slot of its sequence free, so at
-    /// most this many tickets per lane can hold results at once; beyond that,
-    /// submissions meet backpressure until tickets are taken or dropped. Raise
-    /// it if producers hold many tickets before waiting on them.
+    /// Each submission with a ticket takes a free completion slot of its lane
+    /// and holds it until its ticket takes the result or is dropped, so at
+    /// most this many tickets per lane can be outstanding at once; beyond
+    /// that, submissions with tickets meet the backpressure policy until
+    /// tickets are given up (fire-and-forget pushes are not affected). Size it
+    /// for the tickets the producers of one lane hold before waiting on them:
+    /// under [`Backpressure::Block`], producers that hold every slot of a lane
+    /// between them and all wait for one more would wait for ever.
     pub fn result_slots(mut self, slots: usize) -> Self {
         self.config.result_slots = Some(slots);
         self
@@ -354,6 +369,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// Replaces every setting at once.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
+        self.max_batch_set = true;
         self
     }
 
@@ -378,7 +394,10 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     ///
     /// A [`ConfigError`] naming the first invalid setting, or saying why the
     /// drainer could not start.
-    pub fn build(self) -> Result<Batcher<T, R>, ConfigError> {
+    pub fn build(mut self) -> Result<Batcher<T, R>, ConfigError> {
+        if !self.max_batch_set && self.config.capacity > 0 {
+            self.config.max_batch = self.config.max_batch.min(self.config.capacity);
+        }
         self.config.validate()?;
         let handler = self.handler.ok_or(ConfigError::MissingHandler)?;
         let config = self.config;
@@ -397,6 +416,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             pool: Pool::new(config.pool_size, config.max_batch),
             drainer: OnceLock::new(),
             next_lane: AtomicUsize::new(0),
+            producers_made: AtomicUsize::new(0),
             config,
         });
 
@@ -484,6 +504,9 @@ enum Wait {
 pub struct Producer<T, R = ()> {
     shared: Arc<Shared<T, R>>,
     lane: usize,
+    /// Where this producer next looks for a free completion slot (private,
+    /// so that producers of one lane seldom contend for the same slot).
+    next_slot: Cell<usize>,
     /// Private copy of the lane's drainer cursor, reloaded only when the lane
     /// looks full.
     cached_head: Cell<usize>,
@@ -498,9 +521,19 @@ unsafe impl<T: Send, R: Send> Send for Producer<T, R> {}
 impl<T, R> Producer<T, R> {
     fn new(shared: Arc<Shared<T, R>>, lane: usize) -> Self {
         Self {
+            cached_head: Cell::new(0),
+            // Spread producers over the completion slots (Fibonacci hashing
+            // of a producer count), so that producers of one lane rarely
+            // scan the same slots. Relaxed: any value works, it is a hint.
+            next_slot: Cell::new(
+                shared
+                    .producers_made
+                    .fetch_add(1, Ordering::Relaxed)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    >> 40,
+            ),
             shared,
             lane,
-            cached_head: Cell::new(0),
             _not_sync: PhantomData,
         }
     }
@@ -524,69 +557,111 @@ impl<T, R> Producer<T, R> {
         unsafe { lanes.get_unchecked(self.lane) }
     }
 
-    /// One claim attempt of `n` slots; with `ticket`, the completion slots
-    /// must be free too.
+    /// One claim attempt of `n` ring slots.
     #[inline(always)]
-    fn try_claim(&self, n: usize, ticket: bool) -> Result<Claim, ClaimError> {
-        let ring = &self.lane_ref().ring;
+    fn try_claim(&self, n: usize) -> Result<Claim, ClaimError> {
         let mut head = self.cached_head.get();
-        let result = if ticket {
-            let slots = self.shared.table.lane(self.lane);
-            ring.try_claim(n, &mut head, |seq| slots.are_free(seq, n))
-        } else {
-            ring.try_claim(n, &mut head, |_| true)
-        };
+        let result = self.lane_ref().ring.try_claim(n, &mut head);
         self.cached_head.set(head);
         result
     }
 
-    /// Claims `n` slots, waiting as `wait` says.
+    /// Claims `n` ring slots, waiting as `wait` says.
     #[inline(always)]
-    fn claim(&self, n: usize, ticket: bool, wait: Wait) -> Result<Claim, RefusedKind> {
-        match self.try_claim(n, ticket) {
+    fn claim(&self, n: usize, wait: Wait) -> Result<Claim, RefusedKind> {
+        match self.try_claim(n) {
             Ok(claim) => Ok(claim),
             Err(ClaimError::Closed) => Err(RefusedKind::Closed),
-            Err(ClaimError::Full) => match wait {
-                Wait::Never => Err(RefusedKind::Full),
-                Wait::Policy => match self.shared.config.backpressure {
-                    Backpressure::Block => self.claim_slow(n, ticket, None),
-                    Backpressure::Reject | Backpressure::DropNewest => Err(RefusedKind::Full),
-                },
-                Wait::Block(deadline) => self.claim_slow(n, ticket, deadline),
+            Err(ClaimError::Full) => match self.blocks(wait) {
+                None => Err(RefusedKind::Full),
+                Some(deadline) => self.claim_slow(n, deadline),
             },
+        }
+    }
+
+    /// Whether a submission with `wait` waits for room, and until when.
+    #[inline(always)]
+    fn blocks(&self, wait: Wait) -> Option<Option<Instant>> {
+        match wait {
+            Wait::Never => None,
+            Wait::Policy => match self.shared.config.backpressure {
+                Backpressure::Block => Some(None),
+                Backpressure::Reject | Backpressure::DropNewest => None,
+            },
+            Wait::Block(deadline) => Some(deadline),
         }
     }
 
     /// The lane is full: wait for room by the wait strategy.
     #[cold]
     #[inline(never)]
-    fn claim_slow(
-        &self,
-        n: usize,
-        ticket: bool,
-        deadline: Option<Instant>,
-    ) -> Result<Claim, RefusedKind> {
+    fn claim_slow(&self, n: usize, deadline: Option<Instant>) -> Result<Claim, RefusedKind> {
+        let ring = &self.lane_ref().ring;
         retry_until_room(
             self.shared.config.wait,
             &self.shared.table.lane(self.lane).notifier,
             deadline,
-            || self.try_claim(n, ticket),
-            || self.arm_waiter(n, ticket),
+            || self.try_claim(n),
+            // Under the notifier's lock: flag the head word so that the
+            // drainer's next run notifies (false if there is room already).
+            || ring.arm_room_waiter(n),
         )
     }
 
-    /// Under the lane notifier's lock: flags what blocks a claim of `n` (the
-    /// ring's room, or a held completion slot) so that its freer notifies.
-    /// Returns false if nothing blocks it any more.
-    fn arm_waiter(&self, n: usize, ticket: bool) -> bool {
-        let ring = &self.lane_ref().ring;
-        if ring.arm_room_waiter(n) {
-            return true;
+    /// Takes `out.len()` completion slots for tickets, then claims as many
+    /// ring slots, waiting for either as `wait` says. On success the slots'
+    /// indexes are in `out`; on failure none is held.
+    #[inline(always)]
+    fn claim_ticketed(&self, out: &mut [usize], wait: Wait) -> Result<Claim, RefusedKind> {
+        let slots = self.shared.table.lane(self.lane);
+        let mut cursor = self.next_slot.get();
+        let acquired = slots.try_acquire(&mut cursor, out);
+        self.next_slot.set(cursor);
+        if !acquired {
+            match self.blocks(wait) {
+                None => return Err(RefusedKind::Full),
+                Some(deadline) => self.acquire_slow(out, deadline)?,
+            }
         }
-        let (seq, flags) = ring.tail();
-        ticket
-            && flags & crate::ring::CLOSED == 0
-            && self.shared.table.lane(self.lane).arm_waiter(seq, n)
+        self.claim(out.len(), wait).inspect_err(|_| {
+            // SAFETY: taken above, nothing published with them, no tickets.
+            unsafe { slots.release_unused(out) };
+        })
+    }
+
+    /// Every completion slot of the lane is held by a ticket: wait until
+    /// enough are freed.
+    #[cold]
+    #[inline(never)]
+    fn acquire_slow(
+        &self,
+        out: &mut [usize],
+        deadline: Option<Instant>,
+    ) -> Result<(), RefusedKind> {
+        let ring = &self.lane_ref().ring;
+        let slots = self.shared.table.lane(self.lane);
+        retry_until_room(
+            self.shared.config.wait,
+            &slots.notifier,
+            deadline,
+            || {
+                if ring.is_closed() {
+                    return Err(ClaimError::Closed);
+                }
+                let mut cursor = self.next_slot.get();
+                let acquired = slots.try_acquire(&mut cursor, out);
+                self.next_slot.set(cursor);
+                if acquired {
+                    Ok(())
+                } else {
+                    Err(ClaimError::Full)
+                }
+            },
+            // Under the notifier's lock: flag the held slots so that the
+            // next one freed notifies (false if one is free, or the lane
+            // closed, whose closer notifies after closing).
+            || !ring.is_closed() && slots.arm_waiter(),
+        )
     }
 
     /// Counts a refusal and builds the error.
@@ -615,10 +690,10 @@ impl<T, R> Producer<T, R> {
 
     #[inline(always)]
     fn push_with(&self, item: T, wait: Wait) -> Result<(), SubmitError<T>> {
-        match self.claim(1, false, wait) {
+        match self.claim(1, wait) {
             Ok(claim) => {
                 // SAFETY: we claimed `claim.seq` and publish it once.
-                unsafe { self.lane_ref().ring.publish(claim.seq, item, false) };
+                unsafe { self.lane_ref().ring.publish(claim.seq, item, None) };
                 if claim.wake_drainer {
                     self.shared.unpark_drainer();
                 }
@@ -635,9 +710,17 @@ impl<T, R> Producer<T, R> {
 
     #[inline(always)]
     fn submit_with(&self, item: T, wait: Wait) -> Result<Ticket<R>, SubmitError<T>> {
-        match self.claim(1, true, wait) {
-            // SAFETY: we claimed `claim.seq` (with its completion slot free).
-            Ok(claim) => Ok(unsafe { self.publish_ticketed(claim, item) }),
+        let mut index = [0usize; 1];
+        match self.claim_ticketed(&mut index, wait) {
+            Ok(claim) => {
+                // SAFETY: we claimed `claim.seq` and armed completion slot
+                // `index[0]`; both are used once, here.
+                let ticket = unsafe { self.publish_ticketed_at(claim.seq, index[0], item) };
+                if claim.wake_drainer {
+                    self.shared.unpark_drainer();
+                }
+                Ok(ticket)
+            }
             Err(kind) if self.drops_when_full(kind, wait) => {
                 self.count_dropped(1);
                 drop(item);
@@ -647,26 +730,22 @@ impl<T, R> Producer<T, R> {
         }
     }
 
-    /// Arms the completion slot, publishes the item, returns its ticket.
+    /// Publishes `item` at the claimed `seq` with the armed completion slot
+    /// `index`, and returns its ticket. The caller wakes the drainer if its
+    /// claim asked for it.
     ///
     /// # Safety
     ///
-    /// `claim.seq` was claimed with a ticket (its completion slot free) and is
-    /// published once, here.
+    /// `seq` was claimed and completion slot `index` armed by this producer;
+    /// each is used once, here.
     #[inline(always)]
-    unsafe fn publish_ticketed(&self, claim: Claim, item: T) -> Ticket<R> {
-        let table = &self.shared.table;
-        // SAFETY: the claim checked the completion slot free; arming happens
-        // before the stamp's Release store in `publish`.
+    unsafe fn publish_ticketed_at(&self, seq: usize, index: usize, item: T) -> Ticket<R> {
+        // SAFETY: the caller's contract; the slot was armed before the
+        // stamp's Release store in `publish`, which carries it to the drainer.
         unsafe {
-            table.lane(self.lane).slot(claim.seq).arm();
-            self.lane_ref().ring.publish(claim.seq, item, true);
+            self.lane_ref().ring.publish(seq, item, Some(index));
+            self.shared.table.ticket(self.lane, index, seq)
         }
-        if claim.wake_drainer {
-            self.shared.unpark_drainer();
-        }
-        // SAFETY: armed above; one ticket per armed slot.
-        unsafe { table.ticket(self.lane, claim.seq) }
     }
 
     /// Submits `item` fire-and-forget, following the batcher's
@@ -770,22 +849,33 @@ impl<T, R> Producer<T, R> {
     where
         T: Clone,
     {
-        let chunk_size = self
-            .shared
-            .config
-            .capacity
-            .min(self.shared.table.lane(self.lane).len());
+        // A claim covers up to a lane's capacity; with tickets, also at most
+        // `TICKET_CHUNK` (their completion slot indexes are kept on the
+        // stack) and the lane's completion slot count.
+        let capacity = self.shared.config.capacity;
+        let chunk_size = match tickets {
+            None => capacity,
+            Some(_) => TICKET_CHUNK
+                .min(capacity)
+                .min(self.shared.table.lane(self.lane).len()),
+        };
+        let mut indexes = [0usize; TICKET_CHUNK];
         let mut accepted = 0;
         for chunk in items.chunks(chunk_size) {
+            let n = chunk.len();
             if let Some(tickets) = tickets.as_deref_mut() {
                 // Reserve before claiming, so nothing can fail between arming
                 // a slot and handing out its ticket.
-                tickets.reserve(chunk.len());
+                tickets.reserve(n);
             }
-            let n = chunk.len();
-            match self.claim(n, tickets.is_some(), Wait::Policy) {
+            let claimed = match tickets {
+                None => self.claim(n, Wait::Policy),
+                Some(_) => self.claim_ticketed(&mut indexes[..n], Wait::Policy),
+            };
+            match claimed {
                 Ok(claim) => {
-                    self.fill(claim, chunk, tickets.as_deref_mut());
+                    let indexes = tickets.as_ref().map(|_| &indexes[..n]);
+                    self.fill(claim, chunk, indexes, tickets.as_deref_mut());
                     accepted += n;
                 }
                 Err(kind) if self.drops_when_full(kind, Wait::Policy) => {
@@ -808,16 +898,25 @@ impl<T, R> Producer<T, R> {
         Ok(())
     }
 
-    /// Fills the claimed run with clones of `chunk`. If a clone panics, the
-    /// rest of the run is published empty so that the lane is not blocked.
-    fn fill(&self, claim: Claim, chunk: &[T], mut tickets: Option<&mut Vec<Ticket<R>>>)
-    where
+    /// Fills the claimed run with clones of `chunk` (with tickets when
+    /// `indexes` holds the armed completion slots, one per item). If a clone
+    /// panics, the rest of the run is published empty and its completion
+    /// slots given back, so that the lane is not blocked.
+    fn fill(
+        &self,
+        claim: Claim,
+        chunk: &[T],
+        indexes: Option<&[usize]>,
+        mut tickets: Option<&mut Vec<Ticket<R>>>,
+    ) where
         T: Clone,
     {
         struct Guard<'a, T, R> {
             producer: &'a Producer<T, R>,
             next: usize,
             end: usize,
+            /// Completion slots armed for the items not yet published.
+            unused: &'a [usize],
             wake: bool,
         }
         impl<T, R> Drop for Guard<'_, T, R> {
@@ -833,6 +932,9 @@ impl<T, R> Producer<T, R> {
                     unsafe { lane.ring.publish_skip(self.next) };
                     self.next = crate::ring::seq_add(self.next, 1);
                 }
+                let slots = self.producer.shared.table.lane(self.producer.lane);
+                // SAFETY: armed by us for items that were never published.
+                unsafe { slots.release_unused(self.unused) };
                 if self.wake {
                     self.producer.shared.unpark_drainer();
                 }
@@ -842,26 +944,23 @@ impl<T, R> Producer<T, R> {
             producer: self,
             next: claim.seq,
             end: crate::ring::seq_add(claim.seq, chunk.len()),
+            unused: indexes.unwrap_or(&[]),
             wake: claim.wake_drainer,
         };
         let ring = &self.lane_ref().ring;
-        let table = &self.shared.table;
         for item in chunk {
             let value = item.clone();
             let seq = guard.next;
-            match tickets.as_deref_mut() {
-                Some(tickets) => {
-                    // SAFETY: `seq` is claimed (with its completion slot free)
-                    // and published once; `tickets` has room reserved, so the
-                    // push cannot fail after arming.
-                    unsafe {
-                        table.lane(self.lane).slot(seq).arm();
-                        ring.publish(seq, value, true);
-                        tickets.push(table.ticket(self.lane, seq));
-                    }
+            match (tickets.as_deref_mut(), guard.unused.split_first()) {
+                (Some(tickets), Some((&index, rest))) => {
+                    // SAFETY: `seq` is claimed and completion slot `index`
+                    // armed by us, each used once; `tickets` has room
+                    // reserved, so the push cannot fail after publishing.
+                    tickets.push(unsafe { self.publish_ticketed_at(seq, index, value) });
+                    guard.unused = rest;
                 }
                 // SAFETY: `seq` is claimed and published once.
-                None => unsafe { ring.publish(seq, value, false) },
+                _ => unsafe { ring.publish(seq, value, None) },
             }
             guard.next = crate::ring::seq_add(seq, 1);
         }

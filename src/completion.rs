@@ -1,13 +1,18 @@
 //! Completion slots and tickets: how each item's result gets back to the
 //! thread or task that submitted it.
 //!
-//! Every lane has a table of completion slots indexed by the item's sequence
-//! number. A producer that wants the result arms the slot for its sequence
-//! before publishing the item (it may claim the sequence only if that slot is
-//! free), and gets a [`Ticket`] naming the slot. The drainer writes the result
-//! into the slot and wakes the ticket's waker if one is registered; the ticket
-//! takes the result and frees the slot. A ticket may be dropped at any moment:
-//! whoever of the two comes second frees the slot.
+//! Every lane has a table of completion slots. A producer that wants the
+//! result takes a free slot of its lane (a CAS from `FREE` to `ARMED`,
+//! scanning from its private cursor), claims the item's sequence in the ring,
+//! and publishes the slot's index in the item's stamp; it gets a [`Ticket`]
+//! naming the slot. The drainer writes the result into the slot and wakes
+//! the ticket's waker if one is registered; the ticket takes the result and
+//! frees the slot. A ticket may be dropped at any moment: whoever of the two
+//! comes second frees the slot.
+//!
+//! Slots are not tied to sequence numbers, so a ticket held for a long time
+//! blocks nobody but the count of free slots: a lane has `result_slots`
+//! tickets outstanding at most.
 //!
 //! One waker per slot serves both a thread blocked in [`Ticket::wait`] (a
 //! waker that unparks it) and a task awaiting the ticket.
@@ -64,12 +69,30 @@ impl<R> CompletionSlot<R> {
         }
     }
 
-    /// Whether no ticket holds the slot. Acquire pairs with the swap in
-    /// [`free`](Self::free): the previous ticket's last access happened before
-    /// the claimer's writes.
+    /// Whether no ticket holds the slot (a hint before [`try_arm`](Self::try_arm)).
     #[inline(always)]
+    fn looks_free(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == FREE
+    }
+
+    /// Whether no ticket holds the slot. Acquire pairs with the swap in
+    /// [`free`](Self::free). (The loom models check it.)
+    #[cfg(all(loom, test))]
     pub(crate) fn is_free(&self) -> bool {
         self.state.load(Ordering::Acquire) == FREE
+    }
+
+    /// Producer side: takes the slot for a new ticket if it is free.
+    ///
+    /// Acquire on success pairs with the Release swap in [`free`](Self::free):
+    /// the previous ticket's and completer's accesses to the cells happen
+    /// before ours. The producer then publishes its item with a Release
+    /// stamp store, which carries this state to the drainer.
+    #[inline(always)]
+    fn try_arm(&self) -> bool {
+        self.state
+            .compare_exchange(FREE, ARMED, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Producer side, under the lane notifier's lock: if the slot is still
@@ -97,16 +120,18 @@ impl<R> CompletionSlot<R> {
         }
     }
 
-    /// Arms the slot for a new ticket.
+    /// Producer side: gives back a slot it armed but will not use (its item
+    /// was refused), waking producers that wait for a slot.
     ///
     /// # Safety
     ///
-    /// The caller claimed the sequence this slot serves after seeing the slot
-    /// free ([`is_free`](Self::is_free)), and publishes its item after this call
-    /// (the ring stamp's Release store carries this store to the drainer).
-    #[inline(always)]
-    pub(crate) unsafe fn arm(&self) {
-        self.state.store(ARMED, Ordering::Relaxed);
+    /// The caller armed the slot with [`try_arm`](Self::try_arm), published
+    /// nothing with it and made no ticket for it.
+    unsafe fn disarm(&self, lane: &LaneCompletions<R>) {
+        // AcqRel swap, as in `free`; only `SLOT_WAITER` can have been added.
+        if self.state.swap(FREE, Ordering::AcqRel) & SLOT_WAITER != 0 {
+            lane.notifier.notify_all();
+        }
     }
 
     /// Completer side: stores the result and wakes the ticket.
@@ -328,26 +353,63 @@ pub(crate) struct LaneCompletions<R> {
 }
 
 impl<R> LaneCompletions<R> {
-    /// The slot serving sequence `seq`.
+    /// Slot `index` (taken modulo the slot count).
     #[inline(always)]
-    pub(crate) fn slot(&self, seq: usize) -> &CompletionSlot<R> {
-        let index = seq & self.mask;
+    pub(crate) fn slot(&self, index: usize) -> &CompletionSlot<R> {
+        let index = index & self.mask;
         debug_assert!(index < self.slots.len());
         // SAFETY: masked by `len - 1`, and `len` is a power of two.
         unsafe { self.slots.get_unchecked(index) }
     }
 
-    /// Whether the slots for `n` sequences from `seq` are all free.
-    #[inline(always)]
-    pub(crate) fn are_free(&self, seq: usize, n: usize) -> bool {
-        (0..n).all(|i| self.slot(seq.wrapping_add(i)).is_free())
+    /// Producer side: arms `out.len()` free slots, scanning from `*cursor`
+    /// (the producer's private position, moved past the last slot taken), and
+    /// writes their indexes to `out`. All or nothing: if fewer are free, the
+    /// ones taken are given back and it returns false.
+    #[inline]
+    pub(crate) fn try_acquire(&self, cursor: &mut usize, out: &mut [usize]) -> bool {
+        let len = self.slots.len();
+        let mut taken = 0;
+        let mut index = *cursor & self.mask;
+        let mut scanned = 0;
+        while taken < out.len() && scanned < len {
+            let slot = self.slot(index);
+            if slot.looks_free() && slot.try_arm() {
+                out[taken] = index;
+                taken += 1;
+            }
+            index = (index + 1) & self.mask;
+            scanned += 1;
+        }
+        *cursor = index;
+        if taken == out.len() {
+            return true;
+        }
+        for &index in &out[..taken] {
+            // SAFETY: armed just above by us; nothing was published with it.
+            unsafe { self.slot(index).disarm(self) };
+        }
+        false
     }
 
-    /// Under the lane notifier's lock: if one of the slots for `n` sequences
-    /// from `seq` is held, flags it (see [`CompletionSlot::arm_waiter`]) and
-    /// returns true.
-    pub(crate) fn arm_waiter(&self, seq: usize, n: usize) -> bool {
-        (0..n).any(|i| self.slot(seq.wrapping_add(i)).arm_waiter())
+    /// Producer side: gives back slots taken with
+    /// [`try_acquire`](Self::try_acquire) whose items were refused.
+    ///
+    /// # Safety
+    ///
+    /// As for [`CompletionSlot::disarm`], for every index in `indexes`.
+    pub(crate) unsafe fn release_unused(&self, indexes: &[usize]) {
+        for &index in indexes {
+            // SAFETY: the caller's contract.
+            unsafe { self.slot(index).disarm(self) };
+        }
+    }
+
+    /// Under the lane notifier's lock: if every slot is held, flags each (see
+    /// [`CompletionSlot::arm_waiter`]) so that the next one freed notifies,
+    /// and returns true; false if some slot is free.
+    pub(crate) fn arm_waiter(&self) -> bool {
+        self.slots.iter().all(CompletionSlot::arm_waiter)
     }
 
     /// Number of slots.
@@ -459,18 +521,19 @@ impl<R> TableOwner<R> {
         unsafe { lanes.get_unchecked(index) }
     }
 
-    /// Makes a ticket for the armed slot of sequence `seq` in lane `lane`.
+    /// Makes a ticket for the armed slot `index` of lane `lane`, whose item
+    /// has sequence `seq`.
     ///
     /// # Safety
     ///
-    /// The caller armed that slot ([`CompletionSlot::arm`]) and makes one ticket
-    /// for it.
+    /// The caller armed that slot ([`LaneCompletions::try_acquire`]) and makes
+    /// one ticket for it.
     #[inline(always)]
-    pub(crate) unsafe fn ticket(&self, lane: usize, seq: usize) -> Ticket<R> {
+    pub(crate) unsafe fn ticket(&self, lane: usize, index: usize, seq: usize) -> Ticket<R> {
         let lanes = self.lane(lane);
         Ticket {
             inner: Inner::Pending(SlotRef {
-                slot: NonNull::from(lanes.slot(seq)),
+                slot: NonNull::from(lanes.slot(index)),
                 lane: NonNull::from(lanes),
                 table: self.table,
                 seq: seq as u64,
@@ -553,10 +616,9 @@ enum Inner<R> {
 /// Dropping a ticket at any moment is safe: its result is dropped and its slot
 /// freed.
 ///
-/// Until a ticket gives up its slot (by taking the result or being dropped),
-/// that slot cannot serve a later submission of the same index, so a producer
-/// that holds many tickets can fill its lane's result slots; see
-/// [`BatcherBuilder::result_slots`](crate::BatcherBuilder::result_slots).
+/// Until a ticket gives up its completion slot (by taking the result or being
+/// dropped), that slot serves no other submission, so a lane has at most
+/// [`result_slots`](crate::BatcherBuilder::result_slots) tickets outstanding.
 ///
 /// # Examples
 ///

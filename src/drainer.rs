@@ -131,11 +131,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         // SAFETY: this thread is the ring's only consumer and `head` is the
         // head it last published.
         let new_head = unsafe {
-            ring.drain_run(head, room, |item, seq, ticket| {
-                let origin = if ticket {
-                    Origin::ticket(lane, seq)
-                } else {
-                    Origin::NONE
+            ring.drain_run(head, room, |item, _seq, ticket| {
+                let origin = match ticket {
+                    Some(index) => Origin::ticket(lane, index),
+                    None => Origin::NONE,
                 };
                 buf.push(item, origin);
             })

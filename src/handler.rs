@@ -202,8 +202,8 @@ impl<'a, T, R> Batch<'a, T, R> {
         let target = origin.pending();
         *origin = Origin::DONE;
         self.completed += 1;
-        if let Some((lane, seq)) = target {
-            deliver(self.table, lane, seq, result);
+        if let Some((lane, index)) = target {
+            deliver(self.table, lane, index, result);
         }
         Ok(())
     }
@@ -243,8 +243,8 @@ impl<'a, T, R> Batch<'a, T, R> {
                 continue;
             }
             let result = f(item).map_err(|e| Error::Failed(Arc::from(e.into())));
-            if let Some((lane, seq)) = origin.pending() {
-                deliver(table, lane, seq, result);
+            if let Some((lane, index)) = origin.pending() {
+                deliver(table, lane, index, result);
             }
             *origin = Origin::DONE;
             completed += 1;
@@ -259,8 +259,8 @@ impl<'a, T, R> Batch<'a, T, R> {
         }
         let table = self.table;
         for origin in self.buf.origins.iter_mut() {
-            if let Some((lane, seq)) = origin.pending() {
-                deliver(table, lane, seq, Err(error.clone()));
+            if let Some((lane, index)) = origin.pending() {
+                deliver(table, lane, index, Err(error.clone()));
             }
             *origin = Origin::DONE;
         }
@@ -278,13 +278,13 @@ impl<T: fmt::Debug, R> fmt::Debug for Batch<'_, T, R> {
 }
 
 #[inline]
-fn deliver<R>(table: &TableOwner<R>, lane: usize, seq: usize, result: Result<R, Error>) {
+fn deliver<R>(table: &TableOwner<R>, lane: usize, index: usize, result: Result<R, Error>) {
     let lane_table = table.lane(lane);
     // SAFETY: the origin was pending, so the slot is armed for this item and
     // this is its one completion (the origin is marked done by the caller).
     unsafe {
         lane_table
-            .slot(seq)
+            .slot(index)
             .complete(result, lane_table, table.get())
     };
 }

@@ -6,8 +6,8 @@
 
 use crossbeam_queue::ArrayQueue;
 
-/// Where an item's result goes: packed `(lane, slot index)`, or one of the
-/// two sentinels.
+/// Where an item's result goes: packed `(lane, completion slot index)`, or
+/// one of the two sentinels.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(transparent)]
 pub(crate) struct Origin(u64);
@@ -18,14 +18,16 @@ impl Origin {
     /// The item's result was already delivered.
     pub(crate) const DONE: Origin = Origin(u64::MAX - 1);
 
-    /// The completion slot of sequence `seq` in lane `lane` (`lane` is below
-    /// `u32::MAX - 1`, checked by the configuration).
+    /// Completion slot `index` of lane `lane` (`lane` is below
+    /// [`MAX_LANES`](crate::MAX_LANES) and `index` below
+    /// [`MAX_CAPACITY`](crate::MAX_CAPACITY), both checked by the
+    /// configuration, so the pair never meets a sentinel).
     #[inline(always)]
-    pub(crate) fn ticket(lane: usize, seq: usize) -> Origin {
-        Origin(((lane as u64) << 32) | (seq as u32 as u64))
+    pub(crate) fn ticket(lane: usize, index: usize) -> Origin {
+        Origin(((lane as u64) << 32) | (index as u32 as u64))
     }
 
-    /// `(lane, sequence low bits)` for a pending ticket.
+    /// `(lane, completion slot index)` for a pending ticket.
     #[inline(always)]
     pub(crate) fn pending(self) -> Option<(usize, usize)> {
         if self.0 >= Origin::DONE.0 {

@@ -38,12 +38,24 @@ const HEAD_SHIFT: u32 = 1;
 /// and wrap modulo 2^62; every comparison goes through [`distance`].
 pub(crate) const SEQ_MASK: usize = usize::MAX >> SEQ_SHIFT;
 
-/// Stamp bit 0: the item carries a ticket (its submitter wants the result).
+/// Stamp bit 0: the item carries a ticket (its submitter wants the result);
+/// bits 34.. then hold the index of the completion slot it armed.
 pub(crate) const STAMP_TICKET: usize = 0b01;
 /// Stamp bit 1: the slot was claimed but holds no item (a slice claim whose
 /// producer panicked while filling it); the drainer steps over it.
 pub(crate) const STAMP_SKIP: usize = 0b10;
+/// Stamp bits 2..34: the low 32 bits of `seq + 1` for the sequence the slot
+/// publishes. A slot's previous stamp is always from exactly one lap earlier
+/// (`seq - capacity`, capacity at most 2^30), so 32 bits tell the two apart.
 const STAMP_SHIFT: u32 = 2;
+const STAMP_SEQ_BITS: u32 = 32;
+const STAMP_SEQ_MASK: usize = ((1 << STAMP_SEQ_BITS) - 1) << STAMP_SHIFT;
+/// Stamp bits 34..64: the completion slot index of a ticketed item (below
+/// [`MAX_CAPACITY`](crate::MAX_CAPACITY) = 2^30, so it fits in 30 bits).
+const STAMP_SLOT_SHIFT: u32 = STAMP_SHIFT + STAMP_SEQ_BITS;
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("ringbatch packs its slot stamps into 64-bit words");
 
 /// `b - a` in sequence space.
 #[inline(always)]
@@ -57,12 +69,19 @@ pub(crate) fn seq_add(seq: usize, n: usize) -> usize {
     seq.wrapping_add(n) & SEQ_MASK
 }
 
-/// The stamp that publishes sequence `seq`: `seq + 1` in bits 2.., so that the
-/// all-zero initial stamp never reads as published for sequence 0, and a stamp
-/// left from the previous lap (`seq - capacity + 1`) never matches either.
+/// The sequence part of the stamp that publishes sequence `seq`: `seq + 1`,
+/// so that the all-zero initial stamp never reads as published for sequence
+/// 0, and a stamp left from the previous lap (`seq - capacity + 1`) never
+/// matches either.
 #[inline(always)]
 fn stamp_for(seq: usize) -> usize {
-    seq_add(seq, 1) << STAMP_SHIFT
+    (seq.wrapping_add(1) << STAMP_SHIFT) & STAMP_SEQ_MASK
+}
+
+/// Whether `stamp` publishes sequence `seq`.
+#[inline(always)]
+fn publishes(stamp: usize, seq: usize) -> bool {
+    stamp & STAMP_SEQ_MASK == stamp_for(seq)
 }
 
 /// A successful claim of `n` consecutive sequence numbers starting at `seq`.
@@ -77,7 +96,7 @@ pub(crate) struct Claim {
 /// Why a claim failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ClaimError {
-    /// Not enough free slots (or the caller's extra condition did not hold).
+    /// Not enough free slots.
     Full,
     /// The lane is closed.
     Closed,
@@ -151,16 +170,9 @@ impl<T> Ring<T> {
     /// Claims `n` consecutive sequence numbers (`1 <= n <= capacity`).
     ///
     /// `cached_head` is the caller's private copy of `head`; it is reloaded
-    /// only when the lane looks full. `extra(seq)` is checked before the CAS
-    /// with the sequence about to be claimed (the completion slots use it); if
-    /// it returns false the claim fails with [`ClaimError::Full`].
+    /// only when the lane looks full.
     #[inline]
-    pub(crate) fn try_claim(
-        &self,
-        n: usize,
-        cached_head: &mut usize,
-        mut extra: impl FnMut(usize) -> bool,
-    ) -> Result<Claim, ClaimError> {
+    pub(crate) fn try_claim(&self, n: usize, cached_head: &mut usize) -> Result<Claim, ClaimError> {
         debug_assert!(n >= 1 && n <= self.capacity());
         let room = self.capacity() - n;
         let mut word = self.tail.load(Ordering::Relaxed);
@@ -174,9 +186,6 @@ impl<T> Ring<T> {
                 if distance(*cached_head, seq) > room {
                     return Err(ClaimError::Full);
                 }
-            }
-            if !extra(seq) {
-                return Err(ClaimError::Full);
             }
             // Relaxed is enough: the RMW's atomicity gives each sequence to one
             // producer, slot reuse is ordered by the Acquire load of `head`
@@ -200,23 +209,31 @@ impl<T> Ring<T> {
         }
     }
 
-    /// Writes `value` into the claimed slot `seq` and publishes it.
+    /// Writes `value` into the claimed slot `seq` and publishes it; `ticket`
+    /// is the index of the completion slot its submitter armed, if any.
     ///
     /// # Safety
     ///
     /// The caller claimed `seq` with [`try_claim`](Self::try_claim) and has not
     /// published it yet.
     #[inline(always)]
-    pub(crate) unsafe fn publish(&self, seq: usize, value: T, ticket: bool) {
+    pub(crate) unsafe fn publish(&self, seq: usize, value: T, ticket: Option<usize>) {
         let slot = self.slot(seq);
         // SAFETY: the caller owns the claimed slot; the drainer does not read it
         // until the stamp below is stored, and its previous value was moved out
         // before `head` passed it (checked in `try_claim`).
         slot.value.with_mut(|p| unsafe { (*p).write(value) });
-        let flags = if ticket { STAMP_TICKET } else { 0 };
+        let extra = match ticket {
+            Some(index) => {
+                debug_assert!(index < crate::MAX_CAPACITY);
+                (index << STAMP_SLOT_SHIFT) | STAMP_TICKET
+            }
+            None => 0,
+        };
         // Release pairs with the Acquire load of the stamp in `drain_run`:
-        // the value written above is visible to the drainer.
-        slot.stamp.store(stamp_for(seq) | flags, Ordering::Release);
+        // the value written above (and the completion slot armed before this
+        // call) is visible to the drainer.
+        slot.stamp.store(stamp_for(seq) | extra, Ordering::Release);
     }
 
     /// Publishes the claimed slot `seq` as empty: the drainer steps over it.
@@ -232,7 +249,7 @@ impl<T> Ring<T> {
     }
 
     /// Reads up to `max` published items starting at `head`, in order, calling
-    /// `sink(item, seq, has_ticket)` for each, and returns the new head (the
+    /// `sink(item, seq, ticket)` for each (`ticket`: the completion slot index), and returns the new head (the
     /// caller then calls [`finish_run`](Self::finish_run)). Stops at the first
     /// slot that is not yet published.
     ///
@@ -245,7 +262,7 @@ impl<T> Ring<T> {
         &self,
         head: usize,
         max: usize,
-        mut sink: impl FnMut(T, usize, bool),
+        mut sink: impl FnMut(T, usize, Option<usize>),
     ) -> usize {
         let mut seq = head;
         let end = seq_add(head, max);
@@ -253,7 +270,7 @@ impl<T> Ring<T> {
             let slot = self.slot(seq);
             // Acquire pairs with the Release store in `publish`/`publish_skip`.
             let stamp = slot.stamp.load(Ordering::Acquire);
-            if stamp & !(STAMP_TICKET | STAMP_SKIP) != stamp_for(seq) {
+            if !publishes(stamp, seq) {
                 break;
             }
             if stamp & STAMP_SKIP == 0 {
@@ -261,7 +278,8 @@ impl<T> Ring<T> {
                 // holds an initialised value that no producer touches until
                 // `head` moves past it; we move it out exactly once.
                 let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
-                sink(value, seq, stamp & STAMP_TICKET != 0);
+                let ticket = (stamp & STAMP_TICKET != 0).then_some(stamp >> STAMP_SLOT_SHIFT);
+                sink(value, seq, ticket);
             }
             seq = seq_add(seq, 1);
         }
@@ -371,7 +389,7 @@ impl<T> Drop for Ring<T> {
         while seq != tail {
             let slot = self.slot(seq);
             let stamp = slot.stamp.load(Ordering::Acquire);
-            if stamp & !(STAMP_TICKET | STAMP_SKIP) == stamp_for(seq) && stamp & STAMP_SKIP == 0 {
+            if publishes(stamp, seq) && stamp & STAMP_SKIP == 0 {
                 // SAFETY: published for `seq` and never drained (it is at or
                 // above `head`), so the value is initialised and owned here.
                 slot.value.with_mut(|p| unsafe { (*p).assume_init_drop() });

@@ -34,6 +34,17 @@ impl DispatchReason {
     }
 }
 
+impl core::fmt::Display for DispatchReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            DispatchReason::Full => "full",
+            DispatchReason::LanesIdle => "lanes idle",
+            DispatchReason::Flush => "flush",
+            DispatchReason::Shutdown => "shutdown",
+        })
+    }
+}
+
 /// How many batches were dispatched for each reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DispatchCounts {
@@ -45,6 +56,23 @@ pub struct DispatchCounts {
     pub flush: u64,
     /// Batches dispatched at shutdown.
     pub shutdown: u64,
+}
+
+impl DispatchCounts {
+    /// Batches dispatched for any reason.
+    pub fn total(&self) -> u64 {
+        self.full + self.lanes_idle + self.flush + self.shutdown
+    }
+
+    /// Batches dispatched for `reason`.
+    pub fn get(&self, reason: DispatchReason) -> u64 {
+        match reason {
+            DispatchReason::Full => self.full,
+            DispatchReason::LanesIdle => self.lanes_idle,
+            DispatchReason::Flush => self.flush,
+            DispatchReason::Shutdown => self.shutdown,
+        }
+    }
 }
 
 /// One lane's counters.

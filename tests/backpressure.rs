@@ -1,0 +1,332 @@
+//! Backpressure policies, and the classic lock-free hang: producers waiting
+//! on a ring that fills to capacity, drains and wraps around.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{BOUND, Gate, spawn_bounded};
+use ringbatch::{Backpressure, Batch, Batcher, Error, SubmitError};
+
+/// A one-lane batcher whose handler waits at `gate` for every batch, counts
+/// the items it sees, and answers each with its value doubled.
+fn gated(
+    capacity: usize,
+    policy: Backpressure,
+    gate: &Gate,
+) -> (Batcher<u64, u64>, Arc<AtomicU64>) {
+    let handled = Arc::new(AtomicU64::new(0));
+    let (gate, count) = (gate.clone(), Arc::clone(&handled));
+    let batcher = Batcher::builder()
+        .lanes(1)
+        .capacity(capacity)
+        .max_batch(1)
+        .backpressure(policy)
+        .handler_fn(move |batch: &mut Batch<'_, u64, u64>| {
+            gate.pass();
+            count.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            batch.complete_with(|&x| Ok::<_, Error>(x * 2));
+            Ok(())
+        })
+        .build()
+        .expect("valid settings");
+    (batcher, handled)
+}
+
+/// Holds the drainer in the handler with one plug item, then fills the lane
+/// to exactly its capacity.
+fn plug_and_fill(batcher: &Batcher<u64, u64>, gate: &Gate, capacity: u64) {
+    let producer = batcher.producer_on_lane(0).unwrap();
+    producer.push(1_000_000).unwrap();
+    gate.wait_arrived(1);
+    for i in 0..capacity {
+        producer
+            .try_push(i)
+            .expect("room for exactly `capacity` items");
+    }
+    assert_eq!(batcher.stats().lanes[0].depth, capacity);
+}
+
+#[test]
+fn reject_gives_back_the_very_item() {
+    let gate = Gate::closed();
+    let (batcher, handled) = gated(4, Backpressure::Reject, &gate);
+    plug_and_fill(&batcher, &gate, 4);
+    let producer = batcher.producer();
+
+    let item = 4242;
+    match producer.push(item) {
+        Err(SubmitError::Full(back)) => assert_eq!(back, item),
+        other => panic!("expected Full({item}), got {other:?}"),
+    }
+    match producer.submit(4343) {
+        Err(SubmitError::Full(back)) => assert_eq!(back, 4343),
+        Err(other) => panic!("expected Full(4343), got {other:?}"),
+        Ok(_) => panic!("expected Full(4343), got a ticket"),
+    }
+    let stats = batcher.stats();
+    assert_eq!(stats.rejected, 2);
+    assert_eq!(stats.lanes[0].rejected, 2);
+
+    gate.open();
+    assert!(batcher.flush_timeout(BOUND));
+    assert_eq!(handled.load(Ordering::Relaxed), 5, "plug and the 4 queued");
+    // Room again: accepted.
+    assert_eq!(producer.submit(21).unwrap().wait().unwrap(), 42);
+    let stats = batcher.shutdown();
+    assert_eq!(stats.accepted, 6);
+    assert_eq!(stats.submitted, 8);
+}
+
+#[test]
+fn reject_returns_a_non_copy_item_intact() {
+    let gate = Gate::closed();
+    let g = gate.clone();
+    let batcher = Batcher::builder()
+        .lanes(1)
+        .capacity(1)
+        .max_batch(1)
+        .backpressure(Backpressure::Reject)
+        .handler_fn(move |batch: &mut Batch<'_, Box<String>, ()>| {
+            g.pass();
+            batch.complete_with(|_| Ok::<_, Error>(()));
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let producer = batcher.producer();
+    producer.push(Box::new("plug".into())).unwrap();
+    gate.wait_arrived(1);
+    producer.push(Box::new("queued".into())).unwrap();
+    let item = Box::new(String::from("refused"));
+    let addr = &*item as *const String;
+    let back = producer.try_push(item).unwrap_err().into_inner();
+    assert_eq!(*back, "refused");
+    assert_eq!(
+        &*back as *const String, addr,
+        "the same allocation came back"
+    );
+    gate.open();
+}
+
+#[test]
+fn block_waits_for_room_and_loses_nothing() {
+    let gate = Gate::closed();
+    let (batcher, handled) = gated(4, Backpressure::Block, &gate);
+    plug_and_fill(&batcher, &gate, 4);
+    let producer = batcher.producer();
+
+    // A bounded wait on a full lane times out and returns the item.
+    match producer.push_timeout(77, Duration::from_millis(20)) {
+        Err(SubmitError::Timeout(77)) => {}
+        other => panic!("expected Timeout(77), got {other:?}"),
+    }
+    match producer.submit_timeout(78, Duration::from_millis(20)) {
+        Err(SubmitError::Timeout(78)) => {}
+        Err(other) => panic!("expected Timeout(78), got {other:?}"),
+        Ok(_) => panic!("expected Timeout(78), got a ticket"),
+    }
+
+    // A blocking submit waits (the lane stays full while the gate is shut)
+    // and completes once the drainer makes room.
+    let batcher = Arc::new(batcher);
+    let blocked = {
+        let batcher = Arc::clone(&batcher);
+        spawn_bounded("blocked-producer", move || {
+            let producer = batcher.producer();
+            producer.submit(100).unwrap().wait().unwrap()
+        })
+    };
+    assert!(
+        blocked.still_running_after(Duration::from_millis(50)),
+        "the submit should block while the lane is full"
+    );
+    assert_eq!(
+        batcher.stats().lanes[0].depth,
+        4,
+        "nothing was added while blocked"
+    );
+    gate.open();
+    assert_eq!(blocked.join(), 200);
+    assert!(batcher.flush_timeout(BOUND));
+    assert_eq!(handled.load(Ordering::Relaxed), 6);
+    let stats = Arc::into_inner(batcher).unwrap().shutdown();
+    assert_eq!(stats.rejected, 2, "the two timeouts are counted as refused");
+    assert_eq!(stats.dropped, 0);
+}
+
+#[test]
+fn drop_newest_counts_exactly_the_drops() {
+    // Deterministic: the lane is full, so every further item is dropped.
+    let gate = Gate::closed();
+    let (batcher, handled) = gated(4, Backpressure::DropNewest, &gate);
+    plug_and_fill(&batcher, &gate, 4);
+    let producer = batcher.producer();
+    for i in 0..10 {
+        producer.push(i).expect("DropNewest accepts by dropping");
+    }
+    let ticket = producer.submit(5).unwrap();
+    assert!(matches!(ticket.wait(), Err(Error::Dropped)));
+    assert_eq!(batcher.stats().dropped, 11);
+    gate.open();
+    assert!(batcher.flush_timeout(BOUND));
+    let stats = batcher.shutdown();
+    assert_eq!(handled.load(Ordering::Relaxed), 5);
+    assert_eq!(stats.dropped, 11);
+    assert_eq!(stats.items_handled, 5);
+}
+
+#[test]
+fn drop_newest_under_concurrent_load_matches_the_test_tally() {
+    let handled = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&handled);
+    let batcher = Arc::new(
+        Batcher::builder()
+            .lanes(2)
+            .capacity(8)
+            .max_batch(8)
+            .backpressure(Backpressure::DropNewest)
+            .handler_fn(move |batch: &mut Batch<'_, u64, u64>| {
+                count.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                // A slow sink, so that the lanes overflow.
+                std::hint::black_box((0..2_000).sum::<u64>());
+                batch.complete_with(|&x| Ok::<_, Error>(x));
+                Ok(())
+            })
+            .build()
+            .unwrap(),
+    );
+    const PER_THREAD: u64 = 50_000;
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let batcher = Arc::clone(&batcher);
+            spawn_bounded(format!("producer-{t}"), move || {
+                let producer = batcher.producer();
+                let mut dropped = 0u64;
+                let mut tickets = Vec::with_capacity(64);
+                for i in 0..PER_THREAD {
+                    tickets.push(producer.submit(i).unwrap());
+                    if tickets.len() == 64 || i + 1 == PER_THREAD {
+                        for ticket in tickets.drain(..) {
+                            match ticket.wait() {
+                                Ok(_) => {}
+                                Err(Error::Dropped) => dropped += 1,
+                                Err(e) => panic!("unexpected {e:?}"),
+                            }
+                        }
+                    }
+                }
+                dropped
+            })
+        })
+        .collect();
+    let dropped: u64 = threads.into_iter().map(|t| t.join()).sum();
+    let stats = Arc::into_inner(batcher).unwrap().shutdown();
+    assert!(
+        dropped > 0,
+        "the load should overflow the lanes at least once"
+    );
+    assert_eq!(
+        stats.dropped, dropped,
+        "stats count every drop the producers saw"
+    );
+    assert_eq!(handled.load(Ordering::Relaxed), 4 * PER_THREAD - dropped);
+    assert_eq!(stats.items_handled, 4 * PER_THREAD - dropped);
+}
+
+/// The regression test for producers hanging on a full ring: a lane filled to
+/// exactly its capacity by several producers at once, drained, and refilled,
+/// round after round across many wrap-arounds. Every wait is bounded.
+#[test]
+fn lane_filled_to_capacity_drained_and_refilled_across_wrap_around() {
+    const CAPACITY: u64 = 8;
+    const PRODUCERS: u64 = 4;
+    const ROUNDS: u64 = 300;
+    let gate = Gate::closed();
+    let (batcher, handled) = gated(CAPACITY as usize, Backpressure::Block, &gate);
+    let batcher = Arc::new(batcher);
+    let plug = batcher.producer_on_lane(0).unwrap();
+    for round in 0..ROUNDS {
+        gate.close();
+        plug.push(u64::MAX).unwrap();
+        gate.wait_arrived(1 + round * (CAPACITY + 1));
+        // Several producers fill the lane to exactly its capacity, at once.
+        let fillers: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                let batcher = Arc::clone(&batcher);
+                spawn_bounded(format!("filler-{p}"), move || {
+                    let producer = batcher.producer_on_lane(0).unwrap();
+                    for i in 0..CAPACITY / PRODUCERS {
+                        producer.push(p * 1000 + i).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for filler in fillers {
+            filler.join();
+        }
+        assert_eq!(batcher.stats().lanes[0].depth, CAPACITY, "round {round}");
+        assert!(
+            plug.try_push(0).unwrap_err().is_full(),
+            "round {round}: lane is full"
+        );
+        gate.open();
+        assert!(
+            batcher.flush_timeout(BOUND),
+            "round {round}: flush timed out"
+        );
+        assert_eq!(batcher.stats().lanes[0].depth, 0);
+    }
+    assert_eq!(handled.load(Ordering::Relaxed), ROUNDS * (CAPACITY + 1));
+}
+
+/// Free-running: several producers blocking on a tiny lane while the
+/// drainer races them, millions of wrap-arounds; nobody hangs.
+#[test]
+fn producers_blocking_on_a_tiny_lane_never_hang() {
+    for capacity in [1usize, 2, 4] {
+        let handled = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&handled);
+        let batcher = Arc::new(
+            Batcher::builder()
+                .lanes(1)
+                .capacity(capacity)
+                .max_batch(capacity)
+                .handler_fn(move |batch: &mut Batch<'_, u64, u64>| {
+                    count.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    batch.complete_with(|&x| Ok::<_, Error>(x));
+                    Ok(())
+                })
+                .build()
+                .unwrap(),
+        );
+        const PER_THREAD: u64 = 100_000;
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let batcher = Arc::clone(&batcher);
+                spawn_bounded(format!("producer-{t}"), move || {
+                    let producer = batcher.producer();
+                    for i in 0..PER_THREAD {
+                        if i % 16 == 0 {
+                            assert_eq!(producer.submit(i).unwrap().wait().unwrap(), i);
+                        } else {
+                            producer.push(i).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join();
+        }
+        let stats = Arc::into_inner(batcher).unwrap().shutdown();
+        assert_eq!(
+            handled.load(Ordering::Relaxed),
+            4 * PER_THREAD,
+            "capacity {capacity}"
+        );
+        assert_eq!(stats.items_handled, 4 * PER_THREAD);
+    }
+}

@@ -1,0 +1,183 @@
+//! Helpers shared by the integration tests: a gate that holds the handler,
+//! bounded joins, and a tally of what the handler saw.
+
+#![allow(dead_code)]
+
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The longest any single wait in these tests may take before the test fails
+/// (generous: the machines are shared and slow).
+pub const BOUND: Duration = Duration::from_secs(60);
+
+/// Holds the handler inside `handle` until opened, so that a test can fill a
+/// lane while the drainer is busy.
+#[derive(Clone, Default)]
+pub struct Gate {
+    inner: Arc<(Mutex<GateState>, Condvar)>,
+}
+
+#[derive(Default)]
+struct GateState {
+    open: bool,
+    /// Batches that reached the gate.
+    arrived: u64,
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn closed() -> Self {
+        Self::default()
+    }
+
+    /// Called by the handler: counts the arrival and waits until open (at
+    /// most [`BOUND`], then panics so the test fails instead of hanging).
+    pub fn pass(&self) {
+        let (lock, cond) = &*self.inner;
+        let mut state = lock.lock().unwrap();
+        state.arrived += 1;
+        cond.notify_all();
+        let deadline = Instant::now() + BOUND;
+        while !state.open {
+            let now = Instant::now();
+            assert!(now < deadline, "the gate was never opened");
+            state = cond.wait_timeout(state, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until at least `n` batches have reached the gate.
+    pub fn wait_arrived(&self, n: u64) {
+        let (lock, cond) = &*self.inner;
+        let mut state = lock.lock().unwrap();
+        let deadline = Instant::now() + BOUND;
+        while state.arrived < n {
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "expected {n} batches at the gate within {BOUND:?}, saw {}",
+                state.arrived
+            );
+            state = cond.wait_timeout(state, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn open(&self) {
+        let (lock, cond) = &*self.inner;
+        lock.lock().unwrap().open = true;
+        cond.notify_all();
+    }
+
+    pub fn close(&self) {
+        let (lock, _) = &*self.inner;
+        lock.lock().unwrap().open = false;
+    }
+}
+
+/// Runs `f` on a new thread and returns a handle whose `join` fails the test
+/// if the thread does not finish within [`BOUND`].
+pub struct Bounded<T> {
+    rx: mpsc::Receiver<thread::Result<T>>,
+    name: String,
+}
+
+pub fn spawn_bounded<T: Send + 'static>(
+    name: impl Into<String>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Bounded<T> {
+    let name = name.into();
+    let (tx, rx) = mpsc::channel();
+    thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = tx.send(result);
+        })
+        .expect("spawn a test thread");
+    Bounded { rx, name }
+}
+
+impl<T> Bounded<T> {
+    /// The thread's result; fails the test if it panicked or did not finish
+    /// within [`BOUND`].
+    pub fn join(self) -> T {
+        match self.rx.recv_timeout(BOUND) {
+            Ok(Ok(value)) => value,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => panic!(
+                "thread {} did not finish within {BOUND:?} (hung?)",
+                self.name
+            ),
+        }
+    }
+
+    /// Whether the thread is still running after `wait` (used to show that a
+    /// producer is blocked; a `true` here is then confirmed by later events).
+    pub fn still_running_after(&self, wait: Duration) -> bool {
+        matches!(
+            self.rx.recv_timeout(wait),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        )
+    }
+}
+
+/// Waits for `cond` to hold, polling, for at most [`BOUND`].
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BOUND;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// An item value that names its producer and its index in that producer's
+/// stream.
+pub fn encode(producer: u64, index: u64) -> u64 {
+    (producer << 40) | index
+}
+
+pub fn decode(value: u64) -> (usize, u64) {
+    ((value >> 40) as usize, value & ((1 << 40) - 1))
+}
+
+/// The result every test handler computes from an item.
+pub fn f(value: u64) -> u64 {
+    value.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17)
+}
+
+/// What a handler saw, per producer: the next index it expects (so that each
+/// producer's items must arrive once each, in order), and any violation.
+#[derive(Default, Debug)]
+pub struct Tally {
+    pub next: Vec<u64>,
+    pub items: u64,
+    pub batches: u64,
+    pub out_of_order: Vec<(usize, u64, u64)>,
+}
+
+impl Tally {
+    pub fn new(producers: usize) -> Self {
+        Self {
+            next: vec![0; producers],
+            ..Self::default()
+        }
+    }
+
+    /// Records one item; an index other than the expected one is a duplicate,
+    /// a loss or a reordering.
+    pub fn see(&mut self, value: u64) {
+        let (producer, index) = decode(value);
+        self.items += 1;
+        let expected = self.next[producer];
+        if index != expected && self.out_of_order.len() < 16 {
+            self.out_of_order.push((producer, expected, index));
+        }
+        self.next[producer] = index + 1;
+    }
+}
+
+/// Number of cores, at least 1.
+pub fn cores() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get())
+}
