@@ -75,6 +75,11 @@ pub use handler::{Batch, BatchError, CompleteError, Handler};
 pub use stats::{DispatchCounts, DispatchReason, LaneStats, Stats};
 pub use wait::WaitStrategy;
 
+// The README's examples run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 // The loom models (`loom-tests/`) run as unit tests of the crate, built only
 // with `--cfg loom`, so they drive the real ring, completion and wake-up code
 // through its crate-private API. Run them with `bin/loom`.

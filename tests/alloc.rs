@@ -1,0 +1,107 @@
+//! Zero heap allocations per item in steady state: a counting global
+//! allocator watches a million submissions with results (and a million
+//! fire-and-forget pushes and slices) go through a batcher after warm-up.
+//!
+//! This file holds one test so that no other test allocates while it counts.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ringbatch::{Batch, Batcher, Error, Ticket};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; it only
+// counts allocations and reallocations on the side.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract for `alloc` is passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `alloc`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as for `alloc`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// An item the handler takes its time over.
+const SLOW: u64 = 1 << 40;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.load(Ordering::SeqCst)
+}
+
+/// Runs the mixed workload: `n` submissions waited for one by one, `n` pushes,
+/// and `n / 16` slices of 16 submitted with tickets into a reused vector.
+fn workload(producer: &ringbatch::Producer<u64, u64>, n: u64, tickets: &mut Vec<Ticket<u64>>) {
+    let slice: [u64; 16] = core::array::from_fn(|i| i as u64);
+    for i in 0..n {
+        let ticket = producer.submit(i).expect("accepted");
+        assert_eq!(ticket.wait().expect("handled"), i + 1);
+        producer.push(i).expect("accepted");
+    }
+    for _ in 0..n / 16 {
+        producer.submit_many(&slice, tickets).expect("accepted");
+        for (i, ticket) in tickets.drain(..).enumerate() {
+            assert_eq!(ticket.wait().expect("handled"), i as u64 + 1);
+        }
+        producer.push_slice(&slice).expect("accepted");
+    }
+}
+
+#[test]
+fn a_million_submissions_with_results_make_no_allocation() {
+    let batcher = Batcher::builder()
+        .lanes(2)
+        .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+            if batch.items().contains(&SLOW) {
+                // Slow enough that the waiting thread reaches its park phase.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            batch.complete_with(|&x| Ok::<_, Error>(x + 1));
+            Ok(())
+        })
+        .build()
+        .expect("valid settings");
+    let producer = batcher.producer();
+    let mut tickets = Vec::with_capacity(16);
+
+    // Warm-up: every path of the workload, lazily initialised std state,
+    // and the waiting thread's waker, built once per thread the first time a
+    // wait goes as far as parking (forced here with a slow batch).
+    workload(&producer, 20_000, &mut tickets);
+    assert_eq!(producer.submit(SLOW).unwrap().wait().unwrap(), SLOW + 1);
+    batcher.flush();
+
+    let before = allocations();
+    workload(&producer, 1_000_000, &mut tickets);
+    batcher.flush();
+    let made = allocations() - before;
+
+    let stats = batcher.stats();
+    assert!(stats.items_handled >= 2_000_000 + 2 * 1_000_000 / 16 * 16);
+    assert_eq!(
+        made, 0,
+        "expected no heap allocation for 1,000,000 submissions with results \
+         (plus as many pushes and 125,000 slices) after warm-up, counted {made}"
+    );
+}
