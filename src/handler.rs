@@ -254,7 +254,8 @@ impl<'a, T, R> Batch<'a, T, R> {
 
     /// Fails every item not completed yet with `error` (drainer side).
     pub(crate) fn fail_remaining(&mut self, error: Error) {
-        if self.completed == self.len() {
+        if self.completed == self.len() || self.buf.tickets == 0 {
+            // Nothing left to complete, or nobody waits for any result.
             return;
         }
         let table = self.table;

@@ -43,6 +43,9 @@ impl Origin {
 pub(crate) struct BatchBuf<T> {
     pub(crate) items: Vec<T>,
     pub(crate) origins: Vec<Origin>,
+    /// Items with a ticket (an origin other than `NONE`): when there are
+    /// none, nothing has to be delivered after the handler returns.
+    pub(crate) tickets: usize,
 }
 
 impl<T> BatchBuf<T> {
@@ -50,6 +53,7 @@ impl<T> BatchBuf<T> {
         Self {
             items: Vec::with_capacity(capacity),
             origins: Vec::with_capacity(capacity),
+            tickets: 0,
         }
     }
 
@@ -70,12 +74,14 @@ impl<T> BatchBuf<T> {
         debug_assert!(self.items.len() < self.items.capacity());
         self.items.push(item);
         self.origins.push(origin);
+        self.tickets += usize::from(origin != Origin::NONE);
     }
 
     /// Empties the buffer, keeping its allocation.
     pub(crate) fn clear(&mut self) {
         self.items.clear();
         self.origins.clear();
+        self.tickets = 0;
     }
 }
 
