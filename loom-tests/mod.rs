@@ -3,6 +3,7 @@
 //!
 //! Run with `bin/loom` (`LOOM_MAX_PREEMPTIONS` defaults to 2).
 
+mod asynch;
 mod completion;
 mod ring;
 mod wakeup;

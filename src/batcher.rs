@@ -3,10 +3,12 @@
 use core::cell::Cell;
 use core::fmt;
 use core::marker::PhantomData;
+use core::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
+use crate::async_producer::AsyncProducer;
 use crate::completion::{TableOwner, Ticket};
 use crate::config::{Backpressure, Config, ConfigError, LaneAssignment};
 use crate::drainer::Drainer;
@@ -180,6 +182,15 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         Producer::new(Arc::clone(&self.shared), lane)
     }
 
+    /// A producer for async tasks (see [`AsyncProducer`]), bound to a lane
+    /// in turn: tasks move between threads, so the current core says
+    /// nothing about where a task will run.
+    pub fn async_producer(&self) -> AsyncProducer<T, R> {
+        let lanes = self.shared.lanes.len();
+        let lane = self.shared.next_lane.fetch_add(1, Ordering::Relaxed) % lanes;
+        AsyncProducer::new(Producer::new(Arc::clone(&self.shared), lane))
+    }
+
     /// A producer bound to lane `lane`.
     ///
     /// # Errors
@@ -321,7 +332,9 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         self
     }
 
-    /// Completion slots per lane, a power of two (default: `capacity`).
+    /// Completion slots per lane, a power of two (default: `capacity` or
+    /// [`DEFAULT_RESULT_SLOTS`](crate::DEFAULT_RESULT_SLOTS), whichever is
+    /// larger).
     ///
     /// Each submission with a ticket takes a free completion slot of its lane
     /// and holds it until its ticket takes the result or is dropped, so at
@@ -965,6 +978,172 @@ impl<T, R> Producer<T, R> {
             guard.next = crate::ring::seq_add(seq, 1);
         }
         // Dropping the guard wakes the drainer if it asked to be.
+    }
+}
+
+/// What stopped a submission attempt that does not wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blocked {
+    /// The lane's ring is full.
+    Ring,
+    /// Every completion slot of the lane is held by a ticket.
+    Slots,
+    /// The batcher is closed.
+    Closed,
+}
+
+/// The task side: submissions that wait for room by returning `Pending` and
+/// storing the task's waker with the lane's notifier, never by blocking the
+/// thread. Each poll either accepts the item (claim and publish happen within
+/// the poll) or leaves it with the caller, so a future dropped while pending
+/// leaves nothing in the lane.
+impl<T, R> Producer<T, R> {
+    /// One fire-and-forget attempt, never waiting.
+    fn attempt_push(&self, item: T) -> Result<(), (T, Blocked)> {
+        match self.try_claim(1) {
+            Ok(claim) => {
+                // SAFETY: we claimed `claim.seq` and publish it once.
+                unsafe { self.lane_ref().ring.publish(claim.seq, item, None) };
+                if claim.wake_drainer {
+                    self.shared.unpark_drainer();
+                }
+                Ok(())
+            }
+            Err(ClaimError::Closed) => Err((item, Blocked::Closed)),
+            Err(ClaimError::Full) => Err((item, Blocked::Ring)),
+        }
+    }
+
+    /// One attempt with a ticket, never waiting; holds no completion slot
+    /// when it fails.
+    fn attempt_submit(&self, item: T) -> Result<Ticket<R>, (T, Blocked)> {
+        let ring = &self.lane_ref().ring;
+        let slots = self.shared.table.lane(self.lane);
+        let mut index = [0usize; 1];
+        let mut cursor = self.next_slot.get();
+        let acquired = slots.try_acquire(&mut cursor, &mut index);
+        self.next_slot.set(cursor);
+        if !acquired {
+            let blocked = if ring.is_closed() {
+                Blocked::Closed
+            } else {
+                Blocked::Slots
+            };
+            return Err((item, blocked));
+        }
+        match self.try_claim(1) {
+            Ok(claim) => {
+                // SAFETY: we claimed `claim.seq` and armed slot `index[0]`;
+                // both are used once, here.
+                let ticket = unsafe { self.publish_ticketed_at(claim.seq, index[0], item) };
+                if claim.wake_drainer {
+                    self.shared.unpark_drainer();
+                }
+                Ok(ticket)
+            }
+            Err(error) => {
+                // SAFETY: armed above, nothing published with it, no ticket.
+                unsafe { slots.release_unused(&index) };
+                let blocked = match error {
+                    ClaimError::Closed => Blocked::Closed,
+                    ClaimError::Full => Blocked::Ring,
+                };
+                Err((item, blocked))
+            }
+        }
+    }
+
+    /// Registers the task to be woken when what `blocked` names may have
+    /// changed; `Ready` means "retry now" (it changed while arming).
+    fn poll_room(&self, blocked: Blocked, cx: &mut Context<'_>) -> Poll<()> {
+        let ring = &self.lane_ref().ring;
+        let slots = self.shared.table.lane(self.lane);
+        match blocked {
+            // Under the notifier's lock, as in `claim_slow`.
+            Blocked::Ring => slots
+                .notifier
+                .poll_if_armed(cx.waker(), || ring.arm_room_waiter(1)),
+            // As in `acquire_slow`.
+            Blocked::Slots => slots
+                .notifier
+                .poll_if_armed(cx.waker(), || !ring.is_closed() && slots.arm_waiter()),
+            Blocked::Closed => Poll::Ready(()),
+        }
+    }
+
+    /// Polls a fire-and-forget submission of `item` (taken from the option
+    /// when accepted or refused; left there while pending), following the
+    /// backpressure policy with a task's wait for `Block`.
+    pub(crate) fn poll_push(
+        &self,
+        item: &mut Option<T>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SubmitError<T>>> {
+        loop {
+            let value = item
+                .take()
+                .expect("a submission future polled after it finished");
+            let (value, blocked) = match self.attempt_push(value) {
+                Ok(()) => return Poll::Ready(Ok(())),
+                Err(refused_with) => refused_with,
+            };
+            match self.policy_for(blocked) {
+                Some(kind) if self.drops_when_full(kind, Wait::Policy) => {
+                    self.count_dropped(1);
+                    drop(value);
+                    return Poll::Ready(Ok(()));
+                }
+                Some(kind) => return Poll::Ready(Err(refused(self.refuse(kind, 1), value))),
+                None => {}
+            }
+            *item = Some(value);
+            if self.poll_room(blocked, cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Polls a submission with a ticket; as [`poll_push`](Self::poll_push).
+    /// Under `DropNewest` a dropped item's ticket resolves to
+    /// [`Error::Dropped`].
+    pub(crate) fn poll_enqueue(
+        &self,
+        item: &mut Option<T>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Ticket<R>, SubmitError<T>>> {
+        loop {
+            let value = item
+                .take()
+                .expect("a submission future polled after it finished");
+            let (value, blocked) = match self.attempt_submit(value) {
+                Ok(ticket) => return Poll::Ready(Ok(ticket)),
+                Err(refused_with) => refused_with,
+            };
+            match self.policy_for(blocked) {
+                Some(kind) if self.drops_when_full(kind, Wait::Policy) => {
+                    self.count_dropped(1);
+                    drop(value);
+                    return Poll::Ready(Ok(Ticket::ready(Err(Error::Dropped))));
+                }
+                Some(kind) => return Poll::Ready(Err(refused(self.refuse(kind, 1), value))),
+                None => {}
+            }
+            *item = Some(value);
+            if self.poll_room(blocked, cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// `None` if the task should wait (`Block`), else the refusal.
+    fn policy_for(&self, blocked: Blocked) -> Option<RefusedKind> {
+        match blocked {
+            Blocked::Closed => Some(RefusedKind::Closed),
+            Blocked::Ring | Blocked::Slots => match self.shared.config.backpressure {
+                Backpressure::Block => None,
+                Backpressure::Reject | Backpressure::DropNewest => Some(RefusedKind::Full),
+            },
+        }
     }
 }
 

@@ -773,6 +773,45 @@ impl<R> Ticket<R> {
     }
 }
 
+// A ticket is never pinned in place: polling moves nothing out of a pinned
+// `R`, so it is `Unpin` whatever `R` is.
+impl<R> Unpin for Ticket<R> {}
+
+/// Awaiting a ticket waits for its result without blocking the thread: the
+/// task's waker is stored in the completion slot (the same slot and waker
+/// cell that [`wait`](Ticket::wait) uses), so a ticket made by a thread can
+/// be awaited by a task and the other way round.
+///
+/// Dropping the future (the ticket) before the result arrives is safe: the
+/// result is dropped when it comes. Polling again after the result was
+/// returned gives [`Error::AlreadyTaken`].
+impl<R> core::future::Future for Ticket<R> {
+    type Output = Result<R, Error>;
+
+    fn poll(
+        self: core::pin::Pin<&mut Self>,
+        cx: &mut core::task::Context<'_>,
+    ) -> core::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Some(result) = this.try_take() {
+            return core::task::Poll::Ready(result);
+        }
+        if let Inner::Pending(slot) = &this.inner {
+            // SAFETY: this ticket owns the slot and has not taken the result.
+            let registered = unsafe { slot.parts().0.register(cx.waker()) };
+            if registered {
+                // The completer wakes the waker once the result is written.
+                return core::task::Poll::Pending;
+            }
+        }
+        // The result came while registering.
+        match this.try_take() {
+            Some(result) => core::task::Poll::Ready(result),
+            None => unreachable!("`register` fails only once the result is there"),
+        }
+    }
+}
+
 impl<R> Drop for Ticket<R> {
     fn drop(&mut self) {
         if let Inner::Pending(slot) = &self.inner {

@@ -31,6 +31,10 @@ pub enum LaneAssignment {
     RoundRobin,
 }
 
+/// Completion slots per lane when `result_slots` is not set and the lane
+/// capacity is smaller: room for that many outstanding tickets per lane.
+pub const DEFAULT_RESULT_SLOTS: usize = 1024;
+
 /// Largest number of lanes.
 pub const MAX_LANES: usize = 1 << 16;
 /// Largest lane capacity and result-slot count per lane.
@@ -48,7 +52,8 @@ pub struct Config {
     pub max_batch: usize,
     /// Batch buffers allocated at build time.
     pub pool_size: usize,
-    /// Completion slots per lane (a power of two); `None` means `capacity`.
+    /// Completion slots per lane (a power of two); `None` means `capacity`
+    /// or [`DEFAULT_RESULT_SLOTS`], whichever is larger.
     pub result_slots: Option<usize>,
     /// How waiting threads wait.
     pub wait: WaitStrategy,
@@ -129,7 +134,8 @@ impl Config {
 
     /// The completion slots per lane after defaults.
     pub(crate) fn result_slot_count(&self) -> usize {
-        self.result_slots.unwrap_or(self.capacity)
+        self.result_slots
+            .unwrap_or(self.capacity.max(DEFAULT_RESULT_SLOTS))
     }
 }
 

@@ -137,6 +137,13 @@ pub enum Error {
     Closed,
     /// The result was already taken from this ticket.
     AlreadyTaken,
+    /// The item was refused before it reached a lane (from
+    /// [`AsyncProducer::submit`](crate::AsyncProducer::submit), which does not
+    /// hand the item back; use `enqueue` to keep it).
+    Refused(RefusedKind),
+    /// The async runtime running the batch shut down before the batch
+    /// finished.
+    RuntimeShutdown,
 }
 
 impl Error {
@@ -166,6 +173,8 @@ impl fmt::Debug for Error {
             Error::Dropped => f.write_str("Dropped"),
             Error::Closed => f.write_str("Closed"),
             Error::AlreadyTaken => f.write_str("AlreadyTaken"),
+            Error::Refused(kind) => f.debug_tuple("Refused").field(kind).finish(),
+            Error::RuntimeShutdown => f.write_str("RuntimeShutdown"),
         }
     }
 }
@@ -180,6 +189,10 @@ impl fmt::Display for Error {
             Error::Dropped => f.write_str("the item was dropped because its lane was full"),
             Error::Closed => f.write_str("the batcher stopped before handling the item"),
             Error::AlreadyTaken => f.write_str("the result was already taken from this ticket"),
+            Error::Refused(kind) => write!(f, "the item was refused: {kind}"),
+            Error::RuntimeShutdown => {
+                f.write_str("the async runtime shut down before the item's batch finished")
+            }
         }
     }
 }

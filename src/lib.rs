@@ -55,6 +55,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod async_producer;
 mod batcher;
 mod completion;
 mod config;
@@ -67,9 +68,13 @@ mod stats;
 mod sync;
 mod wait;
 
+pub use async_producer::AsyncProducer;
 pub use batcher::{Batcher, BatcherBuilder, Producer};
 pub use completion::Ticket;
-pub use config::{Backpressure, Config, ConfigError, LaneAssignment, MAX_CAPACITY, MAX_LANES};
+pub use config::{
+    Backpressure, Config, ConfigError, DEFAULT_RESULT_SLOTS, LaneAssignment, MAX_CAPACITY,
+    MAX_LANES,
+};
 pub use error::{Error, RefusedKind, SharedError, SliceError, SubmitError};
 pub use handler::{Batch, BatchError, CompleteError, Handler};
 pub use stats::{DispatchCounts, DispatchReason, LaneStats, Stats};

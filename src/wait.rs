@@ -1,6 +1,7 @@
 //! How threads wait: the public [`WaitStrategy`], the spin/yield/park stepper
 //! that implements it, and the notifier that wakes producers waiting for room.
 
+use core::task::{Poll, Waker};
 use std::time::Instant;
 
 use crate::error::RefusedKind;
@@ -109,9 +110,14 @@ impl Backoff {
 /// sleep), or the freer's swap sees the flag, and its lock waits until the
 /// waiter sleeps. No wake-up is lost, and the freer's fast path pays nothing
 /// beyond the swap it does anyway.
+///
+/// Tasks wait the same way ([`poll_if_armed`](Self::poll_if_armed)): under
+/// the lock they arm and store their waker, which `notify_all` wakes under
+/// the same lock. The waker list keeps its capacity, so waiting tasks
+/// allocate only when more of them wait at once than ever before.
 #[derive(Debug, Default)]
 pub(crate) struct Notifier {
-    lock: Mutex<()>,
+    lock: Mutex<Vec<Waker>>,
     cond: Condvar,
 }
 
@@ -120,11 +126,16 @@ impl Notifier {
         Self::default()
     }
 
-    /// Wakes every waiter (after a swap returned a waiter flag, or at shutdown).
+    /// Wakes every waiter, threads and tasks (after a swap returned a waiter
+    /// flag, or at shutdown).
     pub(crate) fn notify_all(&self) {
-        // Taking the lock orders this after an armed waiter's sleep: a waiter
-        // holds the lock from arming until the condvar releases it.
-        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()));
+        // Taking the lock orders this after an armed waiter's sleep or waker
+        // registration: a waiter holds the lock from arming until then.
+        let mut tasks = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        for waker in tasks.drain(..) {
+            waker.wake();
+        }
+        drop(tasks);
         self.cond.notify_all();
     }
 
@@ -148,6 +159,21 @@ impl Notifier {
                 }
             }
         }
+    }
+
+    /// The task version of [`sleep_if_armed`](Self::sleep_if_armed): under
+    /// the lock, runs `arm`; if it returns true, stores `waker` to be woken by
+    /// the next [`notify_all`](Self::notify_all) and returns `Pending`;
+    /// otherwise `Ready` (retry at once).
+    pub(crate) fn poll_if_armed(&self, waker: &Waker, arm: impl FnOnce() -> bool) -> Poll<()> {
+        let mut tasks = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !arm() {
+            return Poll::Ready(());
+        }
+        if !tasks.iter().any(|w| w.will_wake(waker)) {
+            tasks.push(waker.clone());
+        }
+        Poll::Pending
     }
 }
 

@@ -1,0 +1,138 @@
+//! [`AsyncProducer`]: submissions that wait for room as tasks do, by
+//! returning `Pending`, never by blocking the thread.
+//!
+//! It works with any executor: a task waiting for room stores its waker with
+//! the lane's notifier, which the drainer wakes when it frees ring slots and
+//! a ticket wakes when it frees a completion slot (the same protocol that
+//! parks waiting threads, so no wake-up is lost). Results come back through
+//! [`Ticket`], which is a `Future`.
+
+use core::fmt;
+use core::future::poll_fn;
+
+use crate::batcher::Producer;
+use crate::completion::Ticket;
+use crate::error::{Error, SubmitError};
+
+/// A producer for async tasks: `push(item).await`, `submit(item).await`,
+/// `enqueue(item).await`.
+///
+/// Made by [`Batcher::async_producer`](crate::Batcher::async_producer). Like
+/// [`Producer`] it is bound to one lane for its life (its items stay in
+/// order), `Send` and cheap; its methods take `&mut self`, so the futures
+/// they return are `Send` and a task can hold one across `.await`.
+///
+/// When the lane is full the backpressure policy applies as for
+/// [`Producer`], except that [`Backpressure::Block`](crate::Backpressure::Block)
+/// waits asynchronously: the task is woken when the drainer frees room.
+///
+/// # Cancel safety
+///
+/// Every method is cancel-safe in this sense: a future dropped before it
+/// completes has either not accepted the item (the item is dropped with the
+/// future and nothing is left in the lane) or, for
+/// [`submit`](Self::submit), has accepted it, in which case the item is
+/// still handled exactly once and its result is dropped when it arrives.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use ringbatch::{Batch, Batcher, Error};
+///
+/// let batcher = Batcher::builder()
+///     .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+///         batch.complete_with(|x| Ok::<_, Error>(x * 10));
+///         Ok(())
+///     })
+///     .build()
+///     .unwrap();
+/// let mut producer = batcher.async_producer();
+/// producer.push(1).await.unwrap();
+/// assert_eq!(producer.submit(4).await.unwrap(), 40);
+/// let ticket = producer.enqueue(5).await.unwrap();
+/// assert_eq!(ticket.await.unwrap(), 50);
+/// # }
+/// ```
+pub struct AsyncProducer<T, R = ()> {
+    inner: Producer<T, R>,
+}
+
+impl<T, R> AsyncProducer<T, R> {
+    pub(crate) fn new(inner: Producer<T, R>) -> Self {
+        Self { inner }
+    }
+
+    /// The lane this producer is bound to.
+    pub fn lane(&self) -> usize {
+        self.inner.lane()
+    }
+
+    /// Whether the batcher has been shut down.
+    pub fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    /// The blocking producer underneath, for code that mixes both.
+    pub fn as_sync(&self) -> &Producer<T, R> {
+        &self.inner
+    }
+
+    /// Submits `item` fire-and-forget, waiting asynchronously for room under
+    /// `Block`.
+    ///
+    /// Cancel safety: dropped before it completes, the item was not accepted
+    /// and nothing is left in the lane.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Closed`] after shutdown; [`SubmitError::Full`] under
+    /// `Reject`. Under `DropNewest` a full lane drops the item (counted).
+    pub async fn push(&mut self, item: T) -> Result<(), SubmitError<T>> {
+        let producer = &mut self.inner;
+        let mut item = Some(item);
+        poll_fn(move |cx| producer.poll_push(&mut item, cx)).await
+    }
+
+    /// Submits `item` and returns its [`Ticket`] once accepted (await the
+    /// ticket for the result), waiting asynchronously for room under `Block`.
+    ///
+    /// Cancel safety: dropped before it completes, the item was not accepted
+    /// and nothing is left in the lane.
+    ///
+    /// # Errors
+    ///
+    /// As for [`push`](Self::push), with the item handed back.
+    pub async fn enqueue(&mut self, item: T) -> Result<Ticket<R>, SubmitError<T>> {
+        let producer = &mut self.inner;
+        let mut item = Some(item);
+        poll_fn(move |cx| producer.poll_enqueue(&mut item, cx)).await
+    }
+
+    /// Submits `item` and waits for its result.
+    ///
+    /// Cancel safety: dropped before the item is accepted, nothing is left in
+    /// the lane; dropped after, the item is still handled exactly once and
+    /// its result is dropped.
+    ///
+    /// # Errors
+    ///
+    /// The item's [`Error`], or [`Error::Refused`] if it was not accepted
+    /// (the item is then dropped: use [`enqueue`](Self::enqueue) to get it
+    /// back).
+    pub async fn submit(&mut self, item: T) -> Result<R, Error> {
+        match self.enqueue(item).await {
+            Ok(ticket) => ticket.await,
+            Err(refused) => Err(Error::Refused(refused.kind())),
+        }
+    }
+}
+
+impl<T, R> fmt::Debug for AsyncProducer<T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncProducer")
+            .field("lane", &self.lane())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,242 @@
+//! Async submissions: tasks awaiting results and room, mixed with threads,
+//! and random cancellation.
+
+#![cfg(feature = "tokio")]
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{BOUND, Tally, encode, f, spawn_bounded};
+use ringbatch::{Batch, Batcher, Error, SubmitError};
+
+fn tallying(
+    producers: usize,
+    lanes: usize,
+    capacity: usize,
+) -> (Batcher<u64, u64>, Arc<Mutex<Tally>>) {
+    let tally = Arc::new(Mutex::new(Tally::new(producers)));
+    let seen = Arc::clone(&tally);
+    let batcher = Batcher::builder()
+        .lanes(lanes)
+        .capacity(capacity)
+        .handler_fn(move |batch: &mut Batch<'_, u64, u64>| {
+            let mut tally = seen.lock().unwrap();
+            for &item in batch.items() {
+                tally.see(item);
+            }
+            drop(tally);
+            batch.complete_with(|&x| Ok::<_, Error>(f(x)));
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    (batcher, tally)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_tasks_submit_a_hundred_thousand_each_and_check_every_result() {
+    const TASKS: usize = 8;
+    const EACH: u64 = 100_000;
+    // Small lanes, so that tasks also wait for room.
+    let (batcher, tally) = tallying(TASKS, 2, 64);
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let mut producer = batcher.async_producer();
+            tokio::spawn(async move {
+                let mut tickets = Vec::with_capacity(32);
+                for i in 0..EACH {
+                    let item = encode(t as u64, i);
+                    match i % 3 {
+                        0 => assert_eq!(producer.submit(item).await.unwrap(), f(item)),
+                        1 => producer.push(item).await.unwrap(),
+                        _ => tickets.push((item, producer.enqueue(item).await.unwrap())),
+                    }
+                    if tickets.len() == 32 {
+                        for (item, ticket) in tickets.drain(..) {
+                            assert_eq!(ticket.await.unwrap(), f(item));
+                        }
+                    }
+                }
+                for (item, ticket) in tickets {
+                    assert_eq!(ticket.await.unwrap(), f(item));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        tokio::time::timeout(BOUND, task)
+            .await
+            .expect("task finished within the bound")
+            .unwrap();
+    }
+    let stats = batcher.shutdown();
+    let tally = tally.lock().unwrap();
+    assert!(tally.out_of_order.is_empty(), "{:?}", tally.out_of_order);
+    assert!(tally.next.iter().all(|&n| n == EACH), "{:?}", tally.next);
+    assert_eq!(stats.items_handled, TASKS as u64 * EACH);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_and_tasks_feed_one_batcher_exactly_once() {
+    const EACH: u64 = 100_000;
+    let (batcher, tally) = tallying(8, 2, 128);
+    let batcher = Arc::new(batcher);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let batcher = Arc::clone(&batcher);
+            spawn_bounded(format!("thread-{t}"), move || {
+                let producer = batcher.producer();
+                for i in 0..EACH {
+                    let item = encode(t, i);
+                    if i % 8 == 0 {
+                        // A ticket made by a thread, awaited by a task below.
+                        let ticket = producer.submit(item).unwrap();
+                        assert_eq!(ticket.wait().unwrap(), f(item));
+                    } else {
+                        producer.push(item).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let tasks: Vec<_> = (4..8u64)
+        .map(|t| {
+            let mut producer = batcher.async_producer();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let item = encode(t, i);
+                    if i % 8 == 0 {
+                        let ticket = producer.enqueue(item).await.unwrap();
+                        // A ticket made by a task, waited on by a thread.
+                        let waited = tokio::task::spawn_blocking(move || ticket.wait())
+                            .await
+                            .unwrap();
+                        assert_eq!(waited.unwrap(), f(item));
+                    } else {
+                        producer.push(item).await.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        tokio::time::timeout(BOUND, task).await.unwrap().unwrap();
+    }
+    let threads = tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            thread.join();
+        }
+    });
+    tokio::time::timeout(BOUND, threads).await.unwrap().unwrap();
+    let stats = Arc::into_inner(batcher).unwrap().shutdown();
+    let tally = tally.lock().unwrap();
+    assert!(tally.out_of_order.is_empty(), "{:?}", tally.out_of_order);
+    assert!(tally.next.iter().all(|&n| n == EACH), "{:?}", tally.next);
+    assert_eq!(stats.items_handled, 8 * EACH);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_submissions_leave_nothing_and_accepted_ones_are_handled_once() {
+    let handled = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&handled);
+    let batcher = Batcher::builder()
+        .lanes(1)
+        .capacity(16)
+        .handler_fn(move |batch: &mut Batch<'_, u64, u64>| {
+            count.fetch_add(batch.len() as u64, Ordering::SeqCst);
+            // A slow sink, so that the lane is often full.
+            std::thread::sleep(Duration::from_micros(20));
+            batch.complete_with(|&x| Ok::<_, Error>(x));
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..4u64)
+        .map(|t| {
+            let mut producer = batcher.async_producer();
+            tokio::spawn(async move {
+                let mut accepted = 0u64;
+                let mut cancelled = 0u64;
+                for i in 0..3_000u64 {
+                    // Tiny deadlines: some submissions are cancelled while
+                    // waiting for room, some after acceptance.
+                    let deadline = Duration::from_micros(1 + (i * 7 + t) % 40);
+                    let done = if i % 2 == 0 {
+                        tokio::time::timeout(deadline, producer.push(i))
+                            .await
+                            .map(|r| r.map_err(|e| e.kind()))
+                    } else {
+                        // Accepted once `enqueue` returns; dropping the
+                        // ticket afterwards drops only the result.
+                        match tokio::time::timeout(deadline, producer.enqueue(i)).await {
+                            Ok(Ok(ticket)) => {
+                                let _ = tokio::time::timeout(deadline, ticket).await;
+                                Ok(Ok(()))
+                            }
+                            Ok(Err(e)) => Ok(Err(e.kind())),
+                            Err(elapsed) => Err(elapsed),
+                        }
+                    };
+                    match done {
+                        Ok(Ok(())) => accepted += 1,
+                        Ok(Err(kind)) => panic!("refused under Block: {kind:?}"),
+                        Err(_) => cancelled += 1,
+                    }
+                }
+                (accepted, cancelled)
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    let mut cancelled = 0;
+    for task in tasks {
+        let (a, c) = tokio::time::timeout(BOUND, task).await.unwrap().unwrap();
+        accepted += a;
+        cancelled += c;
+    }
+    assert_eq!(accepted + cancelled, 12_000);
+    assert!(
+        cancelled > 0,
+        "the deadlines should cancel some submissions"
+    );
+    let stats = batcher.shutdown();
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        accepted,
+        "the handler saw exactly the accepted items ({cancelled} cancelled)"
+    );
+    assert_eq!(stats.accepted, accepted);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn refusals_come_back_with_the_item() {
+    let batcher = Batcher::builder()
+        .lanes(1)
+        .capacity(1)
+        .backpressure(ringbatch::Backpressure::Reject)
+        .handler_fn(|batch: &mut Batch<'_, String, ()>| {
+            batch.complete_with(|_| Ok::<_, Error>(()));
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let mut producer = batcher.async_producer();
+    let closer = batcher.producer();
+    drop(batcher);
+    assert!(closer.is_closed());
+    match producer.push("kept".to_string()).await {
+        Err(SubmitError::Closed(item)) => assert_eq!(item, "kept"),
+        other => panic!("expected Closed, got {other:?}"),
+    }
+    match producer.enqueue("kept too".to_string()).await {
+        Err(SubmitError::Closed(item)) => assert_eq!(item, "kept too"),
+        other => panic!("expected Closed, got {:?}", other.map(|_| ())),
+    }
+    assert!(matches!(
+        producer.submit("gone".to_string()).await,
+        Err(Error::Refused(ringbatch::RefusedKind::Closed))
+    ));
+}
