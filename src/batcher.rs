@@ -11,7 +11,7 @@ use crossbeam_utils::CachePadded;
 use crate::async_producer::AsyncProducer;
 use crate::completion::{TableOwner, Ticket};
 use crate::config::{Backpressure, Config, ConfigError, LaneAssignment};
-use crate::drainer::Drainer;
+use crate::drainer::{Drainer, Sink};
 use crate::error::{Error, RefusedKind, SliceError, SubmitError};
 use crate::handler::{Batch, BatchError, FnHandler, Handler};
 use crate::pool::Pool;
@@ -54,9 +54,20 @@ pub(crate) struct Shared<T, R> {
     next_lane: AtomicUsize,
     /// Producers made so far (spreads their completion slot cursors).
     producers_made: AtomicUsize,
+    /// The hand-off to async worker tasks, with an async handler.
+    #[cfg(feature = "tokio")]
+    pub(crate) pipeline: Option<crate::runtime::Pipeline<T>>,
 }
 
 impl<T, R> Shared<T, R> {
+    /// The async hand-off (only called in async mode).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn pipeline(&self) -> &crate::runtime::Pipeline<T> {
+        self.pipeline
+            .as_ref()
+            .expect("the async pipeline exists with an async handler")
+    }
+
     /// Wakes the drainer (after publishing into a lane it announced it would
     /// park on, or after posting a request).
     #[cold]
@@ -82,6 +93,12 @@ impl<T, R> Shared<T, R> {
             ..Stats::default()
         };
         self.counters.fill(&mut stats);
+        #[cfg(feature = "tokio")]
+        if let Some(pipeline) = &self.pipeline {
+            stats.batches_in_flight = pipeline.in_flight() as u64;
+            stats.batch_errors += pipeline.batch_errors.load(Ordering::Relaxed);
+            stats.handler_panics += pipeline.panics.load(Ordering::Relaxed);
+        }
         stats.lanes = self
             .lanes
             .iter()
@@ -164,6 +181,9 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         BatcherBuilder {
             config: Config::default(),
             max_batch_set: false,
+            pool_size_set: false,
+            #[cfg(feature = "tokio")]
+            runtime: None,
             handler: None,
         }
     }
@@ -259,10 +279,10 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
 }
 
 impl<T, R> Batcher<T, R> {
-    fn stop(&mut self) {
-        let Some(drainer) = self.drainer.take() else {
-            return;
-        };
+    /// Stops accepting items and asks the drainer to drain, dispatch and
+    /// exit. Returns the drainer's handle (once) to join.
+    fn begin_stop(&mut self) -> Option<thread::JoinHandle<()>> {
+        let drainer = self.drainer.take()?;
         let shared = &*self.shared;
         for lane in shared.lanes.iter() {
             lane.ring.close();
@@ -275,15 +295,76 @@ impl<T, R> Batcher<T, R> {
             shared.table.lane(index).notifier.notify_all();
         }
         shared.unpark_drainer();
-        // The drainer catches handler panics; a panic here would be a bug of
-        // ours, and its tickets still complete (with `Error::Closed`) when the
-        // shared state is dropped.
-        let _ = drainer.join();
+        Some(drainer)
+    }
+
+    fn stop(&mut self) {
+        if let Some(drainer) = self.begin_stop() {
+            // The drainer catches handler panics; a panic here would be a bug
+            // of ours, and its tickets still complete (with `Error::Closed`)
+            // when the shared state is dropped.
+            let _ = drainer.join();
+        }
+    }
+
+    /// Whether batches run on an async runtime's tasks.
+    #[cfg(feature = "tokio")]
+    fn is_async(&self) -> bool {
+        self.shared.pipeline.is_some()
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
+    /// [`flush`](Self::flush) for async code: resolves once every item
+    /// submitted before the call has been handled and its result delivered,
+    /// without blocking the thread.
+    ///
+    /// Cancel safety: dropping the future abandons the wait, not the flush.
+    pub async fn flush_async(&self) {
+        let shared = &*self.shared;
+        // AcqRel, as in `flush_until`.
+        let request = shared
+            .control
+            .flush_requested
+            .fetch_add(1, Ordering::AcqRel)
+            + 1;
+        shared.unpark_drainer();
+        core::future::poll_fn(|cx| shared.progress.poll_progress(Some(request), cx.waker())).await;
+    }
+
+    /// [`shutdown`](Self::shutdown) for async code: stops accepting, drains
+    /// every lane, lets every batch in flight finish, completes every ticket
+    /// and returns the final stats, without blocking the thread while it
+    /// waits. Use it to shut down a batcher with an async handler from
+    /// inside its runtime.
+    ///
+    /// Cancel safety: dropping the future does not stop the shutdown, which
+    /// goes on by itself.
+    pub async fn shutdown_async(mut self) -> Stats {
+        let drainer = self.begin_stop();
+        let shared = Arc::clone(&self.shared);
+        core::future::poll_fn(|cx| shared.progress.poll_progress(None, cx.waker()).map(|_| ()))
+            .await;
+        // The drainer has reported its exit: its thread is ending.
+        if let Some(drainer) = drainer {
+            let _ = drainer.join();
+        }
+        shared.stats()
     }
 }
 
 impl<T, R> Drop for Batcher<T, R> {
+    /// Shuts down gracefully, like [`shutdown`](Batcher::shutdown). With an
+    /// async handler, dropped inside a tokio runtime, it starts the shutdown
+    /// and does not wait for it (waiting could block the very runtime that
+    /// runs the last batches); use `shutdown_async().await` to wait.
     fn drop(&mut self) {
+        #[cfg(feature = "tokio")]
+        if self.is_async() && tokio::runtime::Handle::try_current().is_ok() {
+            drop(self.begin_stop());
+            return;
+        }
         self.stop();
     }
 }
@@ -302,8 +383,25 @@ pub struct BatcherBuilder<T, R> {
     config: Config,
     /// Whether `max_batch` was set (if not, it follows a smaller capacity).
     max_batch_set: bool,
-    handler: Option<Box<dyn Handler<T, R>>>,
+    /// Whether `pool_size` was set (if not, it grows to fit `max_in_flight`).
+    pool_size_set: bool,
+    handler: Option<HandlerKind<T, R>>,
+    #[cfg(feature = "tokio")]
+    runtime: Option<tokio::runtime::Handle>,
 }
+
+/// The handler given to the builder.
+enum HandlerKind<T, R> {
+    Sync(Box<dyn Handler<T, R>>),
+    /// Starts the async workers for the batcher's shared state.
+    #[cfg(feature = "tokio")]
+    Async(StartWorkers<T, R>),
+}
+
+/// Starts `n` async worker tasks for a batcher on a runtime.
+#[cfg(feature = "tokio")]
+type StartWorkers<T, R> =
+    Box<dyn FnOnce(&Arc<Shared<T, R>>, usize, &tokio::runtime::Handle) + Send>;
 
 impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// Number of lanes (default: one per core).
@@ -326,9 +424,11 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         self
     }
 
-    /// Batch buffers allocated at build time (default 2).
+    /// Batch buffers allocated at build time (default 2; with an async
+    /// handler, `max_in_flight + 1` unless set).
     pub fn pool_size(mut self, pool_size: usize) -> Self {
         self.config.pool_size = pool_size;
+        self.pool_size_set = true;
         self
     }
 
@@ -383,12 +483,71 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self.max_batch_set = true;
+        self.pool_size_set = true;
         self
     }
 
     /// The sink, as a [`Handler`].
     pub fn handler(mut self, handler: impl Handler<T, R>) -> Self {
-        self.handler = Some(Box::new(handler));
+        self.handler = Some(HandlerKind::Sync(Box::new(handler)));
+        self
+    }
+
+    /// The sink, as an [`AsyncHandler`](crate::AsyncHandler) run on a tokio
+    /// runtime, at most [`max_in_flight`](Self::max_in_flight) batches at
+    /// once. The runtime is the one `build` is called in, or the one set
+    /// with [`runtime`](Self::runtime).
+    #[cfg(feature = "tokio")]
+    pub fn async_handler(mut self, handler: impl crate::AsyncHandler<T, R>) -> Self {
+        self.handler = Some(HandlerKind::Async(Box::new(
+            move |shared, workers, runtime| {
+                crate::runtime::spawn_workers(shared, handler, workers, runtime);
+            },
+        )));
+        self
+    }
+
+    /// The sink, as a closure returning a future (see
+    /// [`async_handler`](Self::async_handler)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use ringbatch::{AsyncBatch, Batcher};
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .max_in_flight(2)
+    ///     .async_handler_fn(|mut batch: AsyncBatch<u64, u64>| async move {
+    ///         batch.complete_with(|x| Ok::<_, ringbatch::Error>(x + 1));
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(batcher.async_producer().submit(1).await.unwrap(), 2);
+    /// # }
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub fn async_handler_fn<F, Fut>(self, f: F) -> Self
+    where
+        F: Fn(crate::AsyncBatch<T, R>) -> Fut + Send + Sync + 'static,
+        Fut: core::future::Future<Output = Result<(), BatchError>> + Send,
+    {
+        self.async_handler(crate::runtime::FnAsyncHandler(f))
+    }
+
+    /// Most batches an async handler runs at once (default 4). While they
+    /// run, the drainer assembles the next batch; when every buffer is in
+    /// flight it waits, and producers meet backpressure.
+    pub fn max_in_flight(mut self, batches: usize) -> Self {
+        self.config.max_in_flight = batches;
+        self
+    }
+
+    /// The tokio runtime that runs an async handler's batches (default: the
+    /// runtime `build` is called in).
+    #[cfg(feature = "tokio")]
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
         self
     }
 
@@ -411,8 +570,27 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         if !self.max_batch_set && self.config.capacity > 0 {
             self.config.max_batch = self.config.max_batch.min(self.config.capacity);
         }
+        let is_async = !matches!(self.handler, Some(HandlerKind::Sync(_)) | None);
+        if is_async && !self.pool_size_set {
+            let needed = self.config.max_in_flight.saturating_add(1);
+            self.config.pool_size = self.config.pool_size.max(needed);
+        }
         self.config.validate()?;
         let handler = self.handler.ok_or(ConfigError::MissingHandler)?;
+        if is_async && self.config.pool_size <= self.config.max_in_flight {
+            return Err(ConfigError::PoolTooSmall {
+                pool_size: self.config.pool_size,
+                needed: self.config.max_in_flight + 1,
+            });
+        }
+        #[cfg(feature = "tokio")]
+        let runtime = match (&handler, self.runtime) {
+            (HandlerKind::Async(_), Some(handle)) => Some(handle),
+            (HandlerKind::Async(_), None) => {
+                Some(tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?)
+            }
+            (HandlerKind::Sync(_), _) => None,
+        };
         let config = self.config;
         let lanes = config.lane_count();
         let shared = Arc::new(Shared {
@@ -430,11 +608,22 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             drainer: OnceLock::new(),
             next_lane: AtomicUsize::new(0),
             producers_made: AtomicUsize::new(0),
+            #[cfg(feature = "tokio")]
+            pipeline: is_async.then(|| crate::runtime::Pipeline::new(config.pool_size)),
             config,
         });
 
         let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let drainer = Drainer::new(Arc::clone(&shared), handler);
+        let sink = match handler {
+            HandlerKind::Sync(handler) => Sink::Sync(handler),
+            #[cfg(feature = "tokio")]
+            HandlerKind::Async(start) => {
+                let runtime = runtime.expect("resolved above for an async handler");
+                start(&shared, shared.config.max_in_flight, &runtime);
+                Sink::Async
+            }
+        };
+        let drainer = Drainer::new(Arc::clone(&shared), sink);
         let pin = shared.config.pin_drainer;
         let handle = thread::Builder::new()
             .name(shared.config.thread_name.clone())

@@ -65,6 +65,8 @@ pub struct Config {
     pub lane_assignment: LaneAssignment,
     /// The drainer thread's name.
     pub thread_name: String,
+    /// Most batches an async handler runs at once (default 4).
+    pub max_in_flight: usize,
 }
 
 impl Default for Config {
@@ -80,6 +82,7 @@ impl Default for Config {
             pin_drainer: None,
             lane_assignment: LaneAssignment::CurrentCore,
             thread_name: "ringbatch-drainer".to_owned(),
+            max_in_flight: 4,
         }
     }
 }
@@ -105,6 +108,8 @@ impl Config {
         }
         nonzero("pool_size", self.pool_size)?;
         at_most("pool_size", self.pool_size, 1 << 16)?;
+        nonzero("max_in_flight", self.max_in_flight)?;
+        at_most("max_in_flight", self.max_in_flight, 1 << 12)?;
         if let Some(slots) = self.result_slots {
             power_of_two("result_slots", slots)?;
         }
@@ -229,6 +234,17 @@ pub enum ConfigError {
         /// The operating system's error.
         message: String,
     },
+    /// An async handler needs `max_in_flight` buffers in flight plus one
+    /// being filled: `pool_size` must be at least `max_in_flight + 1`.
+    PoolTooSmall {
+        /// The `pool_size` given.
+        pool_size: usize,
+        /// The smallest pool that works (`max_in_flight + 1`).
+        needed: usize,
+    },
+    /// An async handler was given, but `build` was called outside a tokio
+    /// runtime and no runtime handle was set.
+    NoRuntime,
     /// A producer was asked for a lane that does not exist.
     NoSuchLane {
         /// The lane asked for.
@@ -251,6 +267,8 @@ impl ConfigError {
             | ConfigError::PinFailed { .. } => "pin_drainer",
             ConfigError::InvalidThreadName { .. } | ConfigError::Spawn { .. } => "thread_name",
             ConfigError::MissingHandler => "handler",
+            ConfigError::PoolTooSmall { .. } => "pool_size",
+            ConfigError::NoRuntime => "runtime",
             ConfigError::NoSuchLane { .. } => "lane",
         }
     }
@@ -293,6 +311,13 @@ impl fmt::Display for ConfigError {
                 write!(f, "thread_name must not contain a NUL byte, got {name:?}")
             }
             ConfigError::MissingHandler => f.write_str("handler: no handler was given"),
+            ConfigError::PoolTooSmall { pool_size, needed } => write!(
+                f,
+                "pool_size ({pool_size}) must be at least max_in_flight + 1 ({needed}) with an async handler"
+            ),
+            ConfigError::NoRuntime => f.write_str(
+                "runtime: an async handler needs a tokio runtime: build inside one, or set `runtime(handle)`",
+            ),
             ConfigError::Spawn { message } => {
                 write!(f, "the drainer thread could not start: {message}")
             }

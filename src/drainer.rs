@@ -17,9 +17,18 @@ use crate::stats::{DispatchReason, DrainerTally};
 use crate::sync::{Arc, Ordering};
 use crate::wait::Backoff;
 
+/// Where the drainer sends its batches.
+pub(crate) enum Sink<T, R> {
+    /// A handler run on the drainer thread.
+    Sync(Box<dyn Handler<T, R>>),
+    /// Worker tasks on a tokio runtime (see `runtime`).
+    #[cfg(feature = "tokio")]
+    Async,
+}
+
 pub(crate) struct Drainer<T, R> {
     shared: Arc<Shared<T, R>>,
-    handler: Box<dyn Handler<T, R>>,
+    sink: Sink<T, R>,
     /// Each lane's head; the drainer is its only writer, so it keeps a copy.
     heads: Box<[usize]>,
     /// Per-lane targets of a flush or shutdown drain (allocated once).
@@ -35,7 +44,7 @@ pub(crate) struct Drainer<T, R> {
 }
 
 impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
-    pub(crate) fn new(shared: Arc<Shared<T, R>>, handler: Box<dyn Handler<T, R>>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared<T, R>>, sink: Sink<T, R>) -> Self {
         let lanes = shared.lanes.len();
         let max_batch = shared.config.max_batch;
         let buf = shared
@@ -44,7 +53,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             .unwrap_or_else(|| BatchBuf::with_capacity(max_batch));
         Self {
             shared,
-            handler,
+            sink,
             heads: vec![0; lanes].into_boxed_slice(),
             targets: vec![0; lanes].into_boxed_slice(),
             buf,
@@ -64,12 +73,18 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             // lane is closed, and the tails read next are final.
             if control.closing.load(Ordering::Acquire) {
                 self.drain_all(DispatchReason::Shutdown);
+                self.wait_for_batches_in_flight();
+                #[cfg(feature = "tokio")]
+                if matches!(self.sink, Sink::Async) {
+                    crate::runtime::close(&self.shared);
+                }
                 break;
             }
             // Acquire pairs with the AcqRel increment in `Batcher::flush`.
             let flush = control.flush_requested.load(Ordering::Acquire);
             if flush != self.flush_done {
                 self.drain_all(DispatchReason::Flush);
+                self.wait_for_batches_in_flight();
                 self.flush_done = flush;
                 self.shared.progress.flushed(flush);
                 backoff.reset();
@@ -179,29 +194,39 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         }
     }
 
-    /// Runs the handler on the current batch, completes every item it left
-    /// uncompleted, and empties the buffer.
+    /// Sends the current batch to the sink and starts a new one: runs the
+    /// handler and completes every item it left uncompleted, or hands the
+    /// buffer to the async workers and takes a fresh one from the pool.
     fn dispatch(&mut self, reason: DispatchReason) {
         let len = self.buf.len();
         debug_assert!(len > 0);
-        let mut batch = Batch::new(&mut self.buf, &self.shared.table);
-        let handler = &mut self.handler;
-        let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(&mut batch)));
-        let leftover = match outcome {
-            Ok(Ok(())) => Error::NotCompleted,
-            Ok(Err(error)) => {
-                self.tally.batch_errors += 1;
-                batch_failed(error)
+        match &mut self.sink {
+            Sink::Sync(handler) => {
+                let mut batch = Batch::new(&mut self.buf, &self.shared.table);
+                let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(&mut batch)));
+                let leftover = match outcome {
+                    Ok(Ok(())) => Error::NotCompleted,
+                    Ok(Err(error)) => {
+                        self.tally.batch_errors += 1;
+                        batch_failed(error)
+                    }
+                    Err(payload) => {
+                        self.tally.panics += 1;
+                        Error::HandlerPanicked {
+                            message: panic_message(&*payload).into(),
+                        }
+                    }
+                };
+                batch.fail_remaining(leftover);
+                self.buf.clear();
             }
-            Err(payload) => {
-                self.tally.panics += 1;
-                Error::HandlerPanicked {
-                    message: panic_message(&*payload).into(),
-                }
+            #[cfg(feature = "tokio")]
+            Sink::Async => {
+                let full = core::mem::replace(&mut self.buf, BatchBuf::with_capacity(0));
+                crate::runtime::dispatch(&self.shared, full);
+                self.buf = self.next_buffer();
             }
-        };
-        batch.fail_remaining(leftover);
-        self.buf.clear();
+        }
 
         let tally = &mut self.tally;
         tally.batches += 1;
@@ -209,6 +234,49 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         tally.max_batch = tally.max_batch.max(len as u64);
         tally.reasons[reason.index()] += 1;
         self.shared.counters.publish(tally);
+    }
+
+    /// A free buffer from the pool, waiting (spin, yield, then park until a
+    /// worker returns one) while every buffer is in flight.
+    #[cfg(feature = "tokio")]
+    fn next_buffer(&mut self) -> BatchBuf<T> {
+        let pool = &self.shared.pool;
+        let mut found = pool.take();
+        self.wait_async(|| {
+            found = found.take().or_else(|| pool.take());
+            found.is_some()
+        });
+        found.expect("waited until a buffer was found")
+    }
+
+    /// With async workers, waits until every batch handed to them has
+    /// finished (a flush or shutdown is complete only then).
+    fn wait_for_batches_in_flight(&mut self) {
+        #[cfg(feature = "tokio")]
+        if matches!(self.sink, Sink::Async) {
+            let pipeline = self.shared.pipeline();
+            self.wait_async(|| pipeline.in_flight() == 0);
+        }
+    }
+
+    /// Waits until `ready()` holds, by the batcher's wait strategy; parks
+    /// only after announcing it, so that the worker returning a buffer
+    /// unparks it (see `Pipeline::announce_wait`).
+    #[cfg(feature = "tokio")]
+    fn wait_async(&self, mut ready: impl FnMut() -> bool) {
+        let mut backoff = Backoff::new(self.shared.config.wait);
+        loop {
+            if ready() {
+                return;
+            }
+            if backoff.snooze() {
+                let pipeline = self.shared.pipeline();
+                if pipeline.announce_wait(&mut ready) {
+                    crate::sync::thread::park();
+                    pipeline.withdraw_wait();
+                }
+            }
+        }
     }
 
     /// Parks until a producer publishes into a lane (or a request arrives).
@@ -238,7 +306,7 @@ impl<T, R> Drop for Drainer<T, R> {
 }
 
 /// The message of a panic payload, when it is a string.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     if let Some(s) = payload.downcast_ref::<&'static str>() {
         s
     } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -119,19 +119,15 @@ impl std::error::Error for CompleteError {}
 /// Items from one producer appear in the order it submitted them; items from
 /// different lanes interleave.
 pub struct Batch<'a, T, R> {
+    /// The items, their origins and the count completed so far (kept in the
+    /// buffer, so that a new view of the same batch continues the count).
     buf: &'a mut BatchBuf<T>,
     table: &'a TableOwner<R>,
-    /// Items completed through this batch (tickets or not).
-    completed: usize,
 }
 
 impl<'a, T, R> Batch<'a, T, R> {
     pub(crate) fn new(buf: &'a mut BatchBuf<T>, table: &'a TableOwner<R>) -> Self {
-        Self {
-            buf,
-            table,
-            completed: 0,
-        }
+        Self { buf, table }
     }
 
     /// Number of items.
@@ -178,7 +174,7 @@ impl<'a, T, R> Batch<'a, T, R> {
     /// Items not completed yet.
     #[inline]
     pub fn remaining(&self) -> usize {
-        self.len() - self.completed
+        self.len() - self.buf.completed
     }
 
     /// Completes item `index` with `result`, waking its ticket at once.
@@ -201,7 +197,7 @@ impl<'a, T, R> Batch<'a, T, R> {
         }
         let target = origin.pending();
         *origin = Origin::DONE;
-        self.completed += 1;
+        self.buf.completed += 1;
         if let Some((lane, index)) = target {
             deliver(self.table, lane, index, result);
         }
@@ -249,12 +245,12 @@ impl<'a, T, R> Batch<'a, T, R> {
             *origin = Origin::DONE;
             completed += 1;
         }
-        self.completed += completed;
+        self.buf.completed += completed;
     }
 
     /// Fails every item not completed yet with `error` (drainer side).
     pub(crate) fn fail_remaining(&mut self, error: Error) {
-        if self.completed == self.len() || self.buf.tickets == 0 {
+        if self.buf.completed == self.len() || self.buf.tickets == 0 {
             // Nothing left to complete, or nobody waits for any result.
             return;
         }
@@ -265,7 +261,7 @@ impl<'a, T, R> Batch<'a, T, R> {
             }
             *origin = Origin::DONE;
         }
-        self.completed = self.len();
+        self.buf.completed = self.len();
     }
 }
 

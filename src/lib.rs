@@ -64,6 +64,8 @@ mod error;
 mod handler;
 mod pool;
 mod ring;
+#[cfg(feature = "tokio")]
+mod runtime;
 mod stats;
 mod sync;
 mod wait;
@@ -77,6 +79,8 @@ pub use config::{
 };
 pub use error::{Error, RefusedKind, SharedError, SliceError, SubmitError};
 pub use handler::{Batch, BatchError, CompleteError, Handler};
+#[cfg(feature = "tokio")]
+pub use runtime::{AsyncBatch, AsyncHandler};
 pub use stats::{DispatchCounts, DispatchReason, LaneStats, Stats};
 pub use wait::WaitStrategy;
 

@@ -46,6 +46,8 @@ pub(crate) struct BatchBuf<T> {
     /// Items with a ticket (an origin other than `NONE`): when there are
     /// none, nothing has to be delivered after the handler returns.
     pub(crate) tickets: usize,
+    /// Items the handler has completed (tickets or not).
+    pub(crate) completed: usize,
 }
 
 impl<T> BatchBuf<T> {
@@ -54,6 +56,7 @@ impl<T> BatchBuf<T> {
             items: Vec::with_capacity(capacity),
             origins: Vec::with_capacity(capacity),
             tickets: 0,
+            completed: 0,
         }
     }
 
@@ -82,6 +85,7 @@ impl<T> BatchBuf<T> {
         self.items.clear();
         self.origins.clear();
         self.tickets = 0;
+        self.completed = 0;
     }
 }
 

@@ -6,9 +6,10 @@
 //! completion and wake-up code rather than copies of it.
 
 #[cfg(not(loom))]
+#[allow(unused_imports)] // `fence` and `MutexGuard` serve the tokio feature
 mod imp {
-    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-    pub(crate) use std::sync::{Arc, Condvar, Mutex};
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+    pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
     /// Threads: spawning, parking and yielding.
     pub(crate) mod thread {
@@ -54,10 +55,11 @@ mod imp {
 }
 
 #[cfg(loom)]
+#[allow(unused_imports)] // as above
 mod imp {
     pub(crate) use loom::cell::UnsafeCell;
-    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-    pub(crate) use loom::sync::{Arc, Condvar, Mutex};
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+    pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
 
     /// Threads: spawning, parking and yielding, as loom models them.
     pub(crate) mod thread {

@@ -1,0 +1,506 @@
+//! The tokio facade: async handlers that run batches on a tokio runtime with
+//! a bounded number in flight.
+//!
+//! The drainer thread still sweeps the lanes and assembles batches; instead
+//! of calling a handler itself it hands each full buffer to one of
+//! `max_in_flight` worker tasks spawned on the runtime when the batcher is
+//! built, takes a fresh buffer from the pool and goes on assembling. When
+//! every buffer is in flight it waits for one to come back, so backpressure
+//! flows through the rings to the producers. A worker runs the handler's
+//! future, completes the tickets the handler left (from the task), and puts
+//! the buffer back in the pool. Nothing is allocated per batch: the workers,
+//! their hand-off queue and the buffers all exist from the start.
+//!
+//! If the runtime shuts down while batches are in flight, their tickets fail
+//! with [`Error::RuntimeShutdown`], and so does every later batch: nothing
+//! hangs.
+
+use core::fmt;
+use core::future::{Future, poll_fn};
+use core::pin::{Pin, pin};
+use core::task::{Context, Poll, Waker};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crossbeam_queue::ArrayQueue;
+use tokio::sync::Notify;
+
+use crate::batcher::Shared;
+use crate::completion::TableOwner;
+use crate::drainer::panic_message;
+use crate::error::Error;
+use crate::handler::{Batch, BatchError, CompleteError, batch_failed};
+use crate::pool::BatchBuf;
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, fence};
+
+/// An async sink: receives each batch as an owned [`AsyncBatch`] and returns
+/// a future that sends it (to a database, an HTTP exporter) and completes its
+/// items.
+///
+/// Up to `max_in_flight` batches run at once, so `handle` takes `&self`: keep
+/// shared state behind a connection pool, a mutex or atomics. For the simple
+/// case pass a closure to
+/// [`BatcherBuilder::async_handler_fn`](crate::BatcherBuilder::async_handler_fn).
+///
+/// After the future finishes, items it left uncompleted fail as with
+/// [`Handler`](crate::Handler): `Ok(())` gives [`Error::NotCompleted`], an
+/// error [`Error::BatchFailed`], a panic [`Error::HandlerPanicked`].
+///
+/// # Examples
+///
+/// ```
+/// use ringbatch::{AsyncBatch, AsyncHandler, BatchError, Batcher};
+///
+/// /// Pretends to write each batch to a remote store.
+/// struct Store;
+///
+/// impl AsyncHandler<String, usize> for Store {
+///     async fn handle(&self, mut batch: AsyncBatch<String, usize>) -> Result<(), BatchError> {
+///         tokio::task::yield_now().await; // the network round trip
+///         batch.complete_with(|line| Ok::<_, ringbatch::Error>(line.len()));
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let batcher = Batcher::builder().async_handler(Store).build().unwrap();
+/// let mut producer = batcher.async_producer();
+/// assert_eq!(producer.submit("hello".to_string()).await.unwrap(), 5);
+/// batcher.shutdown_async().await;
+/// # }
+/// ```
+pub trait AsyncHandler<T, R>: Send + Sync + 'static {
+    /// Handles one batch.
+    ///
+    /// # Errors
+    ///
+    /// An error fails every item of the batch not completed yet.
+    fn handle(
+        &self,
+        batch: AsyncBatch<T, R>,
+    ) -> impl Future<Output = Result<(), BatchError>> + Send;
+}
+
+/// A closure returning a future, as an [`AsyncHandler`].
+pub(crate) struct FnAsyncHandler<F>(pub(crate) F);
+
+impl<T, R, F, Fut> AsyncHandler<T, R> for FnAsyncHandler<F>
+where
+    F: Fn(AsyncBatch<T, R>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BatchError>> + Send,
+{
+    fn handle(
+        &self,
+        batch: AsyncBatch<T, R>,
+    ) -> impl Future<Output = Result<(), BatchError>> + Send {
+        (self.0)(batch)
+    }
+}
+
+/// One batch, owned by an [`AsyncHandler`]'s future: the items and a way to
+/// complete each. The same operations as [`Batch`]; [`view`](Self::view)
+/// gives the full [`Batch`] API.
+///
+/// Dropping it hands the buffer back to the worker, which completes what the
+/// handler left and returns the buffer to the pool.
+pub struct AsyncBatch<T, R> {
+    /// `Some` until dropped.
+    buf: Option<BatchBuf<T>>,
+    shared: Arc<Shared<T, R>>,
+    slot: Arc<WorkerSlot<T>>,
+}
+
+impl<T, R> AsyncBatch<T, R> {
+    fn buf(&self) -> &BatchBuf<T> {
+        self.buf.as_ref().expect("present until dropped")
+    }
+
+    /// A [`Batch`] view of this batch, for its whole API.
+    pub fn view(&mut self) -> Batch<'_, T, R> {
+        let table: &TableOwner<R> = &self.shared.table;
+        Batch::new(self.buf.as_mut().expect("present until dropped"), table)
+    }
+
+    /// Number of items.
+    pub fn len(&self) -> usize {
+        self.buf().len()
+    }
+
+    /// Whether the batch has no items (never true for a dispatched batch).
+    pub fn is_empty(&self) -> bool {
+        self.buf().is_empty()
+    }
+
+    /// The items, in dispatch order.
+    pub fn items(&self) -> &[T] {
+        &self.buf().items
+    }
+
+    /// The items, mutably.
+    pub fn items_mut(&mut self) -> &mut [T] {
+        &mut self.buf.as_mut().expect("present until dropped").items
+    }
+
+    /// Items not completed yet.
+    pub fn remaining(&self) -> usize {
+        self.buf().len() - self.buf().completed
+    }
+
+    /// Completes item `index` with `result`; see [`Batch::complete`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`Batch::complete`].
+    pub fn complete(
+        &mut self,
+        index: usize,
+        result: Result<R, Error>,
+    ) -> Result<(), CompleteError> {
+        self.view().complete(index, result)
+    }
+
+    /// Completes item `index` with `Ok(value)`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Batch::complete`].
+    pub fn ok(&mut self, index: usize, value: R) -> Result<(), CompleteError> {
+        self.view().ok(index, value)
+    }
+
+    /// Fails item `index` with `error`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Batch::complete`].
+    pub fn fail(
+        &mut self,
+        index: usize,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Result<(), CompleteError> {
+        self.view().fail(index, error)
+    }
+
+    /// Completes every item not completed yet with `f(item)`, in order.
+    pub fn complete_with<E>(&mut self, f: impl FnMut(&T) -> Result<R, E>)
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        self.view().complete_with(f);
+    }
+}
+
+impl<T, R> Drop for AsyncBatch<T, R> {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.slot.give_back(buf, &self.shared);
+        }
+    }
+}
+
+impl<T: fmt::Debug, R> fmt::Debug for AsyncBatch<T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncBatch")
+            .field("items", &self.items())
+            .field("remaining", &self.remaining())
+            .finish()
+    }
+}
+
+/// Where a worker's current batch comes back when its [`AsyncBatch`] is
+/// dropped (inside the handler's future, or later if the handler kept it).
+#[derive(Debug)]
+struct WorkerSlot<T> {
+    state: Mutex<SlotState<T>>,
+}
+
+#[derive(Debug)]
+struct SlotState<T> {
+    /// The buffer, once the batch was dropped and before the worker took it.
+    buf: Option<BatchBuf<T>>,
+    /// The worker waiting for the buffer.
+    waker: Option<Waker>,
+    /// The worker is gone (its runtime shut down): whoever drops the batch
+    /// finishes it.
+    abandoned: bool,
+}
+
+impl<T> WorkerSlot<T> {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(SlotState {
+                buf: None,
+                waker: None,
+                abandoned: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> crate::sync::MutexGuard<'_, SlotState<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Batch side: the batch is dropped.
+    fn give_back<R>(&self, buf: BatchBuf<T>, shared: &Shared<T, R>) {
+        let mut state = self.lock();
+        if state.abandoned {
+            drop(state);
+            finish(shared, buf, Error::RuntimeShutdown);
+            return;
+        }
+        state.buf = Some(buf);
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Worker side: the batch's buffer, once its batch is dropped.
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<BatchBuf<T>> {
+        let mut state = self.lock();
+        match state.buf.take() {
+            Some(buf) => Poll::Ready(buf),
+            None => {
+                state.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The hand-off between the drainer and the worker tasks.
+pub(crate) struct Pipeline<T> {
+    /// Full buffers waiting for a worker (room for every buffer of the pool).
+    ready: ArrayQueue<BatchBuf<T>>,
+    /// Workers wait here for a batch (or the end).
+    work: Notify,
+    /// No more batches: idle workers exit.
+    closing: AtomicBool,
+    /// Workers still running.
+    alive: AtomicUsize,
+    /// Batches handed over (queued or running) and not yet finished.
+    in_flight: AtomicUsize,
+    /// The drainer is parked waiting for a buffer or for `in_flight == 0`.
+    drainer_waiting: AtomicBool,
+    /// Counted by the workers (the drainer counts the rest).
+    pub(crate) batch_errors: AtomicU64,
+    pub(crate) panics: AtomicU64,
+}
+
+impl<T> Pipeline<T> {
+    pub(crate) fn new(pool_size: usize) -> Self {
+        Self {
+            ready: ArrayQueue::new(pool_size),
+            work: Notify::new(),
+            closing: AtomicBool::new(false),
+            alive: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            drainer_waiting: AtomicBool::new(false),
+            batch_errors: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+        }
+    }
+
+    /// Batches handed over and not finished yet (a snapshot).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Worker side, after returning a buffer: wakes the drainer if it waits.
+    fn wake_drainer<R>(&self, shared: &Shared<T, R>) {
+        // SeqCst fence pairs with the drainer's fence in `Drainer::wait_async`:
+        // either the drainer sees the buffer we returned, or we see its flag.
+        fence(Ordering::SeqCst);
+        if self.drainer_waiting.load(Ordering::Relaxed) {
+            shared.unpark_drainer();
+        }
+    }
+
+    /// Drainer side: announces that it is about to park waiting for
+    /// `ready()`; returns true if it should park (the condition still fails).
+    pub(crate) fn announce_wait(&self, ready: impl FnOnce() -> bool) -> bool {
+        self.drainer_waiting.store(true, Ordering::Relaxed);
+        // SeqCst fence pairs with the one in `wake_drainer`.
+        fence(Ordering::SeqCst);
+        if ready() {
+            self.drainer_waiting.store(false, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Drainer side: back from parking.
+    pub(crate) fn withdraw_wait(&self) {
+        self.drainer_waiting.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Drainer side: hands a full buffer to the workers (or fails it at once if
+/// the runtime is gone).
+pub(crate) fn dispatch<T, R>(shared: &Shared<T, R>, buf: BatchBuf<T>) {
+    let pipeline = shared.pipeline();
+    pipeline.in_flight.fetch_add(1, Ordering::AcqRel);
+    if pipeline.alive.load(Ordering::Acquire) == 0 {
+        finish(shared, buf, Error::RuntimeShutdown);
+        return;
+    }
+    if let Err(buf) = pipeline.ready.push(buf) {
+        // The queue holds every buffer of the pool, so this cannot happen;
+        // fail the batch rather than lose it.
+        debug_assert!(false, "the hand-off queue overflowed");
+        finish(shared, buf, Error::Closed);
+        return;
+    }
+    pipeline.work.notify_one();
+    // The last worker may have exited between the check and the push: it
+    // drains the queue as it leaves, and so do we.
+    if pipeline.alive.load(Ordering::Acquire) == 0 {
+        fail_queued(shared);
+    }
+}
+
+/// Drainer side, at shutdown (after every batch finished): workers exit.
+pub(crate) fn close<T, R>(shared: &Shared<T, R>) {
+    let pipeline = shared.pipeline();
+    pipeline.closing.store(true, Ordering::Release);
+    pipeline.work.notify_waiters();
+}
+
+/// Fails every batch still queued for the workers.
+fn fail_queued<T, R>(shared: &Shared<T, R>) {
+    while let Some(buf) = shared.pipeline().ready.pop() {
+        finish(shared, buf, Error::RuntimeShutdown);
+    }
+}
+
+/// Completes what the handler left with `error`, returns the buffer to the
+/// pool and wakes the drainer if it waits for one.
+fn finish<T, R>(shared: &Shared<T, R>, mut buf: BatchBuf<T>, error: Error) {
+    Batch::new(&mut buf, &shared.table).fail_remaining(error);
+    shared.pool.put(buf);
+    let pipeline = shared.pipeline();
+    pipeline.in_flight.fetch_sub(1, Ordering::AcqRel);
+    pipeline.wake_drainer(shared);
+}
+
+/// Starts `workers` worker tasks on `runtime`.
+pub(crate) fn spawn_workers<T, R, H>(
+    shared: &Arc<Shared<T, R>>,
+    handler: H,
+    workers: usize,
+    runtime: &tokio::runtime::Handle,
+) where
+    T: Send + 'static,
+    R: Send + 'static,
+    H: AsyncHandler<T, R>,
+{
+    let handler = Arc::new(handler);
+    let pipeline = shared.pipeline();
+    pipeline.alive.store(workers, Ordering::Release);
+    for _ in 0..workers {
+        let worker = Worker {
+            shared: Arc::clone(shared),
+            slot: Arc::new(WorkerSlot::new()),
+        };
+        runtime.spawn(worker.run(Arc::clone(&handler)));
+    }
+}
+
+/// One worker task's state; dropping it (normal exit, or the runtime
+/// shutting down) settles its batch and the queue.
+struct Worker<T, R> {
+    shared: Arc<Shared<T, R>>,
+    slot: Arc<WorkerSlot<T>>,
+}
+
+impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
+    async fn run<H: AsyncHandler<T, R>>(self, handler: Arc<H>) {
+        loop {
+            let Some(buf) = self.next_batch().await else {
+                return;
+            };
+            let batch = AsyncBatch {
+                buf: Some(buf),
+                shared: Arc::clone(&self.shared),
+                slot: Arc::clone(&self.slot),
+            };
+            // The handler's future is dropped at the end of this block, and
+            // with it the batch (unless the handler kept it elsewhere).
+            let outcome = {
+                let future = pin!(handler.handle(batch));
+                CatchUnwind(future).await
+            };
+            let pipeline = self.shared.pipeline();
+            let leftover = match outcome {
+                Ok(Ok(())) => Error::NotCompleted,
+                Ok(Err(error)) => {
+                    pipeline.batch_errors.fetch_add(1, Ordering::Relaxed);
+                    batch_failed(error)
+                }
+                Err(message) => {
+                    pipeline.panics.fetch_add(1, Ordering::Relaxed);
+                    Error::HandlerPanicked { message }
+                }
+            };
+            // The batch was dropped by the future (or later, if the handler
+            // kept it somewhere): take its buffer back.
+            let buf = poll_fn(|cx| self.slot.poll_take(cx)).await;
+            finish(&self.shared, buf, leftover);
+        }
+    }
+
+    /// The next full buffer, or `None` once the batcher is closing.
+    async fn next_batch(&self) -> Option<BatchBuf<T>> {
+        let pipeline = self.shared.pipeline();
+        loop {
+            // Registered before looking, so that neither a `notify_one` for a
+            // new batch nor the closing `notify_waiters` can be missed.
+            let mut notified = pin!(pipeline.work.notified());
+            notified.as_mut().enable();
+            if let Some(buf) = pipeline.ready.pop() {
+                return Some(buf);
+            }
+            if pipeline.closing.load(Ordering::Acquire) {
+                return None;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl<T, R> Drop for Worker<T, R> {
+    fn drop(&mut self) {
+        let mut state = self.slot.lock();
+        let buf = state.buf.take();
+        // A batch still held by a dropped future finishes when it is dropped.
+        state.abandoned = true;
+        drop(state);
+        if let Some(buf) = buf {
+            finish(&self.shared, buf, Error::RuntimeShutdown);
+        }
+        let pipeline = self.shared.pipeline();
+        if pipeline.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last worker: nobody will take queued batches any more.
+            fail_queued(&self.shared);
+        }
+        pipeline.wake_drainer(&self.shared);
+    }
+}
+
+/// Runs a future, turning a panic in its `poll` into an error carrying the
+/// panic message.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, std::sync::Arc<str>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(panic_message(&*payload).into())),
+        }
+    }
+}
