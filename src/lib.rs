@@ -85,7 +85,7 @@ pub use stats::{DispatchCounts, DispatchReason, LaneStats, Stats};
 pub use wait::WaitStrategy;
 
 // The README's examples run as doc tests.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "tokio"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 

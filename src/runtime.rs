@@ -304,6 +304,8 @@ impl<T> Pipeline<T> {
 
     /// Batches handed over and not finished yet (a snapshot).
     pub(crate) fn in_flight(&self) -> usize {
+        // Acquire pairs with the AcqRel decrement in `finish`: at zero, every
+        // finished batch's completions happened before this load.
         self.in_flight.load(Ordering::Acquire)
     }
 
@@ -312,6 +314,7 @@ impl<T> Pipeline<T> {
         // SeqCst fence pairs with the drainer's fence in `Drainer::wait_async`:
         // either the drainer sees the buffer we returned, or we see its flag.
         fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fence above.
         if self.drainer_waiting.load(Ordering::Relaxed) {
             shared.unpark_drainer();
         }
@@ -320,6 +323,7 @@ impl<T> Pipeline<T> {
     /// Drainer side: announces that it is about to park waiting for
     /// `ready()`; returns true if it should park (the condition still fails).
     pub(crate) fn announce_wait(&self, ready: impl FnOnce() -> bool) -> bool {
+        // Relaxed: the fence below orders it (store-buffering pattern).
         self.drainer_waiting.store(true, Ordering::Relaxed);
         // SeqCst fence pairs with the one in `wake_drainer`.
         fence(Ordering::SeqCst);
@@ -332,6 +336,8 @@ impl<T> Pipeline<T> {
 
     /// Drainer side: back from parking.
     pub(crate) fn withdraw_wait(&self) {
+        // Relaxed: at worst a worker sees a stale `true` and unparks the
+        // drainer once for nothing (a spurious wake-up it tolerates).
         self.drainer_waiting.store(false, Ordering::Relaxed);
     }
 }
@@ -340,8 +346,12 @@ impl<T> Pipeline<T> {
 /// the runtime is gone).
 pub(crate) fn dispatch<T, R>(shared: &Shared<T, R>, buf: BatchBuf<T>) {
     let pipeline = shared.pipeline();
+    // Counted before the hand-off, so that a flush waiting for zero cannot
+    // miss a batch that is queued but not yet taken (AcqRel: an RMW on the
+    // counter, ordered with the decrements in `finish`).
     pipeline.in_flight.fetch_add(1, Ordering::AcqRel);
-    if pipeline.alive.load(Ordering::Acquire) == 0 {
+    // SeqCst pairs with the decrement in `Worker::drop` (see below).
+    if pipeline.alive.load(Ordering::SeqCst) == 0 {
         finish(shared, buf, Error::RuntimeShutdown);
         return;
     }
@@ -354,8 +364,11 @@ pub(crate) fn dispatch<T, R>(shared: &Shared<T, R>, buf: BatchBuf<T>) {
     }
     pipeline.work.notify_one();
     // The last worker may have exited between the check and the push: it
-    // drains the queue as it leaves, and so do we.
-    if pipeline.alive.load(Ordering::Acquire) == 0 {
+    // drains the queue as it leaves, and so do we. The fence and the
+    // worker's SeqCst decrement (followed by its own fence) make sure that
+    // one of us sees the other: either it pops our buffer, or we see zero.
+    fence(Ordering::SeqCst);
+    if pipeline.alive.load(Ordering::SeqCst) == 0 {
         fail_queued(shared);
     }
 }
@@ -363,6 +376,7 @@ pub(crate) fn dispatch<T, R>(shared: &Shared<T, R>, buf: BatchBuf<T>) {
 /// Drainer side, at shutdown (after every batch finished): workers exit.
 pub(crate) fn close<T, R>(shared: &Shared<T, R>) {
     let pipeline = shared.pipeline();
+    // Release pairs with the workers' Acquire load in `next_batch`.
     pipeline.closing.store(true, Ordering::Release);
     pipeline.work.notify_waiters();
 }
@@ -380,6 +394,8 @@ fn finish<T, R>(shared: &Shared<T, R>, mut buf: BatchBuf<T>, error: Error) {
     Batch::new(&mut buf, &shared.table).fail_remaining(error);
     shared.pool.put(buf);
     let pipeline = shared.pipeline();
+    // AcqRel: Release publishes the completions above to the drainer's
+    // Acquire load in `in_flight` (a flush waits for zero).
     pipeline.in_flight.fetch_sub(1, Ordering::AcqRel);
     pipeline.wake_drainer(shared);
 }
@@ -397,7 +413,9 @@ pub(crate) fn spawn_workers<T, R, H>(
 {
     let handler = Arc::new(handler);
     let pipeline = shared.pipeline();
-    pipeline.alive.store(workers, Ordering::Release);
+    // Before any worker runs or any batch is dispatched (SeqCst, as every
+    // access to `alive`).
+    pipeline.alive.store(workers, Ordering::SeqCst);
     for _ in 0..workers {
         let worker = Worker {
             shared: Arc::clone(shared),
@@ -435,10 +453,12 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
             let leftover = match outcome {
                 Ok(Ok(())) => Error::NotCompleted,
                 Ok(Err(error)) => {
+                    // Relaxed: a statistic, ordered with nothing.
                     pipeline.batch_errors.fetch_add(1, Ordering::Relaxed);
                     batch_failed(error)
                 }
                 Err(message) => {
+                    // Relaxed: a statistic.
                     pipeline.panics.fetch_add(1, Ordering::Relaxed);
                     Error::HandlerPanicked { message }
                 }
@@ -461,6 +481,7 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
             if let Some(buf) = pipeline.ready.pop() {
                 return Some(buf);
             }
+            // Acquire pairs with the Release store in `close`.
             if pipeline.closing.load(Ordering::Acquire) {
                 return None;
             }
@@ -480,7 +501,10 @@ impl<T, R> Drop for Worker<T, R> {
             finish(&self.shared, buf, Error::RuntimeShutdown);
         }
         let pipeline = self.shared.pipeline();
-        if pipeline.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // SeqCst, with the fence, pairs with the fence in `dispatch`.
+        let last = pipeline.alive.fetch_sub(1, Ordering::SeqCst) == 1;
+        fence(Ordering::SeqCst);
+        if last {
             // The last worker: nobody will take queued batches any more.
             fail_queued(&self.shared);
         }
