@@ -538,6 +538,7 @@ impl<R> TableOwner<R> {
                 table: self.table,
                 seq: seq as u64,
             }),
+            yields: 0,
         }
     }
 }
@@ -639,6 +640,9 @@ enum Inner<R> {
 #[must_use = "dropping a ticket discards the item's result"]
 pub struct Ticket<R> {
     inner: Inner<R>,
+    /// Polls that found no result and yielded instead of registering a
+    /// waker (see the `Future` impl).
+    yields: u8,
 }
 
 // SAFETY: a ticket exclusively owns the ticket side of its slot; the result
@@ -651,6 +655,7 @@ impl<R> Ticket<R> {
     pub(crate) fn ready(result: Result<R, Error>) -> Self {
         Self {
             inner: Inner::Ready(result),
+            yields: 0,
         }
     }
 
@@ -782,6 +787,15 @@ impl<R> Unpin for Ticket<R> {}
 /// cell that [`wait`](Ticket::wait) uses), so a ticket made by a thread can
 /// be awaited by a task and the other way round.
 ///
+/// The batcher's [`WaitStrategy`] applies to tasks as it does to threads,
+/// with "yield" meaning: return `Pending` after waking the task at once, so
+/// that the executor runs other tasks and polls this one again soon, with
+/// its worker thread kept awake. Under `Backoff` (the default) a ticket
+/// yields a bounded number of times before it stores its waker and sleeps;
+/// results that arrive within that window (a few microseconds) are picked up
+/// without the cost of waking a sleeping worker thread. `Park` stores the
+/// waker at once; `Yield` and `BusySpin` never sleep.
+///
 /// Dropping the future (the ticket) before the result arrives is safe: the
 /// result is dropped when it comes. Polling again after the result was
 /// returned gives [`Error::AlreadyTaken`].
@@ -797,9 +811,19 @@ impl<R> core::future::Future for Ticket<R> {
             return core::task::Poll::Ready(result);
         }
         if let Inner::Pending(slot) = &this.inner {
+            let (slot, _, table) = slot.parts();
+            let yield_now = match table.wait {
+                WaitStrategy::BusySpin | WaitStrategy::Yield => true,
+                WaitStrategy::Backoff => this.yields < TASK_YIELDS,
+                WaitStrategy::Park => false,
+            };
+            if yield_now {
+                this.yields = this.yields.saturating_add(1);
+                cx.waker().wake_by_ref();
+                return core::task::Poll::Pending;
+            }
             // SAFETY: this ticket owns the slot and has not taken the result.
-            let registered = unsafe { slot.parts().0.register(cx.waker()) };
-            if registered {
+            if unsafe { slot.register(cx.waker()) } {
                 // The completer wakes the waker once the result is written.
                 return core::task::Poll::Pending;
             }
@@ -811,6 +835,10 @@ impl<R> core::future::Future for Ticket<R> {
         }
     }
 }
+
+/// Polls of a pending ticket that yield (under `Backoff`) before it stores
+/// its waker: about as long as a thread's spin and yield phases.
+const TASK_YIELDS: u8 = 64;
 
 impl<R> Drop for Ticket<R> {
     fn drop(&mut self) {
