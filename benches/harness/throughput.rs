@@ -1,0 +1,778 @@
+//! The fire-and-forget throughput workload, one harness per system, shared by
+//! `benches/peers.rs` (criterion) and `benches/scaling.rs` (plain timer).
+//!
+//! # The workload
+//!
+//! One *round* pushes [`ITEMS`] items, split evenly across `P` producers (the
+//! first `ITEMS % P` push one more), into the system under test; one consumer
+//! takes them out in batches of up to [`MAX_BATCH`], sums each batch into
+//! [`black_box`] and adds the batch's length to a shared counter. A round ends when the counter reaches the
+//! number of items pushed so far, so every timed round covers the last item's
+//! hand-over to the consumer, not just the producers' side.
+//!
+//! # Threads
+//!
+//! [`with_system`] starts the system (its consumer thread, or ringbatch's
+//! drainer) and `P` persistent producer threads once, then hands the caller a
+//! `run(rounds) -> Duration` closure to time with. Producer threads make their
+//! sending handle on their own thread (ringbatch: [`Batcher::producer`], which
+//! binds the lane of the core the thread runs on), then sleep on a condition
+//! variable between rounds, so idle producers take no CPU. `run` starts a
+//! round, blocks until every producer has pushed its share, then waits
+//! (spin, then yield) for the consumer's counter. When the caller returns,
+//! the producers are told to stop and joined, their handles dropped, then the
+//! system is stopped and its consumer joined; nothing is left running, and
+//! the harness checks that the consumer saw every item.
+//!
+//! # The systems
+//!
+//! Queue capacity is [`CAPACITY`] for all; the consumer's batch limit is
+//! [`MAX_BATCH`] wherever the system lets the consumer choose one.
+//!
+//! - `ringbatch`: a [`Batcher`] with `lanes(min(P, cores))`, capacity
+//!   [`CAPACITY`], `max_batch` [`MAX_BATCH`], default wait strategy
+//!   (`Backoff`: spin, yield, park) and backpressure (`Block`); the handler is
+//!   the consumer. Producers call `push`.
+//! - `array_queue`: a [`crossbeam_queue::ArrayQueue`]; the consumer pops up to
+//!   [`MAX_BATCH`] items into a reused `Vec`. An idle consumer spins, yields,
+//!   then parks for at most [`IDLE_PARK`] (the steps of ringbatch's `Backoff`);
+//!   a producer finding the queue full snoozes with a crossbeam [`Backoff`]
+//!   and unparks the consumer once the backoff is spent.
+//! - `crossbeam_channel`, `flume`, `std_sync_channel`: a bounded channel
+//!   (`bounded`, `bounded`, `sync_channel`); the consumer blocks in `recv`,
+//!   then takes up to [`MAX_BATCH`] - 1 more with `try_recv`. Producers call
+//!   the blocking `send`.
+//! - `tokio_mpsc`: a bounded `tokio::sync::mpsc` channel; the consumer is a
+//!   thread driving a current-thread runtime whose one task loops on
+//!   `recv_many(.., MAX_BATCH)`. Producers (plain threads) call
+//!   `blocking_send`.
+//! - `disruptor`: the `disruptor` crate's multi-producer ring
+//!   (`build_multi_producer`, `BusySpin` consumer); producers clone the
+//!   `MultiProducer` and `publish` (which spins while the ring is full). The
+//!   consumer is the crate's managed event-handler thread, which hands over
+//!   every available event per batch (no [`MAX_BATCH`] limit) and spins at
+//!   100% of a core while the bench function runs.
+//! - `rtrb` (one producer only): the `rtrb` SPSC ring, the physical reference;
+//!   the consumer reads chunks of up to [`MAX_BATCH`] with `read_chunk`, waits
+//!   like `array_queue`'s, and the producer pushes item by item, backing off
+//!   like `array_queue`'s.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::{Backoff, CachePadded};
+use ringbatch::{Batch, Batcher};
+
+/// Items pushed per round, split evenly across the producers.
+pub const ITEMS: u64 = 1 << 18;
+/// Queue capacity of every system (ringbatch: per lane).
+pub const CAPACITY: usize = 4096;
+/// Most items per consumer batch (ringbatch's `max_batch`).
+pub const MAX_BATCH: usize = 256;
+/// Longest an idle spin-based consumer parks before looking again.
+pub const IDLE_PARK: Duration = Duration::from_millis(1);
+
+/// An item type the workload can push: made from a counter, summed by the
+/// consumer.
+pub trait Item: Copy + Send + Sync + 'static {
+    /// The `i`-th item a producer pushes.
+    fn make(i: u64) -> Self;
+    /// What the consumer adds up (every word of the item).
+    fn sum(&self) -> u64;
+}
+
+impl Item for u64 {
+    #[inline]
+    fn make(i: u64) -> Self {
+        i
+    }
+    #[inline]
+    fn sum(&self) -> u64 {
+        *self
+    }
+}
+
+/// The consumer's work: sum a batch into [`black_box`].
+#[inline]
+pub fn consume<T: Item>(items: &[T]) {
+    black_box(items.iter().fold(0u64, |acc, x| acc.wrapping_add(x.sum())));
+}
+
+/// Items the consumer has handled so far.
+pub type Counter = Arc<CachePadded<AtomicU64>>;
+
+/// One system under test.
+pub trait System<T: Item>: Sync + Sized {
+    /// A producer's sending handle, made on the producer's thread.
+    type Tx;
+    /// Starts the system and its consumer for `producers` producers.
+    fn start(producers: usize, consumed: Counter) -> Self;
+    /// A sending handle for the calling thread.
+    fn sender(&self) -> Self::Tx;
+    /// Pushes one item, waiting while the queue is full.
+    fn send(tx: &mut Self::Tx, item: T);
+    /// Called at the start of every round (wakes a parked spin consumer).
+    fn wake(&self) {}
+    /// Stops the consumer and joins every thread the system started; every
+    /// sending handle has been dropped.
+    fn stop(self);
+}
+
+/// The systems, by bench-function name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sys {
+    Ringbatch,
+    ArrayQueue,
+    CrossbeamChannel,
+    Disruptor,
+    Flume,
+    StdSyncChannel,
+    TokioMpsc,
+    Rtrb,
+}
+
+impl Sys {
+    /// Every multi-producer system, ringbatch first.
+    pub const MPSC: [Sys; 7] = [
+        Sys::Ringbatch,
+        Sys::ArrayQueue,
+        Sys::CrossbeamChannel,
+        Sys::Disruptor,
+        Sys::Flume,
+        Sys::StdSyncChannel,
+        Sys::TokioMpsc,
+    ];
+
+    /// The bench-function name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sys::Ringbatch => "ringbatch",
+            Sys::ArrayQueue => "array_queue",
+            Sys::CrossbeamChannel => "crossbeam_channel",
+            Sys::Disruptor => "disruptor",
+            Sys::Flume => "flume",
+            Sys::StdSyncChannel => "std_sync_channel",
+            Sys::TokioMpsc => "tokio_mpsc",
+            Sys::Rtrb => "rtrb",
+        }
+    }
+
+    /// The system named `name`, if any.
+    #[allow(dead_code)] // used by scaling.rs only
+    pub fn from_name(name: &str) -> Option<Sys> {
+        Sys::MPSC
+            .into_iter()
+            .chain([Sys::Rtrb])
+            .find(|s| s.name() == name)
+    }
+
+    /// Whether the system takes more than one producer.
+    #[allow(dead_code)] // used by scaling.rs only
+    pub fn multi_producer(self) -> bool {
+        self != Sys::Rtrb
+    }
+}
+
+/// Runs `body` with a `run(rounds)` closure for `system` with `producers`
+/// producer threads; see [`with_system`].
+pub fn with_throughput<T: Item, R>(
+    system: Sys,
+    producers: usize,
+    body: impl FnOnce(&mut dyn FnMut(u64) -> Duration) -> R,
+) -> R {
+    match system {
+        Sys::Ringbatch => with_system::<T, Ringbatch<T>, R>(producers, body),
+        Sys::ArrayQueue => with_system::<T, ArrayQueueSys<T>, R>(producers, body),
+        Sys::CrossbeamChannel => with_system::<T, CrossbeamChannel<T>, R>(producers, body),
+        Sys::Disruptor => with_system::<T, DisruptorSys<T>, R>(producers, body),
+        Sys::Flume => with_system::<T, Flume<T>, R>(producers, body),
+        Sys::StdSyncChannel => with_system::<T, StdSyncChannel<T>, R>(producers, body),
+        Sys::TokioMpsc => with_system::<T, TokioMpsc<T>, R>(producers, body),
+        Sys::Rtrb => with_system::<T, Rtrb<T>, R>(producers, body),
+    }
+}
+
+/// Starts `S` and `producers` persistent producer threads, runs `body` with a
+/// closure that times `rounds` rounds of [`ITEMS`] items, then stops and
+/// joins everything and checks that no item was lost.
+pub fn with_system<T: Item, S: System<T>, R>(
+    producers: usize,
+    body: impl FnOnce(&mut dyn FnMut(u64) -> Duration) -> R,
+) -> R {
+    assert!(producers > 0);
+    let consumed: Counter = Arc::default();
+    let system = S::start(producers, Arc::clone(&consumed));
+    let rounds = Rounds::default();
+    let mut target = 0u64;
+    let result = thread::scope(|s| {
+        let threads: Vec<_> = (0..producers)
+            .map(|index| {
+                let (system, rounds) = (&system, &rounds);
+                s.spawn(move || {
+                    let mut tx = system.sender();
+                    let mut seen = 0;
+                    while let Some(items) = rounds.next(&mut seen) {
+                        // This producer's share: the remainder goes one item
+                        // each to the first producers.
+                        let p = producers as u64;
+                        let n = items / p + u64::from((index as u64) < items % p);
+                        for i in 0..n {
+                            S::send(&mut tx, T::make(i));
+                        }
+                        rounds.done();
+                    }
+                })
+            })
+            .collect();
+        let mut run = |iters: u64| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                system.wake();
+                rounds.start(ITEMS);
+                rounds.wait_done(producers);
+                target += ITEMS;
+                wait_for_count(&consumed, target);
+            }
+            start.elapsed()
+        };
+        let result = body(&mut run);
+        rounds.stop();
+        for thread in threads {
+            thread.join().expect("producer panicked");
+        }
+        result
+    });
+    system.stop();
+    assert_eq!(consumed.load(Ordering::Acquire), target, "items lost");
+    result
+}
+
+/// Spins, then yields, until `counter` reaches `target`.
+fn wait_for_count(counter: &AtomicU64, target: u64) {
+    let backoff = Backoff::new();
+    while counter.load(Ordering::Acquire) < target {
+        backoff.snooze();
+    }
+}
+
+/// Round signalling for persistent producer threads: the bench thread starts
+/// a round, producers push their share and report back. Everyone blocks on a
+/// condition variable in between.
+#[derive(Default)]
+struct Rounds {
+    state: Mutex<RoundState>,
+    started: Condvar,
+    finished: Condvar,
+}
+
+#[derive(Default)]
+struct RoundState {
+    round: u64,
+    /// Items in the round, all producers together.
+    items: u64,
+    done: usize,
+    stop: bool,
+}
+
+impl Rounds {
+    fn lock(&self) -> MutexGuard<'_, RoundState> {
+        self.state.lock().expect("round lock poisoned")
+    }
+
+    /// Bench thread: starts a round of `items` items.
+    fn start(&self, items: u64) {
+        let mut state = self.lock();
+        state.round += 1;
+        state.items = items;
+        state.done = 0;
+        drop(state);
+        self.started.notify_all();
+    }
+
+    /// Bench thread: blocks until `producers` producers finished the round.
+    fn wait_done(&self, producers: usize) {
+        let state = self.lock();
+        let _state = self
+            .finished
+            .wait_while(state, |s| s.done < producers)
+            .expect("round lock poisoned");
+    }
+
+    /// Bench thread: tells the producers to exit.
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.started.notify_all();
+    }
+
+    /// Producer: waits for a round newer than `seen` and returns its item
+    /// count; `None` means stop.
+    fn next(&self, seen: &mut u64) -> Option<u64> {
+        let state = self.lock();
+        let state = self
+            .started
+            .wait_while(state, |s| !s.stop && s.round == *seen)
+            .expect("round lock poisoned");
+        if state.stop {
+            return None;
+        }
+        *seen = state.round;
+        Some(state.items)
+    }
+
+    /// Producer: reports its share of the round pushed.
+    fn done(&self) {
+        self.lock().done += 1;
+        self.finished.notify_all();
+    }
+}
+
+/// How an idle spin-based consumer waits: `2^k` spins for `k < 7`, then 64
+/// yields, then parks of at most [`IDLE_PARK`] (ringbatch's `Backoff` steps).
+#[derive(Default)]
+struct Idle {
+    step: u32,
+}
+
+impl Idle {
+    const SPIN_STEPS: u32 = 7;
+    const YIELD_STEPS: u32 = 64;
+
+    fn reset(&mut self) {
+        self.step = 0;
+    }
+
+    fn wait(&mut self) {
+        if self.step < Self::SPIN_STEPS {
+            for _ in 0..1u32 << self.step {
+                std::hint::spin_loop();
+            }
+            self.step += 1;
+        } else if self.step < Self::SPIN_STEPS + Self::YIELD_STEPS {
+            thread::yield_now();
+            self.step += 1;
+        } else {
+            thread::park_timeout(IDLE_PARK);
+        }
+    }
+}
+
+/// Retries `try_push` while the queue is full, snoozing with a [`Backoff`]
+/// and unparking `consumer` once the backoff is spent.
+#[inline]
+fn push_spinning<T>(mut item: T, consumer: &Thread, mut try_push: impl FnMut(T) -> Result<(), T>) {
+    let backoff = Backoff::new();
+    while let Err(back) = try_push(item) {
+        item = back;
+        if backoff.is_completed() {
+            consumer.unpark();
+        }
+        backoff.snooze();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// ringbatch
+// ---------------------------------------------------------------------------
+
+struct Ringbatch<T: Item> {
+    batcher: Batcher<T>,
+    consumed: Counter,
+}
+
+impl<T: Item> System<T> for Ringbatch<T> {
+    type Tx = ringbatch::Producer<T>;
+
+    fn start(producers: usize, consumed: Counter) -> Self {
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        let counter = Arc::clone(&consumed);
+        let batcher = Batcher::builder()
+            .lanes(producers.min(cores))
+            .capacity(CAPACITY)
+            .max_batch(MAX_BATCH)
+            .handler_fn(move |batch: &mut Batch<'_, T, ()>| {
+                consume(batch.items());
+                counter.fetch_add(batch.len() as u64, Ordering::Release);
+                Ok(())
+            })
+            .build()
+            .expect("valid settings");
+        Ringbatch { batcher, consumed }
+    }
+
+    fn sender(&self) -> Self::Tx {
+        self.batcher.producer()
+    }
+
+    #[inline]
+    fn send(tx: &mut Self::Tx, item: T) {
+        tx.push(item).expect("batcher open");
+    }
+
+    fn stop(self) {
+        let stats = self.batcher.shutdown();
+        assert_eq!(
+            stats.items_handled,
+            self.consumed.load(Ordering::Acquire),
+            "ringbatch handled items after the last round"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// crossbeam-queue ArrayQueue
+// ---------------------------------------------------------------------------
+
+struct ArrayQueueSys<T> {
+    queue: Arc<ArrayQueue<T>>,
+    stop: Arc<AtomicBool>,
+    consumer: JoinHandle<()>,
+}
+
+impl<T: Item> System<T> for ArrayQueueSys<T> {
+    type Tx = (Arc<ArrayQueue<T>>, Thread);
+
+    fn start(_producers: usize, consumed: Counter) -> Self {
+        let queue = Arc::new(ArrayQueue::new(CAPACITY));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (q, flag) = (Arc::clone(&queue), Arc::clone(&stop));
+        let consumer = thread::spawn(move || {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            let mut idle = Idle::default();
+            loop {
+                while batch.len() < MAX_BATCH {
+                    match q.pop() {
+                        Some(item) => batch.push(item),
+                        None => break,
+                    }
+                }
+                if !batch.is_empty() {
+                    consume(&batch);
+                    consumed.fetch_add(batch.len() as u64, Ordering::Release);
+                    batch.clear();
+                    idle.reset();
+                } else if flag.load(Ordering::Acquire) {
+                    return;
+                } else {
+                    idle.wait();
+                }
+            }
+        });
+        ArrayQueueSys {
+            queue,
+            stop,
+            consumer,
+        }
+    }
+
+    fn sender(&self) -> Self::Tx {
+        (Arc::clone(&self.queue), self.consumer.thread().clone())
+    }
+
+    #[inline]
+    fn send((queue, consumer): &mut Self::Tx, item: T) {
+        push_spinning(item, consumer, |item| queue.push(item));
+    }
+
+    fn wake(&self) {
+        self.consumer.thread().unpark();
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        self.consumer.thread().unpark();
+        self.consumer.join().expect("consumer panicked");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bounded channels: crossbeam-channel, flume, std::sync::mpsc::sync_channel
+// ---------------------------------------------------------------------------
+
+/// The channel consumer: blocks in `recv`, then takes up to [`MAX_BATCH`]
+/// items with `try_recv`, until `recv` reports the channel disconnected.
+fn channel_consumer<T: Item>(
+    consumed: Counter,
+    mut recv: impl FnMut() -> Option<T>,
+    mut try_recv: impl FnMut() -> Option<T>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match try_recv() {
+                Some(item) => batch.push(item),
+                None => break,
+            }
+        }
+        consume(&batch);
+        consumed.fetch_add(batch.len() as u64, Ordering::Release);
+        batch.clear();
+    }
+}
+
+struct CrossbeamChannel<T> {
+    tx: crossbeam_channel::Sender<T>,
+    consumer: JoinHandle<()>,
+}
+
+impl<T: Item> System<T> for CrossbeamChannel<T> {
+    type Tx = crossbeam_channel::Sender<T>;
+
+    fn start(_producers: usize, consumed: Counter) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(CAPACITY);
+        let consumer = thread::spawn(move || {
+            channel_consumer(consumed, || rx.recv().ok(), || rx.try_recv().ok());
+        });
+        CrossbeamChannel { tx, consumer }
+    }
+
+    fn sender(&self) -> Self::Tx {
+        self.tx.clone()
+    }
+
+    #[inline]
+    fn send(tx: &mut Self::Tx, item: T) {
+        tx.send(item).expect("consumer running");
+    }
+
+    fn stop(self) {
+        drop(self.tx);
+        self.consumer.join().expect("consumer panicked");
+    }
+}
+
+struct Flume<T> {
+    tx: flume::Sender<T>,
+    consumer: JoinHandle<()>,
+}
+
+impl<T: Item> System<T> for Flume<T> {
+    type Tx = flume::Sender<T>;
+
+    fn start(_producers: usize, consumed: Counter) -> Self {
+        let (tx, rx) = flume::bounded(CAPACITY);
+        let consumer = thread::spawn(move || {
+            channel_consumer(consumed, || rx.recv().ok(), || rx.try_recv().ok());
+        });
+        Flume { tx, consumer }
+    }
+
+    fn sender(&self) -> Self::Tx {
+        self.tx.clone()
+    }
+
+    #[inline]
+    fn send(tx: &mut Self::Tx, item: T) {
+        tx.send(item).expect("consumer running");
+    }
+
+    fn stop(self) {
+        drop(self.tx);
+        self.consumer.join().expect("consumer panicked");
+    }
+}
+
+struct StdSyncChannel<T> {
+    tx: std::sync::mpsc::SyncSender<T>,
+    consumer: JoinHandle<()>,
+}
+
+impl<T: Item> System<T> for StdSyncChannel<T> {
+    type Tx = std::sync::mpsc::SyncSender<T>;
+
+    fn start(_producers: usize, consumed: Counter) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(CAPACITY);
+        let consumer = thread::spawn(move || {
+            channel_consumer(consumed, || rx.recv().ok(), || rx.try_recv().ok());
+        });
+        StdSyncChannel { tx, consumer }
+    }
+
+    fn sender(&self) -> Self::Tx {
+        self.tx.clone()
+    }
+
+    #[inline]
+    fn send(tx: &mut Self::Tx, item: T) {
+        tx.send(item).expect("consumer running");
+    }
+
+    fn stop(self) {
+        drop(self.tx);
+        self.consumer.join().expect("consumer panicked");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// tokio::sync::mpsc
+// ---------------------------------------------------------------------------
+
+struct TokioMpsc<T> {
+    tx: tokio::sync::mpsc::Sender<T>,
+    consumer: JoinHandle<()>,
+}
+
+impl<T: Item> System<T> for TokioMpsc<T> {
+    type Tx = tokio::sync::mpsc::Sender<T>;
+
+    fn start(_producers: usize, consumed: Counter) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(CAPACITY);
+        let consumer = thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("tokio runtime");
+            runtime.block_on(async move {
+                let mut batch = Vec::with_capacity(MAX_BATCH);
+                while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                    consume(&batch);
+                    consumed.fetch_add(batch.len() as u64, Ordering::Release);
+                    batch.clear();
+                }
+            });
+        });
+        TokioMpsc { tx, consumer }
+    }
+
+    fn sender(&self) -> Self::Tx {
+        self.tx.clone()
+    }
+
+    #[inline]
+    fn send(tx: &mut Self::Tx, item: T) {
+        tx.blocking_send(item).expect("consumer running");
+    }
+
+    fn stop(self) {
+        drop(self.tx);
+        self.consumer.join().expect("consumer panicked");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// disruptor
+// ---------------------------------------------------------------------------
+
+type DisruptorProducer<T> = disruptor::MultiProducer<T, disruptor::SingleConsumerBarrier>;
+
+struct DisruptorSys<T> {
+    /// The original producer handle; producers clone it. Dropping the last
+    /// handle stops and joins the consumer thread.
+    producer: Mutex<Option<DisruptorProducer<T>>>,
+}
+
+impl<T: Item> System<T> for DisruptorSys<T> {
+    type Tx = DisruptorProducer<T>;
+
+    fn start(_producers: usize, consumed: Counter) -> Self {
+        let mut sum = 0u64;
+        let mut count = 0u64;
+        let handler = move |item: &T, _seq: disruptor::Sequence, end_of_batch: bool| {
+            sum = sum.wrapping_add(item.sum());
+            count += 1;
+            if end_of_batch {
+                black_box(sum);
+                consumed.fetch_add(count, Ordering::Release);
+                count = 0;
+            }
+        };
+        let producer =
+            disruptor::build_multi_producer(CAPACITY, || T::make(0), disruptor::BusySpin)
+                .handle_events_with(handler)
+                .build();
+        DisruptorSys {
+            producer: Mutex::new(Some(producer)),
+        }
+    }
+
+    fn sender(&self) -> Self::Tx {
+        let producer = self.producer.lock().expect("lock poisoned");
+        producer.as_ref().expect("running").clone()
+    }
+
+    #[inline]
+    fn send(tx: &mut Self::Tx, item: T) {
+        use disruptor::Producer as _;
+        tx.publish(|slot| *slot = item);
+    }
+
+    fn stop(self) {
+        let producer = self.producer.into_inner().expect("lock poisoned");
+        // The last handle: its drop lets the consumer finish and joins it.
+        drop(producer);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// rtrb (single producer)
+// ---------------------------------------------------------------------------
+
+struct Rtrb<T> {
+    producer: Mutex<Option<rtrb::Producer<T>>>,
+    consumer: JoinHandle<()>,
+}
+
+impl<T: Item> System<T> for Rtrb<T> {
+    type Tx = (rtrb::Producer<T>, Thread);
+
+    fn start(producers: usize, consumed: Counter) -> Self {
+        assert_eq!(producers, 1, "rtrb is single-producer");
+        let (producer, mut rx) = rtrb::RingBuffer::new(CAPACITY);
+        let consumer = thread::spawn(move || {
+            let mut idle = Idle::default();
+            loop {
+                let n = rx.slots().min(MAX_BATCH);
+                if n > 0 {
+                    let chunk = rx.read_chunk(n).expect("n slots are readable");
+                    let (first, second) = chunk.as_slices();
+                    consume(first);
+                    consume(second);
+                    chunk.commit_all();
+                    consumed.fetch_add(n as u64, Ordering::Release);
+                    idle.reset();
+                } else if rx.is_abandoned() {
+                    // The producer is gone: stop once nothing is left.
+                    if rx.slots() == 0 {
+                        return;
+                    }
+                } else {
+                    idle.wait();
+                }
+            }
+        });
+        Rtrb {
+            producer: Mutex::new(Some(producer)),
+            consumer,
+        }
+    }
+
+    fn sender(&self) -> Self::Tx {
+        let producer = self.producer.lock().expect("lock poisoned").take();
+        (
+            producer.expect("one producer only"),
+            self.consumer.thread().clone(),
+        )
+    }
+
+    #[inline]
+    fn send((producer, consumer): &mut Self::Tx, item: T) {
+        push_spinning(item, consumer, |item| {
+            producer
+                .push(item)
+                .map_err(|rtrb::PushError::Full(item)| item)
+        });
+    }
+
+    fn wake(&self) {
+        self.consumer.thread().unpark();
+    }
+
+    fn stop(self) {
+        drop(self.producer);
+        self.consumer.thread().unpark();
+        self.consumer.join().expect("consumer panicked");
+    }
+}

@@ -1,0 +1,143 @@
+//! ringbatch against its peers on the same workloads, in one criterion run.
+//!
+//! Run with `cargo bench --bench peers` (about two minutes on the 2-core
+//! reference machine; longer when `disruptor` lacks a free core and crawls);
+//! filter with `cargo bench --bench peers -- throughput_1p/` and the like.
+//! Every group has one function per system, named `ringbatch`, `array_queue`,
+//! `crossbeam_channel`, `disruptor`, `flume`, `std_sync_channel`,
+//! `tokio_mpsc` (and `rtrb` in `throughput_1p`). Settings: 10 samples, 500 ms
+//! warm-up, 2 s measurement per function.
+//!
+//! # Throughput groups: fire-and-forget items per second
+//!
+//! `throughput_1p`, `throughput_2p`, `throughput_8p` push `u64` items from 1,
+//! 2 and 8 producer threads; `throughput_1p_64b` pushes 64-byte items
+//! (`[u64; 8]`) from one. One iteration pushes `ITEMS` (2^18) items split
+//! evenly across the producers, and the clock stops when the consumer has
+//! counted all of them; criterion reports items per second. Eight producers
+//! on a machine with fewer cores are oversubscribed on purpose: it measures
+//! how each system behaves when producers are preempted. The harness (the
+//! systems, their consumers, the persistent producer threads and how each
+//! waits) is described in `benches/harness/throughput.rs`. Each function's
+//! threads start before its first iteration and are stopped and joined after
+//! its last, so nothing spins while another function runs; the harness also
+//! checks that every pushed item was consumed.
+//!
+//! # `roundtrip`: one request and its reply, one at a time
+//!
+//! One iteration is one round trip: the requester sends `x`, waits for
+//! `x + 1`, and only then sends the next request. Each system's request and
+//! reply paths are described in `benches/harness/roundtrip.rs`; for
+//! `disruptor`, which has no reply path, the handler answers through an
+//! atomic slot that the requester spin-waits on.
+//!
+//! Criterion's time per iteration is a mean over many back-to-back round
+//! trips; `benches/latency.rs` gives their percentiles.
+//!
+//! # Reading the numbers
+//!
+//! On a machine with few cores (the reference machine has 2, shared) every
+//! multi-producer result measures the scheduler as much as the queue, and
+//! `disruptor`'s busy-spinning consumer takes a whole core; compare functions
+//! within one run and repeat runs before trusting a difference.
+
+#[path = "harness/roundtrip.rs"]
+mod roundtrip;
+#[path = "harness/throughput.rs"]
+mod throughput;
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
+use roundtrip::{Rt, with_roundtrip};
+use throughput::{ITEMS, Item, Sys, with_throughput};
+
+/// A 64-byte item: eight words, all summed by the consumer.
+impl Item for [u64; 8] {
+    #[inline]
+    fn make(i: u64) -> Self {
+        [i; 8]
+    }
+    #[inline]
+    fn sum(&self) -> u64 {
+        self.iter().fold(0u64, |acc, &w| acc.wrapping_add(w))
+    }
+}
+
+/// The settings of every group: 10 samples, 500 ms warm-up, 2 s measurement.
+fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+}
+
+/// One throughput group: every system in `systems` with `producers`
+/// producers pushing items of type `T`.
+fn throughput_group<T: Item>(c: &mut Criterion, name: &str, producers: usize, systems: &[Sys]) {
+    let mut group = c.benchmark_group(name);
+    configure(&mut group);
+    // An iteration takes milliseconds: flat sampling keeps the run short.
+    group.sampling_mode(SamplingMode::Flat);
+    group.throughput(Throughput::Elements(ITEMS));
+    for &system in systems {
+        with_throughput::<T, _>(system, producers, |run| {
+            group.bench_function(system.name(), |b| b.iter_custom(&mut *run));
+        });
+    }
+    group.finish();
+}
+
+fn throughput_1p(c: &mut Criterion) {
+    let mut systems = Sys::MPSC.to_vec();
+    systems.push(Sys::Rtrb);
+    throughput_group::<u64>(c, "throughput_1p", 1, &systems);
+}
+
+fn throughput_2p(c: &mut Criterion) {
+    throughput_group::<u64>(c, "throughput_2p", 2, &Sys::MPSC);
+}
+
+fn throughput_8p(c: &mut Criterion) {
+    throughput_group::<u64>(c, "throughput_8p", 8, &Sys::MPSC);
+}
+
+fn throughput_1p_64b(c: &mut Criterion) {
+    throughput_group::<[u64; 8]>(c, "throughput_1p_64b", 1, &Sys::MPSC);
+}
+
+fn roundtrip(c: &mut Criterion) {
+    let mut group = c.benchmark_group("roundtrip");
+    configure(&mut group);
+    group.throughput(Throughput::Elements(1));
+    for system in Rt::ALL {
+        with_roundtrip(system, |call| {
+            let mut next = 0u64;
+            group.bench_function(system.name(), |b| {
+                b.iter(|| {
+                    // Requests must differ from one to the next (the
+                    // disruptor harness matches its reply slot on `x + 1`).
+                    next += 1;
+                    let reply = call(black_box(next));
+                    debug_assert_eq!(reply, next + 1);
+                    reply
+                });
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    throughput_1p,
+    throughput_2p,
+    throughput_8p,
+    throughput_1p_64b,
+    roundtrip
+);
+criterion_main!(benches);
