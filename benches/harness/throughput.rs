@@ -514,98 +514,104 @@ fn channel_consumer<T: Item>(
     }
 }
 
-struct CrossbeamChannel<T> {
-    tx: crossbeam_channel::Sender<T>,
+/// A bounded channel of one crate, as the throughput harness drives it.
+trait Bounded<T: Item>: Sized + Send + 'static {
+    /// The sending half, cloned for each producer.
+    type Tx: Clone + Send + Sync + 'static;
+    /// A channel of `capacity` and a consumer loop over its receiving half
+    /// (runs [`channel_consumer`] until every sender is gone).
+    fn channel(capacity: usize, consumed: Counter) -> (Self::Tx, Box<dyn FnOnce() + Send>);
+    /// Sends one item, blocking while the channel is full.
+    fn send(tx: &Self::Tx, item: T);
+}
+
+/// Any [`Bounded`] channel with its consumer thread.
+struct Channel<T: Item, C: Bounded<T>> {
+    tx: C::Tx,
     consumer: JoinHandle<()>,
 }
 
-impl<T: Item> System<T> for CrossbeamChannel<T> {
+impl<T: Item, C: Bounded<T>> System<T> for Channel<T, C> {
+    type Tx = C::Tx;
+
+    fn start(_producers: usize, consumed: Counter) -> Self {
+        let (tx, consume_all) = C::channel(CAPACITY, consumed);
+        let consumer = thread::spawn(consume_all);
+        Channel { tx, consumer }
+    }
+
+    fn sender(&self) -> Self::Tx {
+        self.tx.clone()
+    }
+
+    #[inline]
+    fn send(tx: &mut Self::Tx, item: T) {
+        C::send(tx, item);
+    }
+
+    fn stop(self) {
+        drop(self.tx);
+        self.consumer.join().expect("consumer panicked");
+    }
+}
+
+struct CrossbeamBounded;
+
+impl<T: Item> Bounded<T> for CrossbeamBounded {
     type Tx = crossbeam_channel::Sender<T>;
 
-    fn start(_producers: usize, consumed: Counter) -> Self {
-        let (tx, rx) = crossbeam_channel::bounded(CAPACITY);
-        let consumer = thread::spawn(move || {
-            channel_consumer(consumed, || rx.recv().ok(), || rx.try_recv().ok());
-        });
-        CrossbeamChannel { tx, consumer }
-    }
-
-    fn sender(&self) -> Self::Tx {
-        self.tx.clone()
+    fn channel(capacity: usize, consumed: Counter) -> (Self::Tx, Box<dyn FnOnce() + Send>) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let consume_all =
+            move || channel_consumer(consumed, || rx.recv().ok(), || rx.try_recv().ok());
+        (tx, Box::new(consume_all))
     }
 
     #[inline]
-    fn send(tx: &mut Self::Tx, item: T) {
+    fn send(tx: &Self::Tx, item: T) {
         tx.send(item).expect("consumer running");
     }
-
-    fn stop(self) {
-        drop(self.tx);
-        self.consumer.join().expect("consumer panicked");
-    }
 }
 
-struct Flume<T> {
-    tx: flume::Sender<T>,
-    consumer: JoinHandle<()>,
-}
+struct FlumeBounded;
 
-impl<T: Item> System<T> for Flume<T> {
+impl<T: Item> Bounded<T> for FlumeBounded {
     type Tx = flume::Sender<T>;
 
-    fn start(_producers: usize, consumed: Counter) -> Self {
-        let (tx, rx) = flume::bounded(CAPACITY);
-        let consumer = thread::spawn(move || {
-            channel_consumer(consumed, || rx.recv().ok(), || rx.try_recv().ok());
-        });
-        Flume { tx, consumer }
-    }
-
-    fn sender(&self) -> Self::Tx {
-        self.tx.clone()
+    fn channel(capacity: usize, consumed: Counter) -> (Self::Tx, Box<dyn FnOnce() + Send>) {
+        let (tx, rx) = flume::bounded(capacity);
+        let consume_all =
+            move || channel_consumer(consumed, || rx.recv().ok(), || rx.try_recv().ok());
+        (tx, Box::new(consume_all))
     }
 
     #[inline]
-    fn send(tx: &mut Self::Tx, item: T) {
+    fn send(tx: &Self::Tx, item: T) {
         tx.send(item).expect("consumer running");
     }
-
-    fn stop(self) {
-        drop(self.tx);
-        self.consumer.join().expect("consumer panicked");
-    }
 }
 
-struct StdSyncChannel<T> {
-    tx: std::sync::mpsc::SyncSender<T>,
-    consumer: JoinHandle<()>,
-}
+struct StdBounded;
 
-impl<T: Item> System<T> for StdSyncChannel<T> {
+impl<T: Item> Bounded<T> for StdBounded {
     type Tx = std::sync::mpsc::SyncSender<T>;
 
-    fn start(_producers: usize, consumed: Counter) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel(CAPACITY);
-        let consumer = thread::spawn(move || {
-            channel_consumer(consumed, || rx.recv().ok(), || rx.try_recv().ok());
-        });
-        StdSyncChannel { tx, consumer }
-    }
-
-    fn sender(&self) -> Self::Tx {
-        self.tx.clone()
+    fn channel(capacity: usize, consumed: Counter) -> (Self::Tx, Box<dyn FnOnce() + Send>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+        let consume_all =
+            move || channel_consumer(consumed, || rx.recv().ok(), || rx.try_recv().ok());
+        (tx, Box::new(consume_all))
     }
 
     #[inline]
-    fn send(tx: &mut Self::Tx, item: T) {
+    fn send(tx: &Self::Tx, item: T) {
         tx.send(item).expect("consumer running");
     }
-
-    fn stop(self) {
-        drop(self.tx);
-        self.consumer.join().expect("consumer panicked");
-    }
 }
+
+type CrossbeamChannel<T> = Channel<T, CrossbeamBounded>;
+type Flume<T> = Channel<T, FlumeBounded>;
+type StdSyncChannel<T> = Channel<T, StdBounded>;
 
 // ---------------------------------------------------------------------------
 // tokio::sync::mpsc
