@@ -15,9 +15,13 @@
 //! - `ringbatch`: a [`Batcher`] with a blocking `handler_fn` that completes
 //!   each item `x` with `x + 1` on the drainer thread (the low-latency setup);
 //!   tasks use an [`AsyncProducer`].
-//! - `ringbatch_async_handler`: the same with an `async_handler_fn` (default
-//!   `max_in_flight`, 4): the drainer hands each batch to a worker task on the
-//!   runtime, which completes it.
+//! - `ringbatch_on_runtime`: the same with `drain_on_runtime(true)`: the
+//!   drainer is a task on the runtime, not a thread of its own.
+//! - `ringbatch_async_handler`: the same as `ringbatch` with an
+//!   `async_handler_fn` (default `max_in_flight`, 4): the drainer hands each
+//!   batch to a worker task on the runtime, which completes it.
+//! - `ringbatch_async_on_runtime`: the async handler with the drainer as a
+//!   task.
 //! - `tokio_mpsc`: a server task receives `(x, oneshot::Sender<u64>)` from a
 //!   `tokio::sync::mpsc::channel(`[`CHANNEL_CAPACITY`]`)`, takes up to
 //!   [`MAX_BATCH`] requests at a time with `recv_many` into a reused `Vec`,
@@ -88,24 +92,32 @@ const TEST_SAMPLES: u64 = 1_000;
 type Request = (u64, oneshot::Sender<u64>);
 
 /// Which system a [`Rig`] runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Ringbatch,
+    /// The same, with the drainer as a task on the runtime.
+    RingbatchOnRuntime,
     RingbatchAsyncHandler,
+    /// The same, with the drainer as a task on the runtime.
+    RingbatchAsyncOnRuntime,
     TokioMpsc,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [
+    const ALL: [Kind; 5] = [
         Kind::Ringbatch,
+        Kind::RingbatchOnRuntime,
         Kind::RingbatchAsyncHandler,
+        Kind::RingbatchAsyncOnRuntime,
         Kind::TokioMpsc,
     ];
 
     fn name(self) -> &'static str {
         match self {
             Kind::Ringbatch => "ringbatch",
+            Kind::RingbatchOnRuntime => "ringbatch_on_runtime",
             Kind::RingbatchAsyncHandler => "ringbatch_async_handler",
+            Kind::RingbatchAsyncOnRuntime => "ringbatch_async_on_runtime",
             Kind::TokioMpsc => "tokio_mpsc",
         }
     }
@@ -169,9 +181,18 @@ impl Rig {
                     .build()
                     .expect("valid settings"),
             ),
-            Kind::RingbatchAsyncHandler => Server::Ringbatch(
+            Kind::RingbatchOnRuntime => Server::Ringbatch(
                 builder()
                     .runtime(runtime.handle().clone())
+                    .drain_on_runtime(true)
+                    .handler_fn(plus_one)
+                    .build()
+                    .expect("valid settings"),
+            ),
+            Kind::RingbatchAsyncHandler | Kind::RingbatchAsyncOnRuntime => Server::Ringbatch(
+                builder()
+                    .runtime(runtime.handle().clone())
+                    .drain_on_runtime(kind == Kind::RingbatchAsyncOnRuntime)
                     .async_handler_fn(|mut batch: AsyncBatch<u64, u64>| async move {
                         batch.complete_with(|x| Ok::<_, Error>(x + 1));
                         Ok(())

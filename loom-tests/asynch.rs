@@ -132,3 +132,33 @@ fn awaited_ticket_dropped_before_its_result() {
         assert!(owner.lane(0).slot(index[0]).is_free());
     });
 }
+
+/// The drainer sleeps until a worker returns a buffer (the `WaitFlag`
+/// handshake of the async pipeline): either the drainer sees the buffer
+/// before it sleeps, or the worker sees its flag and wakes it.
+#[cfg(feature = "tokio")]
+#[test]
+fn drainer_sleeps_until_a_worker_returns_a_buffer() {
+    use crate::runtime::WaitFlag;
+    use crate::sync::{AtomicBool, Ordering};
+
+    loom::model(|| {
+        let flag = Arc::new(WaitFlag::default());
+        let returned = Arc::new(AtomicBool::new(false));
+        let drainer = thread::current();
+        let worker = {
+            let (flag, returned) = (Arc::clone(&flag), Arc::clone(&returned));
+            thread::spawn(move || {
+                // Relaxed, as the pool's own synchronisation is not what
+                // is modelled here: the fences alone must suffice.
+                returned.store(true, Ordering::Relaxed);
+                flag.notify(|| drainer.unpark());
+            })
+        };
+        while flag.announce(|| returned.load(Ordering::Relaxed)) {
+            thread::park();
+            flag.withdraw();
+        }
+        worker.join().unwrap();
+    });
+}

@@ -57,6 +57,9 @@ pub(crate) struct Shared<T, R> {
     /// The hand-off to async worker tasks, with an async handler.
     #[cfg(feature = "tokio")]
     pub(crate) pipeline: Option<crate::runtime::Pipeline<T>>,
+    /// How to wake the drainer when it runs as a task.
+    #[cfg(feature = "tokio")]
+    pub(crate) drainer_task: Option<crate::runtime::TaskWake>,
 }
 
 impl<T, R> Shared<T, R> {
@@ -74,6 +77,10 @@ impl<T, R> Shared<T, R> {
     pub(crate) fn unpark_drainer(&self) {
         if let Some(thread) = self.drainer.get() {
             thread.unpark();
+        }
+        #[cfg(feature = "tokio")]
+        if let Some(task) = &self.drainer_task {
+            task.wake();
         }
     }
 
@@ -172,7 +179,11 @@ impl<T, R> Shared<T, R> {
 /// ```
 pub struct Batcher<T, R = ()> {
     shared: Arc<Shared<T, R>>,
+    /// The drainer thread (`None` when the drainer runs as a task, or once
+    /// taken to be joined).
     drainer: Option<thread::JoinHandle<()>>,
+    /// `begin_stop` has run.
+    stopping: bool,
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
@@ -184,6 +195,8 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             pool_size_set: false,
             #[cfg(feature = "tokio")]
             runtime: None,
+            #[cfg(feature = "tokio")]
+            drain_on_runtime: false,
             handler: None,
         }
     }
@@ -282,7 +295,11 @@ impl<T, R> Batcher<T, R> {
     /// Stops accepting items and asks the drainer to drain, dispatch and
     /// exit. Returns the drainer's handle (once) to join.
     fn begin_stop(&mut self) -> Option<thread::JoinHandle<()>> {
-        let drainer = self.drainer.take()?;
+        if self.stopping {
+            return None;
+        }
+        self.stopping = true;
+        let drainer = self.drainer.take();
         let shared = &*self.shared;
         for lane in shared.lanes.iter() {
             lane.ring.close();
@@ -295,15 +312,19 @@ impl<T, R> Batcher<T, R> {
             shared.table.lane(index).notifier.notify_all();
         }
         shared.unpark_drainer();
-        Some(drainer)
+        drainer
     }
 
     fn stop(&mut self) {
-        if let Some(drainer) = self.begin_stop() {
+        let was_stopping = self.stopping;
+        match self.begin_stop() {
             // The drainer catches handler panics; a panic here would be a bug
             // of ours, and its tickets still complete (with `Error::Closed`)
             // when the shared state is dropped.
-            let _ = drainer.join();
+            Some(drainer) => drop(drainer.join()),
+            // A drainer task: wait for it to report its exit.
+            None if !was_stopping => drop(self.shared.progress.wait_flushed(u64::MAX, None)),
+            None => {}
         }
     }
 
@@ -361,7 +382,9 @@ impl<T, R> Drop for Batcher<T, R> {
     /// runs the last batches); use `shutdown_async().await` to wait.
     fn drop(&mut self) {
         #[cfg(feature = "tokio")]
-        if self.is_async() && tokio::runtime::Handle::try_current().is_ok() {
+        if (self.is_async() || self.shared.drainer_task.is_some())
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
             drop(self.begin_stop());
             return;
         }
@@ -388,6 +411,9 @@ pub struct BatcherBuilder<T, R> {
     handler: Option<HandlerKind<T, R>>,
     #[cfg(feature = "tokio")]
     runtime: Option<tokio::runtime::Handle>,
+    /// Run the drainer as a task on the runtime.
+    #[cfg(feature = "tokio")]
+    drain_on_runtime: bool,
 }
 
 /// The handler given to the builder.
@@ -543,6 +569,27 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         self
     }
 
+    /// Runs the drainer as a task on the tokio runtime instead of a thread
+    /// of its own (default: a thread).
+    ///
+    /// For async code whose round trips matter: a task that submits, the
+    /// drainer and the task that awaits the result can then all run on one
+    /// worker thread, with no thread to wake between them. The drainer no
+    /// longer has a core to itself: it yields to other tasks while idle (by
+    /// the wait strategy) and a blocking handler runs on the runtime's
+    /// worker thread, so use it with async handlers or short blocking ones.
+    /// Shut down with `shutdown_async().await` from inside the runtime. If
+    /// the runtime shuts down first, items still in the lanes fail with
+    /// [`Error::RuntimeShutdown`](crate::Error::RuntimeShutdown).
+    ///
+    /// The runtime is the one `build` is called in, or the one set with
+    /// [`runtime`](Self::runtime); `pin_drainer` cannot be combined with it.
+    #[cfg(feature = "tokio")]
+    pub fn drain_on_runtime(mut self, on_runtime: bool) -> Self {
+        self.drain_on_runtime = on_runtime;
+        self
+    }
+
     /// The tokio runtime that runs an async handler's batches (default: the
     /// runtime `build` is called in).
     #[cfg(feature = "tokio")]
@@ -584,12 +631,18 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             });
         }
         #[cfg(feature = "tokio")]
-        let runtime = match (&handler, self.runtime) {
-            (HandlerKind::Async(_), Some(handle)) => Some(handle),
-            (HandlerKind::Async(_), None) => {
+        let drain_on_runtime = self.drain_on_runtime;
+        #[cfg(feature = "tokio")]
+        if let (true, Some(core)) = (drain_on_runtime, self.config.pin_drainer) {
+            return Err(ConfigError::PinOnRuntime { core });
+        }
+        #[cfg(feature = "tokio")]
+        let runtime = match (is_async || drain_on_runtime, self.runtime) {
+            (true, Some(handle)) => Some(handle),
+            (true, None) => {
                 Some(tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?)
             }
-            (HandlerKind::Sync(_), _) => None,
+            (false, _) => None,
         };
         let config = self.config;
         let lanes = config.lane_count();
@@ -610,6 +663,8 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             producers_made: AtomicUsize::new(0),
             #[cfg(feature = "tokio")]
             pipeline: is_async.then(|| crate::runtime::Pipeline::new(config.pool_size)),
+            #[cfg(feature = "tokio")]
+            drainer_task: drain_on_runtime.then(crate::runtime::TaskWake::default),
             config,
         });
 
@@ -618,12 +673,24 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             HandlerKind::Sync(handler) => Sink::Sync(handler),
             #[cfg(feature = "tokio")]
             HandlerKind::Async(start) => {
-                let runtime = runtime.expect("resolved above for an async handler");
-                start(&shared, shared.config.max_in_flight, &runtime);
+                let runtime = runtime
+                    .as_ref()
+                    .expect("resolved above for an async handler");
+                start(&shared, shared.config.max_in_flight, runtime);
                 Sink::Async
             }
         };
         let drainer = Drainer::new(Arc::clone(&shared), sink);
+        #[cfg(feature = "tokio")]
+        if drain_on_runtime {
+            let runtime = runtime.as_ref().expect("resolved above");
+            runtime.spawn(drainer.on_runtime().run_async());
+            return Ok(Batcher {
+                shared,
+                drainer: None,
+                stopping: false,
+            });
+        }
         let pin = shared.config.pin_drainer;
         let handle = thread::Builder::new()
             .name(shared.config.thread_name.clone())
@@ -645,6 +712,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             Ok(Ok(())) => Ok(Batcher {
                 shared,
                 drainer: Some(handle),
+                stopping: false,
             }),
             Ok(Err(e)) => {
                 let _ = handle.join();

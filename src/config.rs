@@ -242,6 +242,12 @@ pub enum ConfigError {
         /// The smallest pool that works (`max_in_flight + 1`).
         needed: usize,
     },
+    /// `pin_drainer` was set together with `drain_on_runtime`: a drainer
+    /// task runs on the runtime's threads, not a thread of its own.
+    PinOnRuntime {
+        /// The core asked for.
+        core: usize,
+    },
     /// An async handler was given, but `build` was called outside a tokio
     /// runtime and no runtime handle was set.
     NoRuntime,
@@ -269,6 +275,7 @@ impl ConfigError {
             ConfigError::MissingHandler => "handler",
             ConfigError::PoolTooSmall { .. } => "pool_size",
             ConfigError::NoRuntime => "runtime",
+            ConfigError::PinOnRuntime { .. } => "pin_drainer",
             ConfigError::NoSuchLane { .. } => "lane",
         }
     }
@@ -314,6 +321,10 @@ impl fmt::Display for ConfigError {
             ConfigError::PoolTooSmall { pool_size, needed } => write!(
                 f,
                 "pool_size ({pool_size}) must be at least max_in_flight + 1 ({needed}) with an async handler"
+            ),
+            ConfigError::PinOnRuntime { core } => write!(
+                f,
+                "pin_drainer: cannot pin to core {core} a drainer that runs on the async runtime (drain_on_runtime)"
             ),
             ConfigError::NoRuntime => f.write_str(
                 "runtime: an async handler needs a tokio runtime: build inside one, or set `runtime(handle)`",

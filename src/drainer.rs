@@ -10,12 +10,18 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::batcher::Shared;
 use crate::error::Error;
+#[cfg(feature = "tokio")]
+use crate::handler::deliver;
 use crate::handler::{Batch, Handler, batch_failed};
 use crate::pool::{BatchBuf, Origin};
 use crate::ring::{SEQ_MASK, distance, park_drainer};
+#[cfg(feature = "tokio")]
+use crate::ring::{announce_park_all, withdraw_park};
 use crate::stats::{DispatchReason, DrainerTally};
 use crate::sync::{Arc, Ordering};
 use crate::wait::Backoff;
+#[cfg(feature = "tokio")]
+use crate::wait::WaitStrategy;
 
 /// Where the drainer sends its batches.
 pub(crate) enum Sink<T, R> {
@@ -41,6 +47,15 @@ pub(crate) struct Drainer<T, R> {
     /// The last flush request completed.
     flush_done: u64,
     tally: DrainerTally,
+    /// Runs as a task on the runtime (`run_async`) rather than a thread.
+    #[cfg(feature = "tokio")]
+    on_runtime: bool,
+    /// (task mode) Every buffer is in flight: `buf` is an empty placeholder
+    /// until one comes back.
+    #[cfg(feature = "tokio")]
+    need_buffer: bool,
+    /// The loop ended normally (shutdown), not by the runtime dropping it.
+    finished: bool,
 }
 
 impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
@@ -61,6 +76,11 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             start: 0,
             flush_done: 0,
             tally: DrainerTally::default(),
+            #[cfg(feature = "tokio")]
+            on_runtime: false,
+            #[cfg(feature = "tokio")]
+            need_buffer: false,
+            finished: false,
         }
     }
 
@@ -108,6 +128,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             &mut self.buf,
             BatchBuf::with_capacity(0),
         ));
+        self.finished = true;
     }
 
     /// One pass over every lane. Returns the number of slots consumed.
@@ -116,6 +137,11 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         let mut found = 0;
         let mut lane = self.start;
         for _ in 0..lanes {
+            #[cfg(feature = "tokio")]
+            if self.need_buffer {
+                // Task mode, every buffer in flight: the caller awaits one.
+                break;
+            }
             found += self.drain_lane(lane);
             if self.buf.len() == self.max_batch {
                 self.dispatch(DispatchReason::Full);
@@ -224,7 +250,16 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             Sink::Async => {
                 let full = core::mem::replace(&mut self.buf, BatchBuf::with_capacity(0));
                 crate::runtime::dispatch(&self.shared, full);
-                self.buf = self.next_buffer();
+                if self.on_runtime {
+                    // A task must not block: take a buffer if one is free,
+                    // else await one in `run_async`.
+                    match self.shared.pool.take() {
+                        Some(buf) => self.buf = buf,
+                        None => self.need_buffer = true,
+                    }
+                } else {
+                    self.buf = self.next_buffer();
+                }
             }
         }
 
@@ -298,8 +333,246 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     }
 }
 
+#[cfg(feature = "tokio")]
+impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
+    /// Makes this drainer run as a task (`run_async`).
+    pub(crate) fn on_runtime(mut self) -> Self {
+        self.on_runtime = true;
+        self
+    }
+
+    /// The drainer task's body: `run` without blocking the worker thread.
+    /// Where the thread spins, the task yields to the executor; where the
+    /// thread parks, the task stores its waker and returns `Pending`.
+    pub(crate) async fn run_async(mut self) {
+        loop {
+            if self.need_buffer {
+                self.await_buffer().await;
+            }
+            let control = &self.shared.control;
+            // Acquire pairs with the Release store in `Batcher::begin_stop`.
+            if control.closing.load(Ordering::Acquire) {
+                self.drain_all_async(DispatchReason::Shutdown).await;
+                self.await_in_flight().await;
+                if matches!(self.sink, Sink::Async) {
+                    crate::runtime::close(&self.shared);
+                }
+                break;
+            }
+            // Acquire pairs with the AcqRel increment in `Batcher::flush`.
+            let flush = control.flush_requested.load(Ordering::Acquire);
+            if flush != self.flush_done {
+                self.drain_all_async(DispatchReason::Flush).await;
+                self.await_in_flight().await;
+                self.flush_done = flush;
+                self.shared.progress.flushed(flush);
+                continue;
+            }
+            if self.sweep() > 0 || self.need_buffer {
+                continue;
+            }
+            if !self.buf.is_empty() {
+                self.dispatch(DispatchReason::LanesIdle);
+                continue;
+            }
+            // An idle drainer task sleeps at once under `Backoff` and `Park`:
+            // yielding would keep it running on a worker thread of its own,
+            // and a sleeping task is woken onto the worker of the producer
+            // that wakes it, which is where the result is awaited too.
+            let yield_first = match self.shared.config.wait {
+                WaitStrategy::BusySpin | WaitStrategy::Yield => true,
+                WaitStrategy::Backoff | WaitStrategy::Park => false,
+            };
+            if yield_first {
+                tokio::task::yield_now().await;
+            } else {
+                self.park_async().await;
+            }
+        }
+        if !self.need_buffer {
+            self.shared.pool.put(core::mem::replace(
+                &mut self.buf,
+                BatchBuf::with_capacity(0),
+            ));
+        }
+        self.finished = true;
+    }
+
+    /// `drain_all` for the task: yields while a producer finishes
+    /// publishing a claimed slot, awaits a buffer when all are in flight.
+    async fn drain_all_async(&mut self, reason: DispatchReason) {
+        for (target, lane) in self.targets.iter_mut().zip(self.shared.lanes.iter()) {
+            *target = lane.ring.tail().0;
+        }
+        loop {
+            if self.need_buffer {
+                self.await_buffer().await;
+            }
+            let found = self.sweep();
+            let reached = self
+                .heads
+                .iter()
+                .zip(self.targets.iter())
+                .all(|(&head, &target)| distance(target, head) <= SEQ_MASK / 2);
+            if reached && !self.need_buffer {
+                break;
+            }
+            if found == 0 && !self.need_buffer {
+                tokio::task::yield_now().await;
+            }
+        }
+        if !self.buf.is_empty() {
+            self.dispatch(reason);
+        }
+        if self.need_buffer {
+            self.await_buffer().await;
+        }
+    }
+
+    /// Awaits a free buffer from the pool (every one is in flight).
+    async fn await_buffer(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let mut found = None;
+        core::future::poll_fn(|cx| {
+            if let Some(task) = &shared.drainer_task {
+                task.register(cx.waker());
+            }
+            let pipeline = shared.pipeline();
+            let ready = || {
+                found = shared.pool.take();
+                found.is_some()
+            };
+            // The flag makes a worker that returns a buffer wake us.
+            if pipeline.announce_wait(ready) {
+                core::task::Poll::Pending
+            } else {
+                core::task::Poll::Ready(())
+            }
+        })
+        .await;
+        self.shared.pipeline().withdraw_wait();
+        self.buf = found.expect("a buffer was found");
+        self.need_buffer = false;
+    }
+
+    /// Awaits the end of every batch handed to async workers.
+    async fn await_in_flight(&mut self) {
+        if !matches!(self.sink, Sink::Async) {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        core::future::poll_fn(|cx| {
+            if let Some(task) = &shared.drainer_task {
+                task.register(cx.waker());
+            }
+            let pipeline = shared.pipeline();
+            if pipeline.announce_wait(|| pipeline.in_flight() == 0) {
+                core::task::Poll::Pending
+            } else {
+                core::task::Poll::Ready(())
+            }
+        })
+        .await;
+        self.shared.pipeline().withdraw_wait();
+    }
+
+    /// The task's park: stores the waker, then announces the park on every
+    /// lane (as the thread's `park_drainer` does); sleeps only if every lane
+    /// is empty and no request is pending. A producer whose claim clears an
+    /// announcement wakes the stored waker.
+    async fn park_async(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let heads = &self.heads;
+        let flush_done = self.flush_done;
+        let lanes = || {
+            shared
+                .lanes
+                .iter()
+                .map(|lane| &lane.ring)
+                .zip(heads.iter().copied())
+        };
+        let mut announced = None;
+        core::future::poll_fn(|cx| {
+            if let Some(count) = announced.take() {
+                withdraw_park(lanes(), count);
+                return core::task::Poll::Ready(());
+            }
+            if let Some(task) = &shared.drainer_task {
+                task.register(cx.waker());
+            }
+            let (count, empty) = announce_park_all(lanes());
+            let control = &shared.control;
+            let requested = control.closing.load(Ordering::Acquire)
+                || control.flush_requested.load(Ordering::Acquire) != flush_done;
+            if empty && !requested {
+                announced = Some(count);
+                return core::task::Poll::Pending;
+            }
+            withdraw_park(lanes(), count);
+            core::task::Poll::Ready(())
+        })
+        .await;
+    }
+}
+
+impl<T, R> Drainer<T, R> {
+    /// The drainer will never run again: closes every lane and fails the
+    /// tickets of every item still in the batch or the lanes with `error`.
+    #[cfg(feature = "tokio")]
+    fn abandon(&mut self, error: Error) {
+        let shared = Arc::clone(&self.shared);
+        for lane in shared.lanes.iter() {
+            lane.ring.close();
+        }
+        for index in 0..shared.lanes.len() {
+            shared.table.lane(index).notifier.notify_all();
+        }
+        Batch::new(&mut self.buf, &shared.table).fail_remaining(error.clone());
+        self.buf.clear();
+        let capacity = shared.config.capacity;
+        for (index, lane) in shared.lanes.iter().enumerate() {
+            let target = lane.ring.tail().0;
+            let mut head = self.heads[index];
+            while head != target {
+                // SAFETY: the only consumer (the drainer being dropped), and
+                // `head` is the head it last published.
+                let new_head = unsafe {
+                    lane.ring.drain_run(head, capacity, |item, _, ticket| {
+                        drop(item);
+                        if let Some(slot) = ticket {
+                            deliver(&shared.table, index, slot, Err(error.clone()));
+                        }
+                    })
+                };
+                if new_head == head {
+                    // A producer is still publishing a claimed slot.
+                    crate::sync::thread::yield_now();
+                    continue;
+                }
+                if lane.ring.finish_run(new_head) {
+                    shared.table.lane(index).notifier.notify_all();
+                }
+                head = new_head;
+            }
+            self.heads[index] = head;
+        }
+        if !self.need_buffer {
+            shared.pool.put(core::mem::replace(
+                &mut self.buf,
+                BatchBuf::with_capacity(0),
+            ));
+        }
+    }
+}
+
 impl<T, R> Drop for Drainer<T, R> {
     fn drop(&mut self) {
+        #[cfg(feature = "tokio")]
+        if !self.finished && self.on_runtime {
+            // The runtime dropped the drainer task (it shut down): nobody
+            // will drain the lanes. Close them and fail every item in them.
+            self.abandon(Error::RuntimeShutdown);
+        }
         // Normal exit or not, flush waiters must not wait for us any longer.
         self.shared.progress.exited();
     }

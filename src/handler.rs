@@ -275,7 +275,12 @@ impl<T: fmt::Debug, R> fmt::Debug for Batch<'_, T, R> {
 }
 
 #[inline]
-fn deliver<R>(table: &TableOwner<R>, lane: usize, index: usize, result: Result<R, Error>) {
+pub(crate) fn deliver<R>(
+    table: &TableOwner<R>,
+    lane: usize,
+    index: usize,
+    result: Result<R, Error>,
+) {
     let lane_table = table.lane(lane);
     // SAFETY: the origin was pending, so the slot is armed for this item and
     // this is its one completion (the origin is marked done by the caller).

@@ -410,18 +410,35 @@ pub(crate) fn park_drainer<'a, T: 'a>(
     lanes: impl Iterator<Item = (&'a Ring<T>, usize)> + Clone,
     requested: impl FnOnce() -> bool,
 ) {
-    let mut announced = 0;
-    let mut empty = true;
-    for (ring, head) in lanes.clone() {
-        announced += 1;
-        if !ring.announce_park(head) {
-            empty = false;
-            break;
-        }
-    }
+    let (announced, empty) = announce_park_all(lanes.clone());
     if empty && !requested() {
         crate::sync::thread::park();
     }
+    withdraw_park(lanes, announced);
+}
+
+/// The first half of [`park_drainer`]: announces the park on every lane,
+/// stopping at the first that is not empty. Returns how many lanes were
+/// announced and whether all were empty.
+pub(crate) fn announce_park_all<'a, T: 'a>(
+    lanes: impl Iterator<Item = (&'a Ring<T>, usize)>,
+) -> (usize, bool) {
+    let mut announced = 0;
+    for (ring, head) in lanes {
+        announced += 1;
+        if !ring.announce_park(head) {
+            return (announced, false);
+        }
+    }
+    (announced, true)
+}
+
+/// The second half: withdraws the announcements on the first `announced`
+/// lanes.
+pub(crate) fn withdraw_park<'a, T: 'a>(
+    lanes: impl Iterator<Item = (&'a Ring<T>, usize)>,
+    announced: usize,
+) {
     for (ring, _) in lanes.take(announced) {
         ring.clear_park();
     }

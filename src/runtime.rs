@@ -281,8 +281,8 @@ pub(crate) struct Pipeline<T> {
     alive: AtomicUsize,
     /// Batches handed over (queued or running) and not yet finished.
     in_flight: AtomicUsize,
-    /// The drainer is parked waiting for a buffer or for `in_flight == 0`.
-    drainer_waiting: AtomicBool,
+    /// The drainer sleeps waiting for a buffer or for `in_flight == 0`.
+    drainer_waiting: WaitFlag,
     /// Counted by the workers (the drainer counts the rest).
     pub(crate) batch_errors: AtomicU64,
     pub(crate) panics: AtomicU64,
@@ -296,7 +296,7 @@ impl<T> Pipeline<T> {
             closing: AtomicBool::new(false),
             alive: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
-            drainer_waiting: AtomicBool::new(false),
+            drainer_waiting: WaitFlag::default(),
             batch_errors: AtomicU64::new(0),
             panics: AtomicU64::new(0),
         }
@@ -311,34 +311,62 @@ impl<T> Pipeline<T> {
 
     /// Worker side, after returning a buffer: wakes the drainer if it waits.
     fn wake_drainer<R>(&self, shared: &Shared<T, R>) {
-        // SeqCst fence pairs with the drainer's fence in `Drainer::wait_async`:
-        // either the drainer sees the buffer we returned, or we see its flag.
-        fence(Ordering::SeqCst);
-        // Relaxed: ordered by the fence above.
-        if self.drainer_waiting.load(Ordering::Relaxed) {
-            shared.unpark_drainer();
-        }
+        self.drainer_waiting.notify(|| shared.unpark_drainer());
     }
 
-    /// Drainer side: announces that it is about to park waiting for
-    /// `ready()`; returns true if it should park (the condition still fails).
+    /// Drainer side: announces that it is about to sleep waiting for
+    /// `ready()`; returns true if it should sleep (the condition still fails).
     pub(crate) fn announce_wait(&self, ready: impl FnOnce() -> bool) -> bool {
-        // Relaxed: the fence below orders it (store-buffering pattern).
-        self.drainer_waiting.store(true, Ordering::Relaxed);
-        // SeqCst fence pairs with the one in `wake_drainer`.
+        self.drainer_waiting.announce(ready)
+    }
+
+    /// Drainer side: back from sleeping.
+    pub(crate) fn withdraw_wait(&self) {
+        self.drainer_waiting.withdraw();
+    }
+}
+
+/// The handshake between a drainer about to sleep until some condition
+/// holds and the thread or task that makes it hold: a store-buffering
+/// pattern with a SeqCst fence on each side, so that either the sleeper sees
+/// the condition, or the waker sees the flag (and wakes it). Both may
+/// happen; neither missing is impossible.
+#[derive(Debug, Default)]
+pub(crate) struct WaitFlag {
+    waiting: AtomicBool,
+}
+
+impl WaitFlag {
+    /// Sleeper side: raises the flag, then checks `ready()`; returns true if
+    /// the caller should sleep (it must then `withdraw` when it wakes).
+    pub(crate) fn announce(&self, ready: impl FnOnce() -> bool) -> bool {
+        // Relaxed: the fence below orders it before the check.
+        self.waiting.store(true, Ordering::Relaxed);
+        // SeqCst fence pairs with the one in `notify`.
         fence(Ordering::SeqCst);
         if ready() {
-            self.drainer_waiting.store(false, Ordering::Relaxed);
+            self.waiting.store(false, Ordering::Relaxed);
             return false;
         }
         true
     }
 
-    /// Drainer side: back from parking.
-    pub(crate) fn withdraw_wait(&self) {
-        // Relaxed: at worst a worker sees a stale `true` and unparks the
-        // drainer once for nothing (a spurious wake-up it tolerates).
-        self.drainer_waiting.store(false, Ordering::Relaxed);
+    /// Sleeper side: lowers the flag after waking. Relaxed: at worst a
+    /// waker sees a stale `true` and wakes the sleeper once for nothing.
+    pub(crate) fn withdraw(&self) {
+        self.waiting.store(false, Ordering::Relaxed);
+    }
+
+    /// Waker side, after making the condition hold: calls `wake` if the
+    /// sleeper announced.
+    pub(crate) fn notify(&self, wake: impl FnOnce()) {
+        // SeqCst fence pairs with the one in `announce`: either the sleeper
+        // sees our change, or we see its flag.
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fence.
+        if self.waiting.load(Ordering::Relaxed) {
+            wake();
+        }
     }
 }
 
@@ -398,6 +426,37 @@ fn finish<T, R>(shared: &Shared<T, R>, mut buf: BatchBuf<T>, error: Error) {
     // Acquire load in `in_flight` (a flush waits for zero).
     pipeline.in_flight.fetch_sub(1, Ordering::AcqRel);
     pipeline.wake_drainer(shared);
+}
+
+/// Wakes the drainer when it runs as a task on the runtime (see
+/// `BatcherBuilder::drain_on_runtime`): the task version of unparking its
+/// thread. The drainer stores its waker before it checks whether it may
+/// sleep, so a wake that comes after the check finds it.
+#[derive(Debug, Default)]
+pub(crate) struct TaskWake {
+    waker: Mutex<Option<Waker>>,
+}
+
+impl TaskWake {
+    fn lock(&self) -> crate::sync::MutexGuard<'_, Option<Waker>> {
+        self.waker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drainer side: stores the task's waker.
+    pub(crate) fn register(&self, waker: &Waker) {
+        let mut slot = self.lock();
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+
+    /// Anyone: wakes the drainer task if it sleeps.
+    pub(crate) fn wake(&self) {
+        let waker = self.lock().take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
 }
 
 /// Starts `workers` worker tasks on `runtime`.
