@@ -122,8 +122,9 @@ pub struct Stats {
     pub batch_errors: u64,
     /// Batches whose handler panicked.
     pub handler_panics: u64,
-    /// Batches handed to async handler tasks and not finished yet (0 with a
-    /// blocking handler).
+    /// Batches handed to async handler tasks and not finished yet: running
+    /// (at most `max_in_flight`) or queued for a free worker (so at most
+    /// `pool_size - 1` in all). 0 with a blocking handler.
     pub batches_in_flight: u64,
     /// Per-lane counters.
     pub lanes: Vec<LaneStats>,
