@@ -774,6 +774,9 @@ enum Wait {
 pub struct Producer<T, R = ()> {
     shared: Arc<Shared<T, R>>,
     lane: usize,
+    /// `&shared.lanes[lane]`, kept so that a push does not index the lanes
+    /// again (valid as long as `shared`, which this producer holds).
+    lane_ptr: core::ptr::NonNull<Lane<T>>,
     /// Where this producer next looks for a free completion slot (private,
     /// so that producers of one lane seldom contend for the same slot).
     next_slot: Cell<usize>,
@@ -802,6 +805,7 @@ impl<T, R> Producer<T, R> {
                     .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                     >> 40,
             ),
+            lane_ptr: core::ptr::NonNull::from(&shared.lanes[lane]),
             shared,
             lane,
             _not_sync: PhantomData,
@@ -821,10 +825,9 @@ impl<T, R> Producer<T, R> {
 
     #[inline(always)]
     fn lane_ref(&self) -> &Lane<T> {
-        let lanes = &self.shared.lanes;
-        debug_assert!(self.lane < lanes.len());
-        // SAFETY: `lane` was checked against the lane count when bound.
-        unsafe { lanes.get_unchecked(self.lane) }
+        // SAFETY: `lane_ptr` points into `shared.lanes`, a boxed slice that
+        // is never reallocated and lives as long as `shared`, which we hold.
+        unsafe { self.lane_ptr.as_ref() }
     }
 
     /// One claim attempt of `n` ring slots.
