@@ -1,0 +1,23 @@
+#!/usr/bin/env sh
+# Instruction counts per push and per drained item, repeatable on a shared
+# machine: runs benches/callgrind_probe.rs under callgrind with 2^18 and
+# 2^19 pushes and divides the difference by 2^18 (fixed costs cancel).
+set -eu
+cd "$(dirname "$0")/.."
+cargo build --release --bench callgrind_probe >/dev/null 2>&1
+probe=$(ls -t target/release/deps/callgrind_probe-* | grep -v '\.d$' | head -1)
+out=$(mktemp -d)
+for n in 262144 524288; do
+    valgrind --tool=callgrind --callgrind-out-file="$out/$n.out" "$probe" "$n" >/dev/null 2>&1
+done
+total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'; }
+drain() { callgrind_annotate --inclusive=yes "$1" 2>/dev/null | awk '/Drainer<T,R>::sweep \[/ { gsub(",", "", $1); print $1; exit }'; }
+t1=$(total "$out/262144.out"); t2=$(total "$out/524288.out")
+d1=$(drain "$out/262144.out"); d2=$(drain "$out/524288.out")
+python3 -c "
+n = 262144
+total = ($t2 - $t1) / n
+drain = ($d2 - $d1) / n
+print(f'per item: {total:.1f} instructions; push {total - drain:.1f}, drain and dispatch {drain:.1f}')
+"
+rm -r "$out"
