@@ -206,22 +206,14 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// Producers are cheap (a reference count and a lane index); make one per
     /// thread, on that thread.
     pub fn producer(&self) -> Producer<T, R> {
-        let lanes = self.shared.lanes.len();
-        let lane = match self.shared.config.lane_assignment {
-            LaneAssignment::CurrentCore => current_cpu().map(|cpu| cpu % lanes),
-            LaneAssignment::RoundRobin => None,
-        }
-        .unwrap_or_else(|| self.shared.next_lane.fetch_add(1, Ordering::Relaxed) % lanes);
-        Producer::new(Arc::clone(&self.shared), lane)
+        new_producer(&self.shared)
     }
 
     /// A producer for async tasks (see [`AsyncProducer`]), bound to a lane
     /// in turn: tasks move between threads, so the current core says
     /// nothing about where a task will run.
     pub fn async_producer(&self) -> AsyncProducer<T, R> {
-        let lanes = self.shared.lanes.len();
-        let lane = self.shared.next_lane.fetch_add(1, Ordering::Relaxed) % lanes;
-        AsyncProducer::new(Producer::new(Arc::clone(&self.shared), lane))
+        new_async_producer(&self.shared)
     }
 
     /// A producer bound to lane `lane`.
@@ -230,11 +222,32 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     ///
     /// [`ConfigError::NoSuchLane`] if `lane >= self.lanes()`.
     pub fn producer_on_lane(&self, lane: usize) -> Result<Producer<T, R>, ConfigError> {
-        let lanes = self.shared.lanes.len();
-        if lane >= lanes {
-            return Err(ConfigError::NoSuchLane { lane, lanes });
+        new_producer_on_lane(&self.shared, lane)
+    }
+
+    /// A cloneable, `Send + Sync` handle that makes producers, for code that
+    /// creates them where the batcher itself is not at hand (a task spawned
+    /// per connection, a thread pool's workers). It does not keep the batcher
+    /// open: after shutdown its producers refuse every item as closed.
+    ///
+    /// ```
+    /// use ringbatch::{Batch, Batcher};
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+    ///         batch.ok_with(|x| x + 1);
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let producers = batcher.producers();
+    /// let worker = std::thread::spawn(move || producers.producer().submit(1).unwrap().wait());
+    /// assert_eq!(worker.join().unwrap().unwrap(), 2);
+    /// ```
+    pub fn producers(&self) -> Producers<T, R> {
+        Producers {
+            shared: Arc::clone(&self.shared),
         }
-        Ok(Producer::new(Arc::clone(&self.shared), lane))
     }
 
     /// Number of lanes.
@@ -399,6 +412,79 @@ impl<T, R> fmt::Debug for Batcher<T, R> {
             .field("config", &self.shared.config)
             .finish_non_exhaustive()
     }
+}
+
+/// Makes producers for a batcher; see [`Batcher::producers`].
+pub struct Producers<T, R = ()> {
+    shared: Arc<Shared<T, R>>,
+}
+
+impl<T, R> Clone for Producers<T, R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T, R> Producers<T, R> {
+    /// As [`Batcher::producer`].
+    pub fn producer(&self) -> Producer<T, R> {
+        new_producer(&self.shared)
+    }
+
+    /// As [`Batcher::async_producer`].
+    pub fn async_producer(&self) -> AsyncProducer<T, R> {
+        new_async_producer(&self.shared)
+    }
+
+    /// As [`Batcher::producer_on_lane`].
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::NoSuchLane`] if there is no such lane.
+    pub fn producer_on_lane(&self, lane: usize) -> Result<Producer<T, R>, ConfigError> {
+        new_producer_on_lane(&self.shared, lane)
+    }
+}
+
+impl<T, R> fmt::Debug for Producers<T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producers")
+            .field("lanes", &self.shared.lanes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A producer on the lane the batcher's [`LaneAssignment`] picks.
+fn new_producer<T, R>(shared: &Arc<Shared<T, R>>) -> Producer<T, R> {
+    let lanes = shared.lanes.len();
+    let lane = match shared.config.lane_assignment {
+        LaneAssignment::CurrentCore => current_cpu().map(|cpu| cpu % lanes),
+        LaneAssignment::RoundRobin => None,
+    }
+    // Relaxed: a counter for spreading producers, ordered with nothing.
+    .unwrap_or_else(|| shared.next_lane.fetch_add(1, Ordering::Relaxed) % lanes);
+    Producer::new(Arc::clone(shared), lane)
+}
+
+/// An async producer on the next lane in turn.
+fn new_async_producer<T, R>(shared: &Arc<Shared<T, R>>) -> AsyncProducer<T, R> {
+    let lanes = shared.lanes.len();
+    // Relaxed: as in `new_producer`.
+    let lane = shared.next_lane.fetch_add(1, Ordering::Relaxed) % lanes;
+    AsyncProducer::new(Producer::new(Arc::clone(shared), lane))
+}
+
+fn new_producer_on_lane<T, R>(
+    shared: &Arc<Shared<T, R>>,
+    lane: usize,
+) -> Result<Producer<T, R>, ConfigError> {
+    let lanes = shared.lanes.len();
+    if lane >= lanes {
+        return Err(ConfigError::NoSuchLane { lane, lanes });
+    }
+    Ok(Producer::new(Arc::clone(shared), lane))
 }
 
 /// Builds a [`Batcher`]; every setting is checked by [`build`](Self::build).

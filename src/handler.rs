@@ -232,13 +232,37 @@ impl<'a, T, R> Batch<'a, T, R> {
     where
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     {
+        self.complete_remaining(|item| f(item).map_err(|e| Error::Failed(Arc::from(e.into()))));
+    }
+
+    /// Completes every item not completed yet with `Ok(f(item))`, in order:
+    /// [`complete_with`](Self::complete_with) for sinks that cannot fail an
+    /// item.
+    ///
+    /// ```
+    /// use ringbatch::{Batch, Batcher};
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+    ///         batch.ok_with(|x| x * 2);
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(batcher.producer().submit(4).unwrap().wait().unwrap(), 8);
+    /// ```
+    pub fn ok_with(&mut self, mut f: impl FnMut(&T) -> R) {
+        self.complete_remaining(|item| Ok(f(item)));
+    }
+
+    fn complete_remaining(&mut self, mut f: impl FnMut(&T) -> Result<R, Error>) {
         let table = self.table;
         let mut completed = 0;
         for (item, origin) in self.buf.items.iter().zip(self.buf.origins.iter_mut()) {
             if *origin == Origin::DONE {
                 continue;
             }
-            let result = f(item).map_err(|e| Error::Failed(Arc::from(e.into())));
+            let result = f(item);
             if let Some((lane, index)) = origin.pending() {
                 deliver(table, lane, index, result);
             }

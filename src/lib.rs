@@ -71,7 +71,7 @@ mod sync;
 mod wait;
 
 pub use async_producer::AsyncProducer;
-pub use batcher::{Batcher, BatcherBuilder, Producer};
+pub use batcher::{Batcher, BatcherBuilder, Producer, Producers};
 pub use completion::Ticket;
 pub use config::{
     Backpressure, Config, ConfigError, DEFAULT_RESULT_SLOTS, LaneAssignment, MAX_CAPACITY,

@@ -188,6 +188,11 @@ impl<T, R> AsyncBatch<T, R> {
     {
         self.view().complete_with(f);
     }
+
+    /// Completes every item not completed yet with `Ok(f(item))`, in order.
+    pub fn ok_with(&mut self, f: impl FnMut(&T) -> R) {
+        self.view().ok_with(f);
+    }
 }
 
 impl<T, R> Drop for AsyncBatch<T, R> {

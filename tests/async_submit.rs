@@ -242,3 +242,40 @@ async fn refusals_come_back_with_the_item() {
         Err(Error::Refused(ringbatch::RefusedKind::Closed))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_spawned_later_get_producers_from_a_shared_handle() {
+    let batcher = Batcher::builder()
+        .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+            batch.ok_with(|&x| x + 7);
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let producers = batcher.producers();
+    // A task that spawns a task per "connection", each with its own producer.
+    let acceptor = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        for c in 0..16u64 {
+            let mut producer = producers.async_producer();
+            connections.push(tokio::spawn(async move {
+                let mut sum = 0;
+                for i in 0..100 {
+                    sum += producer.submit(c * 100 + i).await.unwrap();
+                }
+                sum
+            }));
+        }
+        let mut total = 0;
+        for connection in connections {
+            total += connection.await.unwrap();
+        }
+        total
+    });
+    let total = tokio::time::timeout(BOUND, acceptor)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(total, (0..1600u64).map(|x| x + 7).sum::<u64>());
+    assert_eq!(batcher.shutdown_async().await.items_handled, 1600);
+}

@@ -432,3 +432,38 @@ fn submit_many_and_push_slice_keep_order_and_report_partial_acceptance() {
     drop(seen);
     assert_eq!(batcher.shutdown().rejected, 12);
 }
+
+#[test]
+fn a_producers_handle_makes_producers_anywhere_and_outlives_shutdown() {
+    fn assert_send_sync<X: Send + Sync + Clone + 'static>(_: &X) {}
+    let batcher = Batcher::builder()
+        .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+            batch.ok_with(|&x| x * 3);
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let producers = batcher.producers();
+    assert_send_sync(&producers);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let producers = producers.clone();
+            spawn_bounded(format!("p{t}"), move || {
+                let producer = producers.producer();
+                (0..1000u64)
+                    .map(|i| producer.submit(t * 1000 + i).unwrap().wait().unwrap())
+                    .sum::<u64>()
+            })
+        })
+        .collect();
+    let total: u64 = threads.into_iter().map(|t| t.join()).sum();
+    assert_eq!(total, 3 * (0..4000u64).sum::<u64>());
+    assert!(producers.producer_on_lane(batcher.lanes()).is_err());
+    let stats = batcher.shutdown();
+    assert_eq!(stats.items_handled, 4000);
+    // After shutdown the handle still makes producers; they refuse as closed.
+    assert!(matches!(
+        producers.producer().push(1),
+        Err(SubmitError::Closed(1))
+    ));
+}
