@@ -103,6 +103,7 @@ impl<T, R> Shared<T, R> {
         #[cfg(feature = "tokio")]
         if let Some(pipeline) = &self.pipeline {
             stats.batches_in_flight = pipeline.in_flight() as u64;
+            // Relaxed: statistics, as in `DrainerCounters::fill`.
             stats.batch_errors += pipeline.batch_errors.load(Ordering::Relaxed);
             stats.handler_panics += pipeline.panics.load(Ordering::Relaxed);
         }

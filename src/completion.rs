@@ -574,6 +574,8 @@ impl<R> Drop for TableOwner<R> {
                     ) {
                         Ok(_) => break,
                         Err(_) => {
+                            // Relaxed: undoes our own increment above; the
+                            // count is published by the CAS that succeeds.
                             table.orphans.fetch_sub(1, Ordering::Relaxed);
                         }
                     }

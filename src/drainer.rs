@@ -325,6 +325,9 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 .iter()
                 .map(|lane| &lane.ring)
                 .zip(self.heads.iter().copied()),
+            // Acquire pairs with the Release store of `closing` in
+            // `begin_stop` and the AcqRel increment in `flush_until`; a
+            // request posted after this check unparks us (park token).
             || {
                 control.closing.load(Ordering::Acquire)
                     || control.flush_requested.load(Ordering::Acquire) != flush_done
@@ -502,6 +505,8 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             }
             let (count, empty) = announce_park_all(lanes());
             let control = &shared.control;
+            // Acquire, as in `park`; a request posted after this check wakes
+            // the waker stored above.
             let requested = control.closing.load(Ordering::Acquire)
                 || control.flush_requested.load(Ordering::Acquire) != flush_done;
             if empty && !requested {

@@ -190,6 +190,9 @@ impl DrainerCounters {
         self.panics.store(tally.panics, Ordering::Relaxed);
     }
 
+    /// Reads the published tally (Relaxed loads pairing with the Relaxed
+    /// stores in `publish`: statistics, ordered with nothing else; a final
+    /// snapshot after `shutdown` is ordered by the drainer's join).
     pub(crate) fn fill(&self, stats: &mut Stats) {
         stats.batches = self.batches.load(Ordering::Relaxed);
         stats.items_handled = self.items.load(Ordering::Relaxed);
@@ -223,6 +226,7 @@ impl LaneCounters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Reads `counter` (Relaxed, as `add`).
     pub(crate) fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
