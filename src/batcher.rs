@@ -665,8 +665,10 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// longer has a core to itself: it yields to other tasks while idle (by
     /// the wait strategy) and a blocking handler runs on the runtime's
     /// worker thread, so use it with async handlers or short blocking ones.
-    /// Shut down with `shutdown_async().await` from inside the runtime. If
-    /// the runtime shuts down first, items still in the lanes fail with
+    /// Shut down with `shutdown_async().await` from inside the runtime; a
+    /// blocking `shutdown()` (or a drop) outside it waits for the drainer
+    /// task, so the runtime must still be running its tasks then. If the
+    /// runtime shuts down first, items still in the lanes fail with
     /// [`Error::RuntimeShutdown`](crate::Error::RuntimeShutdown).
     ///
     /// The runtime is the one `build` is called in, or the one set with
