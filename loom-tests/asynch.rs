@@ -145,20 +145,26 @@ fn drainer_sleeps_until_a_worker_returns_a_buffer() {
     loom::model(|| {
         let flag = Arc::new(WaitFlag::default());
         let returned = Arc::new(AtomicBool::new(false));
-        let drainer = thread::current();
-        let worker = {
+        // The sleeper runs on a thread that joins nothing: loom aborts when a
+        // stray unpark lands on a thread blocked in `join` (tokio-rs/loom
+        // issue 249), which std allows.
+        let drainer = {
             let (flag, returned) = (Arc::clone(&flag), Arc::clone(&returned));
             thread::spawn(move || {
-                // Relaxed, as the pool's own synchronisation is not what
-                // is modelled here: the fences alone must suffice.
-                returned.store(true, Ordering::Relaxed);
-                flag.notify(|| drainer.unpark());
+                while flag.announce(|| returned.load(Ordering::Relaxed)) {
+                    thread::park();
+                    flag.withdraw();
+                }
             })
         };
-        while flag.announce(|| returned.load(Ordering::Relaxed)) {
-            thread::park();
-            flag.withdraw();
-        }
+        let sleeper = drainer.thread().clone();
+        let worker = thread::spawn(move || {
+            // Relaxed, as the pool's own synchronisation is not what is
+            // modelled here: the fences alone must suffice.
+            returned.store(true, Ordering::Relaxed);
+            flag.notify(|| sleeper.unpark());
+        });
         worker.join().unwrap();
+        drainer.join().unwrap();
     });
 }
