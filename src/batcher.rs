@@ -40,13 +40,20 @@ pub(crate) struct Control {
 }
 
 /// State shared by the batcher, its producers and the drainer.
+///
+/// Layout: producers read `lanes` (once, when made), `table` (for tickets)
+/// and `config` (on slow paths); the drainer writes `counters` once per
+/// batch and the async workers write the pipeline's counters. Those written
+/// fields sit in cache-padded cells of their own, so that no write of the
+/// drainer or a worker invalidates a line producers read (a unit test checks
+/// the offsets).
 pub(crate) struct Shared<T, R> {
     pub(crate) lanes: Box<[Lane<T>]>,
     pub(crate) table: TableOwner<R>,
     pub(crate) control: CachePadded<Control>,
     /// Flush waiters sleep here; the drainer reports each completed flush.
     pub(crate) progress: Progress,
-    pub(crate) counters: DrainerCounters,
+    pub(crate) counters: CachePadded<DrainerCounters>,
     pub(crate) pool: Pool<T>,
     /// The drainer's thread, set before any producer exists.
     pub(crate) drainer: OnceLock<thread::Thread>,
@@ -56,7 +63,7 @@ pub(crate) struct Shared<T, R> {
     producers_made: AtomicUsize,
     /// The hand-off to async worker tasks, with an async handler.
     #[cfg(feature = "tokio")]
-    pub(crate) pipeline: Option<crate::runtime::Pipeline<T>>,
+    pub(crate) pipeline: CachePadded<Option<crate::runtime::Pipeline<T>>>,
     /// How to wake the drainer when it runs as a task.
     #[cfg(feature = "tokio")]
     pub(crate) drainer_task: Option<crate::runtime::TaskWake>,
@@ -101,7 +108,7 @@ impl<T, R> Shared<T, R> {
         };
         self.counters.fill(&mut stats);
         #[cfg(feature = "tokio")]
-        if let Some(pipeline) = &self.pipeline {
+        if let Some(pipeline) = &*self.pipeline {
             stats.batches_in_flight = pipeline.in_flight() as u64;
             // Relaxed: statistics, as in `DrainerCounters::fill`.
             stats.batch_errors += pipeline.batch_errors.load(Ordering::Relaxed);
@@ -745,13 +752,15 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             table: TableOwner::new(lanes, config.result_slot_count(), config.wait),
             control: CachePadded::new(Control::default()),
             progress: Progress::default(),
-            counters: DrainerCounters::default(),
+            counters: CachePadded::new(DrainerCounters::default()),
             pool: Pool::new(config.pool_size, config.max_batch),
             drainer: OnceLock::new(),
             next_lane: AtomicUsize::new(0),
             producers_made: AtomicUsize::new(0),
             #[cfg(feature = "tokio")]
-            pipeline: is_async.then(|| crate::runtime::Pipeline::new(config.pool_size)),
+            pipeline: CachePadded::new(
+                is_async.then(|| crate::runtime::Pipeline::new(config.pool_size)),
+            ),
             #[cfg(feature = "tokio")]
             drainer_task: drain_on_runtime.then(crate::runtime::TaskWake::default),
             config,
@@ -1515,5 +1524,57 @@ fn refused<T>(kind: RefusedKind, item: T) -> SubmitError<T> {
         RefusedKind::Full => SubmitError::Full(item),
         RefusedKind::Closed => SubmitError::Closed(item),
         RefusedKind::Timeout => SubmitError::Timeout(item),
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use core::mem::{offset_of, size_of};
+
+    use super::Shared;
+
+    /// The cache lines `[offset, offset + size)` touches.
+    fn lines(offset: usize, size: usize) -> core::ops::Range<usize> {
+        offset / 64..(offset + size).div_ceil(64)
+    }
+
+    fn disjoint(a: &core::ops::Range<usize>, b: &core::ops::Range<usize>) -> bool {
+        a.end <= b.start || b.end <= a.start
+    }
+
+    /// No field the drainer or the async workers write shares a cache line
+    /// with a field producers read (see `Shared`'s layout note). `Shared` is
+    /// 128-byte aligned (it holds `CachePadded` fields), so offsets map to
+    /// the same lines wherever the allocation lands.
+    #[test]
+    fn drainer_written_counters_do_not_share_lines_with_producer_reads() {
+        type S = Shared<u64, u64>;
+        assert_eq!(core::mem::align_of::<S>() % 64, 0);
+        let read = [
+            lines(offset_of!(S, lanes), size_of::<Box<[super::Lane<u64>]>>()),
+            lines(
+                offset_of!(S, table),
+                size_of::<crate::completion::TableOwner<u64>>(),
+            ),
+            lines(offset_of!(S, config), size_of::<crate::config::Config>()),
+        ];
+        #[cfg_attr(not(feature = "tokio"), allow(unused_mut))]
+        let mut written = vec![lines(
+            offset_of!(S, counters),
+            size_of::<crossbeam_utils::CachePadded<crate::stats::DrainerCounters>>(),
+        )];
+        #[cfg(feature = "tokio")]
+        written.push(lines(
+            offset_of!(S, pipeline),
+            size_of::<crossbeam_utils::CachePadded<Option<crate::runtime::Pipeline<u64>>>>(),
+        ));
+        for w in &written {
+            for r in &read {
+                assert!(
+                    disjoint(w, r),
+                    "written lines {w:?} overlap producer-read lines {r:?}"
+                );
+            }
+        }
     }
 }
