@@ -63,7 +63,6 @@
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
@@ -74,6 +73,10 @@ use criterion::{
 use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::{Backoff, CachePadded};
 use ringbatch::{Batch, Batcher};
+
+#[path = "harness/rounds.rs"]
+mod rounds;
+use rounds::{Rounds, wait_for_count};
 
 /// Items pushed per `push_throughput` iteration, split across producers.
 const ITEMS: u64 = 1 << 20;
@@ -123,83 +126,6 @@ fn sink_batcher(lanes: usize) -> Batcher<u64> {
         .handler_fn(sink_handler)
         .build()
         .expect("valid settings")
-}
-
-/// Round signalling for persistent producer threads: the bench thread starts
-/// a round, producers push their share and report back. Everyone blocks on a
-/// condition variable in between, so idle producers take no CPU.
-#[derive(Default)]
-struct Rounds {
-    state: Mutex<RoundState>,
-    started: Condvar,
-    finished: Condvar,
-}
-
-#[derive(Default)]
-struct RoundState {
-    round: u64,
-    per_producer: u64,
-    done: usize,
-    stop: bool,
-}
-
-impl Rounds {
-    fn lock(&self) -> MutexGuard<'_, RoundState> {
-        self.state.lock().expect("round lock poisoned")
-    }
-
-    /// Bench thread: starts a round of `per_producer` items each.
-    fn start(&self, per_producer: u64) {
-        let mut state = self.lock();
-        state.round += 1;
-        state.per_producer = per_producer;
-        state.done = 0;
-        drop(state);
-        self.started.notify_all();
-    }
-
-    /// Bench thread: blocks until `producers` producers finished the round.
-    fn wait_done(&self, producers: usize) {
-        let state = self.lock();
-        let _state = self
-            .finished
-            .wait_while(state, |s| s.done < producers)
-            .expect("round lock poisoned");
-    }
-
-    /// Bench thread: tells the producers to exit.
-    fn stop(&self) {
-        self.lock().stop = true;
-        self.started.notify_all();
-    }
-
-    /// Producer: waits for a round newer than `seen`; `None` means stop.
-    fn next(&self, seen: &mut u64) -> Option<u64> {
-        let state = self.lock();
-        let state = self
-            .started
-            .wait_while(state, |s| !s.stop && s.round == *seen)
-            .expect("round lock poisoned");
-        if state.stop {
-            return None;
-        }
-        *seen = state.round;
-        Some(state.per_producer)
-    }
-
-    /// Producer: reports its share of the round pushed.
-    fn done(&self) {
-        self.lock().done += 1;
-        self.finished.notify_all();
-    }
-}
-
-/// Spins, then yields, until `counter` reaches `target`.
-fn wait_for_count(counter: &AtomicU64, target: u64) {
-    let backoff = Backoff::new();
-    while counter.load(Ordering::Acquire) < target {
-        backoff.snooze();
-    }
 }
 
 // ---------------------------------------------------------------------------

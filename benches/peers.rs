@@ -41,6 +41,8 @@
 //! `disruptor`'s busy-spinning consumer takes a whole core; compare functions
 //! within one run and repeat runs before trusting a difference.
 
+#[path = "harness/rounds.rs"]
+mod rounds;
 #[path = "harness/roundtrip.rs"]
 mod roundtrip;
 #[path = "harness/throughput.rs"]

@@ -18,6 +18,8 @@
 //! producer counts; columns: systems) and writes the numbers to
 //! `target/bench-results/scaling.json` for `benches/chart.py`.
 
+#[path = "harness/rounds.rs"]
+mod rounds;
 #[path = "harness/throughput.rs"]
 mod throughput;
 

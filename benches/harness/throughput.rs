@@ -57,9 +57,10 @@
 //!   like `array_queue`'s, and the producer pushes item by item, backing off
 //!   like `array_queue`'s.
 
+use crate::rounds::{Rounds, wait_for_count};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -249,85 +250,6 @@ pub fn with_system<T: Item, S: System<T>, R>(
     system.stop();
     assert_eq!(consumed.load(Ordering::Acquire), target, "items lost");
     result
-}
-
-/// Spins, then yields, until `counter` reaches `target`.
-fn wait_for_count(counter: &AtomicU64, target: u64) {
-    let backoff = Backoff::new();
-    while counter.load(Ordering::Acquire) < target {
-        backoff.snooze();
-    }
-}
-
-/// Round signalling for persistent producer threads: the bench thread starts
-/// a round, producers push their share and report back. Everyone blocks on a
-/// condition variable in between.
-#[derive(Default)]
-struct Rounds {
-    state: Mutex<RoundState>,
-    started: Condvar,
-    finished: Condvar,
-}
-
-#[derive(Default)]
-struct RoundState {
-    round: u64,
-    /// Items in the round, all producers together.
-    items: u64,
-    done: usize,
-    stop: bool,
-}
-
-impl Rounds {
-    fn lock(&self) -> MutexGuard<'_, RoundState> {
-        self.state.lock().expect("round lock poisoned")
-    }
-
-    /// Bench thread: starts a round of `items` items.
-    fn start(&self, items: u64) {
-        let mut state = self.lock();
-        state.round += 1;
-        state.items = items;
-        state.done = 0;
-        drop(state);
-        self.started.notify_all();
-    }
-
-    /// Bench thread: blocks until `producers` producers finished the round.
-    fn wait_done(&self, producers: usize) {
-        let state = self.lock();
-        let _state = self
-            .finished
-            .wait_while(state, |s| s.done < producers)
-            .expect("round lock poisoned");
-    }
-
-    /// Bench thread: tells the producers to exit.
-    fn stop(&self) {
-        self.lock().stop = true;
-        self.started.notify_all();
-    }
-
-    /// Producer: waits for a round newer than `seen` and returns its item
-    /// count; `None` means stop.
-    fn next(&self, seen: &mut u64) -> Option<u64> {
-        let state = self.lock();
-        let state = self
-            .started
-            .wait_while(state, |s| !s.stop && s.round == *seen)
-            .expect("round lock poisoned");
-        if state.stop {
-            return None;
-        }
-        *seen = state.round;
-        Some(state.items)
-    }
-
-    /// Producer: reports its share of the round pushed.
-    fn done(&self) {
-        self.lock().done += 1;
-        self.finished.notify_all();
-    }
 }
 
 /// How an idle spin-based consumer waits: `2^k` spins for `k < 7`, then 64
