@@ -242,11 +242,12 @@ impl<R> CompletionSlot<R> {
             return false;
         }
         if state & WAKER != 0 {
-            // SAFETY: with `WAKER` set the completer may read the cell, but
-            // nobody writes it; a shared read is fine.
-            let same = self
-                .waker
-                .with(|w| unsafe { &*w }.as_ref().is_some_and(|w| w.will_wake(waker)));
+            let same = self.waker.with(|w| {
+                // SAFETY: with `WAKER` set the completer may read the cell,
+                // but nobody writes it; a shared read is fine.
+                let stored = unsafe { &*w };
+                stored.as_ref().is_some_and(|w| w.will_wake(waker))
+            });
             if same {
                 return true;
             }

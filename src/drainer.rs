@@ -193,20 +193,13 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     /// Drains every lane up to the tails as they are now (waiting for claimed
     /// items to be published), then dispatches what is left with `reason`.
     fn drain_all(&mut self, reason: DispatchReason) {
-        for (target, lane) in self.targets.iter_mut().zip(self.shared.lanes.iter()) {
-            *target = lane.ring.tail().0;
-        }
+        self.set_drain_targets();
         // Producers that claimed a slot publish it promptly; never park here,
         // since they do not wake a drainer that has not announced a park.
         let mut backoff = Backoff::new(crate::wait::WaitStrategy::Yield);
         loop {
             let found = self.sweep();
-            let reached = self
-                .heads
-                .iter()
-                .zip(self.targets.iter())
-                .all(|(&head, &target)| distance(target, head) <= SEQ_MASK / 2);
-            if reached {
+            if self.drain_targets_reached() {
                 break;
             }
             if found == 0 {
@@ -404,20 +397,13 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     /// `drain_all` for the task: yields while a producer finishes
     /// publishing a claimed slot, awaits a buffer when all are in flight.
     async fn drain_all_async(&mut self, reason: DispatchReason) {
-        for (target, lane) in self.targets.iter_mut().zip(self.shared.lanes.iter()) {
-            *target = lane.ring.tail().0;
-        }
+        self.set_drain_targets();
         loop {
             if self.need_buffer {
                 self.await_buffer().await;
             }
             let found = self.sweep();
-            let reached = self
-                .heads
-                .iter()
-                .zip(self.targets.iter())
-                .all(|(&head, &target)| distance(target, head) <= SEQ_MASK / 2);
-            if reached && !self.need_buffer {
+            if self.drain_targets_reached() && !self.need_buffer {
                 break;
             }
             if found == 0 && !self.need_buffer {
@@ -521,6 +507,21 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
 }
 
 impl<T, R> Drainer<T, R> {
+    /// A flush or shutdown drains every lane up to its tail as it is now.
+    fn set_drain_targets(&mut self) {
+        for (target, lane) in self.targets.iter_mut().zip(self.shared.lanes.iter()) {
+            *target = lane.ring.tail().0;
+        }
+    }
+
+    /// Whether every lane's head has reached its drain target.
+    fn drain_targets_reached(&self) -> bool {
+        self.heads
+            .iter()
+            .zip(self.targets.iter())
+            .all(|(&head, &target)| distance(target, head) <= SEQ_MASK / 2)
+    }
+
     /// The drainer will never run again: closes every lane and fails the
     /// tickets of every item still in the batch or the lanes with `error`.
     #[cfg(feature = "tokio")]

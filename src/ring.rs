@@ -121,11 +121,12 @@ pub(crate) struct Ring<T> {
     mask: usize,
 }
 
-// SAFETY: the ring moves `T` values between threads (producer to drainer), so
-// it is `Send` and `Sync` exactly when `T: Send`. Access to each slot's value
-// is serialised by the claim/publish/drain protocol: a producer writes a slot
+// The ring moves `T` values between threads (producer to drainer), so it is
+// `Send` and `Sync` exactly when `T: Send`. Access to each slot's value is
+// serialised by the claim/publish/drain protocol: a producer writes a slot
 // only after claiming its sequence and seeing `head` past the slot's previous
 // lap; the drainer reads it only after an Acquire load of its published stamp.
+// SAFETY: `T: Send`, and slot access is serialised as described above.
 unsafe impl<T: Send> Send for Ring<T> {}
 // SAFETY: see the `Send` impl; `&Ring` only exposes the protocol operations.
 unsafe impl<T: Send> Sync for Ring<T> {}
