@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{BOUND, Tally, encode, f, spawn_bounded};
+use common::{BOUND, Tally, encode, f, spawn_bounded, tallying_handler};
 use ringbatch::{Batch, Batcher, Error, SubmitError};
 
 fn tallying(
@@ -22,15 +22,7 @@ fn tallying(
     let batcher = Batcher::builder()
         .lanes(lanes)
         .capacity(capacity)
-        .handler_fn(move |batch: &mut Batch<'_, u64, u64>| {
-            let mut tally = seen.lock().unwrap();
-            for &item in batch.items() {
-                tally.see(item);
-            }
-            drop(tally);
-            batch.complete_with(|&x| Ok::<_, Error>(f(x)));
-            Ok(())
-        })
+        .handler_fn(tallying_handler(seen))
         .build()
         .unwrap();
     (batcher, tally)

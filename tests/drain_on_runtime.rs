@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{BOUND, Tally, encode, f, spawn_bounded};
+use common::{BOUND, Tally, encode, f, spawn_bounded, tallying_handler};
 use ringbatch::{AsyncBatch, Batch, Batcher, ConfigError, Error, SubmitError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,15 +21,7 @@ async fn tasks_submit_through_a_drainer_task_exactly_once() {
         .lanes(2)
         .capacity(64)
         .drain_on_runtime(true)
-        .handler_fn(move |batch: &mut Batch<'_, u64, u64>| {
-            let mut tally = seen.lock().unwrap();
-            for &item in batch.items() {
-                tally.see(item);
-            }
-            drop(tally);
-            batch.complete_with(|&x| Ok::<_, Error>(f(x)));
-            Ok(())
-        })
+        .handler_fn(tallying_handler(seen))
         .build()
         .unwrap();
     let tasks: Vec<_> = (0..TASKS)

@@ -6,8 +6,8 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::{Tally, cores, encode, f, spawn_bounded};
-use ringbatch::{Batch, Batcher, LaneAssignment, Ticket, WaitStrategy};
+use common::{Tally, cores, encode, f, spawn_bounded, tallying_handler};
+use ringbatch::{Batcher, LaneAssignment, Ticket, WaitStrategy};
 
 /// Builds a batcher whose handler records every item in `tally` and answers
 /// each with `f(item)`.
@@ -30,16 +30,7 @@ fn tallying_batcher(
         builder = builder.lanes(lanes);
     }
     let batcher = builder
-        .handler_fn(move |batch: &mut Batch<'_, u64, u64>| {
-            let mut tally = seen.lock().unwrap();
-            tally.batches += 1;
-            for &item in batch.items() {
-                tally.see(item);
-            }
-            drop(tally);
-            batch.complete_with(|&x| Ok::<_, ringbatch::Error>(f(x)));
-            Ok(())
-        })
+        .handler_fn(tallying_handler(seen))
         .build()
         .expect("valid settings");
     (batcher, tally)

@@ -181,3 +181,22 @@ impl Tally {
 pub fn cores() -> usize {
     thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+/// A handler that records every item of each batch in `tally` (counting the
+/// batch), then answers each item with `f(item)`.
+pub fn tallying_handler(
+    tally: std::sync::Arc<Mutex<Tally>>,
+) -> impl for<'a> FnMut(&mut ringbatch::Batch<'a, u64, u64>) -> Result<(), ringbatch::BatchError>
++ Send
++ 'static {
+    move |batch| {
+        let mut seen = tally.lock().unwrap();
+        seen.batches += 1;
+        for &item in batch.items() {
+            seen.see(item);
+        }
+        drop(seen);
+        batch.ok_with(|&x| f(x));
+        Ok(())
+    }
+}
