@@ -17,7 +17,11 @@ use crate::handler::{Batch, BatchError, FnHandler, Handler};
 use crate::pool::Pool;
 use crate::ring::{Claim, ClaimError, Ring, distance};
 use crate::stats::{DrainerCounters, LaneCounters, LaneStats, Stats};
-use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, OnceLock, Ordering, thread};
+use crate::shape::{
+    Adaptive, Assembler, Controller, ExpiryStamps, GroupLimits, KeyPolicy, Linger, NEVER,
+    Oversize, Priority, Shaping,
+};
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, thread};
 use crate::wait::{Progress, WaitStrategy, retry_until_room};
 
 /// Most tickets one claim of [`Producer::submit_many`] covers: their
@@ -27,16 +31,21 @@ const TICKET_CHUNK: usize = 64;
 /// One lane: its ring and its producer-side counters.
 pub(crate) struct Lane<T> {
     pub(crate) ring: Ring<T>,
+    /// Per-item expiry stamps, when deadlines or a maximum age are on.
+    pub(crate) expiry: Option<ExpiryStamps>,
     pub(crate) counters: CachePadded<LaneCounters>,
 }
 
 /// Requests to the drainer, read by it on every loop turn.
-#[derive(Default)]
 pub(crate) struct Control {
     /// Shutdown has begun: every lane is closed; drain and stop.
     pub(crate) closing: AtomicBool,
     /// Flush requests made (a counter, so concurrent flushes coalesce).
     pub(crate) flush_requested: AtomicU64,
+    /// `flush_now` requests made: dispatch what is staged, without waiting.
+    pub(crate) flush_now: AtomicU64,
+    /// The effective maximum batch size (the adaptive controller's).
+    pub(crate) effective_max: AtomicUsize,
 }
 
 /// State shared by the batcher, its producers and the drainer.
@@ -48,7 +57,17 @@ pub(crate) struct Control {
 /// drainer or a worker invalidates a line producers read (a unit test checks
 /// the offsets).
 pub(crate) struct Shared<T, R> {
+    /// The rings: one per lane, or with priority classes one per lane and
+    /// class, class-major (ring `class * lane_count + lane`).
     pub(crate) lanes: Box<[Lane<T>]>,
+    /// Lanes (cores), without the classes.
+    pub(crate) lane_count: usize,
+    /// Priority classes: 1, or 4 with priorities on.
+    pub(crate) classes: usize,
+    /// The adaptive controller, if any (locked once per batch).
+    pub(crate) controller: Option<Mutex<Controller>>,
+    /// Bytes of the drainer's staging area (for the memory report).
+    staging_bytes: usize,
     pub(crate) table: TableOwner<R>,
     pub(crate) control: CachePadded<Control>,
     /// Flush waiters sleep here; the drainer reports each completed flush.
@@ -91,12 +110,33 @@ impl<T, R> Shared<T, R> {
         }
     }
 
+    /// Reports one batch's handler time and load feedback to the adaptive
+    /// controller, if any, and publishes the new effective size.
+    pub(crate) fn observe_batch(
+        &self,
+        handler_time: Duration,
+        feedback: Option<crate::shape::LoadFeedback>,
+    ) {
+        if let Some(controller) = &self.controller {
+            let size =
+                crate::drainer::lock(controller).observe(handler_time, feedback, Instant::now());
+            // Relaxed: a tuning value, read by the drainer for its next batch.
+            self.control.effective_max.store(size, Ordering::Relaxed);
+        }
+    }
+
     fn memory_bytes(&self) -> usize {
         let lanes = self.lanes.len();
         let capacity = self.config.capacity;
         lanes * (capacity * Ring::<T>::slot_bytes() + core::mem::size_of::<Lane<T>>())
             + lanes * self.config.result_slot_count() * crate::completion::Table::<R>::slot_bytes()
             + self.pool.footprint()
+            + self
+                .lanes
+                .iter()
+                .filter_map(|lane| lane.expiry.as_ref().map(ExpiryStamps::bytes))
+                .sum::<usize>()
+            + self.staging_bytes
     }
 
     fn stats(&self) -> Stats {
@@ -107,6 +147,8 @@ impl<T, R> Shared<T, R> {
             ..Stats::default()
         };
         self.counters.fill(&mut stats);
+        // Relaxed: a statistic.
+        stats.effective_max_batch = self.control.effective_max.load(Ordering::Relaxed) as u64;
         #[cfg(feature = "tokio")]
         if let Some(pipeline) = &*self.pipeline {
             stats.batches_in_flight = pipeline.in_flight() as u64;
@@ -206,6 +248,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             #[cfg(feature = "tokio")]
             drain_on_runtime: false,
             handler: None,
+            shaping: Shaping::default(),
         }
     }
 
@@ -260,7 +303,59 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
 
     /// Number of lanes.
     pub fn lanes(&self) -> usize {
-        self.shared.lanes.len()
+        self.shared.lane_count
+    }
+
+    /// A producer of priority class `priority`, on the lane the batcher's
+    /// [`LaneAssignment`] picks. Make one per class a thread submits in;
+    /// each keeps its items in order within its class.
+    ///
+    /// ```
+    /// use ringbatch::{Batch, Batcher, Priority};
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .priorities(true)
+    ///     .handler_fn(|batch: &mut Batch<'_, &str, ()>| {
+    ///         batch.ok_with(|_| ());
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let urgent = batcher.producer_with_priority(Priority::Critical).unwrap();
+    /// urgent.submit("cancel order 7").unwrap().wait().unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] (field `priorities`) if the batcher was built
+    /// without priority classes and `priority` is not `Normal`.
+    pub fn producer_with_priority(&self, priority: Priority) -> Result<Producer<T, R>, ConfigError> {
+        new_producer(&self.shared).with_class(priority)
+    }
+
+    /// An async producer of priority class `priority`; see
+    /// [`producer_with_priority`](Self::producer_with_priority).
+    ///
+    /// # Errors
+    ///
+    /// As for [`producer_with_priority`](Self::producer_with_priority).
+    pub fn async_producer_with_priority(
+        &self,
+        priority: Priority,
+    ) -> Result<AsyncProducer<T, R>, ConfigError> {
+        let producer = new_async_producer(&self.shared);
+        Ok(AsyncProducer::new(producer.as_sync().with_class(priority)?))
+    }
+
+    /// Asks the drainer to dispatch everything it holds now, lingering or
+    /// not, without waiting for it (see [`flush`](Self::flush) for a
+    /// barrier). Without shaping policies nothing ever lingers, and this
+    /// only wakes the drainer.
+    pub fn flush_now(&self) {
+        // Release: the drainer's Acquire load sees this thread's earlier
+        // submissions' claims.
+        self.shared.control.flush_now.fetch_add(1, Ordering::Release);
+        self.shared.unpark_drainer();
     }
 
     /// The settings the batcher was built with.
@@ -416,7 +511,7 @@ impl<T, R> Drop for Batcher<T, R> {
 impl<T, R> fmt::Debug for Batcher<T, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Batcher")
-            .field("lanes", &self.shared.lanes.len())
+            .field("lanes", &self.shared.lane_count)
             .field("config", &self.shared.config)
             .finish_non_exhaustive()
     }
@@ -454,19 +549,28 @@ impl<T, R> Producers<T, R> {
     pub fn producer_on_lane(&self, lane: usize) -> Result<Producer<T, R>, ConfigError> {
         new_producer_on_lane(&self.shared, lane)
     }
+
+    /// As [`Batcher::producer_with_priority`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`Batcher::producer_with_priority`].
+    pub fn producer_with_priority(&self, priority: Priority) -> Result<Producer<T, R>, ConfigError> {
+        new_producer(&self.shared).with_class(priority)
+    }
 }
 
 impl<T, R> fmt::Debug for Producers<T, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Producers")
-            .field("lanes", &self.shared.lanes.len())
+            .field("lanes", &self.shared.lane_count)
             .finish_non_exhaustive()
     }
 }
 
 /// A producer on the lane the batcher's [`LaneAssignment`] picks.
 fn new_producer<T, R>(shared: &Arc<Shared<T, R>>) -> Producer<T, R> {
-    let lanes = shared.lanes.len();
+    let lanes = shared.lane_count;
     let lane = match shared.config.lane_assignment {
         LaneAssignment::CurrentCore => current_cpu().map(|cpu| cpu % lanes),
         LaneAssignment::RoundRobin => None,
@@ -478,7 +582,7 @@ fn new_producer<T, R>(shared: &Arc<Shared<T, R>>) -> Producer<T, R> {
 
 /// An async producer on the next lane in turn.
 fn new_async_producer<T, R>(shared: &Arc<Shared<T, R>>) -> AsyncProducer<T, R> {
-    let lanes = shared.lanes.len();
+    let lanes = shared.lane_count;
     // Relaxed: as in `new_producer`.
     let lane = shared.next_lane.fetch_add(1, Ordering::Relaxed) % lanes;
     AsyncProducer::new(Producer::new(Arc::clone(shared), lane))
@@ -488,7 +592,7 @@ fn new_producer_on_lane<T, R>(
     shared: &Arc<Shared<T, R>>,
     lane: usize,
 ) -> Result<Producer<T, R>, ConfigError> {
-    let lanes = shared.lanes.len();
+    let lanes = shared.lane_count;
     if lane >= lanes {
         return Err(ConfigError::NoSuchLane { lane, lanes });
     }
@@ -508,6 +612,8 @@ pub struct BatcherBuilder<T, R> {
     /// Run the drainer as a task on the runtime.
     #[cfg(feature = "tokio")]
     drain_on_runtime: bool,
+    /// Batch shaping policies (all off by default).
+    shaping: Shaping<T>,
 }
 
 /// The handler given to the builder.
@@ -694,6 +800,206 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         self
     }
 
+    /// A byte limit per batch, measured by the [`weigher`](Self::weigher)
+    /// (which must be set too): a batch is dispatched before an item would
+    /// take it over the limit. An item heavier than the limit on its own
+    /// follows [`oversize`](Self::oversize). Default: 1 MiB once a weigher is
+    /// set, no limit otherwise.
+    pub fn max_bytes(mut self, limit: usize) -> Self {
+        self.shaping.max_bytes = Some(limit);
+        self
+    }
+
+    /// How many bytes an item adds to its batch: what the sink will really
+    /// send (its encoded size). Called once per item, on the drainer.
+    ///
+    /// ```
+    /// use ringbatch::{Batch, Batcher, DispatchReason};
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .weigher(|line: &String| line.len())
+    ///     .max_bytes(64)
+    ///     .linger(ringbatch::Linger::Fixed(std::time::Duration::from_secs(5)))
+    ///     .handler_fn(|batch: &mut Batch<'_, String, ()>| {
+    ///         assert!(batch.iter().map(String::len).sum::<usize>() <= 64);
+    ///         batch.ok_with(|_| ());
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let producer = batcher.producer();
+    /// for _ in 0..4 {
+    ///     producer.push("x".repeat(30)).unwrap();
+    /// }
+    /// let stats = batcher.shutdown();
+    /// assert!(stats.batches >= 2, "two 30-byte items at most per batch");
+    /// ```
+    pub fn weigher(mut self, weigher: impl Fn(&T) -> usize + Send + 'static) -> Self {
+        self.shaping.weigher = Some(Box::new(weigher));
+        self
+    }
+
+    /// What happens to an item heavier than `max_bytes` on its own
+    /// (default [`Oversize::Fail`]: its ticket fails with
+    /// [`Error::TooLarge`]).
+    pub fn oversize(mut self, oversize: Oversize) -> Self {
+        self.shaping.oversize = oversize;
+        self
+    }
+
+    /// How long a batch may wait for more items (default [`Linger::None`],
+    /// natural batching).
+    pub fn linger(mut self, linger: Linger) -> Self {
+        self.shaping.linger = linger;
+        self
+    }
+
+    /// The shortest time between the starts of two batches (a flush,
+    /// shutdown or Critical item does not wait for it).
+    pub fn min_interval(mut self, interval: Duration) -> Self {
+        self.shaping.min_interval = Some(interval);
+        self
+    }
+
+    /// Priority classes: each lane gets one ring per [`Priority`], and the
+    /// drainer takes higher classes first. Producers pick a class with
+    /// [`Batcher::producer_with_priority`]; plain producers are `Normal`.
+    pub fn priorities(mut self, on: bool) -> Self {
+        self.shaping.priorities = on;
+        self
+    }
+
+    /// With priority classes: a lower class whose oldest staged item has
+    /// waited this long is taken before higher classes (default 10 ms).
+    pub fn starvation_age(mut self, age: Duration) -> Self {
+        self.shaping.starvation_age = age;
+        self
+    }
+
+    /// Key groups: every batch holds items of a single key (and class).
+    /// Each group follows its [`group_limits`](Self::group_limits); the
+    /// number of groups open at once is bounded by
+    /// [`max_open_groups`](Self::max_open_groups) (when a new key finds no
+    /// free group, the group with the oldest item is dispatched first).
+    pub fn group_by<K, F>(mut self, key: F) -> Self
+    where
+        T: 'static,
+        K: core::hash::Hash + Eq,
+        F: Fn(&T) -> K + Send + Sync + 'static,
+    {
+        self.shaping.group = Some(KeyPolicy::new(key));
+        self
+    }
+
+    /// The limits of each key group, from an item of the group (called once
+    /// when the group opens).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ringbatch::{Batch, Batcher, GroupLimits, Linger};
+    ///
+    /// #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+    /// enum Op { Add, Get, Pin, PubSub, Dht }
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .max_batch(100)
+    ///     .linger(Linger::Fixed(Duration::from_millis(5)))
+    ///     .group_by(|op: &(Op, u64)| op.0)
+    ///     .group_limits(|op: &(Op, u64)| match op.0 {
+    ///         Op::Add => GroupLimits::share(0.25),
+    ///         Op::Get => GroupLimits::share(0.5),
+    ///         Op::Pin => GroupLimits::share(0.33),
+    ///         Op::PubSub | Op::Dht => GroupLimits::immediate(),
+    ///     })
+    ///     .handler_fn(|batch: &mut Batch<'_, (Op, u64), ()>| {
+    ///         let op = batch.items()[0].0;
+    ///         assert!(batch.iter().all(|item| item.0 == op), "one key per batch");
+    ///         batch.ok_with(|_| ());
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// batcher.producer().submit((Op::Dht, 1)).unwrap().wait().unwrap();
+    /// ```
+    pub fn group_limits(mut self, limits: impl Fn(&T) -> GroupLimits + Send + 'static) -> Self {
+        self.shaping.group_limits = Some(Box::new(limits));
+        self
+    }
+
+    /// The most key groups open at once (default 64).
+    pub fn max_open_groups(mut self, groups: usize) -> Self {
+        self.shaping.max_open_groups = groups;
+        self
+    }
+
+    /// Conflation: within a batch only the latest item per key is kept, in
+    /// the order of each key's first arrival; a replaced item's ticket
+    /// fails with [`Error::Superseded`] and is counted in
+    /// [`Stats::superseded`].
+    ///
+    /// ```
+    /// use ringbatch::{Batch, Batcher, Linger};
+    /// use std::time::Duration;
+    ///
+    /// // (symbol, price): the sink wants the latest price per symbol.
+    /// let batcher = Batcher::builder()
+    ///     .conflate_by(|quote: &(&str, u32)| quote.0)
+    ///     .linger(Linger::Fixed(Duration::from_secs(5)))
+    ///     .handler_fn(|batch: &mut Batch<'_, (&'static str, u32), ()>| {
+    ///         assert_eq!(batch.items(), &[("AAPL", 3), ("MSFT", 2)]);
+    ///         batch.ok_with(|_| ());
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let producer = batcher.producer();
+    /// for quote in [("AAPL", 1), ("MSFT", 2), ("AAPL", 3)] {
+    ///     producer.push(quote).unwrap();
+    /// }
+    /// batcher.flush();
+    /// assert_eq!(batcher.stats().superseded, 1);
+    /// ```
+    pub fn conflate_by<K, F>(mut self, key: F) -> Self
+    where
+        T: 'static,
+        K: core::hash::Hash + Eq,
+        F: Fn(&T) -> K + Send + Sync + 'static,
+    {
+        self.shaping.conflate = Some(KeyPolicy::new(key));
+        self
+    }
+
+    /// Per-item deadlines ([`Producer::submit_with_deadline`]): producers
+    /// stamp each item's expiry (one store per item), and expired items
+    /// never reach the handler.
+    pub fn deadlines(mut self, on: bool) -> Self {
+        self.shaping.deadlines = on;
+        self
+    }
+
+    /// The longest an item may wait between its submission and its
+    /// dispatch; older items never reach the handler, their tickets fail
+    /// with [`Error::Expired`]. Turns on [`deadlines`](Self::deadlines), and
+    /// producers read the clock once per item.
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.shaping.max_age = Some(age);
+        self
+    }
+
+    /// Adaptive batch sizing; see [`Adaptive`].
+    pub fn adaptive(mut self, adaptive: Adaptive) -> Self {
+        self.shaping.adaptive = Some(adaptive);
+        self
+    }
+
+    /// Items the drainer's staging area holds (with shaping policies on):
+    /// default four times `max_batch`. When it is full the drainer stops
+    /// taking items from the lanes, so producers feel backpressure.
+    pub fn staging(mut self, items: usize) -> Self {
+        self.shaping.staging = Some(items);
+        self
+    }
+
     /// The sink, as a closure called with each batch.
     pub fn handler_fn<F>(self, f: F) -> Self
     where
@@ -719,6 +1025,8 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             self.config.pool_size = self.config.pool_size.max(needed);
         }
         self.config.validate()?;
+        let mut shaping = self.shaping;
+        shaping.validate(self.config.max_batch)?;
         let handler = self.handler.ok_or(ConfigError::MissingHandler)?;
         if is_async && self.config.pool_size <= self.config.max_in_flight {
             return Err(ConfigError::PoolTooSmall {
@@ -741,16 +1049,38 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             (false, _) => None,
         };
         let config = self.config;
-        let lanes = config.lane_count();
+        let lane_count = config.lane_count();
+        let classes = shaping.classes();
+        let rings = lane_count * classes;
+        let epoch = Instant::now();
+        let controller = shaping
+            .adaptive
+            .map(|adaptive| Controller::new(adaptive, config.max_batch));
+        let effective_max = controller.as_ref().map_or(config.max_batch, Controller::size);
+        let assembler = shaping
+            .is_active()
+            .then(|| Assembler::new(shaping_for_drainer(&mut shaping), config.max_batch, epoch));
         let shared = Arc::new(Shared {
-            lanes: (0..lanes)
+            lanes: (0..rings)
                 .map(|_| Lane {
                     ring: Ring::new(config.capacity),
+                    expiry: shaping
+                        .stamps_expiry()
+                        .then(|| ExpiryStamps::new(config.capacity, epoch, shaping.max_age)),
                     counters: CachePadded::new(LaneCounters::default()),
                 })
                 .collect(),
-            table: TableOwner::new(lanes, config.result_slot_count(), config.wait),
-            control: CachePadded::new(Control::default()),
+            lane_count,
+            classes,
+            controller: controller.map(Mutex::new),
+            staging_bytes: assembler.as_ref().map_or(0, Assembler::footprint),
+            table: TableOwner::new(rings, config.result_slot_count(), config.wait),
+            control: CachePadded::new(Control {
+                closing: AtomicBool::new(false),
+                flush_requested: AtomicU64::new(0),
+                flush_now: AtomicU64::new(0),
+                effective_max: AtomicUsize::new(effective_max),
+            }),
             progress: Progress::default(),
             counters: CachePadded::new(DrainerCounters::default()),
             pool: Pool::new(config.pool_size, config.max_batch),
@@ -778,7 +1108,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                 Sink::Async
             }
         };
-        let drainer = Drainer::new(Arc::clone(&shared), sink);
+        let drainer = Drainer::new(Arc::clone(&shared), sink, assembler);
         #[cfg(feature = "tokio")]
         if drain_on_runtime {
             let runtime = runtime.as_ref().expect("resolved above");
@@ -850,6 +1180,16 @@ fn current_cpu() -> Option<usize> {
     }
 }
 
+/// Moves the settings the drainer's assembler owns out of `shaping`, keeping
+/// the few the builder still reads (classes, expiry stamps).
+fn shaping_for_drainer<T>(shaping: &mut Shaping<T>) -> Shaping<T> {
+    let taken = core::mem::take(shaping);
+    shaping.priorities = taken.priorities;
+    shaping.deadlines = taken.deadlines;
+    shaping.max_age = taken.max_age;
+    taken
+}
+
 /// How long a claim may wait.
 #[derive(Clone, Copy)]
 enum Wait {
@@ -871,6 +1211,9 @@ enum Wait {
 /// Every method that does not accept an item gives it back in the error.
 pub struct Producer<T, R = ()> {
     shared: Arc<Shared<T, R>>,
+    /// The ring this producer publishes into: its lane, or with priority
+    /// classes `class * lane_count + lane` (the completion table is indexed
+    /// the same way).
     lane: usize,
     /// `&shared.lanes[lane]`, kept so that a push does not index the lanes
     /// again (valid as long as `shared`, which this producer holds).
@@ -890,7 +1233,19 @@ pub struct Producer<T, R = ()> {
 unsafe impl<T: Send, R: Send> Send for Producer<T, R> {}
 
 impl<T, R> Producer<T, R> {
+    /// A producer on `lane`, in the Normal class.
     fn new(shared: Arc<Shared<T, R>>, lane: usize) -> Self {
+        let class = if shared.classes > 1 {
+            Priority::Normal.index()
+        } else {
+            0
+        };
+        let ring = class * shared.lane_count + lane;
+        Self::on_ring(shared, ring)
+    }
+
+    /// A producer publishing into ring `lane` (see the field).
+    fn on_ring(shared: Arc<Shared<T, R>>, lane: usize) -> Self {
         Self {
             cached_head: Cell::new(0),
             // Spread producers over the completion slots (Fibonacci hashing
@@ -912,7 +1267,60 @@ impl<T, R> Producer<T, R> {
 
     /// The lane this producer is bound to.
     pub fn lane(&self) -> usize {
-        self.lane
+        self.lane % self.shared.lane_count
+    }
+
+    /// The priority class this producer submits in (`Normal` without
+    /// priority classes).
+    pub fn priority(&self) -> Priority {
+        if self.shared.classes == 1 {
+            Priority::Normal
+        } else {
+            Priority::ALL[self.lane / self.shared.lane_count]
+        }
+    }
+
+    /// A producer on the same lane in class `priority`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] (field `priorities`) if the batcher has no
+    /// priority classes and `priority` is not `Normal`.
+    pub fn with_class(&self, priority: Priority) -> Result<Producer<T, R>, ConfigError> {
+        let shared = &self.shared;
+        if shared.classes == 1 {
+            if priority != Priority::Normal {
+                return Err(ConfigError::Invalid {
+                    field: "priorities",
+                    reason: "the batcher was built without priority classes",
+                });
+            }
+            return Ok(Self::on_ring(Arc::clone(shared), self.lane));
+        }
+        let ring = priority.index() * shared.lane_count + self.lane();
+        Ok(Self::on_ring(Arc::clone(shared), ring))
+    }
+
+    /// Stamps sequence `seq`'s expiry before it is published, when the
+    /// batcher keeps expiry stamps (deadlines or a maximum age); nothing
+    /// otherwise.
+    #[inline(always)]
+    fn stamp_expiry(&self, seq: usize, explicit: u64) {
+        if let Some(expiry) = &self.lane_ref().expiry {
+            expiry.stamp(seq, explicit);
+        }
+    }
+
+    /// Publishes a fire-and-forget item at the claimed `seq`.
+    ///
+    /// # Safety
+    ///
+    /// `seq` was claimed by this producer and is published once.
+    #[inline(always)]
+    unsafe fn publish_plain(&self, seq: usize, item: T) {
+        self.stamp_expiry(seq, NEVER);
+        // SAFETY: the caller's contract.
+        unsafe { self.lane_ref().ring.publish(seq, item, None) };
     }
 
     /// Whether the batcher has been shut down (after which every submission
@@ -1042,6 +1450,7 @@ impl<T, R> Producer<T, R> {
         match kind {
             RefusedKind::Full | RefusedKind::Timeout => LaneCounters::add(&counters.rejected, n),
             RefusedKind::Closed => LaneCounters::add(&counters.refused_closed, n),
+            RefusedKind::NoDeadlines => {}
         }
         kind
     }
@@ -1064,7 +1473,7 @@ impl<T, R> Producer<T, R> {
         match self.claim(1, wait) {
             Ok(claim) => {
                 // SAFETY: we claimed `claim.seq` and publish it once.
-                unsafe { self.lane_ref().ring.publish(claim.seq, item, None) };
+                unsafe { self.publish_plain(claim.seq, item) };
                 if claim.wake_drainer {
                     self.shared.unpark_drainer();
                 }
@@ -1111,6 +1520,25 @@ impl<T, R> Producer<T, R> {
     /// each is used once, here.
     #[inline(always)]
     unsafe fn publish_ticketed_at(&self, seq: usize, index: usize, item: T) -> Ticket<R> {
+        // SAFETY: the caller's contract.
+        unsafe { self.publish_ticketed_expiring(seq, index, item, NEVER) }
+    }
+
+    /// [`publish_ticketed_at`](Self::publish_ticketed_at) with an explicit
+    /// expiry (nanoseconds since the batcher's epoch).
+    ///
+    /// # Safety
+    ///
+    /// As for `publish_ticketed_at`.
+    #[inline(always)]
+    unsafe fn publish_ticketed_expiring(
+        &self,
+        seq: usize,
+        index: usize,
+        item: T,
+        expires: u64,
+    ) -> Ticket<R> {
+        self.stamp_expiry(seq, expires);
         // SAFETY: the caller's contract; the slot was armed before the
         // stamp's Release store in `publish`, which carries it to the drainer.
         unsafe {
@@ -1180,6 +1608,68 @@ impl<T, R> Producer<T, R> {
     /// [`SubmitError::Timeout`] or [`SubmitError::Closed`], with the item.
     pub fn submit_timeout(&self, item: T, timeout: Duration) -> Result<Ticket<R>, SubmitError<T>> {
         self.submit_with(item, deadline(timeout))
+    }
+
+    /// Submits `item` with a ticket that must be dispatched before
+    /// `deadline`: if it is still waiting in the lane or the drainer's
+    /// staging area then, it never reaches the handler and its ticket fails
+    /// with [`Error::Expired`] (counted in [`Stats::expired`]). Follows the
+    /// [`Backpressure`] policy while the lane is full. A batcher-wide
+    /// `max_age` applies too; the earlier limit wins.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use ringbatch::{Batch, Batcher, Error};
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .deadlines(true)
+    ///     .handler_fn(|batch: &mut Batch<'_, u32, u32>| {
+    ///         batch.ok_with(|x| *x);
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let producer = batcher.producer();
+    /// let late = producer.submit_with_deadline(1, Instant::now()).unwrap();
+    /// assert!(matches!(late.wait(), Err(Error::Expired)));
+    /// let fresh = Instant::now() + Duration::from_secs(60);
+    /// assert_eq!(producer.submit_with_deadline(2, fresh).unwrap().wait().unwrap(), 2);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`submit`](Self::submit), and [`SubmitError::NoDeadlines`] if
+    /// the batcher was built without [`deadlines`](BatcherBuilder::deadlines)
+    /// or `max_age`.
+    pub fn submit_with_deadline(
+        &self,
+        item: T,
+        deadline: Instant,
+    ) -> Result<Ticket<R>, SubmitError<T>> {
+        let Some(expiry) = &self.lane_ref().expiry else {
+            return Err(SubmitError::NoDeadlines(item));
+        };
+        let expires = expiry.deadline_ns(deadline);
+        let wait = Wait::Policy;
+        let mut index = [0usize; 1];
+        match self.claim_ticketed(&mut index, wait) {
+            Ok(claim) => {
+                // SAFETY: we claimed `claim.seq` and armed completion slot
+                // `index[0]`; both are used once, here.
+                let ticket =
+                    unsafe { self.publish_ticketed_expiring(claim.seq, index[0], item, expires) };
+                if claim.wake_drainer {
+                    self.shared.unpark_drainer();
+                }
+                Ok(ticket)
+            }
+            Err(kind) if self.drops_when_full(kind, wait) => {
+                self.count_dropped(1);
+                drop(item);
+                Ok(Ticket::ready(Err(Error::Dropped)))
+            }
+            Err(kind) => Err(refused(self.refuse(kind, 1), item)),
+        }
     }
 
     /// Submits clones of `items` fire-and-forget, in order, claiming slots for
@@ -1318,7 +1808,6 @@ impl<T, R> Producer<T, R> {
             unused: indexes.unwrap_or(&[]),
             wake: claim.wake_drainer,
         };
-        let ring = &self.lane_ref().ring;
         for item in chunk {
             let value = item.clone();
             let seq = guard.next;
@@ -1331,7 +1820,7 @@ impl<T, R> Producer<T, R> {
                     guard.unused = rest;
                 }
                 // SAFETY: `seq` is claimed and published once.
-                _ => unsafe { ring.publish(seq, value, None) },
+                _ => unsafe { self.publish_plain(seq, value) },
             }
             guard.next = crate::ring::seq_add(seq, 1);
         }
@@ -1361,7 +1850,7 @@ impl<T, R> Producer<T, R> {
         match self.try_claim(1) {
             Ok(claim) => {
                 // SAFETY: we claimed `claim.seq` and publish it once.
-                unsafe { self.lane_ref().ring.publish(claim.seq, item, None) };
+                unsafe { self.publish_plain(claim.seq, item) };
                 if claim.wake_drainer {
                     self.shared.unpark_drainer();
                 }
@@ -1524,6 +2013,7 @@ fn refused<T>(kind: RefusedKind, item: T) -> SubmitError<T> {
         RefusedKind::Full => SubmitError::Full(item),
         RefusedKind::Closed => SubmitError::Closed(item),
         RefusedKind::Timeout => SubmitError::Timeout(item),
+        RefusedKind::NoDeadlines => SubmitError::NoDeadlines(item),
     }
 }
 

@@ -251,6 +251,13 @@ pub enum ConfigError {
     /// An async handler was given, but `build` was called outside a tokio
     /// runtime and no runtime handle was set.
     NoRuntime,
+    /// A setting is out of its range or needs another setting.
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
     /// A producer was asked for a lane that does not exist.
     NoSuchLane {
         /// The lane asked for.
@@ -277,6 +284,7 @@ impl ConfigError {
             ConfigError::NoRuntime => "runtime",
             ConfigError::PinOnRuntime { .. } => "pin_drainer",
             ConfigError::NoSuchLane { .. } => "lane",
+            ConfigError::Invalid { field, .. } => field,
         }
     }
 }
@@ -332,6 +340,7 @@ impl fmt::Display for ConfigError {
             ConfigError::Spawn { message } => {
                 write!(f, "the drainer thread could not start: {message}")
             }
+            ConfigError::Invalid { field, reason } => write!(f, "{field}: {reason}"),
             ConfigError::NoSuchLane { lane, lanes } => {
                 write!(
                     f,

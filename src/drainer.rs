@@ -7,16 +7,14 @@
 //! grow by themselves, up to `max_batch`.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
 
 use crate::batcher::Shared;
 use crate::error::Error;
-#[cfg(feature = "tokio")]
-use crate::handler::deliver;
-use crate::handler::{Batch, Handler, batch_failed};
+use crate::handler::{Batch, Handler, batch_failed, deliver};
 use crate::pool::{BatchBuf, Origin};
-use crate::ring::{SEQ_MASK, distance, park_drainer};
-#[cfg(feature = "tokio")]
-use crate::ring::{announce_park_all, withdraw_park};
+use crate::ring::{SEQ_MASK, announce_park_all, distance, park_drainer, withdraw_park};
+use crate::shape::{Assembler, Force, NEVER};
 use crate::stats::{DispatchReason, DrainerTally};
 use crate::sync::{Arc, Ordering};
 use crate::wait::Backoff;
@@ -56,17 +54,34 @@ pub(crate) struct Drainer<T, R> {
     need_buffer: bool,
     /// The loop ended normally (shutdown), not by the runtime dropping it.
     finished: bool,
+    /// The staging area and its rules, when a shaping policy is on.
+    asm: Option<Box<Assembler<T>>>,
+    /// The last `flush_now` request acted on.
+    flush_now_done: u64,
+    /// The largest effective batch size (the adaptive maximum).
+    adaptive_max: usize,
 }
 
 impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
-    pub(crate) fn new(shared: Arc<Shared<T, R>>, sink: Sink<T, R>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared<T, R>>,
+        sink: Sink<T, R>,
+        asm: Option<Assembler<T>>,
+    ) -> Self {
         let lanes = shared.lanes.len();
         let max_batch = shared.config.max_batch;
         let buf = shared
             .pool
             .take()
             .unwrap_or_else(|| BatchBuf::with_capacity(max_batch));
+        let adaptive_max = shared
+            .controller
+            .as_ref()
+            .map_or(max_batch, |c| lock(c).max());
         Self {
+            asm: asm.map(Box::new),
+            flush_now_done: 0,
+            adaptive_max,
             shared,
             sink,
             heads: vec![0; lanes].into_boxed_slice(),
@@ -110,6 +125,15 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 backoff.reset();
                 continue;
             }
+            if self.asm.is_some() {
+                if self.shaped_turn() {
+                    backoff.reset();
+                } else if backoff.snooze() {
+                    self.park_until_due();
+                    backoff.reset();
+                }
+                continue;
+            }
             if self.sweep() > 0 {
                 backoff.reset();
                 continue;
@@ -133,6 +157,9 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
 
     /// One pass over every lane. Returns the number of slots consumed.
     fn sweep(&mut self) -> usize {
+        if self.asm.is_some() {
+            return self.sweep_shaped();
+        }
         let lanes = self.heads.len();
         let mut found = 0;
         let mut lane = self.start;
@@ -199,6 +226,9 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         let mut backoff = Backoff::new(crate::wait::WaitStrategy::Yield);
         loop {
             let found = self.sweep();
+            if self.asm.is_some() {
+                self.dispatch_shaped(false, Force::All(reason));
+            }
             if self.drain_targets_reached() {
                 break;
             }
@@ -208,9 +238,173 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 backoff.reset();
             }
         }
-        if !self.buf.is_empty() {
+        if self.asm.is_some() {
+            self.dispatch_shaped(false, Force::All(reason));
+        } else if !self.buf.is_empty() {
             self.dispatch(reason);
         }
+    }
+
+    /// One turn of the shaping drainer: takes what the lanes hold, then
+    /// dispatches every batch that is due. Returns whether it did anything.
+    fn shaped_turn(&mut self) -> bool {
+        // Acquire pairs with the Release increment in `flush_now`.
+        let requested = self.shared.control.flush_now.load(Ordering::Acquire);
+        let force = if requested != self.flush_now_done {
+            self.flush_now_done = requested;
+            Force::All(DispatchReason::Flush)
+        } else {
+            Force::No
+        };
+        let found = self.sweep();
+        let dispatched = self.dispatch_shaped(found == 0, force);
+        found > 0 || dispatched
+    }
+
+    /// One pass over every ring into the staging area, classes in priority
+    /// order, as far as the staging area has room. Returns the number of
+    /// slots consumed.
+    fn sweep_shaped(&mut self) -> usize {
+        let shared = &*self.shared;
+        let asm = self.asm.as_deref_mut().expect("shaping drainer");
+        let lanes = shared.lane_count;
+        let now = asm.now_ns(Instant::now());
+        let mut found = 0;
+        'classes: for class in 0..shared.classes {
+            let mut lane = self.start;
+            for _ in 0..lanes {
+                let room = asm.room();
+                if room == 0 {
+                    break 'classes;
+                }
+                let ring_index = class * lanes + lane;
+                let head = self.heads[ring_index];
+                let lane_state = &shared.lanes[ring_index];
+                let expiry = lane_state.expiry.as_ref();
+                // SAFETY: this thread is the ring's only consumer and `head`
+                // is the head it last published.
+                let new_head = unsafe {
+                    lane_state.ring.drain_run(head, room, |item, seq, ticket| {
+                        let origin = match ticket {
+                            Some(index) => Origin::ticket(ring_index, index),
+                            None => Origin::NONE,
+                        };
+                        let expires = expiry.map_or(NEVER, |e| e.get(seq));
+                        asm.take(item, origin, class, expires, now);
+                    })
+                };
+                if new_head != head {
+                    if lane_state.ring.finish_run(new_head) {
+                        shared.table.lane(ring_index).notifier.notify_all();
+                    }
+                    self.heads[ring_index] = new_head;
+                    found += distance(head, new_head);
+                }
+                lane += 1;
+                if lane == lanes {
+                    lane = 0;
+                }
+            }
+        }
+        self.start = if self.start + 1 >= lanes {
+            0
+        } else {
+            self.start + 1
+        };
+        found
+    }
+
+    /// Dispatches every batch the assembler says is due (all that is staged
+    /// with `Force::All`). Returns whether it dispatched any.
+    fn dispatch_shaped(&mut self, idle: bool, force: Force) -> bool {
+        let mut dispatched = false;
+        loop {
+            #[cfg(feature = "tokio")]
+            if self.need_buffer {
+                // Task mode, every buffer in flight: the caller awaits one.
+                break;
+            }
+            let shared = &*self.shared;
+            let asm = self.asm.as_deref_mut().expect("shaping drainer");
+            // Relaxed: a tuning value, ordered with nothing.
+            let effective = shared.control.effective_max.load(Ordering::Relaxed);
+            let now = asm.now_ns(Instant::now());
+            let reason = asm.next_batch(
+                &mut self.buf,
+                now,
+                effective,
+                self.adaptive_max,
+                idle,
+                force,
+                &mut |origin, error| {
+                    if let Some((lane, index)) = origin.pending() {
+                        deliver(&shared.table, lane, index, Err(error));
+                    }
+                },
+            );
+            let (tally, asm_tally, staged) = (&mut self.tally, asm.tally, asm.len() as u64);
+            let changed = tally.expired != asm_tally.expired
+                || tally.superseded != asm_tally.superseded
+                || tally.too_large != asm_tally.too_large
+                || tally.staged != staged;
+            tally.expired = asm_tally.expired;
+            tally.superseded = asm_tally.superseded;
+            tally.too_large = asm_tally.too_large;
+            tally.staged = staged;
+            match reason {
+                Some(reason) => {
+                    self.dispatch(reason);
+                    dispatched = true;
+                }
+                None => {
+                    if changed {
+                        self.shared.counters.publish(&self.tally);
+                    }
+                    break;
+                }
+            }
+        }
+        dispatched
+    }
+
+    /// Parks until a producer publishes, a request arrives, or the next
+    /// staged batch is due (its linger ends).
+    fn park_until_due(&mut self) {
+        let asm = self.asm.as_deref().expect("shaping drainer");
+        if asm.len() == 0 {
+            self.park();
+            return;
+        }
+        let now = Instant::now();
+        // Relaxed: a tuning value.
+        let effective = self.shared.control.effective_max.load(Ordering::Relaxed);
+        let now_ns = asm.now_ns(now);
+        let timeout = match asm.next_due(now_ns, effective, self.adaptive_max) {
+            Some(due) if due <= now_ns => return,
+            Some(due) => Duration::from_nanos(due - now_ns),
+            // Staged items wait for no timer (a full staging area waits for
+            // the handler): look again soon.
+            None => Duration::from_millis(1),
+        };
+        let shared = &*self.shared;
+        let control = &shared.control;
+        let (flush_done, flush_now_done) = (self.flush_done, self.flush_now_done);
+        let lanes = || {
+            shared
+                .lanes
+                .iter()
+                .map(|lane| &lane.ring)
+                .zip(self.heads.iter().copied())
+        };
+        let (announced, empty) = announce_park_all(lanes());
+        // Acquire, as in `park`.
+        let requested = control.closing.load(Ordering::Acquire)
+            || control.flush_requested.load(Ordering::Acquire) != flush_done
+            || control.flush_now.load(Ordering::Acquire) != flush_now_done;
+        if empty && !requested {
+            crate::sync::thread::park_timeout(timeout);
+        }
+        withdraw_park(lanes(), announced);
     }
 
     /// Sends the current batch to the sink and starts a new one: runs the
@@ -221,8 +415,13 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         debug_assert!(len > 0);
         match &mut self.sink {
             Sink::Sync(handler) => {
+                let started = self.shared.controller.as_ref().map(|_| Instant::now());
                 let mut batch = Batch::new(&mut self.buf, &self.shared.table);
                 let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(&mut batch)));
+                if let Some(started) = started {
+                    self.shared.observe_batch(started.elapsed(), self.buf.feedback.take());
+                }
+                let mut batch = Batch::new(&mut self.buf, &self.shared.table);
                 let leftover = match outcome {
                     Ok(Ok(())) => Error::NotCompleted,
                     Ok(Err(error)) => {
@@ -311,7 +510,13 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     fn park(&mut self) {
         let shared = &*self.shared;
         let control = &shared.control;
+        if self.asm.is_none() {
+            // Nothing lingers without shaping: a `flush_now` has nothing to
+            // do beyond waking us. Acquire, as below.
+            self.flush_now_done = control.flush_now.load(Ordering::Acquire);
+        }
         let flush_done = self.flush_done;
+        let flush_now_done = self.flush_now_done;
         park_drainer(
             shared
                 .lanes
@@ -324,6 +529,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             || {
                 control.closing.load(Ordering::Acquire)
                     || control.flush_requested.load(Ordering::Acquire) != flush_done
+                    || control.flush_now.load(Ordering::Acquire) != flush_now_done
             },
         );
     }
@@ -362,6 +568,20 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 self.await_in_flight().await;
                 self.flush_done = flush;
                 self.shared.progress.flushed(flush);
+                continue;
+            }
+            if self.asm.is_some() {
+                if self.shaped_turn() || self.need_buffer {
+                    continue;
+                }
+                if self.asm.as_deref().is_some_and(|asm| asm.len() > 0) {
+                    // Staged items wait for a linger or interval to end: the
+                    // task yields rather than arming a timer (the runtime
+                    // need not have one).
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                self.park_async().await;
                 continue;
             }
             if self.sweep() > 0 || self.need_buffer {
@@ -403,7 +623,13 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 self.await_buffer().await;
             }
             let found = self.sweep();
-            if self.drain_targets_reached() && !self.need_buffer {
+            if self.asm.is_some() {
+                self.dispatch_shaped(false, Force::All(reason));
+            }
+            if self.drain_targets_reached()
+                && !self.need_buffer
+                && self.asm.as_deref().is_none_or(|asm| asm.len() == 0)
+            {
                 break;
             }
             if found == 0 && !self.need_buffer {
@@ -471,8 +697,13 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     /// announcement wakes the stored waker.
     async fn park_async(&mut self) {
         let shared = Arc::clone(&self.shared);
+        if self.asm.is_none() {
+            // As in `park`. Acquire, as below.
+            self.flush_now_done = shared.control.flush_now.load(Ordering::Acquire);
+        }
         let heads = &self.heads;
         let flush_done = self.flush_done;
+        let flush_now_done = self.flush_now_done;
         let lanes = || {
             shared
                 .lanes
@@ -494,7 +725,8 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             // Acquire, as in `park`; a request posted after this check wakes
             // the waker stored above.
             let requested = control.closing.load(Ordering::Acquire)
-                || control.flush_requested.load(Ordering::Acquire) != flush_done;
+                || control.flush_requested.load(Ordering::Acquire) != flush_done
+                || control.flush_now.load(Ordering::Acquire) != flush_now_done;
             if empty && !requested {
                 announced = Some(count);
                 return core::task::Poll::Pending;
@@ -535,6 +767,13 @@ impl<T, R> Drainer<T, R> {
         }
         Batch::new(&mut self.buf, &shared.table).fail_remaining(error.clone());
         self.buf.clear();
+        if let Some(asm) = self.asm.as_deref_mut() {
+            asm.fail_all(&error, &mut |origin, error| {
+                if let Some((lane, index)) = origin.pending() {
+                    deliver(&shared.table, lane, index, Err(error));
+                }
+            });
+        }
         let capacity = shared.config.capacity;
         for (index, lane) in shared.lanes.iter().enumerate() {
             let target = lane.ring.tail().0;
@@ -582,6 +821,12 @@ impl<T, R> Drop for Drainer<T, R> {
         // Normal exit or not, flush waiters must not wait for us any longer.
         self.shared.progress.exited();
     }
+}
+
+/// Locks `mutex`, going on after a panic of another holder (the data it
+/// guards stays consistent: every update is a single assignment).
+pub(crate) fn lock<T>(mutex: &crate::sync::Mutex<T>) -> crate::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The message of a panic payload, when it is a string.

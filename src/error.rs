@@ -19,15 +19,19 @@ pub enum SubmitError<T> {
     Closed(T),
     /// The lane stayed full until the call's timeout.
     Timeout(T),
+    /// The submission carries a deadline, but the batcher was built without
+    /// deadlines ([`BatcherBuilder::deadlines`](crate::BatcherBuilder::deadlines)).
+    NoDeadlines(T),
 }
 
 impl<T> SubmitError<T> {
     /// Gives the item back.
     pub fn into_inner(self) -> T {
         match self {
-            SubmitError::Full(item) | SubmitError::Closed(item) | SubmitError::Timeout(item) => {
-                item
-            }
+            SubmitError::Full(item)
+            | SubmitError::Closed(item)
+            | SubmitError::Timeout(item)
+            | SubmitError::NoDeadlines(item) => item,
         }
     }
 
@@ -37,6 +41,7 @@ impl<T> SubmitError<T> {
             SubmitError::Full(_) => RefusedKind::Full,
             SubmitError::Closed(_) => RefusedKind::Closed,
             SubmitError::Timeout(_) => RefusedKind::Timeout,
+            SubmitError::NoDeadlines(_) => RefusedKind::NoDeadlines,
         }
     }
 
@@ -58,6 +63,7 @@ impl<T> fmt::Debug for SubmitError<T> {
             SubmitError::Full(_) => f.write_str("Full(..)"),
             SubmitError::Closed(_) => f.write_str("Closed(..)"),
             SubmitError::Timeout(_) => f.write_str("Timeout(..)"),
+            SubmitError::NoDeadlines(_) => f.write_str("NoDeadlines(..)"),
         }
     }
 }
@@ -79,6 +85,8 @@ pub enum RefusedKind {
     Closed,
     /// The lane stayed full until the timeout.
     Timeout,
+    /// A deadline was given to a batcher built without deadlines.
+    NoDeadlines,
 }
 
 impl fmt::Display for RefusedKind {
@@ -87,6 +95,9 @@ impl fmt::Display for RefusedKind {
             RefusedKind::Full => "the lane is full",
             RefusedKind::Closed => "the batcher is closed",
             RefusedKind::Timeout => "the lane stayed full until the timeout",
+            RefusedKind::NoDeadlines => {
+                "the batcher was built without deadlines (`BatcherBuilder::deadlines`)"
+            }
         })
     }
 }
@@ -144,6 +155,19 @@ pub enum Error {
     /// The async runtime running the batch shut down before the batch
     /// finished.
     RuntimeShutdown,
+    /// The item's deadline (or the batcher's maximum age) passed before it
+    /// was dispatched; it never reached the handler.
+    Expired,
+    /// A later item with the same conflation key replaced this one in its
+    /// batch; it never reached the handler.
+    Superseded,
+    /// The item weighs more than the batcher's byte limit on its own.
+    TooLarge {
+        /// The item's weight, by the batcher's weigher.
+        weight: usize,
+        /// The byte limit.
+        limit: usize,
+    },
 }
 
 impl Error {
@@ -175,6 +199,13 @@ impl fmt::Debug for Error {
             Error::AlreadyTaken => f.write_str("AlreadyTaken"),
             Error::Refused(kind) => f.debug_tuple("Refused").field(kind).finish(),
             Error::RuntimeShutdown => f.write_str("RuntimeShutdown"),
+            Error::Expired => f.write_str("Expired"),
+            Error::Superseded => f.write_str("Superseded"),
+            Error::TooLarge { weight, limit } => f
+                .debug_struct("TooLarge")
+                .field("weight", weight)
+                .field("limit", limit)
+                .finish(),
         }
     }
 }
@@ -193,6 +224,16 @@ impl fmt::Display for Error {
             Error::RuntimeShutdown => {
                 f.write_str("the async runtime shut down before the item's batch finished")
             }
+            Error::Expired => {
+                f.write_str("the item's deadline passed before it was dispatched")
+            }
+            Error::Superseded => {
+                f.write_str("a later item with the same key replaced the item in its batch")
+            }
+            Error::TooLarge { weight, limit } => write!(
+                f,
+                "the item weighs {weight} bytes, more than the batch limit of {limit}"
+            ),
         }
     }
 }

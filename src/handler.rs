@@ -272,6 +272,13 @@ impl<'a, T, R> Batch<'a, T, R> {
         self.buf.completed += completed;
     }
 
+    /// Reports the sink's load while handling this batch, for adaptive
+    /// sizing in load mode ([`Adaptive::load`](crate::Adaptive::load)); the
+    /// latest report counts. Ignored without a load controller.
+    pub fn report_load(&mut self, feedback: crate::LoadFeedback) {
+        self.buf.feedback = Some(feedback);
+    }
+
     /// Fails every item not completed yet with `error` (drainer side).
     pub(crate) fn fail_remaining(&mut self, error: Error) {
         if self.buf.completed == self.len() || self.buf.tickets == 0 {

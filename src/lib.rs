@@ -66,6 +66,7 @@ mod pool;
 mod ring;
 #[cfg(feature = "tokio")]
 mod runtime;
+mod shape;
 mod stats;
 mod sync;
 mod wait;
@@ -81,6 +82,10 @@ pub use error::{Error, RefusedKind, SharedError, SliceError, SubmitError};
 pub use handler::{Batch, BatchError, CompleteError, Handler};
 #[cfg(feature = "tokio")]
 pub use runtime::{AsyncBatch, AsyncHandler};
+pub use shape::{
+    Adaptive, AdaptiveMode, DEFAULT_MAX_BYTES, DEFAULT_MAX_OPEN_GROUPS, DEFAULT_STARVATION_AGE,
+    GroupLimits, GroupSize, Linger, LoadFeedback, LoadWeights, Oversize, Priority,
+};
 pub use stats::{DispatchCounts, DispatchReason, LaneStats, Stats};
 pub use wait::WaitStrategy;
 

@@ -48,6 +48,8 @@ pub(crate) struct BatchBuf<T> {
     pub(crate) tickets: usize,
     /// Items the handler has completed (tickets or not).
     pub(crate) completed: usize,
+    /// Load feedback the handler reported for this batch.
+    pub(crate) feedback: Option<crate::shape::LoadFeedback>,
 }
 
 impl<T> BatchBuf<T> {
@@ -57,6 +59,7 @@ impl<T> BatchBuf<T> {
             origins: Vec::with_capacity(capacity),
             tickets: 0,
             completed: 0,
+            feedback: None,
         }
     }
 
@@ -80,12 +83,23 @@ impl<T> BatchBuf<T> {
         self.tickets += usize::from(origin != Origin::NONE);
     }
 
+    /// Replaces the item at `index` (conflation), returning the old item and
+    /// its origin.
+    pub(crate) fn replace(&mut self, index: usize, item: T, origin: Origin) -> (T, Origin) {
+        let old_item = core::mem::replace(&mut self.items[index], item);
+        let old_origin = core::mem::replace(&mut self.origins[index], origin);
+        self.tickets -= usize::from(old_origin != Origin::NONE);
+        self.tickets += usize::from(origin != Origin::NONE);
+        (old_item, old_origin)
+    }
+
     /// Empties the buffer, keeping its allocation.
     pub(crate) fn clear(&mut self) {
         self.items.clear();
         self.origins.clear();
         self.tickets = 0;
         self.completed = 0;
+        self.feedback = None;
     }
 }
 

@@ -20,6 +20,7 @@ use core::future::{Future, poll_fn};
 use core::pin::{Pin, pin};
 use core::task::{Context, Poll, Waker};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
 use tokio::sync::Notify;
@@ -192,6 +193,12 @@ impl<T, R> AsyncBatch<T, R> {
     /// Completes every item not completed yet with `Ok(f(item))`, in order.
     pub fn ok_with(&mut self, f: impl FnMut(&T) -> R) {
         self.view().ok_with(f);
+    }
+
+    /// Reports the sink's load for adaptive sizing; see
+    /// [`Batch::report_load`].
+    pub fn report_load(&mut self, feedback: crate::LoadFeedback) {
+        self.view().report_load(feedback);
     }
 }
 
@@ -509,6 +516,7 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
             };
             // The handler's future is dropped at the end of this block, and
             // with it the batch (unless the handler kept it elsewhere).
+            let started = self.shared.controller.as_ref().map(|_| Instant::now());
             let outcome = {
                 let future = pin!(handler.handle(batch));
                 CatchUnwind(future).await
@@ -529,7 +537,11 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
             };
             // The batch was dropped by the future (or later, if the handler
             // kept it somewhere): take its buffer back.
-            let buf = poll_fn(|cx| self.slot.poll_take(cx)).await;
+            let mut buf = poll_fn(|cx| self.slot.poll_take(cx)).await;
+            if let Some(started) = started {
+                self.shared
+                    .observe_batch(started.elapsed(), buf.feedback.take());
+            }
             finish(&self.shared, buf, leftover);
         }
     }

@@ -11,25 +11,70 @@ use crate::sync::{AtomicU64, Ordering};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DispatchReason {
-    /// The batch reached `max_batch` items.
+    /// The batch reached its item limit (`max_batch`, the adaptive size or
+    /// its group's limit), or the staging area was full.
     Full,
+    /// The batch reached the byte limit.
+    Bytes,
+    /// The batch's oldest item waited out the linger.
+    Linger,
     /// A sweep over every lane found nothing new (natural batching).
     LanesIdle,
-    /// [`Batcher::flush`](crate::Batcher::flush) asked for it.
+    /// A Critical item was staged.
+    Priority,
+    /// An item would have expired before the linger ended.
+    Deadline,
+    /// Its key group dispatches at once.
+    Immediate,
+    /// [`Batcher::flush`](crate::Batcher::flush) or
+    /// [`Batcher::flush_now`](crate::Batcher::flush_now) asked for it.
     Flush,
     /// The batcher is shutting down.
     Shutdown,
 }
 
 impl DispatchReason {
-    pub(crate) const COUNT: usize = 4;
+    pub(crate) const COUNT: usize = 9;
+
+    /// Every reason, in the order of [`DispatchCounts`]' fields.
+    pub const ALL: [DispatchReason; DispatchReason::COUNT] = [
+        DispatchReason::Full,
+        DispatchReason::Bytes,
+        DispatchReason::Linger,
+        DispatchReason::LanesIdle,
+        DispatchReason::Priority,
+        DispatchReason::Deadline,
+        DispatchReason::Immediate,
+        DispatchReason::Flush,
+        DispatchReason::Shutdown,
+    ];
 
     pub(crate) fn index(self) -> usize {
         match self {
             DispatchReason::Full => 0,
-            DispatchReason::LanesIdle => 1,
-            DispatchReason::Flush => 2,
-            DispatchReason::Shutdown => 3,
+            DispatchReason::Bytes => 1,
+            DispatchReason::Linger => 2,
+            DispatchReason::LanesIdle => 3,
+            DispatchReason::Priority => 4,
+            DispatchReason::Deadline => 5,
+            DispatchReason::Immediate => 6,
+            DispatchReason::Flush => 7,
+            DispatchReason::Shutdown => 8,
+        }
+    }
+
+    /// A short name (`"lanes_idle"`), for metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            DispatchReason::Full => "full",
+            DispatchReason::Bytes => "bytes",
+            DispatchReason::Linger => "linger",
+            DispatchReason::LanesIdle => "lanes_idle",
+            DispatchReason::Priority => "priority",
+            DispatchReason::Deadline => "deadline",
+            DispatchReason::Immediate => "immediate",
+            DispatchReason::Flush => "flush",
+            DispatchReason::Shutdown => "shutdown",
         }
     }
 }
@@ -38,7 +83,12 @@ impl core::fmt::Display for DispatchReason {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
             DispatchReason::Full => "full",
+            DispatchReason::Bytes => "bytes",
+            DispatchReason::Linger => "linger",
             DispatchReason::LanesIdle => "lanes idle",
+            DispatchReason::Priority => "priority",
+            DispatchReason::Deadline => "deadline",
+            DispatchReason::Immediate => "immediate",
             DispatchReason::Flush => "flush",
             DispatchReason::Shutdown => "shutdown",
         })
@@ -48,10 +98,20 @@ impl core::fmt::Display for DispatchReason {
 /// How many batches were dispatched for each reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DispatchCounts {
-    /// Batches that reached `max_batch`.
+    /// Batches that reached their item limit.
     pub full: u64,
+    /// Batches that reached the byte limit.
+    pub bytes: u64,
+    /// Batches whose oldest item waited out the linger.
+    pub linger: u64,
     /// Batches dispatched because a sweep found nothing new.
     pub lanes_idle: u64,
+    /// Batches dispatched at once for a Critical item.
+    pub priority: u64,
+    /// Batches dispatched early so that an item would not expire.
+    pub deadline: u64,
+    /// Batches of key groups that dispatch at once.
+    pub immediate: u64,
     /// Batches dispatched by a flush.
     pub flush: u64,
     /// Batches dispatched at shutdown.
@@ -61,17 +121,36 @@ pub struct DispatchCounts {
 impl DispatchCounts {
     /// Batches dispatched for any reason.
     pub fn total(&self) -> u64 {
-        self.full + self.lanes_idle + self.flush + self.shutdown
+        DispatchReason::ALL.iter().map(|&r| self.get(r)).sum()
     }
 
     /// Batches dispatched for `reason`.
     pub fn get(&self, reason: DispatchReason) -> u64 {
         match reason {
             DispatchReason::Full => self.full,
+            DispatchReason::Bytes => self.bytes,
+            DispatchReason::Linger => self.linger,
             DispatchReason::LanesIdle => self.lanes_idle,
+            DispatchReason::Priority => self.priority,
+            DispatchReason::Deadline => self.deadline,
+            DispatchReason::Immediate => self.immediate,
             DispatchReason::Flush => self.flush,
             DispatchReason::Shutdown => self.shutdown,
         }
+    }
+
+    fn set(&mut self, reason: DispatchReason, value: u64) {
+        *match reason {
+            DispatchReason::Full => &mut self.full,
+            DispatchReason::Bytes => &mut self.bytes,
+            DispatchReason::Linger => &mut self.linger,
+            DispatchReason::LanesIdle => &mut self.lanes_idle,
+            DispatchReason::Priority => &mut self.priority,
+            DispatchReason::Deadline => &mut self.deadline,
+            DispatchReason::Immediate => &mut self.immediate,
+            DispatchReason::Flush => &mut self.flush,
+            DispatchReason::Shutdown => &mut self.shutdown,
+        } = value;
     }
 }
 
@@ -126,7 +205,24 @@ pub struct Stats {
     /// (at most `max_in_flight`) or queued for a free worker (so at most
     /// `pool_size - 1` in all). 0 with a blocking handler.
     pub batches_in_flight: u64,
-    /// Per-lane counters.
+    /// Items whose deadline or maximum age passed before dispatch (their
+    /// tickets failed with [`Error::Expired`](crate::Error::Expired)).
+    pub expired: u64,
+    /// Items replaced by a later item of the same conflation key
+    /// ([`Error::Superseded`](crate::Error::Superseded)).
+    pub superseded: u64,
+    /// Items heavier than the byte limit on their own
+    /// ([`Error::TooLarge`](crate::Error::TooLarge)).
+    pub too_large: u64,
+    /// Items the drainer has taken from the lanes and holds in its staging
+    /// area, waiting for their batch (0 with no shaping policy).
+    pub staged: u64,
+    /// The effective maximum batch size now: the adaptive controller's
+    /// size, or `max_batch`.
+    pub effective_max_batch: u64,
+    /// Per-lane counters: one entry per lane, or with priority classes one
+    /// per lane and class, class by class (every lane's Critical ring
+    /// first).
     pub lanes: Vec<LaneStats>,
     /// Batch buffers the pool was built with.
     pub pool_size: usize,
@@ -146,9 +242,10 @@ impl Stats {
         }
     }
 
-    /// Items accepted but not yet dispatched (a snapshot).
+    /// Items accepted but not yet dispatched (a snapshot): in the lanes or
+    /// staged.
     pub fn in_lanes(&self) -> u64 {
-        self.lanes.iter().map(|l| l.depth).sum()
+        self.lanes.iter().map(|l| l.depth).sum::<u64>() + self.staged
     }
 }
 
@@ -161,6 +258,10 @@ pub(crate) struct DrainerCounters {
     reasons: [AtomicU64; DispatchReason::COUNT],
     batch_errors: AtomicU64,
     panics: AtomicU64,
+    expired: AtomicU64,
+    superseded: AtomicU64,
+    too_large: AtomicU64,
+    staged: AtomicU64,
 }
 
 /// The drainer's own running counts (plain integers, single writer).
@@ -172,6 +273,10 @@ pub(crate) struct DrainerTally {
     pub(crate) reasons: [u64; DispatchReason::COUNT],
     pub(crate) batch_errors: u64,
     pub(crate) panics: u64,
+    pub(crate) expired: u64,
+    pub(crate) superseded: u64,
+    pub(crate) too_large: u64,
+    pub(crate) staged: u64,
 }
 
 impl DrainerCounters {
@@ -188,6 +293,10 @@ impl DrainerCounters {
         self.batch_errors
             .store(tally.batch_errors, Ordering::Relaxed);
         self.panics.store(tally.panics, Ordering::Relaxed);
+        self.expired.store(tally.expired, Ordering::Relaxed);
+        self.superseded.store(tally.superseded, Ordering::Relaxed);
+        self.too_large.store(tally.too_large, Ordering::Relaxed);
+        self.staged.store(tally.staged, Ordering::Relaxed);
     }
 
     /// Reads the published tally (Relaxed loads pairing with the Relaxed
@@ -197,15 +306,17 @@ impl DrainerCounters {
         stats.batches = self.batches.load(Ordering::Relaxed);
         stats.items_handled = self.items.load(Ordering::Relaxed);
         stats.max_batch_items = self.max_batch.load(Ordering::Relaxed);
-        let reason = |r: DispatchReason| self.reasons[r.index()].load(Ordering::Relaxed);
-        stats.dispatched = DispatchCounts {
-            full: reason(DispatchReason::Full),
-            lanes_idle: reason(DispatchReason::LanesIdle),
-            flush: reason(DispatchReason::Flush),
-            shutdown: reason(DispatchReason::Shutdown),
-        };
+        for reason in DispatchReason::ALL {
+            stats
+                .dispatched
+                .set(reason, self.reasons[reason.index()].load(Ordering::Relaxed));
+        }
         stats.batch_errors = self.batch_errors.load(Ordering::Relaxed);
         stats.handler_panics = self.panics.load(Ordering::Relaxed);
+        stats.expired = self.expired.load(Ordering::Relaxed);
+        stats.superseded = self.superseded.load(Ordering::Relaxed);
+        stats.too_large = self.too_large.load(Ordering::Relaxed);
+        stats.staged = self.staged.load(Ordering::Relaxed);
     }
 }
 
