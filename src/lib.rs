@@ -67,6 +67,8 @@ mod ring;
 #[cfg(feature = "tokio")]
 mod runtime;
 mod shape;
+#[cfg(all(test, not(loom)))]
+mod shape_props;
 mod stats;
 mod sync;
 mod wait;

@@ -353,10 +353,12 @@ impl Adaptive {
     }
 
     fn validate(&self, max_batch: usize) -> Result<(), ConfigError> {
-        let invalid = |reason| Err(ConfigError::Invalid {
-            field: "adaptive",
-            reason,
-        });
+        let invalid = |reason| {
+            Err(ConfigError::Invalid {
+                field: "adaptive",
+                reason,
+            })
+        };
         if self.min == 0 {
             return invalid("min must be at least 1");
         }
@@ -1149,8 +1151,7 @@ impl<T> Assembler<T> {
             if group.len == 0 {
                 continue;
             }
-            let Some(reason) =
-                self.group_ready(group, now, effective, adaptive_max, idle, force)
+            let Some(reason) = self.group_ready(group, now, effective, adaptive_max, idle, force)
             else {
                 continue;
             };
@@ -1360,7 +1361,9 @@ impl<T> Assembler<T> {
                 let mut order = [0usize; 4];
                 let mut n = 0;
                 for class in 1..self.classes {
-                    let arrived = self.head_of(&self.groups[class]).map_or(NEVER, |s| s.arrived);
+                    let arrived = self
+                        .head_of(&self.groups[class])
+                        .map_or(NEVER, |s| s.arrived);
                     if arrived != NEVER && self.starving(class, arrived, now) {
                         order[n] = class;
                         n += 1;
@@ -1524,7 +1527,11 @@ mod tests {
         };
         assert_eq!(c.observe(Duration::ZERO, Some(busy), start), 90);
         assert_eq!(
-            c.observe(Duration::ZERO, Some(busy), start + Duration::from_millis(50)),
+            c.observe(
+                Duration::ZERO,
+                Some(busy),
+                start + Duration::from_millis(50)
+            ),
             90,
             "within the interval nothing changes"
         );
