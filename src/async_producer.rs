@@ -107,7 +107,29 @@ impl<T, R> AsyncProducer<T, R> {
     pub async fn enqueue(&mut self, item: T) -> Result<Ticket<R>, SubmitError<T>> {
         let producer = &mut self.inner;
         let mut item = Some(item);
-        poll_fn(move |cx| producer.poll_enqueue(&mut item, cx)).await
+        poll_fn(move |cx| producer.poll_enqueue(&mut item, crate::shape::NEVER, cx)).await
+    }
+
+    /// [`enqueue`](Self::enqueue) with a deadline: see
+    /// [`Producer::submit_with_deadline`].
+    ///
+    /// Cancel safety: as for `enqueue`.
+    ///
+    /// # Errors
+    ///
+    /// As for `enqueue`, and [`SubmitError::NoDeadlines`] if the batcher was
+    /// built without deadlines.
+    pub async fn enqueue_with_deadline(
+        &mut self,
+        item: T,
+        deadline: std::time::Instant,
+    ) -> Result<Ticket<R>, SubmitError<T>> {
+        let Some(expires) = self.inner.expiry_of(deadline) else {
+            return Err(SubmitError::NoDeadlines(item));
+        };
+        let producer = &mut self.inner;
+        let mut item = Some(item);
+        poll_fn(move |cx| producer.poll_enqueue(&mut item, expires, cx)).await
     }
 
     /// Submits `item` and waits for its result.

@@ -16,11 +16,11 @@ use crate::error::{Error, RefusedKind, SliceError, SubmitError};
 use crate::handler::{Batch, BatchError, FnHandler, Handler};
 use crate::pool::Pool;
 use crate::ring::{Claim, ClaimError, Ring, distance};
-use crate::stats::{DrainerCounters, LaneCounters, LaneStats, Stats};
 use crate::shape::{
-    Adaptive, Assembler, Controller, ExpiryStamps, GroupLimits, KeyPolicy, Linger, NEVER,
-    Oversize, Priority, Shaping,
+    Adaptive, Assembler, Controller, ExpiryStamps, GroupLimits, KeyPolicy, Linger, NEVER, Oversize,
+    Priority, Shaping,
 };
+use crate::stats::{DrainerCounters, LaneCounters, LaneStats, Stats};
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, thread};
 use crate::wait::{Progress, WaitStrategy, retry_until_room};
 
@@ -329,7 +329,10 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     ///
     /// [`ConfigError::Invalid`] (field `priorities`) if the batcher was built
     /// without priority classes and `priority` is not `Normal`.
-    pub fn producer_with_priority(&self, priority: Priority) -> Result<Producer<T, R>, ConfigError> {
+    pub fn producer_with_priority(
+        &self,
+        priority: Priority,
+    ) -> Result<Producer<T, R>, ConfigError> {
         new_producer(&self.shared).with_class(priority)
     }
 
@@ -354,7 +357,10 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     pub fn flush_now(&self) {
         // Release: the drainer's Acquire load sees this thread's earlier
         // submissions' claims.
-        self.shared.control.flush_now.fetch_add(1, Ordering::Release);
+        self.shared
+            .control
+            .flush_now
+            .fetch_add(1, Ordering::Release);
         self.shared.unpark_drainer();
     }
 
@@ -555,7 +561,10 @@ impl<T, R> Producers<T, R> {
     /// # Errors
     ///
     /// As for [`Batcher::producer_with_priority`].
-    pub fn producer_with_priority(&self, priority: Priority) -> Result<Producer<T, R>, ConfigError> {
+    pub fn producer_with_priority(
+        &self,
+        priority: Priority,
+    ) -> Result<Producer<T, R>, ConfigError> {
         new_producer(&self.shared).with_class(priority)
     }
 }
@@ -1056,7 +1065,9 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         let controller = shaping
             .adaptive
             .map(|adaptive| Controller::new(adaptive, config.max_batch));
-        let effective_max = controller.as_ref().map_or(config.max_batch, Controller::size);
+        let effective_max = controller
+            .as_ref()
+            .map_or(config.max_batch, Controller::size);
         let assembler = shaping
             .is_active()
             .then(|| Assembler::new(shaping_for_drainer(&mut shaping), config.max_batch, epoch));
@@ -1309,6 +1320,14 @@ impl<T, R> Producer<T, R> {
         if let Some(expiry) = &self.lane_ref().expiry {
             expiry.stamp(seq, explicit);
         }
+    }
+
+    /// `deadline` as an expiry stamp, if the batcher keeps expiry stamps.
+    pub(crate) fn expiry_of(&self, deadline: Instant) -> Option<u64> {
+        self.lane_ref()
+            .expiry
+            .as_ref()
+            .map(|expiry| expiry.deadline_ns(deadline))
     }
 
     /// Publishes a fire-and-forget item at the claimed `seq`.
@@ -1863,7 +1882,7 @@ impl<T, R> Producer<T, R> {
 
     /// One attempt with a ticket, never waiting; holds no completion slot
     /// when it fails.
-    fn attempt_submit(&self, item: T) -> Result<Ticket<R>, (T, Blocked)> {
+    fn attempt_submit(&self, item: T, expires: u64) -> Result<Ticket<R>, (T, Blocked)> {
         let ring = &self.lane_ref().ring;
         let slots = self.shared.table.lane(self.lane);
         let mut index = [0usize; 1];
@@ -1882,7 +1901,8 @@ impl<T, R> Producer<T, R> {
             Ok(claim) => {
                 // SAFETY: we claimed `claim.seq` and armed slot `index[0]`;
                 // both are used once, here.
-                let ticket = unsafe { self.publish_ticketed_at(claim.seq, index[0], item) };
+                let ticket =
+                    unsafe { self.publish_ticketed_expiring(claim.seq, index[0], item, expires) };
                 if claim.wake_drainer {
                     self.shared.unpark_drainer();
                 }
@@ -1956,13 +1976,14 @@ impl<T, R> Producer<T, R> {
     pub(crate) fn poll_enqueue(
         &self,
         item: &mut Option<T>,
+        expires: u64,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Ticket<R>, SubmitError<T>>> {
         loop {
             let value = item
                 .take()
                 .expect("a submission future polled after it finished");
-            let (value, blocked) = match self.attempt_submit(value) {
+            let (value, blocked) = match self.attempt_submit(value, expires) {
                 Ok(ticket) => return Poll::Ready(Ok(ticket)),
                 Err(refused_with) => refused_with,
             };

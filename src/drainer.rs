@@ -419,7 +419,8 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 let mut batch = Batch::new(&mut self.buf, &self.shared.table);
                 let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(&mut batch)));
                 if let Some(started) = started {
-                    self.shared.observe_batch(started.elapsed(), self.buf.feedback.take());
+                    self.shared
+                        .observe_batch(started.elapsed(), self.buf.feedback.take());
                 }
                 let mut batch = Batch::new(&mut self.buf, &self.shared.table);
                 let leftover = match outcome {

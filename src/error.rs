@@ -224,9 +224,7 @@ impl fmt::Display for Error {
             Error::RuntimeShutdown => {
                 f.write_str("the async runtime shut down before the item's batch finished")
             }
-            Error::Expired => {
-                f.write_str("the item's deadline passed before it was dispatched")
-            }
+            Error::Expired => f.write_str("the item's deadline passed before it was dispatched"),
             Error::Superseded => {
                 f.write_str("a later item with the same key replaced the item in its batch")
             }

@@ -50,6 +50,10 @@
 //! - [`Handler`] and [`Batch`]: the sink's side; complete items with `ok`,
 //!   `fail` or `complete_with`. Item failures are [`Error`]s.
 //! - [`Batcher::flush`], [`Batcher::shutdown`], [`Batcher::stats`] ([`Stats`]).
+//! - Batch shaping, all opt-in on the builder: byte limits with a weigher,
+//!   [`Linger`], [`Priority`] classes, key groups ([`GroupLimits`]),
+//!   conflation, deadlines and a maximum age, [`Adaptive`] sizing. See the
+//!   README's "Batch shaping" table.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]

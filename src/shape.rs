@@ -499,7 +499,7 @@ impl<T: 'static> KeyPolicy<T> {
         let for_eq = StdArc::clone(&key);
         Self {
             hash: Box::new(move |item| {
-                let mut hasher = std::hash::DefaultHasher::new();
+                let mut hasher = KeyHasher::default();
                 key(item).hash(&mut hasher);
                 hasher.finish()
             }),
@@ -507,6 +507,86 @@ impl<T: 'static> KeyPolicy<T> {
         }
     }
 }
+
+/// A fast, non-cryptographic hasher for keys (multiply-rotate per word, a
+/// final mix): keys come from the user's own items, and two keys with one
+/// hash are still told apart by the key's equality, so a collision costs
+/// an early dispatch, never a wrong merge.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl KeyHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(MIX);
+    }
+}
+
+impl Hasher for KeyHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.add(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        let h = self.0;
+        (h ^ (h >> 29)).wrapping_mul(MIX) ^ (h >> 32)
+    }
+}
+
+/// Maps already-hashed keys: the hash is the key.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys are hashed");
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type HashIndex = HashMap<u64, usize, std::hash::BuildHasherDefault<PreHashed>>;
 
 impl<T> fmt::Debug for KeyPolicy<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -811,10 +891,10 @@ pub(crate) struct Assembler<T> {
     /// Ungrouped: one list per class. Grouped: the key group slots.
     groups: Vec<Group>,
     /// Grouped: open groups by key, and the free group slots.
-    index: HashMap<u64, usize>,
+    index: HashIndex,
     free_groups: Vec<usize>,
     /// Conflation: key hash to position in the batch being filled.
-    positions: HashMap<u64, usize>,
+    positions: HashIndex,
     /// Items in the slab, and their weight.
     staged: usize,
     staged_bytes: usize,
@@ -866,13 +946,19 @@ impl<T> Assembler<T> {
                 .collect(),
             free: (0..capacity as u32).rev().collect(),
             groups,
-            index: HashMap::with_capacity(if grouped { group_slots } else { 0 }),
+            index: HashIndex::with_capacity_and_hasher(
+                if grouped { group_slots } else { 0 },
+                Default::default(),
+            ),
             free_groups: if grouped {
                 (0..group_slots).rev().collect()
             } else {
                 Vec::new()
             },
-            positions: HashMap::with_capacity(if conflating { max_batch } else { 0 }),
+            positions: HashIndex::with_capacity_and_hasher(
+                if conflating { max_batch } else { 0 },
+                Default::default(),
+            ),
             staged: 0,
             staged_bytes: 0,
             capacity,
@@ -1408,8 +1494,10 @@ impl<T> Assembler<T> {
                 continue;
             }
             // Conflation: the same key earlier in this batch is replaced.
+            let mut conflation_key = None;
             if let Some(keys) = &self.policy.conflate {
                 let key = (keys.hash)(&head.item);
+                conflation_key = Some(key);
                 if let Some(&pos) = self.positions.get(&key)
                     && (keys.eq)(&buf.items[pos], &head.item)
                 {
@@ -1444,8 +1532,7 @@ impl<T> Assembler<T> {
             }
             let staged = self.pop(g).expect("a head exists");
             *bytes += staged.weight;
-            if let Some(keys) = &self.policy.conflate {
-                let key = (keys.hash)(&staged.item);
+            if let Some(key) = conflation_key {
                 self.positions.entry(key).or_insert(buf.len());
             }
             buf.push(staged.item, staged.origin);
