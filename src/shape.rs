@@ -1541,6 +1541,7 @@ impl<T> Assembler<T> {
 
     /// Fails every staged item with `error` (the drainer will never run
     /// again).
+    #[cfg(feature = "tokio")]
     pub(crate) fn fail_all(&mut self, error: &Error, complete: &mut dyn FnMut(Origin, Error)) {
         while let Some(staged) = self.intake.pop_front() {
             complete(staged.origin, error.clone());
