@@ -68,6 +68,12 @@ pub(crate) struct Shared<T, R> {
     pub(crate) controller: Option<Mutex<Controller>>,
     /// Bytes of the drainer's staging area (for the memory report).
     staging_bytes: usize,
+    /// Time zero of the drainer's clock (expiry stamps, histograms).
+    pub(crate) epoch: Instant,
+    /// The histograms, when recorded (locked once per batch).
+    pub(crate) recorder: Option<Mutex<crate::metrics::Recorder>>,
+    /// The deepest each ring was seen (drainer writes, `stats` reads).
+    pub(crate) high_water: Box<[AtomicU64]>,
     pub(crate) table: TableOwner<R>,
     pub(crate) control: CachePadded<Control>,
     /// Flush waiters sleep here; the drainer reports each completed flush.
@@ -125,6 +131,26 @@ impl<T, R> Shared<T, R> {
         }
     }
 
+    /// Nanoseconds since the epoch.
+    #[inline]
+    pub(crate) fn clock(&self) -> u64 {
+        crate::shape::duration_ns(self.epoch.elapsed())
+    }
+
+    /// With histograms: records a finished batch (its handler time and its
+    /// items' end-to-end times).
+    pub(crate) fn record_finished(&self, handler: Duration, buf: &crate::pool::BatchBuf<T>) {
+        if let Some(recorder) = &self.recorder {
+            let now = self.clock();
+            crate::drainer::lock(recorder).finished(
+                handler,
+                buf.runs
+                    .iter()
+                    .map(|&(since, count)| (now.saturating_sub(since), count)),
+            );
+        }
+    }
+
     fn memory_bytes(&self) -> usize {
         let lanes = self.lanes.len();
         let capacity = self.config.capacity;
@@ -137,6 +163,10 @@ impl<T, R> Shared<T, R> {
                 .filter_map(|lane| lane.expiry.as_ref().map(ExpiryStamps::bytes))
                 .sum::<usize>()
             + self.staging_bytes
+            + self
+                .recorder
+                .as_ref()
+                .map_or(0, |r| crate::drainer::lock(r).footprint())
     }
 
     fn stats(&self) -> Stats {
@@ -149,17 +179,23 @@ impl<T, R> Shared<T, R> {
         self.counters.fill(&mut stats);
         // Relaxed: a statistic.
         stats.effective_max_batch = self.control.effective_max.load(Ordering::Relaxed) as u64;
+        stats.histograms = self
+            .recorder
+            .as_ref()
+            .map(|r| crate::drainer::lock(r).snapshot());
         #[cfg(feature = "tokio")]
         if let Some(pipeline) = &*self.pipeline {
             stats.batches_in_flight = pipeline.in_flight() as u64;
             // Relaxed: statistics, as in `DrainerCounters::fill`.
             stats.batch_errors += pipeline.batch_errors.load(Ordering::Relaxed);
             stats.handler_panics += pipeline.panics.load(Ordering::Relaxed);
+            stats.items_failed += pipeline.items_failed.load(Ordering::Relaxed);
         }
         stats.lanes = self
             .lanes
             .iter()
-            .map(|lane| {
+            .zip(self.high_water.iter())
+            .map(|(lane, high_water)| {
                 let (tail, _) = lane.ring.tail();
                 let skipped = LaneCounters::get(&lane.counters.skipped);
                 LaneStats {
@@ -170,6 +206,8 @@ impl<T, R> Shared<T, R> {
                     dropped: LaneCounters::get(&lane.counters.dropped),
                     refused_closed: LaneCounters::get(&lane.counters.refused_closed),
                     depth: lane.ring.depth() as u64,
+                    // Relaxed: a statistic.
+                    high_water: high_water.load(Ordering::Relaxed),
                 }
             })
             .collect();
@@ -249,6 +287,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             drain_on_runtime: false,
             handler: None,
             shaping: Shaping::default(),
+            histograms: false,
         }
     }
 
@@ -623,6 +662,8 @@ pub struct BatcherBuilder<T, R> {
     drain_on_runtime: bool,
     /// Batch shaping policies (all off by default).
     shaping: Shaping<T>,
+    /// Record histograms.
+    histograms: bool,
 }
 
 /// The handler given to the builder.
@@ -1009,6 +1050,16 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         self
     }
 
+    /// Records HDR histograms of batch size, queue wait, handler time and
+    /// end-to-end time, read with [`Batcher::stats`] (see
+    /// [`metrics`](crate::metrics)). The drainer pays for them, once per
+    /// batch plus a clock read per sweep; producers pay nothing. Off by
+    /// default.
+    pub fn histograms(mut self, on: bool) -> Self {
+        self.histograms = on;
+        self
+    }
+
     /// The sink, as a closure called with each batch.
     pub fn handler_fn<F>(self, f: F) -> Self
     where
@@ -1062,6 +1113,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         let classes = shaping.classes();
         let rings = lane_count * classes;
         let epoch = Instant::now();
+        let histograms = self.histograms;
         let controller = shaping
             .adaptive
             .map(|adaptive| Controller::new(adaptive, config.max_batch));
@@ -1094,7 +1146,11 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             }),
             progress: Progress::default(),
             counters: CachePadded::new(DrainerCounters::default()),
-            pool: Pool::new(config.pool_size, config.max_batch),
+            pool: Pool::new(config.pool_size, config.max_batch, histograms),
+            epoch,
+            recorder: histograms
+                .then(|| Mutex::new(crate::metrics::Recorder::new(config.max_batch))),
+            high_water: (0..rings).map(|_| AtomicU64::new(0)).collect(),
             drainer: OnceLock::new(),
             next_lane: AtomicUsize::new(0),
             producers_made: AtomicUsize::new(0),

@@ -60,6 +60,16 @@ pub(crate) struct Drainer<T, R> {
     flush_now_done: u64,
     /// The largest effective batch size (the adaptive maximum).
     adaptive_max: usize,
+    /// Histograms are recorded.
+    recording: bool,
+    /// (recording) Per ring: the last time (ns since the epoch) a sweep
+    /// found the ring caught up, or the drainer woke; every item taken
+    /// since was published after it.
+    since: Box<[u64]>,
+    /// (recording) When the current sweep began.
+    sweep_now: u64,
+    /// Per ring: the longest run found (published to `Shared::high_water`).
+    high_water: Box<[u64]>,
 }
 
 impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
@@ -70,15 +80,20 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     ) -> Self {
         let lanes = shared.lanes.len();
         let max_batch = shared.config.max_batch;
-        let buf = shared
-            .pool
-            .take()
-            .unwrap_or_else(|| BatchBuf::with_capacity(max_batch));
+        let recording = shared.recorder.is_some();
+        let buf = shared.pool.take().unwrap_or_else(|| {
+            let buf = BatchBuf::with_capacity(max_batch);
+            if recording { buf.with_runs() } else { buf }
+        });
         let adaptive_max = shared
             .controller
             .as_ref()
             .map_or(max_batch, |c| lock(c).max());
         Self {
+            recording,
+            since: vec![0; lanes].into_boxed_slice(),
+            sweep_now: 0,
+            high_water: vec![0; lanes].into_boxed_slice(),
             asm: asm.map(Box::new),
             flush_now_done: 0,
             adaptive_max,
@@ -130,6 +145,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                     backoff.reset();
                 } else if backoff.snooze() {
                     self.park_until_due();
+                    self.woke();
                     backoff.reset();
                 }
                 continue;
@@ -145,6 +161,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             }
             if backoff.snooze() {
                 self.park();
+                self.woke();
                 backoff.reset();
             }
         }
@@ -159,6 +176,9 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     fn sweep(&mut self) -> usize {
         if self.asm.is_some() {
             return self.sweep_shaped();
+        }
+        if self.recording {
+            self.sweep_now = self.shared.clock();
         }
         let lanes = self.heads.len();
         let mut found = 0;
@@ -214,7 +234,37 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             shared.table.lane(lane).notifier.notify_all();
         }
         self.heads[lane] = new_head;
-        distance(head, new_head)
+        let count = distance(head, new_head);
+        self.note_run(lane, count, room);
+        count
+    }
+
+    /// Books a run of `count` items taken from ring `lane` when `room` were
+    /// allowed: the lane's high-water mark, and (recording) the run's
+    /// publication bound.
+    #[inline]
+    fn note_run(&mut self, lane: usize, count: usize, room: usize) {
+        if count as u64 > self.high_water[lane] {
+            self.high_water[lane] = count as u64;
+            // Relaxed: a statistic.
+            self.shared.high_water[lane].store(count as u64, Ordering::Relaxed);
+        }
+        if self.recording {
+            self.buf.note_run(self.since[lane], count as u64);
+            if count < room {
+                // Caught up: what comes next was published after now.
+                self.since[lane] = self.sweep_now;
+            }
+        }
+    }
+
+    /// (recording) After a sleep: items published during it woke us, so
+    /// date them from the wake-up.
+    fn woke(&mut self) {
+        if self.recording {
+            let now = self.shared.clock();
+            self.since.iter_mut().for_each(|s| *s = now);
+        }
     }
 
     /// Drains every lane up to the tails as they are now (waiting for claimed
@@ -269,6 +319,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         let asm = self.asm.as_deref_mut().expect("shaping drainer");
         let lanes = shared.lane_count;
         let now = asm.now_ns(Instant::now());
+        self.sweep_now = now;
         let mut found = 0;
         'classes: for class in 0..shared.classes {
             let mut lane = self.start;
@@ -281,6 +332,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 let head = self.heads[ring_index];
                 let lane_state = &shared.lanes[ring_index];
                 let expiry = lane_state.expiry.as_ref();
+                let since = self.since[ring_index];
                 // SAFETY: this thread is the ring's only consumer and `head`
                 // is the head it last published.
                 let new_head = unsafe {
@@ -290,7 +342,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                             None => Origin::NONE,
                         };
                         let expires = expiry.map_or(NEVER, |e| e.get(seq));
-                        asm.take(item, origin, class, expires, now);
+                        asm.take(item, origin, class, expires, now, since);
                     })
                 };
                 if new_head != head {
@@ -298,7 +350,17 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                         shared.table.lane(ring_index).notifier.notify_all();
                     }
                     self.heads[ring_index] = new_head;
-                    found += distance(head, new_head);
+                    let count = distance(head, new_head);
+                    found += count;
+                    if count as u64 > self.high_water[ring_index] {
+                        self.high_water[ring_index] = count as u64;
+                        // Relaxed: a statistic.
+                        shared.high_water[ring_index].store(count as u64, Ordering::Relaxed);
+                    }
+                }
+                if distance(head, new_head) < room {
+                    // Caught up: what comes next was published after now.
+                    self.since[ring_index] = now;
                 }
                 lane += 1;
                 if lane == lanes {
@@ -413,14 +475,27 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     fn dispatch(&mut self, reason: DispatchReason) {
         let len = self.buf.len();
         debug_assert!(len > 0);
+        if let Some(recorder) = &self.shared.recorder {
+            let now = self.shared.clock();
+            lock(recorder).dispatched(
+                len,
+                self.buf
+                    .runs
+                    .iter()
+                    .map(|&(since, count)| (now.saturating_sub(since), count)),
+            );
+        }
         match &mut self.sink {
             Sink::Sync(handler) => {
-                let started = self.shared.controller.as_ref().map(|_| Instant::now());
+                let shared = &*self.shared;
+                let started =
+                    (shared.controller.is_some() || shared.recorder.is_some()).then(Instant::now);
                 let mut batch = Batch::new(&mut self.buf, &self.shared.table);
                 let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(&mut batch)));
                 if let Some(started) = started {
-                    self.shared
-                        .observe_batch(started.elapsed(), self.buf.feedback.take());
+                    let elapsed = started.elapsed();
+                    shared.observe_batch(elapsed, self.buf.feedback.take());
+                    shared.record_finished(elapsed, &self.buf);
                 }
                 let mut batch = Batch::new(&mut self.buf, &self.shared.table);
                 let leftover = match outcome {
@@ -437,6 +512,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                     }
                 };
                 batch.fail_remaining(leftover);
+                self.tally.items_failed += self.buf.failed as u64;
                 self.buf.clear();
             }
             #[cfg(feature = "tokio")]
@@ -583,6 +659,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                     continue;
                 }
                 self.park_async().await;
+                self.woke();
                 continue;
             }
             if self.sweep() > 0 || self.need_buffer {
@@ -604,6 +681,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 tokio::task::yield_now().await;
             } else {
                 self.park_async().await;
+                self.woke();
             }
         }
         if !self.need_buffer {

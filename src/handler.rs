@@ -198,6 +198,7 @@ impl<'a, T, R> Batch<'a, T, R> {
         let target = origin.pending();
         *origin = Origin::DONE;
         self.buf.completed += 1;
+        self.buf.failed += usize::from(result.is_err());
         if let Some((lane, index)) = target {
             deliver(self.table, lane, index, result);
         }
@@ -258,11 +259,13 @@ impl<'a, T, R> Batch<'a, T, R> {
     fn complete_remaining(&mut self, mut f: impl FnMut(&T) -> Result<R, Error>) {
         let table = self.table;
         let mut completed = 0;
+        let mut failed = 0;
         for (item, origin) in self.buf.items.iter().zip(self.buf.origins.iter_mut()) {
             if *origin == Origin::DONE {
                 continue;
             }
             let result = f(item);
+            failed += usize::from(result.is_err());
             if let Some((lane, index)) = origin.pending() {
                 deliver(table, lane, index, result);
             }
@@ -270,6 +273,7 @@ impl<'a, T, R> Batch<'a, T, R> {
             completed += 1;
         }
         self.buf.completed += completed;
+        self.buf.failed += failed;
     }
 
     /// Reports the sink's load while handling this batch, for adaptive
@@ -281,6 +285,11 @@ impl<'a, T, R> Batch<'a, T, R> {
 
     /// Fails every item not completed yet with `error` (drainer side).
     pub(crate) fn fail_remaining(&mut self, error: Error) {
+        if !matches!(error, Error::NotCompleted) {
+            // A failed or panicking handler fails what it left; items it
+            // merely left alone (fire-and-forget sinks) are not counted.
+            self.buf.failed += self.len() - self.buf.completed;
+        }
         if self.buf.completed == self.len() || self.buf.tickets == 0 {
             // Nothing left to complete, or nobody waits for any result.
             return;

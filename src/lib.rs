@@ -66,6 +66,7 @@ mod config;
 mod drainer;
 mod error;
 mod handler;
+pub mod metrics;
 mod pool;
 mod ring;
 #[cfg(feature = "tokio")]

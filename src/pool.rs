@@ -50,7 +50,16 @@ pub(crate) struct BatchBuf<T> {
     pub(crate) completed: usize,
     /// Load feedback the handler reported for this batch.
     pub(crate) feedback: Option<crate::shape::LoadFeedback>,
+    /// Items completed with an error (counted in `Stats::items_failed`).
+    pub(crate) failed: usize,
+    /// With histograms: `(since, count)` runs, `since` being the time (ns
+    /// since the batcher's epoch) each run's items were known to be
+    /// published after.
+    pub(crate) runs: Vec<(u64, u64)>,
 }
+
+/// Most runs a batch buffer keeps apart (later ones merge into the last).
+const RUNS: usize = 32;
 
 impl<T> BatchBuf<T> {
     pub(crate) fn with_capacity(capacity: usize) -> Self {
@@ -60,6 +69,8 @@ impl<T> BatchBuf<T> {
             tickets: 0,
             completed: 0,
             feedback: None,
+            failed: 0,
+            runs: Vec::new(),
         }
     }
 
@@ -100,6 +111,33 @@ impl<T> BatchBuf<T> {
         self.tickets = 0;
         self.completed = 0;
         self.feedback = None;
+        self.failed = 0;
+        self.runs.clear();
+    }
+
+    /// With histograms: makes room for the runs (at build time).
+    pub(crate) fn with_runs(mut self) -> Self {
+        self.runs.reserve_exact(RUNS);
+        self
+    }
+
+    /// With histograms: `count` more items known published after `since`.
+    #[inline]
+    pub(crate) fn note_run(&mut self, since: u64, count: u64) {
+        if self.runs.capacity() == 0 {
+            // Not recording (no room was made at build time).
+            return;
+        }
+        let full = self.runs.len() == RUNS;
+        match self.runs.last_mut() {
+            Some(last) if last.0 == since => last.1 += count,
+            Some(last) if full => {
+                // Full: merge, keeping the earlier time (a longer wait).
+                last.0 = last.0.min(since);
+                last.1 += count;
+            }
+            _ => self.runs.push((since, count)),
+        }
     }
 }
 
@@ -112,11 +150,16 @@ pub(crate) struct Pool<T> {
 }
 
 impl<T> Pool<T> {
-    /// `size` buffers of `buffer_capacity` items each, allocated now.
-    pub(crate) fn new(size: usize, buffer_capacity: usize) -> Self {
+    /// `size` buffers of `buffer_capacity` items each, allocated now, with
+    /// room for histogram runs when `runs` is set.
+    pub(crate) fn new(size: usize, buffer_capacity: usize, runs: bool) -> Self {
         let free = ArrayQueue::new(size);
         for _ in 0..size {
-            let pushed = free.push(BatchBuf::with_capacity(buffer_capacity));
+            let mut buf = BatchBuf::with_capacity(buffer_capacity);
+            if runs {
+                buf = buf.with_runs();
+            }
+            let pushed = free.push(buf);
             debug_assert!(pushed.is_ok(), "the queue holds exactly `size` buffers");
         }
         Self {

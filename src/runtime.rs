@@ -298,6 +298,7 @@ pub(crate) struct Pipeline<T> {
     /// Counted by the workers (the drainer counts the rest).
     pub(crate) batch_errors: AtomicU64,
     pub(crate) panics: AtomicU64,
+    pub(crate) items_failed: AtomicU64,
 }
 
 impl<T> Pipeline<T> {
@@ -311,6 +312,7 @@ impl<T> Pipeline<T> {
             drainer_waiting: WaitFlag::default(),
             batch_errors: AtomicU64::new(0),
             panics: AtomicU64::new(0),
+            items_failed: AtomicU64::new(0),
         }
     }
 
@@ -432,8 +434,14 @@ fn fail_queued<T, R>(shared: &Shared<T, R>) {
 /// pool and wakes the drainer if it waits for one.
 fn finish<T, R>(shared: &Shared<T, R>, mut buf: BatchBuf<T>, error: Error) {
     Batch::new(&mut buf, &shared.table).fail_remaining(error);
-    shared.pool.put(buf);
     let pipeline = shared.pipeline();
+    if buf.failed > 0 {
+        // Relaxed: a statistic.
+        pipeline
+            .items_failed
+            .fetch_add(buf.failed as u64, Ordering::Relaxed);
+    }
+    shared.pool.put(buf);
     // AcqRel: Release publishes the completions above to the drainer's
     // Acquire load in `in_flight` (a flush waits for zero).
     pipeline.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -516,7 +524,9 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
             };
             // The handler's future is dropped at the end of this block, and
             // with it the batch (unless the handler kept it elsewhere).
-            let started = self.shared.controller.as_ref().map(|_| Instant::now());
+            let shared = &*self.shared;
+            let started =
+                (shared.controller.is_some() || shared.recorder.is_some()).then(Instant::now);
             let outcome = {
                 let future = pin!(handler.handle(batch));
                 CatchUnwind(future).await
@@ -539,8 +549,9 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
             // kept it somewhere): take its buffer back.
             let mut buf = poll_fn(|cx| self.slot.poll_take(cx)).await;
             if let Some(started) = started {
-                self.shared
-                    .observe_batch(started.elapsed(), buf.feedback.take());
+                let elapsed = started.elapsed();
+                self.shared.observe_batch(elapsed, buf.feedback.take());
+                self.shared.record_finished(elapsed, &buf);
             }
             finish(&self.shared, buf, leftover);
         }

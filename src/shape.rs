@@ -818,6 +818,8 @@ struct Staged<T> {
     class: u8,
     /// Drainer time (ns since the epoch) when the drainer took it.
     arrived: u64,
+    /// A time it is known to have been published after (histograms).
+    since: u64,
     /// Expiry (ns since the epoch), or [`NEVER`].
     expires: u64,
     weight: usize,
@@ -993,13 +995,22 @@ impl<T> Assembler<T> {
     /// Drainer side, inside a lane run: takes one item (the caller keeps
     /// `room() > 0`).
     #[inline]
-    pub(crate) fn take(&mut self, item: T, origin: Origin, class: usize, expires: u64, now: u64) {
+    pub(crate) fn take(
+        &mut self,
+        item: T,
+        origin: Origin,
+        class: usize,
+        expires: u64,
+        now: u64,
+        since: u64,
+    ) {
         debug_assert!(self.room() > 0);
         self.intake.push_back(Staged {
             item,
             origin,
             class: class as u8,
             arrived: now,
+            since,
             expires,
             weight: 0,
         });
@@ -1522,6 +1533,7 @@ impl<T> Assembler<T> {
                     // Travels alone (`Oversize::Alone`).
                     if buf.is_empty() {
                         let staged = self.pop(g).expect("a head exists");
+                        buf.note_run(staged.since, 1);
                         buf.push(staged.item, staged.origin);
                     }
                     return false;
@@ -1535,6 +1547,7 @@ impl<T> Assembler<T> {
             if let Some(key) = conflation_key {
                 self.positions.entry(key).or_insert(buf.len());
             }
+            buf.note_run(staged.since, 1);
             buf.push(staged.item, staged.origin);
         }
     }

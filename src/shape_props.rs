@@ -356,7 +356,7 @@ proptest! {
                     };
                     seqs[producer] += 1;
                     taken.push(item);
-                    h.asm.take(item, Origin::ticket(0, id), class, item.expires, h.now);
+                    h.asm.take(item, Origin::ticket(0, id), class, item.expires, h.now, h.now);
                 }
                 Op::Step { advance, idle, flush } => {
                     h.now += advance;

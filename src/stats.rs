@@ -168,6 +168,9 @@ pub struct LaneStats {
     pub refused_closed: u64,
     /// Items in the lane not yet taken by the drainer (a snapshot).
     pub depth: u64,
+    /// The deepest the drainer has seen the lane: the longest run of
+    /// published items it found at once (a lower bound of the true peak).
+    pub high_water: u64,
 }
 
 /// A snapshot of a batcher's counters.
@@ -220,6 +223,14 @@ pub struct Stats {
     /// The effective maximum batch size now: the adaptive controller's
     /// size, or `max_batch`.
     pub effective_max_batch: u64,
+    /// Items whose result was an error: failed by the handler one by one,
+    /// or left by a handler that failed or panicked (items a handler
+    /// returned `Ok` without completing are not counted).
+    pub items_failed: u64,
+    /// Percentiles of batch size, queue wait, handler time and end-to-end
+    /// time, when the batcher records them
+    /// ([`BatcherBuilder::histograms`](crate::BatcherBuilder::histograms)).
+    pub histograms: Option<crate::metrics::Histograms>,
     /// Per-lane counters: one entry per lane, or with priority classes one
     /// per lane and class, class by class (every lane's Critical ring
     /// first).
@@ -262,6 +273,7 @@ pub(crate) struct DrainerCounters {
     superseded: AtomicU64,
     too_large: AtomicU64,
     staged: AtomicU64,
+    items_failed: AtomicU64,
 }
 
 /// The drainer's own running counts (plain integers, single writer).
@@ -277,6 +289,7 @@ pub(crate) struct DrainerTally {
     pub(crate) superseded: u64,
     pub(crate) too_large: u64,
     pub(crate) staged: u64,
+    pub(crate) items_failed: u64,
 }
 
 impl DrainerCounters {
@@ -297,6 +310,8 @@ impl DrainerCounters {
         self.superseded.store(tally.superseded, Ordering::Relaxed);
         self.too_large.store(tally.too_large, Ordering::Relaxed);
         self.staged.store(tally.staged, Ordering::Relaxed);
+        self.items_failed
+            .store(tally.items_failed, Ordering::Relaxed);
     }
 
     /// Reads the published tally (Relaxed loads pairing with the Relaxed
@@ -317,6 +332,7 @@ impl DrainerCounters {
         stats.superseded = self.superseded.load(Ordering::Relaxed);
         stats.too_large = self.too_large.load(Ordering::Relaxed);
         stats.staged = self.staged.load(Ordering::Relaxed);
+        stats.items_failed = self.items_failed.load(Ordering::Relaxed);
     }
 }
 

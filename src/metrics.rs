@@ -1,0 +1,400 @@
+//! Histograms recorded by the drainer, and the Prometheus text exposition of
+//! a [`Stats`] snapshot.
+//!
+//! With [`BatcherBuilder::histograms`](crate::BatcherBuilder::histograms) on,
+//! the drainer (and, with an async handler, the worker tasks) record four HDR
+//! histograms once per batch, never per item on the producer's side:
+//!
+//! - batch size, in items;
+//! - queue wait, from submission to dispatch, in nanoseconds;
+//! - handler time per batch, in nanoseconds;
+//! - end to end, from submission to completion, in nanoseconds.
+//!
+//! Producers do not read the clock. The drainer dates each item by the last
+//! sweep that found its lane caught up (every item it takes after that was
+//! published after it): the recorded wait is at least the real one and
+//! exceeds it by at most the time between two looks at the lane, which is
+//! short while the drainer keeps up.
+
+use core::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::stats::{DispatchReason, Stats};
+
+/// Percentiles of one distribution: nanoseconds for times, items for sizes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Percentiles {
+    /// Values recorded.
+    pub count: u64,
+    /// The smallest value.
+    pub min: u64,
+    /// The mean.
+    pub mean: f64,
+    /// The median.
+    pub p50: u64,
+    /// The 90th percentile.
+    pub p90: u64,
+    /// The 99th percentile.
+    pub p99: u64,
+    /// The 99.9th percentile.
+    pub p999: u64,
+    /// The 99.99th percentile.
+    pub p9999: u64,
+    /// The largest value.
+    pub max: u64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            count: h.len(),
+            min: h.min(),
+            mean: h.mean(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            p9999: h.value_at_quantile(0.9999),
+            max: h.max(),
+        }
+    }
+
+    /// The quantiles and their values, for exporters.
+    pub fn quantiles(&self) -> [(f64, u64); 5] {
+        [
+            (0.5, self.p50),
+            (0.9, self.p90),
+            (0.99, self.p99),
+            (0.999, self.p999),
+            (0.9999, self.p9999),
+        ]
+    }
+}
+
+/// The histograms of a [`Stats`] snapshot (see the [module](self) docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Histograms {
+    /// Items per batch.
+    pub batch_size: Percentiles,
+    /// Submission to dispatch, per item, in nanoseconds.
+    pub queue_wait_ns: Percentiles,
+    /// Handler time per batch, in nanoseconds.
+    pub handler_ns: Percentiles,
+    /// Submission to completion, per item, in nanoseconds.
+    pub end_to_end_ns: Percentiles,
+}
+
+/// Highest time recorded: an hour (longer values are clamped).
+const MAX_NS: u64 = 3_600_000_000_000;
+
+/// The live histograms (behind a lock taken once per batch).
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    batch_size: Histogram<u64>,
+    queue_wait: Histogram<u64>,
+    handler: Histogram<u64>,
+    end_to_end: Histogram<u64>,
+}
+
+impl Recorder {
+    pub(crate) fn new(max_batch: usize) -> Self {
+        let sizes = (max_batch as u64).max(2);
+        let times = || Histogram::new_with_bounds(1, MAX_NS, 3).expect("valid bounds");
+        Self {
+            batch_size: Histogram::new_with_bounds(1, sizes, 3).expect("valid bounds"),
+            queue_wait: times(),
+            handler: times(),
+            end_to_end: times(),
+        }
+    }
+
+    /// One dispatched batch of `size` items, with the queue wait of its
+    /// items as `(wait_ns, count)` runs.
+    pub(crate) fn dispatched(&mut self, size: usize, waits: impl Iterator<Item = (u64, u64)>) {
+        self.batch_size.saturating_record(size as u64);
+        for (wait, count) in waits {
+            self.queue_wait.saturating_record_n(wait.min(MAX_NS), count);
+        }
+    }
+
+    /// One finished batch: its handler time, and each item's end to end
+    /// time as `(ns, count)` runs.
+    pub(crate) fn finished(&mut self, handler: Duration, ends: impl Iterator<Item = (u64, u64)>) {
+        self.handler.saturating_record(ns(handler));
+        for (end, count) in ends {
+            self.end_to_end.saturating_record_n(end.min(MAX_NS), count);
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Histograms {
+        Histograms {
+            batch_size: Percentiles::of(&self.batch_size),
+            queue_wait_ns: Percentiles::of(&self.queue_wait),
+            handler_ns: Percentiles::of(&self.handler),
+            end_to_end_ns: Percentiles::of(&self.end_to_end),
+        }
+    }
+
+    /// Bytes the histograms hold (for the memory report).
+    pub(crate) fn footprint(&self) -> usize {
+        [
+            &self.batch_size,
+            &self.queue_wait,
+            &self.handler,
+            &self.end_to_end,
+        ]
+        .iter()
+        .map(|h| h.distinct_values() * core::mem::size_of::<u64>())
+        .sum()
+    }
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).min(MAX_NS)
+}
+
+impl Stats {
+    /// The snapshot in the Prometheus text exposition format (version
+    /// 0.0.4), every metric name starting with `namespace` and an
+    /// underscore (`namespace` must match `[a-zA-Z_:][a-zA-Z0-9_:]*`; other
+    /// characters become underscores).
+    ///
+    /// Counters end in `_total`; lane gauges carry a `lane` label; dispatch
+    /// reasons a `reason` label; the histograms (when recorded) are
+    /// summaries with `quantile` labels, times in seconds.
+    ///
+    /// ```
+    /// use ringbatch::{Batch, Batcher};
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .histograms(true)
+    ///     .handler_fn(|batch: &mut Batch<'_, u64, ()>| {
+    ///         batch.ok_with(|_| ());
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// batcher.producer().submit(1).unwrap().wait().unwrap();
+    /// let text = batcher.stats().prometheus("orders");
+    /// assert!(text.contains("# TYPE orders_items_handled_total counter"));
+    /// assert!(text.contains("orders_items_handled_total 1\n"));
+    /// ```
+    pub fn prometheus(&self, namespace: &str) -> String {
+        let ns: String = namespace
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                let ok = c.is_ascii_alphabetic()
+                    || c == '_'
+                    || c == ':'
+                    || (i > 0 && c.is_ascii_digit());
+                if ok { c } else { '_' }
+            })
+            .collect();
+        let mut out = String::with_capacity(4096);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+            let _ = writeln!(out, "# HELP {ns}_{name} {help}");
+            let _ = writeln!(out, "# TYPE {ns}_{name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{ns}_{name}{labels} {}", number(*value));
+            }
+        };
+        let one = |v: u64| vec![(String::new(), v as f64)];
+        let counters: [(&str, &str, u64); 13] = [
+            (
+                "submitted_total",
+                "Items offered to the batcher.",
+                self.submitted,
+            ),
+            (
+                "accepted_total",
+                "Items accepted into a lane.",
+                self.accepted,
+            ),
+            (
+                "rejected_total",
+                "Items refused because their lane was full.",
+                self.rejected,
+            ),
+            (
+                "dropped_total",
+                "Items dropped by the DropNewest policy.",
+                self.dropped,
+            ),
+            (
+                "refused_closed_total",
+                "Items refused after shutdown.",
+                self.refused_closed,
+            ),
+            (
+                "batches_total",
+                "Batches dispatched to the handler.",
+                self.batches,
+            ),
+            (
+                "items_handled_total",
+                "Items dispatched to the handler.",
+                self.items_handled,
+            ),
+            (
+                "items_failed_total",
+                "Items whose result was an error.",
+                self.items_failed,
+            ),
+            (
+                "expired_total",
+                "Items whose deadline passed before dispatch.",
+                self.expired,
+            ),
+            (
+                "superseded_total",
+                "Items replaced by a later item of their key.",
+                self.superseded,
+            ),
+            (
+                "too_large_total",
+                "Items heavier than the byte limit alone.",
+                self.too_large,
+            ),
+            (
+                "batch_errors_total",
+                "Batches whose handler returned an error.",
+                self.batch_errors,
+            ),
+            (
+                "handler_panics_total",
+                "Batches whose handler panicked.",
+                self.handler_panics,
+            ),
+        ];
+        for (name, help, value) in counters {
+            metric(name, "counter", help, &one(value));
+        }
+        let reasons: Vec<(String, f64)> = DispatchReason::ALL
+            .iter()
+            .map(|&r| {
+                (
+                    format!("{{reason=\"{}\"}}", r.name()),
+                    self.dispatched.get(r) as f64,
+                )
+            })
+            .collect();
+        metric(
+            "dispatched_total",
+            "counter",
+            "Batches dispatched, by the reason they left.",
+            &reasons,
+        );
+        let gauges: [(&str, &str, u64); 6] = [
+            (
+                "batches_in_flight",
+                "Batches handed to async handler tasks and not finished.",
+                self.batches_in_flight,
+            ),
+            (
+                "staged",
+                "Items held in the drainer's staging area.",
+                self.staged,
+            ),
+            (
+                "effective_max_batch",
+                "The effective maximum batch size.",
+                self.effective_max_batch,
+            ),
+            (
+                "max_batch_items",
+                "The largest batch dispatched.",
+                self.max_batch_items,
+            ),
+            (
+                "pool_free",
+                "Batch buffers free in the pool.",
+                self.pool_free as u64,
+            ),
+            (
+                "memory_bytes",
+                "Bytes fixed at build time.",
+                self.memory_bytes as u64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            metric(name, "gauge", help, &one(value));
+        }
+        let lanes = |f: fn(&crate::LaneStats) -> u64| -> Vec<(String, f64)> {
+            self.lanes
+                .iter()
+                .enumerate()
+                .map(|(i, lane)| (format!("{{lane=\"{i}\"}}"), f(lane) as f64))
+                .collect()
+        };
+        metric(
+            "lane_depth",
+            "gauge",
+            "Items in the lane not yet taken by the drainer.",
+            &lanes(|l| l.depth),
+        );
+        metric(
+            "lane_depth_high_water",
+            "gauge",
+            "The deepest the lane was seen by the drainer.",
+            &lanes(|l| l.high_water),
+        );
+        if let Some(h) = &self.histograms {
+            let summaries: [(&str, &str, &Percentiles, f64); 4] = [
+                ("batch_size", "Items per batch.", &h.batch_size, 1.0),
+                (
+                    "queue_wait_seconds",
+                    "Submission to dispatch, per item.",
+                    &h.queue_wait_ns,
+                    1e-9,
+                ),
+                (
+                    "handler_seconds",
+                    "Handler time per batch.",
+                    &h.handler_ns,
+                    1e-9,
+                ),
+                (
+                    "end_to_end_seconds",
+                    "Submission to completion, per item.",
+                    &h.end_to_end_ns,
+                    1e-9,
+                ),
+            ];
+            for (name, help, p, scale) in summaries {
+                let mut samples: Vec<(String, f64)> = p
+                    .quantiles()
+                    .iter()
+                    .map(|&(q, v)| (format!("{{quantile=\"{q}\"}}"), v as f64 * scale))
+                    .collect();
+                samples.push(("_sum".to_owned(), p.mean * p.count as f64 * scale));
+                samples.push(("_count".to_owned(), p.count as f64));
+                // `_sum` and `_count` are suffixes of the name, not labels.
+                let _ = writeln!(out, "# HELP {ns}_{name} {help}");
+                let _ = writeln!(out, "# TYPE {ns}_{name} summary");
+                for (labels, value) in samples {
+                    let _ = writeln!(out, "{ns}_{name}{labels} {}", number(value));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A sample value as Prometheus writes it.
+fn number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_owned()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
