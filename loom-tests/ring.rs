@@ -215,3 +215,59 @@ fn close_races_a_claim() {
         assert_eq!(got.len(), final_tail);
     });
 }
+
+/// (e) Expiry stamps ride the publication protocol: a producer stamps each
+/// item's expiry with a Relaxed store before its Release publish, over a
+/// lane of one slot reused by two items; the drainer, after its Acquire
+/// load of the slot stamp, reads the stamp of the same item, never the
+/// previous lap's or the initial one.
+#[test]
+fn expiry_stamps_are_seen_with_their_items() {
+    use crate::shape::{ExpiryStamps, NEVER};
+    loom::model(|| {
+        let lane = Lane::<u64>::new(1);
+        let stamps = Arc::new(ExpiryStamps::new(1, std::time::Instant::now(), None));
+        let drainer = thread::current();
+        let producer = {
+            let (lane, stamps) = (Arc::clone(&lane), Arc::clone(&stamps));
+            thread::spawn(move || {
+                let mut cached_head = 0;
+                for value in [10u64, 20] {
+                    let claim = lane.claim(1, &mut cached_head);
+                    // The value's expiry is the value itself: easy to check.
+                    stamps.stamp(claim.seq, value);
+                    // SAFETY: just claimed, published once.
+                    unsafe { lane.ring.publish(claim.seq, value, None) };
+                    if claim.wake_drainer {
+                        drainer.unpark();
+                    }
+                }
+            })
+        };
+        let mut head = 0;
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            // SAFETY: this thread is the only consumer and `head` is current.
+            let new_head = unsafe {
+                lane.ring
+                    .drain_run(head, 1, |v, seq, _| seen.push((v, stamps.get(seq))))
+            };
+            if new_head == head {
+                park_drainer(std::iter::once((&lane.ring, head)), || false);
+                thread::yield_now();
+            } else {
+                if lane.ring.finish_run(new_head) {
+                    lane.notifier.notify_all();
+                }
+                head = new_head;
+            }
+        }
+        producer.join().unwrap();
+        assert_eq!(
+            seen,
+            vec![(10, 10), (20, 20)],
+            "expiry stamps match their items"
+        );
+        assert_ne!(seen[0].1, NEVER);
+    });
+}

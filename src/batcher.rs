@@ -987,6 +987,13 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// fails with [`Error::Superseded`] and is counted in
     /// [`Stats::superseded`].
     ///
+    /// "Latest" is the order the drainer takes items in: for one producer
+    /// in one class, the order of submission. Items of different lanes or
+    /// classes have no common order (the drainer takes higher classes first
+    /// in each sweep), so a key updated from several producers or classes
+    /// keeps the one taken last; submit each key from one producer and class
+    /// where the latest must win.
+    ///
     /// ```
     /// use ringbatch::{Batch, Batcher, Linger};
     /// use std::time::Duration;

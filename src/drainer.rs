@@ -258,10 +258,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         }
     }
 
-    /// (recording) After a sleep: items published during it woke us, so
-    /// date them from the wake-up.
+    /// After a sleep: items published during it woke us, so date them from
+    /// the wake-up (histograms, and the starvation age of priority classes).
     fn woke(&mut self) {
-        if self.recording {
+        if self.recording || self.asm.is_some() {
             let now = self.shared.clock();
             self.since.iter_mut().for_each(|s| *s = now);
         }
@@ -324,9 +324,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         'classes: for class in 0..shared.classes {
             let mut lane = self.start;
             for _ in 0..lanes {
-                let room = asm.room();
+                let room = asm.room_for(class);
                 if room == 0 {
-                    break 'classes;
+                    // The rest is kept for lower classes.
+                    continue 'classes;
                 }
                 let ring_index = class * lanes + lane;
                 let head = self.heads[ring_index];

@@ -67,6 +67,8 @@ mod drainer;
 mod error;
 mod handler;
 pub mod metrics;
+#[cfg(feature = "metrics")]
+mod metrics_facade;
 mod pool;
 mod ring;
 #[cfg(feature = "tokio")]

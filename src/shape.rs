@@ -818,8 +818,12 @@ struct Staged<T> {
     class: u8,
     /// Drainer time (ns since the epoch) when the drainer took it.
     arrived: u64,
-    /// A time it is known to have been published after (histograms).
+    /// A time it is known to have been published after: the last time the
+    /// drainer found its lane caught up, or woke (histograms).
     since: u64,
+    /// The order the drainer took items in (breaks ties between items
+    /// taken in one sweep).
+    order: u64,
     /// Expiry (ns since the epoch), or [`NEVER`].
     expires: u64,
     weight: usize,
@@ -902,6 +906,8 @@ pub(crate) struct Assembler<T> {
     staged_bytes: usize,
     capacity: usize,
     last_dispatch: Option<u64>,
+    /// Items taken so far (their `order`).
+    taken: u64,
     pub(crate) tally: ShapeTally,
 }
 
@@ -965,6 +971,7 @@ impl<T> Assembler<T> {
             staged_bytes: 0,
             capacity,
             last_dispatch: None,
+            taken: 0,
             tally: ShapeTally::default(),
             policy,
         }
@@ -979,6 +986,17 @@ impl<T> Assembler<T> {
     #[inline]
     pub(crate) fn room(&self) -> usize {
         self.capacity - self.staged - self.intake.len()
+    }
+
+    /// Items the drainer may take now from a ring of class `class`: the
+    /// room, less a share kept for each lower class, so that a stream of
+    /// higher-class items cannot keep lower classes out of the staging area
+    /// (where their age counts).
+    #[inline]
+    pub(crate) fn room_for(&self, class: usize) -> usize {
+        let lower = self.classes - 1 - class;
+        let reserve = ((self.capacity / (4 * self.classes)).max(1) * lower).min(self.capacity / 2);
+        self.room().saturating_sub(reserve)
     }
 
     /// Items staged or in the intake.
@@ -1011,6 +1029,10 @@ impl<T> Assembler<T> {
             class: class as u8,
             arrived: now,
             since,
+            order: {
+                self.taken += 1;
+                self.taken
+            },
             expires,
             weight: 0,
         });
@@ -1146,9 +1168,9 @@ impl<T> Assembler<T> {
             if group.len == 0 {
                 continue;
             }
-            let arrived = self.head_of(group).map_or(NEVER, |s| s.arrived);
-            if best.is_none_or(|(_, a)| arrived < a) {
-                best = Some((g, arrived));
+            let order = self.head_of(group).map_or(NEVER, |s| s.order);
+            if best.is_none_or(|(_, o)| order < o) {
+                best = Some((g, order));
             }
         }
         best.map_or(0, |(g, _)| g)
@@ -1252,7 +1274,9 @@ impl<T> Assembler<T> {
             else {
                 continue;
             };
-            let arrived = self.head_of(group).map_or(NEVER, |s| s.arrived);
+            let (arrived, order) = self
+                .head_of(group)
+                .map_or((NEVER, NEVER), |s| (s.arrived, s.order));
             let starving = self.starving(group.class as usize, arrived, now);
             // Critical first, then starving classes, then by class, then age.
             let rank = if group.class == 0 || starving {
@@ -1260,7 +1284,7 @@ impl<T> Assembler<T> {
             } else {
                 group.class
             };
-            let order = (rank, arrived);
+            let order = (rank, order);
             if best.as_ref().is_none_or(|(_, o)| order < *o) {
                 best = Some((
                     Pick {
@@ -1274,11 +1298,15 @@ impl<T> Assembler<T> {
         best.map(|(pick, _)| pick)
     }
 
-    /// Whether class `class`'s oldest item has waited past the starvation
-    /// age (classes below High only matter).
+    /// Whether a class-`class` item the drainer took at `arrived` has waited
+    /// past the starvation age in the staging area (only classes below
+    /// Critical starve). The age counts from the drainer taking the item,
+    /// which the share of the staging area kept for lower classes makes
+    /// prompt even under a stream of higher-class items.
     fn starving(&self, class: usize, arrived: u64, now: u64) -> bool {
         class > 0
             && self.classes > 1
+            && arrived != NEVER
             && now.saturating_sub(arrived) >= duration_ns(self.policy.starvation_age)
     }
 
@@ -1356,7 +1384,9 @@ impl<T> Assembler<T> {
                 }
             }
         }
-        if self.room() == 0 {
+        if self.room_for(0) == 0 {
+            // The staging area is full (but for the share kept for lower
+            // classes): make room.
             return Some(DispatchReason::Full);
         }
         None
@@ -1461,11 +1491,15 @@ impl<T> Assembler<T> {
                     let arrived = self
                         .head_of(&self.groups[class])
                         .map_or(NEVER, |s| s.arrived);
-                    if arrived != NEVER && self.starving(class, arrived, now) {
+                    if self.starving(class, arrived, now) {
                         order[n] = class;
                         n += 1;
                     }
                 }
+                // The longest-waiting starving class first.
+                order[..n].sort_unstable_by_key(|&class| {
+                    self.head_of(&self.groups[class]).map_or(NEVER, |s| s.order)
+                });
                 for class in 0..self.classes {
                     if !order[..n].contains(&class) {
                         order[n] = class;

@@ -337,10 +337,10 @@ proptest! {
             match op {
                 Op::Submit { producer, key, class, weight, ttl } => {
                     let class = if h.policy.priorities { class } else { 0 };
-                    if h.asm.room() == 0 {
+                    if h.asm.room_for(class) == 0 {
                         // The lane would hold it: the drainer must make room.
                         h.step(false, Force::No)?;
-                        if h.asm.room() == 0 {
+                        if h.asm.room_for(class) == 0 {
                             continue;
                         }
                     }

@@ -200,3 +200,11 @@ pub fn tallying_handler(
         Ok(())
     }
 }
+
+/// Waits for a ticket's result for at most [`BOUND`]; fails the test if none
+/// arrives.
+pub fn wait_ticket<R>(mut ticket: ringbatch::Ticket<R>) -> Result<R, ringbatch::Error> {
+    ticket
+        .wait_timeout(BOUND)
+        .unwrap_or_else(|| panic!("no result within {BOUND:?}"))
+}
