@@ -44,6 +44,15 @@ pub(crate) struct Control {
     pub(crate) flush_requested: AtomicU64,
     /// `flush_now` requests made: dispatch what is staged, without waiting.
     pub(crate) flush_now: AtomicU64,
+    /// `pause` is in force: the drainer takes and dispatches nothing.
+    pub(crate) paused: AtomicBool,
+    /// `shutdown_timeout`'s deadline (ns since the epoch; `NEVER` if none):
+    /// past it the drainer stops handling and gives the items back.
+    pub(crate) give_back_at: AtomicU64,
+    /// The live `max_batch` (`set_max_batch`).
+    pub(crate) max_batch: AtomicUsize,
+    /// Live settings changed (a counter the drainer compares).
+    pub(crate) settings_version: AtomicU64,
     /// The effective maximum batch size (the adaptive controller's).
     pub(crate) effective_max: AtomicUsize,
 }
@@ -72,6 +81,14 @@ pub(crate) struct Shared<T, R> {
     pub(crate) epoch: Instant,
     /// The histograms, when recorded (locked once per batch).
     pub(crate) recorder: Option<Mutex<crate::metrics::Recorder>>,
+    /// The failure policies' state, when any is set (locked once per batch).
+    pub(crate) failure: Option<Mutex<crate::failure::FailureState<T>>>,
+    /// Items `shutdown_timeout` gives back (filled by the drainer).
+    pub(crate) leftovers: Mutex<Vec<T>>,
+    /// A new linger for the drainer's assembler (`set_linger`).
+    pub(crate) new_linger: Mutex<Option<Linger>>,
+    /// Whether the batcher was built with a shaping policy (staging drainer).
+    pub(crate) shaping: bool,
     /// The deepest each ring was seen (drainer writes, `stats` reads).
     pub(crate) high_water: Box<[AtomicU64]>,
     pub(crate) table: TableOwner<R>,
@@ -183,6 +200,13 @@ impl<T, R> Shared<T, R> {
             .recorder
             .as_ref()
             .map(|r| crate::drainer::lock(r).snapshot());
+        if let Some(failure) = &self.failure {
+            let failure = crate::drainer::lock(failure);
+            stats.retried = failure.tally.retried;
+            stats.dead_lettered = failure.tally.dead_lettered;
+            stats.circuit_rejected = failure.tally.circuit_rejected;
+            stats.breaker = failure.breaker_state();
+        }
         #[cfg(feature = "tokio")]
         if let Some(pipeline) = &*self.pipeline {
             stats.batches_in_flight = pipeline.in_flight() as u64;
@@ -288,6 +312,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             handler: None,
             shaping: Shaping::default(),
             histograms: false,
+            failure: crate::failure::FailureSettings::default(),
         }
     }
 
@@ -389,6 +414,31 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         Ok(AsyncProducer::new(producer.as_sync().with_class(priority)?))
     }
 
+    /// Pauses dispatching: from its next turn the drainer takes nothing
+    /// from the lanes and hands nothing to the handler until
+    /// [`resume`](Self::resume), so producers meet backpressure as the lanes
+    /// fill; nothing is lost. A batch the drainer was assembling or handling
+    /// when the call was made still goes out. A [`flush`](Self::flush)
+    /// waits for the resume; shutdown resumes.
+    pub fn pause(&self) {
+        // Release pairs with the drainer's Acquire load.
+        self.shared.control.paused.store(true, Ordering::Release);
+    }
+
+    /// Resumes dispatching after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        // Release pairs with the drainer's Acquire load; the unpark wakes a
+        // drainer sleeping on the pause.
+        self.shared.control.paused.store(false, Ordering::Release);
+        self.shared.unpark_drainer();
+    }
+
+    /// Whether dispatching is paused.
+    pub fn is_paused(&self) -> bool {
+        // Acquire, as the drainer's load.
+        self.shared.control.paused.load(Ordering::Acquire)
+    }
+
     /// Asks the drainer to dispatch everything it holds now, lingering or
     /// not, without waiting for it (see [`flush`](Self::flush) for a
     /// barrier). Without shaping policies nothing ever lingers, and this
@@ -439,6 +489,185 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// A snapshot of the counters; see [`Stats`].
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// [`shutdown`](Self::shutdown), but handling items for at most
+    /// `timeout`: past it the drainer stops dispatching and gives back,
+    /// instead of dropping, every item it has not handled (in the lanes,
+    /// staged, or waiting to retry); their tickets fail with
+    /// [`Error::Closed`]. A batch already in the handler at the deadline is
+    /// finished first (a handler cannot be interrupted), and so are batches
+    /// an async handler has started.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ringbatch::{Batch, Batcher};
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .max_batch(1)
+    ///     .handler_fn(|batch: &mut Batch<'_, u32, ()>| {
+    ///         std::thread::sleep(Duration::from_millis(50)); // a slow sink
+    ///         batch.ok_with(|_| ());
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let producer = batcher.producer();
+    /// for i in 0..3 {
+    ///     producer.push(i).unwrap();
+    /// }
+    /// let (stats, unhandled) = batcher.shutdown_timeout(Duration::from_millis(10));
+    /// assert!(!unhandled.is_empty(), "the slow sink cannot take all three in 10 ms");
+    /// assert_eq!(stats.items_handled + unhandled.len() as u64, 3, "nothing lost");
+    /// ```
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> (Stats, Vec<T>) {
+        let at = self
+            .shared
+            .clock()
+            .saturating_add(crate::shape::duration_ns(timeout));
+        // Release: the drainer's Acquire load (after it sees `closing`).
+        self.shared
+            .control
+            .give_back_at
+            .store(at, Ordering::Release);
+        self.stop();
+        let leftovers = core::mem::take(&mut *crate::drainer::lock(&self.shared.leftovers));
+        (self.shared.stats(), leftovers)
+    }
+
+    /// Changes the largest batch at run time, from the next batch on: at
+    /// least 1 and at most the `max_batch` the batcher was built with (its
+    /// buffers' size). With adaptive sizing, this is the controller's new
+    /// maximum.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] or [`ConfigError::TooLarge`] (field
+    /// `max_batch`).
+    pub fn set_max_batch(&self, max_batch: usize) -> Result<(), ConfigError> {
+        let built = self.shared.config.max_batch;
+        if max_batch == 0 {
+            return Err(ConfigError::Zero { field: "max_batch" });
+        }
+        if max_batch > built {
+            return Err(ConfigError::TooLarge {
+                field: "max_batch",
+                value: max_batch,
+                max: built,
+            });
+        }
+        let control = &self.shared.control;
+        // Relaxed: tuning values the drainer reads on its next turn.
+        control.max_batch.store(max_batch, Ordering::Relaxed);
+        let effective = match &self.shared.controller {
+            Some(controller) => crate::drainer::lock(controller).set_bounds(None, Some(max_batch)),
+            None => max_batch,
+        };
+        control.effective_max.store(effective, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Changes the linger at run time, from the drainer's next turn.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] (field `linger`) if the batcher was built
+    /// without any shaping policy (its drainer has no staging area; build
+    /// with a linger, even `Linger::Fixed(Duration::ZERO)`, to change it
+    /// later).
+    pub fn set_linger(&self, linger: Linger) -> Result<(), ConfigError> {
+        if !self.shared.shaping {
+            return Err(ConfigError::Invalid {
+                field: "linger",
+                reason: "the batcher was built without shaping policies",
+            });
+        }
+        *crate::drainer::lock(&self.shared.new_linger) = Some(linger);
+        // Release pairs with the drainer's Acquire load of the version.
+        self.shared
+            .control
+            .settings_version
+            .fetch_add(1, Ordering::Release);
+        self.shared.unpark_drainer();
+        Ok(())
+    }
+
+    /// Changes the adaptive controller's bounds at run time.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] (field `adaptive`) without adaptive sizing or
+    /// with bounds out of order; [`ConfigError::TooLarge`] above the built
+    /// `max_batch`.
+    pub fn set_adaptive_bounds(&self, min: usize, max: usize) -> Result<(), ConfigError> {
+        let Some(controller) = &self.shared.controller else {
+            return Err(ConfigError::Invalid {
+                field: "adaptive",
+                reason: "the batcher was built without adaptive sizing",
+            });
+        };
+        if min == 0 || min > max {
+            return Err(ConfigError::Invalid {
+                field: "adaptive",
+                reason: "bounds must satisfy 1 <= min <= max",
+            });
+        }
+        if max > self.shared.config.max_batch {
+            return Err(ConfigError::TooLarge {
+                field: "adaptive",
+                value: max,
+                max: self.shared.config.max_batch,
+            });
+        }
+        let effective = crate::drainer::lock(controller).set_bounds(Some(min), Some(max));
+        // Relaxed: a tuning value.
+        self.shared
+            .control
+            .effective_max
+            .store(effective, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Changes the retry policy at run time (batches settled from now on).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] if the batcher was built without failure
+    /// policies, or the policy is invalid.
+    pub fn set_retry_policy(&self, policy: crate::RetryPolicy) -> Result<(), ConfigError> {
+        policy.validate()?;
+        self.failure_state("retry_policy")?.settings.retry = Some(policy);
+        Ok(())
+    }
+
+    /// Changes the circuit breaker's settings at run time.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] if the batcher was built without failure
+    /// policies; [`ConfigError::Zero`] for a zero threshold.
+    pub fn set_circuit_breaker(&self, breaker: crate::CircuitBreaker) -> Result<(), ConfigError> {
+        if breaker.failure_threshold == 0 {
+            return Err(ConfigError::Zero {
+                field: "failure_threshold",
+            });
+        }
+        self.failure_state("circuit_breaker")?.settings.breaker = Some(breaker);
+        Ok(())
+    }
+
+    fn failure_state(
+        &self,
+        field: &'static str,
+    ) -> Result<crate::sync::MutexGuard<'_, crate::failure::FailureState<T>>, ConfigError> {
+        match &self.shared.failure {
+            Some(failure) => Ok(crate::drainer::lock(failure)),
+            None => Err(ConfigError::Invalid {
+                field,
+                reason: "the batcher was built without failure policies \
+                         (set a retry policy, breaker or dead-letter handler)",
+            }),
+        }
     }
 
     /// Stops accepting items, drains every lane, dispatches what it finds,
@@ -664,6 +893,8 @@ pub struct BatcherBuilder<T, R> {
     shaping: Shaping<T>,
     /// Record histograms.
     histograms: bool,
+    /// Retries, circuit breaker, dead letters (all off by default).
+    failure: crate::failure::FailureSettings<T>,
 }
 
 /// The handler given to the builder.
@@ -1057,6 +1288,50 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         self
     }
 
+    /// Retries failed items under `policy` (see [`failure`](crate::failure)):
+    /// the handler classifies each failure with [`Failure`](crate::Failure)
+    /// or [`Batch::retry`](crate::Batch::retry).
+    pub fn retry_policy(mut self, policy: crate::RetryPolicy) -> Self {
+        self.failure.retry = Some(policy);
+        self
+    }
+
+    /// A circuit breaker in front of the handler (see
+    /// [`CircuitBreaker`](crate::CircuitBreaker)).
+    pub fn circuit_breaker(mut self, breaker: crate::CircuitBreaker) -> Self {
+        self.failure.breaker = Some(breaker);
+        self
+    }
+
+    /// Receives every item that failed for good (retries spent, a permanent
+    /// failure, an open breaker), with its last error; called on the
+    /// drainer thread (or an async worker task), one item at a time.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use ringbatch::{Batch, Batcher, Failure};
+    ///
+    /// let dead = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = Arc::clone(&dead);
+    /// let batcher = Batcher::builder()
+    ///     .dead_letter(move |letter: ringbatch::DeadLetter<u32>| {
+    ///         sink.lock().unwrap().push(letter.item);
+    ///     })
+    ///     .handler_fn(|_: &mut Batch<'_, u32, ()>| Err(Failure::permanent("bad rows").into()))
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(batcher.producer().submit(7).unwrap().wait().is_err());
+    /// batcher.shutdown();
+    /// assert_eq!(*dead.lock().unwrap(), [7]);
+    /// ```
+    pub fn dead_letter(
+        mut self,
+        handler: impl FnMut(crate::DeadLetter<T>) + Send + 'static,
+    ) -> Self {
+        self.failure.dead_letter = Some(Box::new(handler));
+        self
+    }
+
     /// Records HDR histograms of batch size, queue wait, handler time and
     /// end-to-end time, read with [`Batcher::stats`] (see
     /// [`metrics`](crate::metrics)). The drainer pays for them, once per
@@ -1094,6 +1369,20 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         self.config.validate()?;
         let mut shaping = self.shaping;
         shaping.validate(self.config.max_batch)?;
+        if let Some(policy) = &self.failure.retry {
+            policy.validate()?;
+            // Batches waiting to retry hold buffers: keep some for new ones.
+            if !self.pool_size_set {
+                self.config.pool_size = self.config.pool_size.max(8);
+            }
+        }
+        if let Some(breaker) = &self.failure.breaker
+            && breaker.failure_threshold == 0
+        {
+            return Err(ConfigError::Zero {
+                field: "failure_threshold",
+            });
+        }
         let handler = self.handler.ok_or(ConfigError::MissingHandler)?;
         if is_async && self.config.pool_size <= self.config.max_in_flight {
             return Err(ConfigError::PoolTooSmall {
@@ -1106,6 +1395,14 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         #[cfg(feature = "tokio")]
         if let (true, Some(core)) = (drain_on_runtime, self.config.pin_drainer) {
             return Err(ConfigError::PinOnRuntime { core });
+        }
+        #[cfg(feature = "tokio")]
+        if drain_on_runtime && !is_async && self.failure.retry.is_some() {
+            return Err(ConfigError::Invalid {
+                field: "retry_policy",
+                reason: "a drainer on the runtime retries only with an async handler \
+                         (a blocking handler's retries would sleep on a worker thread)",
+            });
         }
         #[cfg(feature = "tokio")]
         let runtime = match (is_async || drain_on_runtime, self.runtime) {
@@ -1121,6 +1418,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         let rings = lane_count * classes;
         let epoch = Instant::now();
         let histograms = self.histograms;
+        let failure = self.failure;
         let controller = shaping
             .adaptive
             .map(|adaptive| Controller::new(adaptive, config.max_batch));
@@ -1149,15 +1447,30 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                 closing: AtomicBool::new(false),
                 flush_requested: AtomicU64::new(0),
                 flush_now: AtomicU64::new(0),
+                paused: AtomicBool::new(false),
+                give_back_at: AtomicU64::new(NEVER),
+                max_batch: AtomicUsize::new(config.max_batch),
+                settings_version: AtomicU64::new(0),
                 effective_max: AtomicUsize::new(effective_max),
             }),
             progress: Progress::default(),
             counters: CachePadded::new(DrainerCounters::default()),
-            pool: Pool::new(config.pool_size, config.max_batch, histograms),
+            pool: Pool::new(
+                config.pool_size,
+                config.max_batch,
+                histograms,
+                failure.is_active(),
+            ),
             epoch,
             recorder: histograms
                 .then(|| Mutex::new(crate::metrics::Recorder::new(config.max_batch))),
             high_water: (0..rings).map(|_| AtomicU64::new(0)).collect(),
+            failure: failure
+                .is_active()
+                .then(|| Mutex::new(crate::failure::FailureState::new(failure))),
+            leftovers: Mutex::new(Vec::new()),
+            new_linger: Mutex::new(None),
+            shaping: assembler.is_some(),
             drainer: OnceLock::new(),
             next_lane: AtomicUsize::new(0),
             producers_made: AtomicUsize::new(0),

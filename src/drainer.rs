@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::batcher::Shared;
 use crate::error::Error;
+use crate::failure::{Outcome, Settled};
 use crate::handler::{Batch, Handler, batch_failed, deliver};
 use crate::pool::{BatchBuf, Origin};
 use crate::ring::{SEQ_MASK, announce_park_all, distance, park_drainer, withdraw_park};
@@ -70,6 +71,17 @@ pub(crate) struct Drainer<T, R> {
     sweep_now: u64,
     /// Per ring: the longest run found (published to `Shared::high_water`).
     high_water: Box<[u64]>,
+    /// (sync handler, retry policy) Batches waiting to be retried.
+    retries: Vec<Retry<T>>,
+    /// The live settings' version last applied.
+    settings_seen: u64,
+}
+
+/// A batch waiting in the drainer's timer queue to be retried.
+struct Retry<T> {
+    due: Instant,
+    attempt: u32,
+    buf: BatchBuf<T>,
 }
 
 impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
@@ -94,6 +106,8 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             since: vec![0; lanes].into_boxed_slice(),
             sweep_now: 0,
             high_water: vec![0; lanes].into_boxed_slice(),
+            retries: Vec::with_capacity(shared.config.pool_size),
+            settings_seen: 0,
             asm: asm.map(Box::new),
             flush_now_done: 0,
             adaptive_max,
@@ -118,6 +132,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     pub(crate) fn run(mut self) {
         let mut backoff = Backoff::new(self.shared.config.wait);
         loop {
+            self.refresh_settings();
             let control = &self.shared.control;
             // Acquire pairs with the Release store in `Batcher::stop`: every
             // lane is closed, and the tails read next are final.
@@ -130,6 +145,17 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 }
                 break;
             }
+            if let Some(until) = self.held() {
+                // Paused, or the breaker is open and holds batches: take
+                // nothing (producers meet backpressure); wake on a request
+                // (the unpark of `resume`, a flush, shutdown) or the end.
+                let wait = until.map_or(HELD_POLL, |u| {
+                    u.saturating_duration_since(Instant::now()).min(HELD_POLL)
+                });
+                crate::sync::thread::park_timeout(wait);
+                backoff.reset();
+                continue;
+            }
             // Acquire pairs with the AcqRel increment in `Batcher::flush`.
             let flush = control.flush_requested.load(Ordering::Acquire);
             if flush != self.flush_done {
@@ -137,6 +163,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 self.wait_for_batches_in_flight();
                 self.flush_done = flush;
                 self.shared.progress.flushed(flush);
+                backoff.reset();
+                continue;
+            }
+            if !self.retries.is_empty() && self.run_due_retries() {
                 backoff.reset();
                 continue;
             }
@@ -275,6 +305,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         // since they do not wake a drainer that has not announced a park.
         let mut backoff = Backoff::new(crate::wait::WaitStrategy::Yield);
         loop {
+            if self.past_give_back() {
+                self.give_back_leftovers();
+                return;
+            }
             let found = self.sweep();
             if self.asm.is_some() {
                 self.dispatch_shaped(false, Force::All(reason));
@@ -442,13 +476,16 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         // Relaxed: a tuning value.
         let effective = self.shared.control.effective_max.load(Ordering::Relaxed);
         let now_ns = asm.now_ns(now);
-        let timeout = match asm.next_due(now_ns, effective, self.adaptive_max) {
+        let mut timeout = match asm.next_due(now_ns, effective, self.adaptive_max) {
             Some(due) if due <= now_ns => return,
             Some(due) => Duration::from_nanos(due - now_ns),
             // Staged items wait for no timer (a full staging area waits for
             // the handler): look again soon.
             None => Duration::from_millis(1),
         };
+        if let Some(due) = self.next_retry() {
+            timeout = timeout.min(due.saturating_duration_since(now));
+        }
         let shared = &*self.shared;
         let control = &shared.control;
         let (flush_done, flush_now_done) = (self.flush_done, self.flush_now_done);
@@ -487,6 +524,16 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             );
         }
         match &mut self.sink {
+            Sink::Sync(_) if self.shared.failure.is_some() => {
+                let mut buf = core::mem::replace(&mut self.buf, BatchBuf::with_capacity(0));
+                if let Some(retry) = self.handle_with_policies(&mut buf, 0) {
+                    self.retries.push(retry);
+                    self.buf = self.free_buffer();
+                } else {
+                    buf.clear();
+                    self.buf = buf;
+                }
+            }
             Sink::Sync(handler) => {
                 let shared = &*self.shared;
                 let started =
@@ -541,6 +588,204 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         self.shared.counters.publish(tally);
     }
 
+    /// Runs the sync handler on `buf` (attempt `attempt`) under the failure
+    /// policies: the breaker may refuse it; afterwards failed items are
+    /// retried or dead-lettered. Returns the retry to queue, if any (the
+    /// buffer then holds only the items to retry); otherwise `buf` is done.
+    fn handle_with_policies(&mut self, buf: &mut BatchBuf<T>, attempt: u32) -> Option<Retry<T>> {
+        #[cfg(feature = "tokio")]
+        let Sink::Sync(handler) = &mut self.sink else {
+            unreachable!("the drainer runs only a sync handler itself");
+        };
+        #[cfg(not(feature = "tokio"))]
+        let Sink::Sync(handler) = &mut self.sink;
+        let shared = &*self.shared;
+        let failure = shared.failure.as_ref().expect("failure policies are on");
+        let deliver_to = |origin: Origin, error: Error| {
+            if let Some((lane, index)) = origin.pending() {
+                deliver(&shared.table, lane, index, Err(error));
+            }
+        };
+        if !lock(failure).admit(Instant::now()) {
+            lock(failure).reject(buf, &mut { deliver_to });
+            self.tally.items_failed += buf.failed as u64;
+            return None;
+        }
+        buf.prepare_marks();
+        let started = Instant::now();
+        let mut batch = Batch::new(buf, &shared.table);
+        let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(&mut batch)));
+        let elapsed = started.elapsed();
+        shared.observe_batch(elapsed, buf.feedback.take());
+        shared.record_finished(elapsed, buf);
+        let outcome = match outcome {
+            Ok(Ok(())) => Outcome::Ok,
+            Ok(Err(error)) => {
+                self.tally.batch_errors += 1;
+                Outcome::Failed(error)
+            }
+            Err(payload) => {
+                self.tally.panics += 1;
+                Outcome::Panicked(panic_message(&*payload).into())
+            }
+        };
+        let settled =
+            lock(failure).settle(buf, outcome, attempt, Instant::now(), &mut { deliver_to });
+        self.tally.items_failed += buf.failed as u64;
+        buf.failed = 0;
+        match settled {
+            Settled::Done => None,
+            Settled::Retry { delay } => Some(Retry {
+                due: Instant::now() + delay,
+                attempt: attempt + 1,
+                buf: core::mem::replace(buf, BatchBuf::with_capacity(0)),
+            }),
+        }
+    }
+
+    /// Runs every retry that is due. Returns whether it ran any.
+    fn run_due_retries(&mut self) -> bool {
+        let mut ran = false;
+        let now = Instant::now();
+        while let Some(i) = self.retries.iter().position(|r| r.due <= now) {
+            let Retry {
+                attempt, mut buf, ..
+            } = self.retries.swap_remove(i);
+            ran = true;
+            match self.handle_with_policies(&mut buf, attempt) {
+                Some(retry) => self.retries.push(retry),
+                None => self.shared.pool.put(buf),
+            }
+        }
+        if ran {
+            self.shared.counters.publish(&self.tally);
+        }
+        ran
+    }
+
+    /// Applies live settings changed since the last turn: `max_batch`
+    /// (between batches) and the linger.
+    fn refresh_settings(&mut self) {
+        let control = &self.shared.control;
+        if self.buf.is_empty() {
+            // Relaxed: a tuning value (`set_max_batch`).
+            self.max_batch = control.max_batch.load(Ordering::Relaxed);
+        }
+        // Acquire pairs with the Release increment in `set_linger`.
+        let version = control.settings_version.load(Ordering::Acquire);
+        if version != self.settings_seen {
+            self.settings_seen = version;
+            let linger = lock(&self.shared.new_linger).take();
+            if let (Some(linger), Some(asm)) = (linger, self.asm.as_deref_mut()) {
+                asm.set_linger(linger);
+            }
+        }
+    }
+
+    /// Whether `shutdown_timeout`'s deadline has passed.
+    fn past_give_back(&self) -> bool {
+        // Acquire pairs with the Release store in `shutdown_timeout`.
+        let at = self.shared.control.give_back_at.load(Ordering::Acquire);
+        at != NEVER && self.shared.clock() >= at
+    }
+
+    /// `shutdown_timeout`'s deadline passed: moves every item not handled
+    /// (the batch being filled, the staging area, the retry queue, the
+    /// lanes, which are closed) to the batcher's leftovers and fails their
+    /// tickets with `Closed`.
+    fn give_back_leftovers(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let mut out = lock(&shared.leftovers);
+        let mut keep = |item: T, origin: Origin| {
+            if let Some((lane, index)) = origin.pending() {
+                deliver(&shared.table, lane, index, Err(Error::Closed));
+            }
+            out.push(item);
+        };
+        let buf = &mut self.buf;
+        for (item, origin) in buf.items.drain(..).zip(buf.origins.drain(..)) {
+            keep(item, origin);
+        }
+        buf.clear();
+        if let Some(asm) = self.asm.as_deref_mut() {
+            asm.take_all(&mut keep);
+        }
+        for mut retry in self.retries.drain(..) {
+            let buf = &mut retry.buf;
+            for (item, origin) in buf.items.drain(..).zip(buf.origins.drain(..)) {
+                keep(item, origin);
+            }
+            shared.pool.put(retry.buf);
+        }
+        let capacity = shared.config.capacity;
+        for (index, lane) in shared.lanes.iter().enumerate() {
+            let target = lane.ring.tail().0;
+            let mut head = self.heads[index];
+            while head != target {
+                // SAFETY: the only consumer, and `head` is the head it last
+                // published.
+                let new_head = unsafe {
+                    lane.ring.drain_run(head, capacity, |item, _, ticket| {
+                        let origin = match ticket {
+                            Some(slot) => Origin::ticket(index, slot),
+                            None => Origin::NONE,
+                        };
+                        keep(item, origin);
+                    })
+                };
+                if new_head == head {
+                    // A producer is still publishing a claimed slot.
+                    crate::sync::thread::yield_now();
+                    continue;
+                }
+                if lane.ring.finish_run(new_head) {
+                    shared.table.lane(index).notifier.notify_all();
+                }
+                head = new_head;
+            }
+            self.heads[index] = head;
+        }
+    }
+
+    /// Whether the drainer must hold off, and until when if known: paused
+    /// (until resumed), or the breaker is open and holds batches.
+    fn held(&self) -> Option<Option<Instant>> {
+        let control = &self.shared.control;
+        // Acquire pairs with the Release stores of `pause` and `resume`.
+        if control.paused.load(Ordering::Acquire) {
+            return Some(None);
+        }
+        let failure = self.shared.failure.as_ref()?;
+        let failure = lock(failure);
+        failure.holds(Instant::now()).then(|| failure.open_until())
+    }
+
+    /// When the next retry is due, if any.
+    fn next_retry(&self) -> Option<Instant> {
+        self.retries.iter().map(|r| r.due).min()
+    }
+
+    /// A free buffer for the sync drainer whose buffer went to the retry
+    /// queue: from the pool, or, if every buffer waits to retry, after
+    /// running the next retry when it is due (backpressure).
+    fn free_buffer(&mut self) -> BatchBuf<T> {
+        loop {
+            if let Some(buf) = self.shared.pool.take() {
+                return buf;
+            }
+            match self.next_retry() {
+                Some(due) => {
+                    let now = Instant::now();
+                    if due > now {
+                        crate::sync::thread::park_timeout(due - now);
+                    }
+                    self.run_due_retries();
+                }
+                None => unreachable!("a buffer is either in the pool or waiting to retry"),
+            }
+        }
+    }
+
     /// A free buffer from the pool, waiting (spin, yield, then park until a
     /// worker returns one) while every buffer is in flight.
     #[cfg(feature = "tokio")]
@@ -555,8 +800,26 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     }
 
     /// With async workers, waits until every batch handed to them has
-    /// finished (a flush or shutdown is complete only then).
+    /// finished (a flush or shutdown is complete only then); with a sync
+    /// handler, until every batch waiting to retry has settled.
     fn wait_for_batches_in_flight(&mut self) {
+        while let Some(due) = self.next_retry() {
+            if self.past_give_back() {
+                self.give_back_leftovers();
+                break;
+            }
+            let now = Instant::now();
+            if due > now {
+                let mut wait = due - now;
+                let give_back = self.shared.control.give_back_at.load(Ordering::Acquire);
+                if give_back != NEVER {
+                    let left = give_back.saturating_sub(self.shared.clock());
+                    wait = wait.min(Duration::from_nanos(left));
+                }
+                std::thread::sleep(wait);
+            }
+            self.run_due_retries();
+        }
         #[cfg(feature = "tokio")]
         if matches!(self.sink, Sink::Async) {
             let pipeline = self.shared.pipeline();
@@ -595,6 +858,30 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         }
         let flush_done = self.flush_done;
         let flush_now_done = self.flush_now_done;
+        if let Some(due) = self.retries.iter().map(|r| r.due).min() {
+            // A retry is waiting: sleep no longer than until it is due.
+            let timeout = due.saturating_duration_since(Instant::now());
+            if timeout.is_zero() {
+                return;
+            }
+            let lanes = || {
+                shared
+                    .lanes
+                    .iter()
+                    .map(|lane| &lane.ring)
+                    .zip(self.heads.iter().copied())
+            };
+            let (announced, empty) = announce_park_all(lanes());
+            // Acquire, as below.
+            let requested = control.closing.load(Ordering::Acquire)
+                || control.flush_requested.load(Ordering::Acquire) != flush_done
+                || control.flush_now.load(Ordering::Acquire) != flush_now_done;
+            if empty && !requested {
+                crate::sync::thread::park_timeout(timeout);
+            }
+            withdraw_park(lanes(), announced);
+            return;
+        }
         park_drainer(
             shared
                 .lanes
@@ -629,6 +916,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             if self.need_buffer {
                 self.await_buffer().await;
             }
+            self.refresh_settings();
             let control = &self.shared.control;
             // Acquire pairs with the Release store in `Batcher::begin_stop`.
             if control.closing.load(Ordering::Acquire) {
@@ -638,6 +926,12 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                     crate::runtime::close(&self.shared);
                 }
                 break;
+            }
+            if self.held().is_some() {
+                // Paused, or a holding breaker is open: the task yields
+                // until it may go on.
+                tokio::task::yield_now().await;
+                continue;
             }
             // Acquire pairs with the AcqRel increment in `Batcher::flush`.
             let flush = control.flush_requested.load(Ordering::Acquire);
@@ -701,6 +995,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         loop {
             if self.need_buffer {
                 self.await_buffer().await;
+            }
+            if self.past_give_back() {
+                self.give_back_leftovers();
+                return;
             }
             let found = self.sweep();
             if self.asm.is_some() {
@@ -902,6 +1200,9 @@ impl<T, R> Drop for Drainer<T, R> {
         self.shared.progress.exited();
     }
 }
+
+/// Longest a held drainer sleeps before looking again.
+const HELD_POLL: Duration = Duration::from_millis(20);
 
 /// Locks `mutex`, going on after a panic of another holder (the data it
 /// guards stays consistent: every update is a single assignment).

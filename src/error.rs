@@ -161,6 +161,8 @@ pub enum Error {
     /// A later item with the same conflation key replaced this one in its
     /// batch; it never reached the handler.
     Superseded,
+    /// The circuit breaker was open: the item's batch was not tried.
+    CircuitOpen,
     /// The item weighs more than the batcher's byte limit on its own.
     TooLarge {
         /// The item's weight, by the batcher's weigher.
@@ -201,6 +203,7 @@ impl fmt::Debug for Error {
             Error::RuntimeShutdown => f.write_str("RuntimeShutdown"),
             Error::Expired => f.write_str("Expired"),
             Error::Superseded => f.write_str("Superseded"),
+            Error::CircuitOpen => f.write_str("CircuitOpen"),
             Error::TooLarge { weight, limit } => f
                 .debug_struct("TooLarge")
                 .field("weight", weight)
@@ -227,6 +230,9 @@ impl fmt::Display for Error {
             Error::Expired => f.write_str("the item's deadline passed before it was dispatched"),
             Error::Superseded => {
                 f.write_str("a later item with the same key replaced the item in its batch")
+            }
+            Error::CircuitOpen => {
+                f.write_str("the circuit breaker was open: the item's batch was not tried")
             }
             Error::TooLarge { weight, limit } => write!(
                 f,

@@ -198,7 +198,14 @@ impl<'a, T, R> Batch<'a, T, R> {
         let target = origin.pending();
         *origin = Origin::DONE;
         self.buf.completed += 1;
-        self.buf.failed += usize::from(result.is_err());
+        if let Err(error) = &result {
+            self.buf.failed += 1;
+            if self.buf.marking() {
+                // Failed for good: to the dead-letter handler afterwards.
+                self.buf.marks[index] = crate::failure::mark::DEAD;
+                self.buf.errors[index] = Some(error.clone());
+            }
+        }
         if let Some((lane, index)) = target {
             deliver(self.table, lane, index, result);
         }
@@ -260,12 +267,27 @@ impl<'a, T, R> Batch<'a, T, R> {
         let table = self.table;
         let mut completed = 0;
         let mut failed = 0;
-        for (item, origin) in self.buf.items.iter().zip(self.buf.origins.iter_mut()) {
-            if *origin == Origin::DONE {
+        let marking = self.buf.marking();
+        for (i, (item, origin)) in self
+            .buf
+            .items
+            .iter()
+            .zip(self.buf.origins.iter_mut())
+            .enumerate()
+        {
+            if *origin == Origin::DONE
+                || (marking && self.buf.marks[i] != crate::failure::mark::NONE)
+            {
                 continue;
             }
             let result = f(item);
-            failed += usize::from(result.is_err());
+            if let Err(error) = &result {
+                failed += 1;
+                if marking {
+                    self.buf.marks[i] = crate::failure::mark::DEAD;
+                    self.buf.errors[i] = Some(error.clone());
+                }
+            }
             if let Some((lane, index)) = origin.pending() {
                 deliver(table, lane, index, result);
             }
@@ -274,6 +296,62 @@ impl<'a, T, R> Batch<'a, T, R> {
         }
         self.buf.completed += completed;
         self.buf.failed += failed;
+    }
+
+    /// Asks for item `index` to be retried (it is not completed now): after
+    /// the batch, under the batcher's [`RetryPolicy`](crate::RetryPolicy),
+    /// it goes into a later batch of retries after a backoff; once its
+    /// retries are spent its ticket fails with `error` and it goes to the
+    /// dead-letter handler. Without a retry policy this is
+    /// [`fail`](Self::fail).
+    ///
+    /// # Errors
+    ///
+    /// As for [`complete`](Self::complete).
+    pub fn retry(
+        &mut self,
+        index: usize,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Result<(), CompleteError> {
+        self.mark_retry(index, error.into(), crate::failure::mark::RETRY)
+    }
+
+    /// [`retry`](Self::retry), after the policy's maximum delay: the sink
+    /// is rate-limiting.
+    ///
+    /// # Errors
+    ///
+    /// As for [`complete`](Self::complete).
+    pub fn rate_limited(
+        &mut self,
+        index: usize,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Result<(), CompleteError> {
+        self.mark_retry(index, error.into(), crate::failure::mark::RATE_LIMITED)
+    }
+
+    fn mark_retry(
+        &mut self,
+        index: usize,
+        error: Box<dyn std::error::Error + Send + Sync + 'static>,
+        mark: u8,
+    ) -> Result<(), CompleteError> {
+        if !self.buf.marking() {
+            return self.complete(index, Err(Error::Failed(Arc::from(error))));
+        }
+        let len = self.len();
+        match self.buf.origins.get(index) {
+            None => return Err(CompleteError::OutOfRange { index, len }),
+            Some(&Origin::DONE) => return Err(CompleteError::AlreadyCompleted { index }),
+            Some(_) if self.buf.marks[index] != crate::failure::mark::NONE => {
+                return Err(CompleteError::AlreadyCompleted { index });
+            }
+            Some(_) => {}
+        }
+        self.buf.marks[index] = mark;
+        self.buf.errors[index] = Some(Error::Failed(Arc::from(error)));
+        self.buf.completed += 1;
+        Ok(())
     }
 
     /// Reports the sink's load while handling this batch, for adaptive

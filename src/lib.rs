@@ -65,6 +65,7 @@ mod completion;
 mod config;
 mod drainer;
 mod error;
+pub mod failure;
 mod handler;
 pub mod metrics;
 #[cfg(feature = "metrics")]
@@ -88,6 +89,7 @@ pub use config::{
     MAX_LANES,
 };
 pub use error::{Error, RefusedKind, SharedError, SliceError, SubmitError};
+pub use failure::{BreakerState, CircuitBreaker, DeadLetter, Failure, FailureKind, RetryPolicy};
 pub use handler::{Batch, BatchError, CompleteError, Handler};
 #[cfg(feature = "tokio")]
 pub use runtime::{AsyncBatch, AsyncHandler};

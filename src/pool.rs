@@ -56,6 +56,10 @@ pub(crate) struct BatchBuf<T> {
     /// since the batcher's epoch) each run's items were known to be
     /// published after.
     pub(crate) runs: Vec<(u64, u64)>,
+    /// With failure policies: per-item marks (`failure::mark`) and errors,
+    /// sized to the batch just before the handler runs.
+    pub(crate) marks: Vec<u8>,
+    pub(crate) errors: Vec<Option<crate::error::Error>>,
 }
 
 /// Most runs a batch buffer keeps apart (later ones merge into the last).
@@ -71,6 +75,8 @@ impl<T> BatchBuf<T> {
             feedback: None,
             failed: 0,
             runs: Vec::new(),
+            marks: Vec::new(),
+            errors: Vec::new(),
         }
     }
 
@@ -113,6 +119,31 @@ impl<T> BatchBuf<T> {
         self.feedback = None;
         self.failed = 0;
         self.runs.clear();
+        self.marks.clear();
+        self.errors.clear();
+    }
+
+    /// With failure policies: makes room for the marks (at build time).
+    pub(crate) fn with_marks(mut self) -> Self {
+        let capacity = self.items.capacity();
+        self.marks.reserve_exact(capacity);
+        self.errors.reserve_exact(capacity);
+        self
+    }
+
+    /// With failure policies: one clear mark per item, before the handler.
+    pub(crate) fn prepare_marks(&mut self) {
+        self.marks.clear();
+        self.marks
+            .resize(self.items.len(), crate::failure::mark::NONE);
+        self.errors.clear();
+        self.errors.resize_with(self.items.len(), || None);
+    }
+
+    /// Whether per-item marks are kept (failure policies on).
+    #[inline]
+    pub(crate) fn marking(&self) -> bool {
+        !self.marks.is_empty()
     }
 
     /// With histograms: makes room for the runs (at build time).
@@ -152,12 +183,15 @@ pub(crate) struct Pool<T> {
 impl<T> Pool<T> {
     /// `size` buffers of `buffer_capacity` items each, allocated now, with
     /// room for histogram runs when `runs` is set.
-    pub(crate) fn new(size: usize, buffer_capacity: usize, runs: bool) -> Self {
+    pub(crate) fn new(size: usize, buffer_capacity: usize, runs: bool, marks: bool) -> Self {
         let free = ArrayQueue::new(size);
         for _ in 0..size {
             let mut buf = BatchBuf::with_capacity(buffer_capacity);
             if runs {
                 buf = buf.with_runs();
+            }
+            if marks {
+                buf = buf.with_marks();
             }
             let pushed = free.push(buf);
             debug_assert!(pushed.is_ok(), "the queue holds exactly `size` buffers");

@@ -27,10 +27,13 @@ use tokio::sync::Notify;
 
 use crate::batcher::Shared;
 use crate::completion::TableOwner;
-use crate::drainer::panic_message;
+use crate::drainer::{lock, panic_message};
 use crate::error::Error;
+use crate::failure::{Outcome, Settled};
+use crate::handler::deliver;
 use crate::handler::{Batch, BatchError, CompleteError, batch_failed};
 use crate::pool::BatchBuf;
+use crate::pool::Origin;
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, fence};
 
 /// An async sink: receives each batch as an owned [`AsyncBatch`] and returns
@@ -193,6 +196,33 @@ impl<T, R> AsyncBatch<T, R> {
     /// Completes every item not completed yet with `Ok(f(item))`, in order.
     pub fn ok_with(&mut self, f: impl FnMut(&T) -> R) {
         self.view().ok_with(f);
+    }
+
+    /// Asks for item `index` to be retried; see [`Batch::retry`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`Batch::complete`].
+    pub fn retry(
+        &mut self,
+        index: usize,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Result<(), CompleteError> {
+        self.view().retry(index, error)
+    }
+
+    /// Asks for item `index` to be retried after the maximum delay; see
+    /// [`Batch::rate_limited`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`Batch::complete`].
+    pub fn rate_limited(
+        &mut self,
+        index: usize,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Result<(), CompleteError> {
+        self.view().rate_limited(index, error)
     }
 
     /// Reports the sink's load for adaptive sizing; see
@@ -517,6 +547,10 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
             let Some(buf) = self.next_batch().await else {
                 return;
             };
+            if self.shared.failure.is_some() {
+                self.run_with_policies(&*handler, buf).await;
+                continue;
+            }
             let batch = AsyncBatch {
                 buf: Some(buf),
                 shared: Arc::clone(&self.shared),
@@ -555,6 +589,73 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
             }
             finish(&self.shared, buf, leftover);
         }
+    }
+
+    /// One batch under the failure policies: the breaker may refuse it;
+    /// failed items are retried on this task after their backoff (a tokio
+    /// timer: the runtime needs its time driver), or dead-lettered.
+    async fn run_with_policies<H: AsyncHandler<T, R>>(&self, handler: &H, mut buf: BatchBuf<T>) {
+        let shared = &*self.shared;
+        let failure = shared.failure.as_ref().expect("failure policies are on");
+        let table = &shared.table;
+        let mut deliver_to = |origin: Origin, error: Error| {
+            if let Some((lane, index)) = origin.pending() {
+                deliver(table, lane, index, Err(error));
+            }
+        };
+        let pipeline = shared.pipeline();
+        let mut attempt = 0;
+        loop {
+            if !lock(failure).admit(Instant::now()) {
+                lock(failure).reject(&mut buf, &mut deliver_to);
+                break;
+            }
+            buf.prepare_marks();
+            let batch = AsyncBatch {
+                buf: Some(buf),
+                shared: Arc::clone(&self.shared),
+                slot: Arc::clone(&self.slot),
+            };
+            let started = Instant::now();
+            let outcome = {
+                let future = pin!(handler.handle(batch));
+                CatchUnwind(future).await
+            };
+            buf = poll_fn(|cx| self.slot.poll_take(cx)).await;
+            let elapsed = started.elapsed();
+            shared.observe_batch(elapsed, buf.feedback.take());
+            shared.record_finished(elapsed, &buf);
+            let outcome = match outcome {
+                Ok(Ok(())) => Outcome::Ok,
+                Ok(Err(error)) => {
+                    // Relaxed: a statistic.
+                    pipeline.batch_errors.fetch_add(1, Ordering::Relaxed);
+                    Outcome::Failed(error)
+                }
+                Err(message) => {
+                    // Relaxed: a statistic.
+                    pipeline.panics.fetch_add(1, Ordering::Relaxed);
+                    Outcome::Panicked(message)
+                }
+            };
+            let settled =
+                lock(failure).settle(&mut buf, outcome, attempt, Instant::now(), &mut deliver_to);
+            if buf.failed > 0 {
+                // Relaxed: a statistic.
+                pipeline
+                    .items_failed
+                    .fetch_add(buf.failed as u64, Ordering::Relaxed);
+                buf.failed = 0;
+            }
+            match settled {
+                Settled::Done => break,
+                Settled::Retry { delay } => {
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
+        finish(shared, buf, Error::NotCompleted);
     }
 
     /// The next full buffer, or `None` once the batcher is closing.

@@ -437,6 +437,19 @@ impl Controller {
         self.max
     }
 
+    /// New bounds (a live setting); returns the effective size within them.
+    pub(crate) fn set_bounds(&mut self, min: Option<usize>, max: Option<usize>) -> usize {
+        if let Some(max) = max {
+            self.max = max;
+        }
+        if let Some(min) = min {
+            self.settings.min = min;
+        }
+        self.settings.min = self.settings.min.min(self.max);
+        self.size = self.size.clamp(self.settings.min as f64, self.max as f64);
+        self.size()
+    }
+
     /// Takes one batch's handler time and feedback; returns the new size.
     pub(crate) fn observe(
         &mut self,
@@ -1586,19 +1599,36 @@ impl<T> Assembler<T> {
         }
     }
 
+    /// Moves every staged item out, oldest first per list.
+    pub(crate) fn take_all(&mut self, mut f: impl FnMut(T, Origin)) {
+        while let Some(staged) = self.intake.pop_front() {
+            f(staged.item, staged.origin);
+        }
+        for g in 0..self.groups.len() {
+            while let Some(staged) = self.pop(g) {
+                f(staged.item, staged.origin);
+            }
+            if self.policy.group.is_some() && self.groups[g].open {
+                self.groups[g].open = false;
+                self.free_groups.push(g);
+            }
+        }
+        self.index.clear();
+    }
+
     /// Fails every staged item with `error` (the drainer will never run
     /// again).
     #[cfg(feature = "tokio")]
     pub(crate) fn fail_all(&mut self, error: &Error, complete: &mut dyn FnMut(Origin, Error)) {
-        while let Some(staged) = self.intake.pop_front() {
-            complete(staged.origin, error.clone());
-        }
-        for g in 0..self.groups.len() {
-            while let Some(staged) = self.pop(g) {
-                complete(staged.origin, error.clone());
-            }
-        }
-        self.index.clear();
+        self.take_all(|item, origin| {
+            drop(item);
+            complete(origin, error.clone());
+        });
+    }
+
+    /// Replaces the linger (a live setting).
+    pub(crate) fn set_linger(&mut self, linger: Linger) {
+        self.policy.linger = linger;
     }
 }
 

@@ -227,6 +227,16 @@ pub struct Stats {
     /// or left by a handler that failed or panicked (items a handler
     /// returned `Ok` without completing are not counted).
     pub items_failed: u64,
+    /// Items handed to the handler again by the retry policy (each retry of
+    /// an item counts).
+    pub retried: u64,
+    /// Items that failed for good and went to the dead-letter handler (or
+    /// would have, with none set).
+    pub dead_lettered: u64,
+    /// Items failed with `CircuitOpen` because the breaker was open.
+    pub circuit_rejected: u64,
+    /// The circuit breaker's state.
+    pub breaker: crate::failure::BreakerState,
     /// Percentiles of batch size, queue wait, handler time and end-to-end
     /// time, when the batcher records them
     /// ([`BatcherBuilder::histograms`](crate::BatcherBuilder::histograms)).
