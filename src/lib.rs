@@ -66,6 +66,8 @@ mod pool;
 mod ring;
 #[cfg(feature = "tokio")]
 mod runtime;
+#[cfg(feature = "postgres")]
+pub mod sinks;
 mod stats;
 mod sync;
 mod wait;
