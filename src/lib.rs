@@ -66,7 +66,7 @@ mod pool;
 mod ring;
 #[cfg(feature = "tokio")]
 mod runtime;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "nats"))]
 pub mod sinks;
 mod stats;
 mod sync;

@@ -17,6 +17,8 @@
 
 use core::time::Duration;
 
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
