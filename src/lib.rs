@@ -77,6 +77,8 @@ mod runtime;
 mod shape;
 #[cfg(all(test, not(loom)))]
 mod shape_props;
+#[cfg(any(feature = "postgres", feature = "nats"))]
+pub mod sinks;
 mod stats;
 mod sync;
 mod wait;

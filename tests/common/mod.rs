@@ -208,3 +208,34 @@ pub fn wait_ticket<R>(mut ticket: ringbatch::Ticket<R>) -> Result<R, ringbatch::
         .wait_timeout(BOUND)
         .unwrap_or_else(|| panic!("no result within {BOUND:?}"))
 }
+
+/// Whether this is a CI run (`CI` set to anything but empty, `0` or
+/// `false`): tests that need a server must then find it.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// The value of `var`, which names a server `test` needs. When it is not
+/// set the test is skipped, saying so on stderr (written directly, so that
+/// the test harness does not capture it); in CI a missing server fails the
+/// test instead.
+pub fn server_env(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.trim().is_empty() => Some(value),
+        _ => {
+            assert!(
+                !in_ci(),
+                "{test}: {var} is not set, and CI is: in CI the sink tests must run \
+                 against real servers (`bin/services start`, then \
+                 `eval \"$(bin/services env)\"`)"
+            );
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: {var} is not set; start the servers with `bin/services start` \
+                 and load their variables with `eval \"$(bin/services env)\"`"
+            );
+            None
+        }
+    }
+}
