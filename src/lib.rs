@@ -54,6 +54,10 @@
 //!   [`Linger`], [`Priority`] classes, key groups ([`GroupLimits`]),
 //!   conflation, deadlines and a maximum age, [`Adaptive`] sizing. See the
 //!   README's "Batch shaping" table.
+//! - Failure policies ([`failure`]): [`RetryPolicy`], [`CircuitBreaker`],
+//!   dead letters, `pause`/`resume`, live settings, `shutdown_timeout`.
+//! - Metrics ([`metrics`]): histograms in [`Stats`] and
+//!   [`Stats::prometheus`].
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
