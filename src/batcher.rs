@@ -763,6 +763,28 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         }
         shared.stats()
     }
+
+    /// [`shutdown_timeout`](Self::shutdown_timeout) for async code: waits
+    /// without blocking the thread, and returns the final stats and the
+    /// items it gave back.
+    ///
+    /// Cancel safety: as for [`shutdown_async`](Self::shutdown_async); the
+    /// items given back are then dropped with the batcher's state.
+    pub async fn shutdown_timeout_async(self, timeout: Duration) -> (Stats, Vec<T>) {
+        let at = self
+            .shared
+            .clock()
+            .saturating_add(crate::shape::duration_ns(timeout));
+        // Release: the drainer's Acquire load (after it sees `closing`).
+        self.shared
+            .control
+            .give_back_at
+            .store(at, Ordering::Release);
+        let shared = Arc::clone(&self.shared);
+        let stats = self.shutdown_async().await;
+        let leftovers = core::mem::take(&mut *crate::drainer::lock(&shared.leftovers));
+        (stats, leftovers)
+    }
 }
 
 impl<T, R> Drop for Batcher<T, R> {

@@ -616,3 +616,48 @@ fn an_async_handler_retries_and_dead_letters() {
         assert_eq!(letters.lock().unwrap().len(), 10);
     });
 }
+
+#[cfg(feature = "tokio")]
+#[test]
+fn shutdown_timeout_async_gives_back_what_a_slow_async_sink_did_not_take() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let handled = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&handled);
+        let batcher = Batcher::builder()
+            .max_batch(1)
+            .max_in_flight(1)
+            .async_handler_fn(move |mut batch: ringbatch::AsyncBatch<u64, ()>| {
+                let count = Arc::clone(&count);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    count.fetch_add(batch.len() as u64, Ordering::SeqCst);
+                    batch.ok_with(|_| ());
+                    Ok::<(), BatchError>(())
+                }
+            })
+            .build()
+            .unwrap();
+        let producer = batcher.producer();
+        for x in 0..10 {
+            producer.push(x).unwrap();
+        }
+        let (stats, unhandled) = batcher
+            .shutdown_timeout_async(Duration::from_millis(30))
+            .await;
+        assert!(
+            !unhandled.is_empty(),
+            "a sink taking 100 ms per item cannot take 10 in 30 ms"
+        );
+        assert_eq!(
+            handled.load(Ordering::SeqCst) + unhandled.len() as u64,
+            10,
+            "each item handled or given back, once (given back: {unhandled:?})"
+        );
+        assert_eq!(stats.items_handled, handled.load(Ordering::SeqCst));
+    });
+}
