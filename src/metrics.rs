@@ -205,7 +205,7 @@ impl Stats {
             }
         };
         let one = |v: u64| vec![(String::new(), v as f64)];
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 16] = [
             (
                 "submitted_total",
                 "Items offered to the batcher.",
@@ -271,6 +271,21 @@ impl Stats {
                 "Batches whose handler panicked.",
                 self.handler_panics,
             ),
+            (
+                "retried_total",
+                "Items handed to the handler again by the retry policy.",
+                self.retried,
+            ),
+            (
+                "dead_lettered_total",
+                "Items that failed for good (to the dead-letter handler).",
+                self.dead_lettered,
+            ),
+            (
+                "circuit_rejected_total",
+                "Items failed at once because the circuit breaker was open.",
+                self.circuit_rejected,
+            ),
         ];
         for (name, help, value) in counters {
             metric(name, "counter", help, &one(value));
@@ -290,7 +305,17 @@ impl Stats {
             "Batches dispatched, by the reason they left.",
             &reasons,
         );
-        let gauges: [(&str, &str, u64); 6] = [
+        let breaker = match self.breaker {
+            crate::BreakerState::Closed => 0,
+            crate::BreakerState::Open => 1,
+            crate::BreakerState::HalfOpen => 2,
+        };
+        let gauges: [(&str, &str, u64); 7] = [
+            (
+                "breaker_state",
+                "The circuit breaker: 0 closed, 1 open, 2 half open.",
+                breaker,
+            ),
             (
                 "batches_in_flight",
                 "Batches handed to async handler tasks and not finished.",
@@ -351,28 +376,31 @@ impl Stats {
                     "queue_wait_seconds",
                     "Submission to dispatch, per item.",
                     &h.queue_wait_ns,
-                    1e-9,
+                    1e9,
                 ),
                 (
                     "handler_seconds",
                     "Handler time per batch.",
                     &h.handler_ns,
-                    1e-9,
+                    1e9,
                 ),
                 (
                     "end_to_end_seconds",
                     "Submission to completion, per item.",
                     &h.end_to_end_ns,
-                    1e-9,
+                    1e9,
                 ),
             ];
-            for (name, help, p, scale) in summaries {
+            // The last field is the units per exported unit (ns per second):
+            // dividing rounds once, so 90559 ns prints as 0.000090559, not
+            // as 0.00009055900000000001.
+            for (name, help, p, per_unit) in summaries {
                 let mut samples: Vec<(String, f64)> = p
                     .quantiles()
                     .iter()
-                    .map(|&(q, v)| (format!("{{quantile=\"{q}\"}}"), v as f64 * scale))
+                    .map(|&(q, v)| (format!("{{quantile=\"{q}\"}}"), v as f64 / per_unit))
                     .collect();
-                samples.push(("_sum".to_owned(), p.mean * p.count as f64 * scale));
+                samples.push(("_sum".to_owned(), p.mean * p.count as f64 / per_unit));
                 samples.push(("_count".to_owned(), p.count as f64));
                 // `_sum` and `_count` are suffixes of the name, not labels.
                 let _ = writeln!(out, "# HELP {ns}_{name} {help}");

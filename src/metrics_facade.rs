@@ -4,7 +4,10 @@
 //! StatsD, OpenTelemetry bridges).
 
 use crate::metrics::Percentiles;
-use crate::stats::{DispatchReason, Stats};
+use crate::stats::{DispatchReason, LaneStats, Stats};
+
+/// Reads one figure of a lane.
+type LaneField = fn(&LaneStats) -> u64;
 
 impl Stats {
     /// Exports the snapshot through the [`metrics`](https://docs.rs/metrics)
@@ -17,7 +20,8 @@ impl Stats {
     ///   `dropped_total`, `refused_closed_total`, `batches_total`,
     ///   `items_handled_total`, `items_failed_total`, `expired_total`,
     ///   `superseded_total`, `too_large_total`, `batch_errors_total`,
-    ///   `handler_panics_total`, and `dispatched_total` with a `reason`
+    ///   `handler_panics_total`, `retried_total`, `dead_lettered_total`,
+    ///   `circuit_rejected_total`, and `dispatched_total` with a `reason`
     ///   label;
     /// - gauges: `batches_in_flight`, `staged`, `effective_max_batch`,
     ///   `max_batch_items`, `pool_free`, `memory_bytes`, and `lane_depth`,
@@ -48,7 +52,7 @@ impl Stats {
     /// ```
     pub fn export_metrics(&self, prefix: &str) {
         let name = |suffix: &str| format!("{prefix}_{suffix}");
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 16] = [
             (
                 "submitted_total",
                 "Items offered to the batcher.",
@@ -114,6 +118,21 @@ impl Stats {
                 "Batches whose handler panicked.",
                 self.handler_panics,
             ),
+            (
+                "retried_total",
+                "Items handed to the handler again by the retry policy.",
+                self.retried,
+            ),
+            (
+                "dead_lettered_total",
+                "Items that failed for good and went to the dead-letter handler.",
+                self.dead_lettered,
+            ),
+            (
+                "circuit_rejected_total",
+                "Items failed because the circuit breaker was open.",
+                self.circuit_rejected,
+            ),
         ];
         for (suffix, help, value) in counters {
             let name = name(suffix);
@@ -169,7 +188,7 @@ impl Stats {
             ::metrics::gauge!(name).set(value);
         }
 
-        let lane_gauges: [(&str, &str, fn(&crate::LaneStats) -> u64); 2] = [
+        let lane_gauges: [(&str, &str, LaneField); 2] = [
             (
                 "lane_depth",
                 "Items in the lane not yet taken by the drainer.",
@@ -198,31 +217,32 @@ impl Stats {
                 "queue_wait_seconds",
                 "Submission to dispatch, per item.",
                 &h.queue_wait_ns,
-                1e-9,
+                1e9,
             ),
             (
                 "handler_seconds",
                 "Handler time per batch.",
                 &h.handler_ns,
-                1e-9,
+                1e9,
             ),
             (
                 "end_to_end_seconds",
                 "Submission to completion, per item.",
                 &h.end_to_end_ns,
-                1e-9,
+                1e9,
             ),
         ];
-        for (suffix, help, p, scale) in summaries {
+        // The last field is the units per exported unit (ns per second).
+        for (suffix, help, p, per_unit) in summaries {
             let name = name(suffix);
             ::metrics::describe_gauge!(name.clone(), help);
             for (q, value) in p.quantiles() {
                 ::metrics::gauge!(name.clone(), "quantile" => q.to_string())
-                    .set(value as f64 * scale);
+                    .set(value as f64 / per_unit);
             }
             let sum = format!("{name}_sum");
             ::metrics::describe_gauge!(sum.clone(), help);
-            ::metrics::gauge!(sum).set(p.mean * p.count as f64 * scale);
+            ::metrics::gauge!(sum).set(p.mean * p.count as f64 / per_unit);
             let count = format!("{name}_count");
             ::metrics::describe_counter!(count.clone(), help);
             ::metrics::counter!(count).absolute(p.count);

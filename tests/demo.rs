@@ -1,0 +1,260 @@
+//! The README's first command, `examples/demo.rs`, run with small flags: it
+//! finishes, prints its summary, and writes a well-formed SVG chart holding
+//! its three series (throughput, batch size, p99 latency). Bad flags get
+//! clap's usual message.
+//!
+//! The test builds the example with the profile and features it was built
+//! with itself (`cargo build --profile test --example demo`; a no-op after a
+//! plain `cargo test`, which builds the examples), then runs the binary.
+//! Every child process is bounded in time and killed past its limit.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Building the example from cold (its dependencies included) on a small
+/// machine.
+const BUILD_LIMIT: Duration = Duration::from_secs(600);
+/// Running it for two seconds, then drawing the chart.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// A scratch directory of this test process.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringbatch-demo-{}-{name}", std::process::id()));
+    fs::create_dir_all(&dir).expect("create a scratch directory");
+    dir
+}
+
+/// What a bounded child left: its exit status, stdout and stderr.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `command` to the end with its output in files under `dir`, killing
+/// it after `limit`.
+fn run_bounded(mut command: Command, dir: &Path, what: &str, limit: Duration) -> Finished {
+    let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
+    let stdout = File::create(&out_path).expect("create the stdout file");
+    let stderr = File::create(&err_path).expect("create the stderr file");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: could not start {command:?}: {e}"));
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait().expect("poll the child") {
+            Some(status) => break status,
+            None if started.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+                panic!(
+                    "{what}: still running after {limit:?}, killed; expected it to finish.\n\
+                     stderr:\n{stderr}"
+                );
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    Finished {
+        status,
+        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+    }
+}
+
+/// The value of the JSON string field `"key":"..."` in `line`, unescaped
+/// (enough for the paths cargo prints).
+fn json_string(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
+    let mut value = String::new();
+    let mut chars = line[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(value),
+            '\\' => match chars.next()? {
+                'n' => value.push('\n'),
+                't' => value.push('\t'),
+                other => value.push(other),
+            },
+            c => value.push(c),
+        }
+    }
+    None
+}
+
+/// Builds the demo with this test's profile and features (cargo's output
+/// under a scratch directory named after `test`); its path.
+fn demo_binary(test: &str) -> PathBuf {
+    let dir = scratch(&format!("{test}-build"));
+    let mut features = Vec::new();
+    if cfg!(feature = "tokio") {
+        features.push("tokio");
+    }
+    if cfg!(feature = "metrics") {
+        features.push("metrics");
+    }
+    let mut command = Command::new(env!("CARGO"));
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--profile", "test", "--example", "demo"])
+        .args(["--message-format", "json-render-diagnostics"])
+        .arg("--no-default-features");
+    if !features.is_empty() {
+        command.args(["--features", &features.join(",")]);
+    }
+    let build = run_bounded(command, &dir, "building the demo", BUILD_LIMIT);
+    assert!(
+        build.status.success(),
+        "building the demo failed ({}):\n{}",
+        build.status,
+        build.stderr
+    );
+    let binary = build
+        .stdout
+        .lines()
+        .filter(|line| line.contains("\"reason\":\"compiler-artifact\""))
+        .filter(|line| line.contains("\"kind\":[\"example\"]"))
+        .filter(|line| json_string(line, "name").as_deref() == Some("demo"))
+        .find_map(|line| json_string(line, "executable"))
+        .unwrap_or_else(|| panic!("cargo named no demo executable:\n{}", build.stdout));
+    let _ = fs::remove_dir_all(dir);
+    PathBuf::from(binary)
+}
+
+#[test]
+fn demo_runs_and_writes_an_svg_with_three_series() {
+    let binary = demo_binary("run");
+    let dir = scratch("run");
+    let svg_path = dir.join("chart").join("demo.svg");
+    let mut command = Command::new(&binary);
+    command.args(["--seconds", "2", "--items", "20000", "--producers", "2"]);
+    command.args([
+        "--pattern",
+        "spikes",
+        "--max-batch",
+        "128",
+        "--linger",
+        "500us",
+    ]);
+    command.arg("--out").arg(&svg_path);
+    let run = run_bounded(command, &dir, "the demo", RUN_LIMIT);
+    assert!(
+        run.status.success(),
+        "the demo exited with {}; expected success.\nstdout:\n{}\nstderr:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    for expected in [
+        "items handled",
+        "batches",
+        "adaptive limit",
+        "end to end",
+        "chart: ",
+    ] {
+        assert!(
+            run.stdout.contains(expected),
+            "the summary lacks {expected:?}:\n{}",
+            run.stdout
+        );
+    }
+    assert!(
+        run.stdout.contains(&svg_path.display().to_string()),
+        "the demo should print the chart's path {}:\n{}",
+        svg_path.display(),
+        run.stdout
+    );
+
+    let svg = fs::read_to_string(&svg_path)
+        .unwrap_or_else(|e| panic!("the demo wrote no chart at {}: {e}", svg_path.display()));
+    let doc = roxmltree::Document::parse(&svg)
+        .unwrap_or_else(|e| panic!("the chart is not well-formed XML: {e}"));
+    assert_eq!(doc.root_element().tag_name().name(), "svg", "root element");
+
+    let texts: Vec<String> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .map(|n| n.text().unwrap_or("").trim().to_owned())
+        .collect();
+    for caption in ["throughput", "batch size", "p99 latency"] {
+        assert!(
+            texts.iter().any(|t| t == caption),
+            "no panel captioned {caption:?}; texts: {texts:?}"
+        );
+    }
+    for legend in [
+        "throughput (items/s)",
+        "batch size (mean dispatched)",
+        "p99 latency (ms, submit to handled)",
+    ] {
+        assert!(
+            texts.iter().any(|t| t == legend),
+            "no legend entry {legend:?}; texts: {texts:?}"
+        );
+    }
+
+    // Each series is a polyline in its own colour with a point per sample
+    // (every 100 ms of the 2 s run); the legend's swatches have two points.
+    let points_by_colour = |colour: &str| -> usize {
+        doc.descendants()
+            .filter(|n| n.has_tag_name("polyline"))
+            .filter(|n| {
+                n.attribute("stroke")
+                    .is_some_and(|s| s.eq_ignore_ascii_case(colour))
+            })
+            .map(|n| {
+                n.attribute("points")
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    for (series, colour) in [
+        ("throughput", "#1F77B4"),
+        ("batch size", "#2CA02C"),
+        ("p99 latency", "#D62728"),
+    ] {
+        let points = points_by_colour(colour);
+        assert!(
+            points >= 10,
+            "the {series} series ({colour}) should be a polyline of at least 10 points, \
+             found {points}"
+        );
+    }
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn demo_rejects_bad_flags_with_clap_message() {
+    let binary = demo_binary("flags");
+    let dir = scratch("flags");
+    let mut command = Command::new(&binary);
+    command.args(["--pattern", "zigzag"]);
+    let run = run_bounded(command, &dir, "the demo with a bad flag", RUN_LIMIT);
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "clap exits with 2 on a usage error; stderr:\n{}",
+        run.stderr
+    );
+    for expected in [
+        "invalid value 'zigzag' for '--pattern <PATTERN>'",
+        "possible values: constant, sine, spikes, gradual",
+        "--help",
+    ] {
+        assert!(
+            run.stderr.contains(expected),
+            "stderr lacks {expected:?}:\n{}",
+            run.stderr
+        );
+    }
+    let _ = fs::remove_dir_all(dir);
+}

@@ -1,0 +1,584 @@
+//! `Stats::prometheus` against a strict reading of the Prometheus text
+//! exposition format 0.0.4, after concurrent load with histograms on, and
+//! its numbers against the test's own tally.
+//!
+//! The checker below enforces, line by line: `# HELP` and `# TYPE` at most
+//! once per metric and before its samples; metric names matching
+//! `[a-zA-Z_:][a-zA-Z0-9_:]*`; label names `[a-zA-Z_][a-zA-Z0-9_]*` (not
+//! `__`-prefixed); label values quoted with only `\\`, `\"` and `\n`
+//! escapes; values that parse as floats, `+Inf`, `-Inf` or `NaN`; every
+//! sample belonging to a metric with a TYPE; a metric's samples in one
+//! group; counters ending in `_total`; summaries made of `quantile`-labelled
+//! samples plus `_sum` and `_count`; no series twice. Its own tests at the
+//! end show that it rejects each kind of mistake.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The longest any single wait may take.
+const BOUND: Duration = Duration::from_secs(60);
+
+use ringbatch::{Backpressure, Batch, Batcher, SubmitError};
+
+/// Label names and values, in order.
+type Labels = Vec<(String, String)>;
+
+/// One sample: metric name, labels in order, value.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+/// A checked exposition: samples by series, and each family's type.
+#[derive(Debug, Default)]
+struct Exposition {
+    samples: Vec<Sample>,
+    types: HashMap<String, String>,
+}
+
+impl Exposition {
+    /// The value of the one series `name{labels}`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let want: BTreeMap<&str, &str> = labels.iter().copied().collect();
+        let found: Vec<&Sample> = self
+            .samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && s.labels
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect::<BTreeMap<_, _>>()
+                        == want
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "expected one series {name}{labels:?}");
+        found[0].value
+    }
+}
+
+fn is_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("__")
+}
+
+/// A sample value: a Go-style float, `+Inf`, `-Inf` or `NaN`.
+fn parse_value(text: &str) -> Result<f64, String> {
+    match text {
+        "+Inf" => return Ok(f64::INFINITY),
+        "-Inf" => return Ok(f64::NEG_INFINITY),
+        "NaN" => return Ok(f64::NAN),
+        _ => {}
+    }
+    // Digits, one optional point, an optional exponent; Rust's parser alone
+    // would also take "inf" or "infinity".
+    let body = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let (mantissa, exponent) = match body.find(['e', 'E']) {
+        Some(i) => (&body[..i], Some(&body[i + 1..])),
+        None => (body, None),
+    };
+    let digits = mantissa.chars().filter(char::is_ascii_digit).count();
+    let points = mantissa.chars().filter(|&c| c == '.').count();
+    let mantissa_ok = digits > 0 && points <= 1 && digits + points == mantissa.len();
+    let exponent_ok = exponent.is_none_or(|e| {
+        let e = e.strip_prefix(['+', '-']).unwrap_or(e);
+        !e.is_empty() && e.chars().all(|c| c.is_ascii_digit())
+    });
+    if !(mantissa_ok && exponent_ok) {
+        return Err(format!("`{text}` is not a float"));
+    }
+    text.parse().map_err(|e| format!("`{text}`: {e}"))
+}
+
+/// Parses `{name="value",...}` at the start of `text`; the labels and the
+/// rest of the line.
+fn parse_labels(text: &str) -> Result<(Labels, &str), String> {
+    let mut rest = text
+        .strip_prefix('{')
+        .ok_or_else(|| "labels must start with {".to_owned())?;
+    let mut labels = Vec::new();
+    loop {
+        if let Some(after) = rest.strip_prefix('}') {
+            return Ok((labels, after));
+        }
+        let eq = rest
+            .find('=')
+            .ok_or_else(|| format!("label without `=` in `{text}`"))?;
+        let name = &rest[..eq];
+        if !is_label_name(name) {
+            return Err(format!("bad label name `{name}`"));
+        }
+        if labels.iter().any(|(n, _)| n == name) {
+            return Err(format!("label `{name}` twice"));
+        }
+        rest = rest[eq + 1..]
+            .strip_prefix('"')
+            .ok_or_else(|| format!("label `{name}`'s value must be quoted"))?;
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars.next() {
+                None => return Err(format!("label `{name}`'s value is not closed")),
+                Some((i, '"')) => break i,
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, '\\')) => value.push('\\'),
+                    Some((_, '"')) => value.push('"'),
+                    Some((_, 'n')) => value.push('\n'),
+                    other => return Err(format!("bad escape {other:?} in label `{name}`")),
+                },
+                Some((_, c)) => value.push(c),
+            }
+        };
+        labels.push((name.to_owned(), value));
+        rest = &rest[end + 1..];
+        if let Some(after) = rest.strip_prefix(',') {
+            rest = after;
+        } else if !rest.starts_with('}') {
+            return Err(format!("expected `,` or `}}` after label `{name}`"));
+        }
+    }
+}
+
+/// The family a sample named `name` belongs to, given the types so far.
+fn family_of<'a>(name: &'a str, types: &HashMap<String, String>) -> &'a str {
+    if types.contains_key(name) {
+        return name;
+    }
+    for suffix in ["_sum", "_count", "_bucket"] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            if matches!(
+                types.get(base).map(String::as_str),
+                Some("summary" | "histogram")
+            ) {
+                return base;
+            }
+        }
+    }
+    name
+}
+
+/// Checks `text` strictly (see the module docs).
+fn check(text: &str) -> Result<Exposition, String> {
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err("the exposition must end with a newline".into());
+    }
+    let mut out = Exposition::default();
+    let mut helps = HashSet::new();
+    let mut seen_series = HashSet::new();
+    let mut finished_families = HashSet::new();
+    let mut current_family: Option<String> = None;
+    let mut summary_parts: HashMap<String, (bool, bool, usize)> = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let at = |e: String| format!("line {}: {e}: `{line}`", n + 1);
+        if line.is_empty() {
+            return Err(at("empty line".into()));
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            let mut words = comment.trim_start().splitn(3, ' ');
+            match words.next() {
+                Some("HELP") => {
+                    let name = words.next().unwrap_or("");
+                    if !is_metric_name(name) {
+                        return Err(at(format!("bad metric name `{name}`")));
+                    }
+                    let help = words.next().unwrap_or("");
+                    let mut chars = help.chars();
+                    while let Some(c) = chars.next() {
+                        if c == '\\' && !matches!(chars.next(), Some('\\' | 'n')) {
+                            return Err(at("bad escape in HELP".into()));
+                        }
+                    }
+                    if !helps.insert(name.to_owned()) {
+                        return Err(at(format!("second HELP for {name}")));
+                    }
+                    if out
+                        .samples
+                        .iter()
+                        .any(|s| family_of(&s.name, &out.types) == name)
+                    {
+                        return Err(at(format!("HELP for {name} after its samples")));
+                    }
+                }
+                Some("TYPE") => {
+                    let name = words.next().unwrap_or("");
+                    let kind = words.next().unwrap_or("");
+                    if !is_metric_name(name) {
+                        return Err(at(format!("bad metric name `{name}`")));
+                    }
+                    if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                        return Err(at(format!("unknown type `{kind}`")));
+                    }
+                    if out.types.contains_key(name) {
+                        return Err(at(format!("second TYPE for {name}")));
+                    }
+                    if out
+                        .samples
+                        .iter()
+                        .any(|s| family_of(&s.name, &out.types) == name)
+                    {
+                        return Err(at(format!("TYPE for {name} after its samples")));
+                    }
+                    if kind == "counter" && !name.ends_with("_total") {
+                        return Err(at(format!("counter {name} does not end in _total")));
+                    }
+                    out.types.insert(name.to_owned(), kind.to_owned());
+                }
+                _ => {} // Other comments are allowed.
+            }
+            continue;
+        }
+
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        if !is_metric_name(name) {
+            return Err(at(format!("bad metric name `{name}`")));
+        }
+        let (labels, rest) = if line[name_end..].starts_with('{') {
+            parse_labels(&line[name_end..]).map_err(at)?
+        } else {
+            (Vec::new(), &line[name_end..])
+        };
+        let rest = rest
+            .strip_prefix(' ')
+            .ok_or_else(|| at("expected a space before the value".into()))?;
+        let mut fields = rest.split(' ');
+        let value = parse_value(fields.next().unwrap_or("")).map_err(at)?;
+        if let Some(timestamp) = fields.next() {
+            timestamp
+                .parse::<i64>()
+                .map_err(|_| at(format!("bad timestamp `{timestamp}`")))?;
+        }
+        if fields.next().is_some() {
+            return Err(at("trailing fields".into()));
+        }
+
+        let family = family_of(name, &out.types).to_owned();
+        let Some(kind) = out.types.get(&family).cloned() else {
+            return Err(at(format!("sample of {family} without a TYPE line")));
+        };
+        if current_family.as_deref() != Some(family.as_str()) {
+            if finished_families.contains(&family) {
+                return Err(at(format!("{family}'s samples are not in one group")));
+            }
+            if let Some(previous) = current_family.replace(family.clone()) {
+                finished_families.insert(previous);
+            }
+        }
+        let quantile = labels.iter().find(|(k, _)| k == "quantile");
+        match kind.as_str() {
+            "summary" => {
+                let parts = summary_parts.entry(family.clone()).or_default();
+                if name == family {
+                    let q =
+                        quantile.ok_or_else(|| at(format!("{name} sample without a quantile")))?;
+                    let q = parse_value(&q.1).map_err(at)?;
+                    if !(0.0..=1.0).contains(&q) {
+                        return Err(at(format!("quantile {q} outside 0..1")));
+                    }
+                    parts.2 += 1;
+                } else {
+                    if quantile.is_some() {
+                        return Err(at(format!("{name} must not carry a quantile")));
+                    }
+                    if name.ends_with("_sum") {
+                        parts.0 = true;
+                    } else if name.ends_with("_count") {
+                        if value < 0.0 || value.fract() != 0.0 {
+                            return Err(at("a count must be a whole number".into()));
+                        }
+                        parts.1 = true;
+                    } else {
+                        return Err(at(format!("{name} is not part of summary {family}")));
+                    }
+                }
+            }
+            "counter" => {
+                if quantile.is_some() {
+                    return Err(at("a counter with a quantile label".into()));
+                }
+                if value < 0.0 {
+                    return Err(at("a negative counter".into()));
+                }
+            }
+            "gauge" if quantile.is_some() => {
+                return Err(at("a gauge with a quantile label".into()));
+            }
+            _ => {}
+        }
+        let mut key: Vec<(String, String)> = labels.clone();
+        key.sort();
+        if !seen_series.insert((name.to_owned(), key)) {
+            return Err(at(format!("series {name}{labels:?} twice")));
+        }
+        out.samples.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    for (family, (sum, count, quantiles)) in &summary_parts {
+        if !(*sum && *count && *quantiles > 0) {
+            return Err(format!(
+                "summary {family} lacks quantiles, _sum or _count ({quantiles}, {sum}, {count})"
+            ));
+        }
+    }
+    for (family, kind) in &out.types {
+        if kind == "summary" && !summary_parts.contains_key(family) {
+            return Err(format!("summary {family} has no samples"));
+        }
+    }
+    Ok(out)
+}
+
+const PRODUCERS: u64 = 3;
+const PER_PRODUCER: u64 = 20_000;
+
+/// What the test itself counted.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    accepted: u64,
+    rejected: u64,
+    failed: u64,
+}
+
+#[test]
+fn exposition_after_load_is_strictly_valid_and_matches_the_tally() {
+    let batches_seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let batches = std::sync::Arc::clone(&batches_seen);
+    let batcher = Batcher::builder()
+        .lanes(2)
+        .capacity(64)
+        .max_batch(32)
+        .backpressure(Backpressure::Reject)
+        .histograms(true)
+        .handler_fn(move |batch: &mut Batch<'_, u64, ()>| {
+            batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Slow enough that the small lanes overflow now and then.
+            thread::sleep(Duration::from_micros(20));
+            for i in 0..batch.len() {
+                if batch.items()[i] % 5 == 0 {
+                    batch.fail(i, "a multiple of five").unwrap();
+                } else {
+                    batch.ok(i, ()).unwrap();
+                }
+            }
+            Ok(())
+        })
+        .build()
+        .expect("valid settings");
+
+    let tally = thread::scope(|s| {
+        let handles: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                let batcher = &batcher;
+                s.spawn(move || {
+                    let producer = batcher.producer();
+                    let mut tally = Tally::default();
+                    for i in 0..PER_PRODUCER {
+                        let value = p * PER_PRODUCER + i;
+                        // Offer the item until a lane takes it, counting
+                        // each refusal (bounded: the drainer keeps going).
+                        let deadline = Instant::now() + BOUND;
+                        loop {
+                            match producer.try_push(value) {
+                                Ok(()) => break,
+                                Err(SubmitError::Full(_)) => tally.rejected += 1,
+                                Err(e) => panic!("unexpected refusal: {e:?}"),
+                            }
+                            assert!(Instant::now() < deadline, "item {value} never accepted");
+                            thread::yield_now();
+                        }
+                        tally.accepted += 1;
+                        tally.failed += u64::from(value % 5 == 0);
+                    }
+                    tally
+                })
+            })
+            .collect();
+        handles.into_iter().fold(Tally::default(), |sum, h| {
+            let t = h.join().expect("a producer panicked");
+            Tally {
+                accepted: sum.accepted + t.accepted,
+                rejected: sum.rejected + t.rejected,
+                failed: sum.failed + t.failed,
+            }
+        })
+    });
+    assert!(batcher.flush_timeout(BOUND), "flush did not finish");
+    let stats = batcher.stats();
+    let text = stats.prometheus("rb");
+    let batches = batches_seen.load(std::sync::atomic::Ordering::Relaxed);
+    drop(batcher);
+
+    let exposition = check(&text).unwrap_or_else(|e| panic!("{e}\n\n{text}"));
+    let counter = |name: &str| exposition.value(name, &[]);
+    let total = PRODUCERS * PER_PRODUCER;
+    assert_eq!(tally.accepted, total, "every item was taken in the end");
+    assert_eq!(
+        counter("rb_submitted_total"),
+        (tally.accepted + tally.rejected) as f64,
+        "submitted counts every offer, refused or not"
+    );
+    assert_eq!(counter("rb_accepted_total"), tally.accepted as f64);
+    assert_eq!(counter("rb_rejected_total"), tally.rejected as f64);
+    assert_eq!(counter("rb_items_handled_total"), tally.accepted as f64);
+    assert_eq!(counter("rb_items_failed_total"), tally.failed as f64);
+    assert_eq!(counter("rb_batches_total"), batches as f64);
+    assert_eq!(counter("rb_dropped_total"), 0.0);
+    let reasons: f64 = exposition
+        .samples
+        .iter()
+        .filter(|s| s.name == "rb_dispatched_total")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(
+        reasons, batches as f64,
+        "dispatch reasons add up to batches"
+    );
+    for lane in ["0", "1"] {
+        exposition.value("rb_lane_depth", &[("lane", lane)]);
+        exposition.value("rb_lane_depth_high_water", &[("lane", lane)]);
+    }
+    assert_eq!(counter("rb_effective_max_batch"), 32.0);
+
+    // The summaries count what the test counted.
+    assert_eq!(counter("rb_batch_size_count"), batches as f64);
+    assert_eq!(counter("rb_handler_seconds_count"), batches as f64);
+    assert_eq!(
+        counter("rb_queue_wait_seconds_count"),
+        tally.accepted as f64
+    );
+    assert_eq!(
+        counter("rb_end_to_end_seconds_count"),
+        tally.accepted as f64
+    );
+    let sum = counter("rb_batch_size_sum");
+    assert!(
+        (sum - tally.accepted as f64).abs() < 1.0,
+        "rb_batch_size_sum {sum} should be the items handled, {}",
+        tally.accepted
+    );
+    for summary in [
+        "rb_batch_size",
+        "rb_queue_wait_seconds",
+        "rb_handler_seconds",
+        "rb_end_to_end_seconds",
+    ] {
+        assert_eq!(exposition.types[summary], "summary");
+        let quantiles: Vec<f64> = ["0.5", "0.9", "0.99", "0.999", "0.9999"]
+            .iter()
+            .map(|q| exposition.value(summary, &[("quantile", q)]))
+            .collect();
+        assert!(
+            quantiles.windows(2).all(|w| w[0] <= w[1]),
+            "{summary}: quantile values must not decrease: {quantiles:?}"
+        );
+    }
+    let p50 = exposition.value("rb_handler_seconds", &[("quantile", "0.5")]);
+    assert!(
+        (20e-6..10.0).contains(&p50),
+        "the handler sleeps 20 µs, so its median is at least that, in seconds: {p50}"
+    );
+}
+
+#[test]
+fn exposition_without_histograms_and_odd_namespaces_is_valid() {
+    let batcher = Batcher::builder()
+        .handler_fn(|batch: &mut Batch<'_, u64, ()>| {
+            batch.ok_with(|_| ());
+            Ok(())
+        })
+        .build()
+        .expect("valid settings");
+    batcher.producer().push(7).expect("open");
+    assert!(batcher.flush_timeout(BOUND), "flush did not finish");
+    let stats = batcher.shutdown();
+    for (namespace, prefix) in [
+        ("orders", "orders_"),
+        ("my-app.v2", "my_app_v2_"),
+        ("9lives", "_lives_"),
+        ("a:b", "a:b_"),
+        ("", "_"),
+    ] {
+        let text = stats.prometheus(namespace);
+        let exposition = check(&text).unwrap_or_else(|e| panic!("{namespace:?}: {e}\n\n{text}"));
+        assert!(
+            exposition
+                .samples
+                .iter()
+                .all(|s| s.name.starts_with(prefix)),
+            "{namespace:?}: every name starts with {prefix:?}"
+        );
+        assert_eq!(
+            exposition.value(&format!("{prefix}items_handled_total"), &[]),
+            1.0
+        );
+        assert!(
+            !exposition.types.values().any(|t| t == "summary"),
+            "no summaries without histograms"
+        );
+    }
+}
+
+#[test]
+fn the_checker_rejects_each_kind_of_mistake() {
+    let good = "# HELP a_total Things.\n# TYPE a_total counter\na_total{x=\"1\"} 3\n";
+    assert!(check(good).is_ok(), "{:?}", check(good).err());
+    let bad = [
+        ("no TYPE", "a_total 1\n"),
+        ("no newline at the end", "# TYPE a_total counter\na_total 1"),
+        (
+            "TYPE after samples",
+            "# TYPE a gauge\na 1\n# TYPE a gauge\n",
+        ),
+        ("counter without _total", "# TYPE a counter\na 1\n"),
+        ("bad name", "# TYPE 1a gauge\n1a 1\n"),
+        ("bad label name", "# TYPE a gauge\na{__x=\"1\"} 1\n"),
+        ("bad escape", "# TYPE a gauge\na{x=\"\\t\"} 1\n"),
+        ("unclosed label", "# TYPE a gauge\na{x=\"1} 1\n"),
+        ("bad value", "# TYPE a gauge\na inf\n"),
+        (
+            "duplicate series",
+            "# TYPE a gauge\na{x=\"1\"} 1\na{x=\"1\"} 2\n",
+        ),
+        (
+            "split group",
+            "# TYPE a gauge\n# TYPE b gauge\na 1\nb 1\na{x=\"2\"} 1\n",
+        ),
+        (
+            "summary without _count",
+            "# TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 1\n",
+        ),
+        ("summary sample without quantile", "# TYPE s summary\ns 1\n"),
+        (
+            "gauge with quantile",
+            "# TYPE a gauge\na{quantile=\"0.5\"} 1\n",
+        ),
+        ("empty line", "# TYPE a gauge\n\na 1\n"),
+    ];
+    for (what, text) in bad {
+        assert!(
+            check(text).is_err(),
+            "the checker accepted {what}: {text:?}"
+        );
+    }
+    assert!(parse_value("-1.5e-3").is_ok() && parse_value("+Inf").is_ok());
+    assert!(parse_value("NaN").is_ok() && parse_value("12").is_ok());
+    assert!(parse_value("1e").is_err() && parse_value("infinity").is_err());
+}
