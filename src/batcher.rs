@@ -771,7 +771,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     ///     .backpressure(Backpressure::DropOldest)
     ///     .spill(move |item: u32| sink.lock().unwrap().push(item))
     ///     .handler_fn(|batch: &mut Batch<'_, u32, ()>| {
-    ///         batch.ok_all(());
+    ///         batch.ok_with(|_| ());
     ///         Ok(())
     ///     })
     ///     .build()
@@ -1491,12 +1491,21 @@ impl<T, R> Producer<T, R> {
             Ok(claim) => Ok(claim),
             Err(ClaimError::Closed) => Err(RefusedKind::Closed),
             Err(ClaimError::Full) => match self.blocks(wait) {
-                None if self.evicts(wait) => {
-                    self.claim_evicting(n).map_err(|_| RefusedKind::Closed)
-                }
-                None => Err(RefusedKind::Full),
+                None => self.claim_or_evict(n, wait),
                 Some(deadline) => self.claim_slow(n, deadline),
             },
+        }
+    }
+
+    /// The lane is full and `wait` does not wait: evicts under `DropOldest`,
+    /// else refuses.
+    #[cold]
+    #[inline(never)]
+    fn claim_or_evict(&self, n: usize, wait: Wait) -> Result<Claim, RefusedKind> {
+        if self.evicts(wait) {
+            self.claim_evicting(n).map_err(|_| RefusedKind::Closed)
+        } else {
+            Err(RefusedKind::Full)
         }
     }
 

@@ -11,9 +11,10 @@
 //! slot. Producers keep a cached copy of `head` and reload it only when the
 //! lane looks full.
 //!
-//! The tail word also carries two flags, so that the producer's one CAS tells
-//! it everything it needs: whether the lane is closed (shutdown) and whether
-//! the drainer is parked and must be woken after the item is published.
+//! The tail word also carries flags, so that the producer's one CAS tells it
+//! everything it needs: whether the lane is closed (shutdown), whether the
+//! drainer is parked and must be woken after the item is published, and
+//! whether the ring is an evicting one (below).
 //!
 //! # Evicting rings (`Backpressure::DropOldest`)
 //!
@@ -47,16 +48,20 @@ use crate::sync::{AtomicUsize, Ordering, UnsafeCell};
 pub(crate) const PARKED: usize = 0b01;
 /// Tail word bit 1: the lane accepts no more claims (set once, at shutdown).
 pub(crate) const CLOSED: usize = 0b10;
-/// Tail word bits 2..: the next sequence number to claim.
-const SEQ_SHIFT: u32 = 2;
+/// Tail word bit 2: the ring is an evicting one (set when it is made, never
+/// changed). Producers test it with `CLOSED` in one branch, so that plain
+/// rings pay nothing for it.
+const EVICTS: usize = 0b100;
+/// Tail word bits 3..: the next sequence number to claim.
+const SEQ_SHIFT: u32 = 3;
 
 /// Head word bit 0: a producer waits for room and must be notified when the
 /// drainer next moves the head.
 const HEAD_WAITERS: usize = 0b1;
 const HEAD_SHIFT: u32 = 1;
 
-/// Sequence numbers live in 62 bits (the tail word's width minus its flags)
-/// and wrap modulo 2^62; every comparison goes through [`distance`].
+/// Sequence numbers live in 61 bits (the tail word's width minus its flags)
+/// and wrap modulo 2^61; every comparison goes through [`distance`].
 pub(crate) const SEQ_MASK: usize = usize::MAX >> SEQ_SHIFT;
 
 /// Stamp bit 0: the item carries a ticket (its submitter wants the result);
@@ -234,6 +239,7 @@ impl<T> Ring<T> {
     pub(crate) fn with_eviction(capacity: usize) -> Self {
         let mut ring = Self::new(capacity);
         ring.evicts = true;
+        ring.tail = CachePadded::new(AtomicUsize::new(EVICTS));
         for (index, slot) in ring.slots.iter().enumerate() {
             // Every slot starts out free: taken for the lap before the first.
             // Relaxed: the ring is not shared yet.
@@ -279,8 +285,11 @@ impl<T> Ring<T> {
         let room = self.capacity() - n;
         let mut word = self.tail.load(Ordering::Relaxed);
         loop {
-            if word & CLOSED != 0 {
-                return Err(ClaimError::Closed);
+            if word & (CLOSED | EVICTS) != 0 {
+                if word & CLOSED != 0 {
+                    return Err(ClaimError::Closed);
+                }
+                return self.try_claim_evicting(n, cached_head);
             }
             let seq = word >> SEQ_SHIFT;
             if distance(*cached_head, seq) > room {
@@ -301,9 +310,44 @@ impl<T> Ring<T> {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
-                    if self.evicts {
-                        self.await_taken(seq, n);
-                    }
+                    return Ok(Claim {
+                        seq,
+                        wake_drainer: word & PARKED != 0,
+                    });
+                }
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// [`try_claim`](Self::try_claim) on an evicting ring: the claim keeps
+    /// the `EVICTS` flag, and returns only once the claimed slots are free
+    /// (see [`await_taken`](Self::await_taken)).
+    #[inline(never)]
+    fn try_claim_evicting(&self, n: usize, cached_head: &mut usize) -> Result<Claim, ClaimError> {
+        debug_assert!(self.evicts);
+        let room = self.capacity() - n;
+        let mut word = self.tail.load(Ordering::Relaxed);
+        loop {
+            if word & CLOSED != 0 {
+                return Err(ClaimError::Closed);
+            }
+            let seq = word >> SEQ_SHIFT;
+            if distance(*cached_head, seq) > room {
+                *cached_head = self.head_seq();
+                if distance(*cached_head, seq) > room {
+                    return Err(ClaimError::Full);
+                }
+            }
+            // Relaxed, as in `try_claim`.
+            match self.tail.compare_exchange_weak(
+                word,
+                (seq_add(seq, n) << SEQ_SHIFT) | EVICTS,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.await_taken(seq, n);
                     return Ok(Claim {
                         seq,
                         wake_drainer: word & PARKED != 0,
@@ -318,8 +362,7 @@ impl<T> Ring<T> {
     /// consumers that claimed the previous lap of those slots have moved
     /// their items out (they are between their head CAS and their taken
     /// stamp, so the wait is short).
-    #[cold]
-    #[inline(never)]
+    #[inline]
     fn await_taken(&self, seq: usize, n: usize) {
         let capacity = self.capacity();
         let mut backoff = crate::wait::Backoff::new(crate::wait::WaitStrategy::Yield);

@@ -331,13 +331,16 @@ fn producers_blocking_on_a_tiny_lane_never_hang() {
     }
 }
 
+/// What a spill callback of the tests keeps.
+type Spilled = Arc<Mutex<Vec<u64>>>;
+
 /// A one-lane gated batcher (as [`gated`]) whose drop policy hands the
 /// items it discards to a spill callback that keeps them.
 fn gated_with_spill(
     capacity: usize,
     policy: Backpressure,
     gate: &Gate,
-) -> (Batcher<u64, u64>, Arc<AtomicU64>, Arc<Mutex<Vec<u64>>>) {
+) -> (Batcher<u64, u64>, Arc<AtomicU64>, Spilled) {
     let handled = Arc::new(AtomicU64::new(0));
     let spilled = Arc::new(Mutex::new(Vec::new()));
     let (gate, count, keep) = (gate.clone(), Arc::clone(&handled), Arc::clone(&spilled));
