@@ -88,7 +88,8 @@ impl<T, R> AsyncProducer<T, R> {
     /// # Errors
     ///
     /// [`SubmitError::Closed`] after shutdown; [`SubmitError::Full`] under
-    /// `Reject`. Under `DropNewest` a full lane drops the item (counted).
+    /// `Reject`. Under `DropNewest` a full lane drops the item (counted);
+    /// under `DropOldest` it evicts the oldest queued item (counted).
     pub async fn push(&mut self, item: T) -> Result<(), SubmitError<T>> {
         let producer = &mut self.inner;
         let mut item = Some(item);

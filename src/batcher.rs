@@ -13,9 +13,9 @@ use crate::completion::{TableOwner, Ticket};
 use crate::config::{Backpressure, Config, ConfigError, LaneAssignment};
 use crate::drainer::{Drainer, Sink};
 use crate::error::{Error, RefusedKind, SliceError, SubmitError};
-use crate::handler::{Batch, BatchError, FnHandler, Handler};
+use crate::handler::{Batch, BatchError, FnHandler, Handler, deliver};
 use crate::pool::Pool;
-use crate::ring::{Claim, ClaimError, Ring, distance};
+use crate::ring::{Claim, ClaimError, Evicted, Ring, distance};
 use crate::shape::{
     Adaptive, Assembler, Controller, ExpiryStamps, GroupLimits, KeyPolicy, Linger, NEVER, Oversize,
     Priority, Shaping,
@@ -100,6 +100,8 @@ pub(crate) struct Shared<T, R> {
     /// The drainer's thread, set before any producer exists.
     pub(crate) drainer: OnceLock<thread::Thread>,
     pub(crate) config: Config,
+    /// Receives every item a drop policy discards (called by producers).
+    spill: Option<Spill<T>>,
     next_lane: AtomicUsize,
     /// Producers made so far (spreads their completion slot cursors).
     producers_made: AtomicUsize,
@@ -222,10 +224,12 @@ impl<T, R> Shared<T, R> {
             .map(|(lane, high_water)| {
                 let (tail, _) = lane.ring.tail();
                 let skipped = LaneCounters::get(&lane.counters.skipped);
+                let evicted = LaneCounters::get(&lane.counters.evicted);
                 LaneStats {
                     // The claim cursor counts every accepted item (sequence
-                    // numbers start at 0), less the slots published empty.
-                    accepted: (tail as u64).saturating_sub(skipped),
+                    // numbers start at 0), less the slots published empty
+                    // and the items evicted since (counted as dropped).
+                    accepted: (tail as u64).saturating_sub(skipped + evicted),
                     rejected: LaneCounters::get(&lane.counters.rejected),
                     dropped: LaneCounters::get(&lane.counters.dropped),
                     refused_closed: LaneCounters::get(&lane.counters.refused_closed),
@@ -313,6 +317,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             shaping: Shaping::default(),
             histograms: false,
             failure: crate::failure::FailureSettings::default(),
+            spill: None,
         }
     }
 
@@ -917,7 +922,12 @@ pub struct BatcherBuilder<T, R> {
     histograms: bool,
     /// Retries, circuit breaker, dead letters (all off by default).
     failure: crate::failure::FailureSettings<T>,
+    /// Receives the items a drop policy discards.
+    spill: Option<Spill<T>>,
 }
+
+/// The `spill` callback.
+type Spill<T> = Box<dyn Fn(T) + Send + Sync>;
 
 /// The handler given to the builder.
 enum HandlerKind<T, R> {
@@ -987,6 +997,48 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// What producers do when their lane is full (default [`Backpressure::Block`]).
     pub fn backpressure(mut self, backpressure: Backpressure) -> Self {
         self.config.backpressure = backpressure;
+        self
+    }
+
+    /// Hands every item a drop policy discards to `spill` instead of
+    /// dropping it: the new item [`Backpressure::DropNewest`] refuses, and
+    /// the queued item [`Backpressure::DropOldest`] evicts (both still count
+    /// in [`Stats::dropped`], and their tickets still resolve to
+    /// [`Error::Dropped`]).
+    ///
+    /// `spill` runs on the submitting producer's thread (or the task polling
+    /// an async submission), inside the submission call, after the item was
+    /// counted and its ticket completed; keep it short. It may submit to the
+    /// batcher again (no lock is held), though into a full lane that drops
+    /// again.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use ringbatch::{Backpressure, Batch, Batcher};
+    ///
+    /// let kept = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = Arc::clone(&kept);
+    /// let batcher = Batcher::builder()
+    ///     .lanes(1)
+    ///     .capacity(2)
+    ///     .backpressure(Backpressure::DropOldest)
+    ///     .spill(move |item: u32| sink.lock().unwrap().push(item))
+    ///     .handler_fn(|batch: &mut Batch<'_, u32, ()>| {
+    ///         batch.ok_with(|_| ());
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let producer = batcher.producer();
+    /// for i in 0..100 {
+    ///     producer.push(i).unwrap();
+    /// }
+    /// let stats = batcher.shutdown();
+    /// assert_eq!(stats.items_handled + stats.dropped, 100);
+    /// assert_eq!(kept.lock().unwrap().len() as u64, stats.dropped);
+    /// ```
+    pub fn spill(mut self, spill: impl Fn(T) + Send + Sync + 'static) -> Self {
+        self.spill = Some(Box::new(spill));
         self
     }
 
@@ -1453,7 +1505,11 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         let shared = Arc::new(Shared {
             lanes: (0..rings)
                 .map(|_| Lane {
-                    ring: Ring::new(config.capacity),
+                    ring: if config.backpressure == Backpressure::DropOldest {
+                        Ring::with_eviction(config.capacity)
+                    } else {
+                        Ring::new(config.capacity)
+                    },
                     expiry: shaping
                         .stamps_expiry()
                         .then(|| ExpiryStamps::new(config.capacity, epoch, shaping.max_age)),
@@ -1494,6 +1550,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             new_linger: Mutex::new(None),
             shaping: assembler.is_some(),
             drainer: OnceLock::new(),
+            spill: self.spill,
             next_lane: AtomicUsize::new(0),
             producers_made: AtomicUsize::new(0),
             #[cfg(feature = "tokio")]
@@ -1769,10 +1826,96 @@ impl<T, R> Producer<T, R> {
             Ok(claim) => Ok(claim),
             Err(ClaimError::Closed) => Err(RefusedKind::Closed),
             Err(ClaimError::Full) => match self.blocks(wait) {
-                None => Err(RefusedKind::Full),
+                None => self.claim_or_evict(n, wait),
                 Some(deadline) => self.claim_slow(n, deadline),
             },
         }
+    }
+
+    /// The lane is full and `wait` does not wait: evicts under `DropOldest`,
+    /// else refuses.
+    #[cold]
+    #[inline(never)]
+    fn claim_or_evict(&self, n: usize, wait: Wait) -> Result<Claim, RefusedKind> {
+        if self.evicts(wait) {
+            self.claim_evicting(n).map_err(|_| RefusedKind::Closed)
+        } else {
+            Err(RefusedKind::Full)
+        }
+    }
+
+    /// Whether a submission with `wait` evicts the oldest items of a full
+    /// lane (`DropOldest`; explicit waits and `try_` calls do not).
+    #[inline(always)]
+    fn evicts(&self, wait: Wait) -> bool {
+        matches!(wait, Wait::Policy) && self.shared.config.backpressure == Backpressure::DropOldest
+    }
+
+    /// One claim attempt of `n` ring slots that, under `DropOldest`, evicts
+    /// from a full lane (the async submissions' attempt).
+    #[inline(always)]
+    fn try_claim_or_evict(&self, n: usize) -> Result<Claim, ClaimError> {
+        match self.try_claim(n) {
+            Err(ClaimError::Full) if self.evicts(Wait::Policy) => self.claim_evicting(n),
+            result => result,
+        }
+    }
+
+    /// `DropOldest`, the lane is full: evicts its oldest items until a claim
+    /// of `n` slots succeeds (or the lane closes).
+    #[cold]
+    #[inline(never)]
+    fn claim_evicting(&self, n: usize) -> Result<Claim, ClaimError> {
+        let ring = &self.lane_ref().ring;
+        let mut backoff = crate::wait::Backoff::new(WaitStrategy::Yield);
+        loop {
+            match ring.evict_oldest(n) {
+                Evicted::Item(item, ticket) => {
+                    backoff.reset();
+                    self.evicted(item, ticket);
+                }
+                Evicted::Skip | Evicted::Room => backoff.reset(),
+                // The oldest slot's producer is still publishing, or another
+                // consumer took it first.
+                Evicted::Busy => {
+                    backoff.snooze();
+                }
+            }
+            match self.try_claim(n) {
+                Err(ClaimError::Full) => {}
+                result => return result,
+            }
+        }
+    }
+
+    /// An item this producer evicted: counts it, fails its ticket with
+    /// `Dropped`, and hands it to the spill callback.
+    #[cold]
+    fn evicted(&self, item: T, ticket: Option<usize>) {
+        let counters = &self.lane_ref().counters;
+        LaneCounters::add(&counters.evicted, 1);
+        LaneCounters::add(&counters.dropped, 1);
+        if let Some(index) = ticket {
+            deliver(&self.shared.table, self.lane, index, Err(Error::Dropped));
+        }
+        self.spill(item);
+    }
+
+    /// An item a drop policy discards: to the spill callback, if any.
+    #[cold]
+    fn spill(&self, item: T) {
+        match &self.shared.spill {
+            Some(spill) => spill(item),
+            None => drop(item),
+        }
+    }
+
+    /// The new item is dropped (`DropNewest`, or `DropOldest` without a free
+    /// completion slot): counts it and spills it.
+    #[cold]
+    fn drop_new(&self, item: T) {
+        self.count_dropped(1);
+        self.spill(item);
     }
 
     /// Whether a submission with `wait` waits for room, and until when.
@@ -1782,7 +1925,7 @@ impl<T, R> Producer<T, R> {
             Wait::Never => None,
             Wait::Policy => match self.shared.config.backpressure {
                 Backpressure::Block => Some(None),
-                Backpressure::Reject | Backpressure::DropNewest => None,
+                Backpressure::Reject | Backpressure::DropNewest | Backpressure::DropOldest => None,
             },
             Wait::Block(deadline) => Some(deadline),
         }
@@ -1872,12 +2015,17 @@ impl<T, R> Producer<T, R> {
         kind
     }
 
-    /// Whether a full lane drops instead of refusing.
+    /// Whether a full lane drops the new item instead of refusing it (under
+    /// `DropOldest` a full ring evicts instead, so only a lane without a free
+    /// completion slot gets here).
     #[inline(always)]
     fn drops_when_full(&self, kind: RefusedKind, wait: Wait) -> bool {
         kind == RefusedKind::Full
             && matches!(wait, Wait::Policy)
-            && self.shared.config.backpressure == Backpressure::DropNewest
+            && matches!(
+                self.shared.config.backpressure,
+                Backpressure::DropNewest | Backpressure::DropOldest
+            )
     }
 
     #[cold]
@@ -1897,8 +2045,7 @@ impl<T, R> Producer<T, R> {
                 Ok(())
             }
             Err(kind) if self.drops_when_full(kind, wait) => {
-                self.count_dropped(1);
-                drop(item);
+                self.drop_new(item);
                 Ok(())
             }
             Err(kind) => Err(refused(self.refuse(kind, 1), item)),
@@ -1919,8 +2066,7 @@ impl<T, R> Producer<T, R> {
                 Ok(ticket)
             }
             Err(kind) if self.drops_when_full(kind, wait) => {
-                self.count_dropped(1);
-                drop(item);
+                self.drop_new(item);
                 Ok(Ticket::ready(Err(Error::Dropped)))
             }
             Err(kind) => Err(refused(self.refuse(kind, 1), item)),
@@ -1971,7 +2117,8 @@ impl<T, R> Producer<T, R> {
     ///
     /// [`SubmitError::Closed`] after shutdown; [`SubmitError::Full`] under
     /// [`Backpressure::Reject`]. Under `DropNewest` a full lane drops the item
-    /// (counted) and returns `Ok`.
+    /// (counted) and returns `Ok`; under `DropOldest` it evicts the oldest
+    /// queued item (counted) and accepts this one.
     #[inline]
     pub fn push(&self, item: T) -> Result<(), SubmitError<T>> {
         self.push_with(item, Wait::Policy)
@@ -2002,7 +2149,7 @@ impl<T, R> Producer<T, R> {
     /// # Errors
     ///
     /// As for [`push`](Self::push); under `DropNewest` the ticket resolves to
-    /// [`Error::Dropped`].
+    /// [`Error::Dropped`] (as does an evicted item's, under `DropOldest`).
     #[inline]
     pub fn submit(&self, item: T) -> Result<Ticket<R>, SubmitError<T>> {
         self.submit_with(item, Wait::Policy)
@@ -2081,8 +2228,7 @@ impl<T, R> Producer<T, R> {
                 Ok(ticket)
             }
             Err(kind) if self.drops_when_full(kind, wait) => {
-                self.count_dropped(1);
-                drop(item);
+                self.drop_new(item);
                 Ok(Ticket::ready(Err(Error::Dropped)))
             }
             Err(kind) => Err(refused(self.refuse(kind, 1), item)),
@@ -2096,7 +2242,8 @@ impl<T, R> Producer<T, R> {
     ///
     /// A [`SliceError`] saying how many leading items were accepted and why
     /// the rest were not. Under `DropNewest`, items that do not fit are
-    /// dropped and counted instead.
+    /// dropped and counted instead; under `DropOldest` the lane's oldest
+    /// items are evicted to make room.
     pub fn push_slice(&self, items: &[T]) -> Result<(), SliceError>
     where
         T: Clone,
@@ -2159,6 +2306,11 @@ impl<T, R> Producer<T, R> {
                 Err(kind) if self.drops_when_full(kind, Wait::Policy) => {
                     let rest = items.len() - accepted;
                     self.count_dropped(rest as u64);
+                    if self.shared.spill.is_some() {
+                        items[accepted..]
+                            .iter()
+                            .for_each(|item| self.spill(item.clone()));
+                    }
                     if let Some(tickets) = tickets.as_deref_mut() {
                         tickets.extend((0..rest).map(|_| Ticket::ready(Err(Error::Dropped))));
                     }
@@ -2264,7 +2416,7 @@ enum Blocked {
 impl<T, R> Producer<T, R> {
     /// One fire-and-forget attempt, never waiting.
     fn attempt_push(&self, item: T) -> Result<(), (T, Blocked)> {
-        match self.try_claim(1) {
+        match self.try_claim_or_evict(1) {
             Ok(claim) => {
                 // SAFETY: we claimed `claim.seq` and publish it once.
                 unsafe { self.publish_plain(claim.seq, item) };
@@ -2295,7 +2447,7 @@ impl<T, R> Producer<T, R> {
             };
             return Err((item, blocked));
         }
-        match self.try_claim(1) {
+        match self.try_claim_or_evict(1) {
             Ok(claim) => {
                 // SAFETY: we claimed `claim.seq` and armed slot `index[0]`;
                 // both are used once, here.
@@ -2354,8 +2506,7 @@ impl<T, R> Producer<T, R> {
             };
             match self.policy_for(blocked) {
                 Some(kind) if self.drops_when_full(kind, Wait::Policy) => {
-                    self.count_dropped(1);
-                    drop(value);
+                    self.drop_new(value);
                     return Poll::Ready(Ok(()));
                 }
                 Some(kind) => return Poll::Ready(Err(refused(self.refuse(kind, 1), value))),
@@ -2387,8 +2538,7 @@ impl<T, R> Producer<T, R> {
             };
             match self.policy_for(blocked) {
                 Some(kind) if self.drops_when_full(kind, Wait::Policy) => {
-                    self.count_dropped(1);
-                    drop(value);
+                    self.drop_new(value);
                     return Poll::Ready(Ok(Ticket::ready(Err(Error::Dropped))));
                 }
                 Some(kind) => return Poll::Ready(Err(refused(self.refuse(kind, 1), value))),
@@ -2407,7 +2557,9 @@ impl<T, R> Producer<T, R> {
             Blocked::Closed => Some(RefusedKind::Closed),
             Blocked::Ring | Blocked::Slots => match self.shared.config.backpressure {
                 Backpressure::Block => None,
-                Backpressure::Reject | Backpressure::DropNewest => Some(RefusedKind::Full),
+                Backpressure::Reject | Backpressure::DropNewest | Backpressure::DropOldest => {
+                    Some(RefusedKind::Full)
+                }
             },
         }
     }

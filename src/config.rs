@@ -17,6 +17,18 @@ pub enum Backpressure {
     /// Drop the new item and count it in [`Stats::dropped`](crate::Stats::dropped);
     /// a submission's ticket resolves to [`Error::Dropped`](crate::Error::Dropped).
     DropNewest,
+    /// Evict the lane's oldest queued item(s) to make room, then accept the
+    /// new item (for telemetry, where fresh data matters most). An evicted
+    /// item is counted in [`Stats::dropped`](crate::Stats::dropped) (and no
+    /// longer in `accepted`), its ticket resolves to
+    /// [`Error::Dropped`](crate::Error::Dropped), and it goes to the
+    /// [`spill`](crate::BatcherBuilder::spill) callback if one is set. The
+    /// eviction runs on the submitting thread, without a lock.
+    ///
+    /// Should every completion slot of the lane be held by an outstanding
+    /// ticket, evicting cannot make room for a new ticket: the new item is
+    /// dropped as under `DropNewest`.
+    DropOldest,
 }
 
 /// How a new [`Producer`](crate::Producer) picks its lane.

@@ -245,6 +245,9 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         let head = self.heads[lane];
         let shared = &*self.shared;
         let ring = &shared.lanes[lane].ring;
+        if ring.evicts() {
+            return self.drain_lane_evicting(lane, room);
+        }
         let buf = &mut self.buf;
         // SAFETY: this thread is the ring's only consumer and `head` is the
         // head it last published.
@@ -266,6 +269,35 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         self.heads[lane] = new_head;
         let count = distance(head, new_head);
         self.note_run(lane, count, room);
+        count
+    }
+
+    /// [`drain_lane`](Self::drain_lane) for a lane whose producers evict
+    /// (`DropOldest`): the run starts at the ring's head, wherever evictions
+    /// have moved it. Out of line, to keep `drain_lane` as it was.
+    #[inline(never)]
+    fn drain_lane_evicting(&mut self, lane: usize, room: usize) -> usize {
+        let shared = &*self.shared;
+        let ring = &shared.lanes[lane].ring;
+        let buf = &mut self.buf;
+        // SAFETY: this thread is the drainer.
+        let run = unsafe {
+            ring.take_run_shared(room, |item, _seq, ticket| {
+                let origin = match ticket {
+                    Some(index) => Origin::ticket(lane, index),
+                    None => Origin::NONE,
+                };
+                buf.push(item, origin);
+            })
+        };
+        if run.notify {
+            shared.table.lane(lane).notifier.notify_all();
+        }
+        self.heads[lane] = run.end;
+        let count = distance(run.start, run.end);
+        if count > 0 {
+            self.note_run(lane, count, room);
+        }
         count
     }
 
@@ -368,10 +400,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 let lane_state = &shared.lanes[ring_index];
                 let expiry = lane_state.expiry.as_ref();
                 let since = self.since[ring_index];
-                // SAFETY: this thread is the ring's only consumer and `head`
-                // is the head it last published.
-                let new_head = unsafe {
-                    lane_state.ring.drain_run(head, room, |item, seq, ticket| {
+                // SAFETY: this thread is the drainer and `head` is the head
+                // it last published.
+                let run = unsafe {
+                    lane_state.ring.take_run(head, room, |item, seq, ticket| {
                         let origin = match ticket {
                             Some(index) => Origin::ticket(ring_index, index),
                             None => Origin::NONE,
@@ -380,11 +412,14 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                         asm.take(item, origin, class, expires, now, since);
                     })
                 };
+                // Evicting producers may have moved the head: the run starts
+                // where it was.
+                let (head, new_head) = (run.start, run.end);
+                self.heads[ring_index] = new_head;
                 if new_head != head {
-                    if lane_state.ring.finish_run(new_head) {
+                    if run.notify {
                         shared.table.lane(ring_index).notifier.notify_all();
                     }
-                    self.heads[ring_index] = new_head;
                     let count = distance(head, new_head);
                     found += count;
                     if count as u64 > self.high_water[ring_index] {
@@ -722,10 +757,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             let target = lane.ring.tail().0;
             let mut head = self.heads[index];
             while head != target {
-                // SAFETY: the only consumer, and `head` is the head it last
+                // SAFETY: the drainer, and `head` is the head it last
                 // published.
-                let new_head = unsafe {
-                    lane.ring.drain_run(head, capacity, |item, _, ticket| {
+                let run = unsafe {
+                    lane.ring.take_run(head, capacity, |item, _, ticket| {
                         let origin = match ticket {
                             Some(slot) => Origin::ticket(index, slot),
                             None => Origin::NONE,
@@ -733,15 +768,15 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                         keep(item, origin);
                     })
                 };
-                if new_head == head {
-                    // A producer is still publishing a claimed slot.
-                    crate::sync::thread::yield_now();
-                    continue;
-                }
-                if lane.ring.finish_run(new_head) {
+                if run.notify {
                     shared.table.lane(index).notifier.notify_all();
                 }
-                head = new_head;
+                // (On an evicting ring the head may have moved on without us.)
+                head = run.end;
+                if run.start == run.end {
+                    // A producer is still publishing a claimed slot.
+                    crate::sync::thread::yield_now();
+                }
             }
             self.heads[index] = head;
         }
@@ -1157,25 +1192,25 @@ impl<T, R> Drainer<T, R> {
             let target = lane.ring.tail().0;
             let mut head = self.heads[index];
             while head != target {
-                // SAFETY: the only consumer (the drainer being dropped), and
-                // `head` is the head it last published.
-                let new_head = unsafe {
-                    lane.ring.drain_run(head, capacity, |item, _, ticket| {
+                // SAFETY: the drainer (being dropped), and `head` is the head
+                // it last published.
+                let run = unsafe {
+                    lane.ring.take_run(head, capacity, |item, _, ticket| {
                         drop(item);
                         if let Some(slot) = ticket {
                             deliver(&shared.table, index, slot, Err(error.clone()));
                         }
                     })
                 };
-                if new_head == head {
-                    // A producer is still publishing a claimed slot.
-                    crate::sync::thread::yield_now();
-                    continue;
-                }
-                if lane.ring.finish_run(new_head) {
+                if run.notify {
                     shared.table.lane(index).notifier.notify_all();
                 }
-                head = new_head;
+                // (On an evicting ring the head may have moved on without us.)
+                head = run.end;
+                if run.start == run.end {
+                    // A producer is still publishing a claimed slot.
+                    crate::sync::thread::yield_now();
+                }
             }
             self.heads[index] = head;
         }

@@ -140,8 +140,9 @@ pub enum Error {
     },
     /// The handler returned without completing the item.
     NotCompleted,
-    /// The item was dropped by the [`DropNewest`](crate::Backpressure::DropNewest)
-    /// policy because its lane was full.
+    /// The item was dropped because its lane was full: refused by the
+    /// [`DropNewest`](crate::Backpressure::DropNewest) policy, or evicted by
+    /// [`DropOldest`](crate::Backpressure::DropOldest) to make room.
     Dropped,
     /// The batcher stopped without handling the item (its drainer thread
     /// ended abnormally).

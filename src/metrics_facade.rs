@@ -70,7 +70,7 @@ impl Stats {
             ),
             (
                 "dropped_total",
-                "Items dropped by the DropNewest policy.",
+                "Items dropped by the DropNewest policy or evicted by DropOldest.",
                 self.dropped,
             ),
             (

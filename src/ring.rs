@@ -11,9 +11,31 @@
 //! slot. Producers keep a cached copy of `head` and reload it only when the
 //! lane looks full.
 //!
-//! The tail word also carries two flags, so that the producer's one CAS tells
-//! it everything it needs: whether the lane is closed (shutdown) and whether
-//! the drainer is parked and must be woken after the item is published.
+//! The tail word also carries flags, so that the producer's one CAS tells it
+//! everything it needs: whether the lane is closed (shutdown), whether the
+//! drainer is parked and must be woken after the item is published, and
+//! whether the ring is an evicting one (below).
+//!
+//! # Evicting rings (`Backpressure::DropOldest`)
+//!
+//! A ring made by [`Ring::with_eviction`] has a second kind of consumer: a
+//! producer that finds the lane full evicts the oldest item to make room.
+//! With two consumers, `head` is a claim cursor moved by CAS, and moving it
+//! no longer means that the slots below it were read. The protocol:
+//!
+//! - A consumer (the drainer's [`take_run`](Ring::take_run), or an evicting
+//!   producer's [`evict_oldest`](Ring::evict_oldest)) first checks the slot
+//!   stamps of the run it wants (published, not taken), then CASes `head` over
+//!   the run, and only then moves the items out. The CAS gives each sequence
+//!   to one consumer, and no producer can reuse a slot whose item it has not
+//!   read (below), so every item is moved out exactly once.
+//! - After moving an item out (and reading anything else kept per sequence,
+//!   such as its expiry stamp), the consumer stores the slot's *taken* stamp
+//!   for that sequence.
+//! - A producer's claim is gated on `head` as before, which now only says that
+//!   a consumer has claimed the slot's previous sequence; before writing, the
+//!   producer waits until the slot shows the previous sequence's taken stamp
+//!   (slots start out taken for the lap before the first).
 
 use core::mem::MaybeUninit;
 
@@ -26,16 +48,20 @@ use crate::sync::{AtomicUsize, Ordering, UnsafeCell};
 pub(crate) const PARKED: usize = 0b01;
 /// Tail word bit 1: the lane accepts no more claims (set once, at shutdown).
 pub(crate) const CLOSED: usize = 0b10;
-/// Tail word bits 2..: the next sequence number to claim.
-const SEQ_SHIFT: u32 = 2;
+/// Tail word bit 2: the ring is an evicting one (set when it is made, never
+/// changed). Producers test it with `CLOSED` in one branch, so that plain
+/// rings pay nothing for it.
+const EVICTS: usize = 0b100;
+/// Tail word bits 3..: the next sequence number to claim.
+const SEQ_SHIFT: u32 = 3;
 
 /// Head word bit 0: a producer waits for room and must be notified when the
 /// drainer next moves the head.
 const HEAD_WAITERS: usize = 0b1;
 const HEAD_SHIFT: u32 = 1;
 
-/// Sequence numbers live in 62 bits (the tail word's width minus its flags)
-/// and wrap modulo 2^62; every comparison goes through [`distance`].
+/// Sequence numbers live in 61 bits (the tail word's width minus its flags)
+/// and wrap modulo 2^61; every comparison goes through [`distance`].
 pub(crate) const SEQ_MASK: usize = usize::MAX >> SEQ_SHIFT;
 
 /// Stamp bit 0: the item carries a ticket (its submitter wants the result);
@@ -44,6 +70,10 @@ pub(crate) const STAMP_TICKET: usize = 0b01;
 /// Stamp bit 1: the slot was claimed but holds no item (a slice claim whose
 /// producer panicked while filling it); the drainer steps over it.
 pub(crate) const STAMP_SKIP: usize = 0b10;
+/// Both kind bits (a combination no producer publishes): on an evicting ring,
+/// a consumer has moved the sequence's item out and the slot is free for the
+/// next lap. Having the skip bit set, it never reads as an item.
+const STAMP_TAKEN: usize = STAMP_TICKET | STAMP_SKIP;
 /// Stamp bits 2..34: the low 32 bits of `seq + 1` for the sequence the slot
 /// publishes. A slot's previous stamp is always from exactly one lap earlier
 /// (`seq - capacity`, capacity at most 2^30), so 32 bits tell the two apart.
@@ -61,6 +91,12 @@ compile_error!("ringbatch packs its slot stamps into 64-bit words");
 #[inline(always)]
 pub(crate) fn distance(a: usize, b: usize) -> usize {
     b.wrapping_sub(a) & SEQ_MASK
+}
+
+/// `seq - capacity` in sequence space: the slot's previous lap.
+#[inline(always)]
+fn previous_lap(seq: usize, capacity: usize) -> usize {
+    seq.wrapping_sub(capacity) & SEQ_MASK
 }
 
 /// `seq + n` in sequence space.
@@ -84,6 +120,20 @@ fn publishes(stamp: usize, seq: usize) -> bool {
     stamp & STAMP_SEQ_MASK == stamp_for(seq)
 }
 
+/// Whether `stamp` publishes sequence `seq` and its slot has not been taken
+/// yet (on an evicting ring a taken stamp keeps the sequence's number).
+#[inline(always)]
+fn holds(stamp: usize, seq: usize) -> bool {
+    publishes(stamp, seq) && stamp & STAMP_TAKEN != STAMP_TAKEN
+}
+
+/// The stamp a consumer of an evicting ring leaves in the slot of `seq` once
+/// it has moved the item out.
+#[inline(always)]
+fn taken_stamp(seq: usize) -> usize {
+    stamp_for(seq) | STAMP_TAKEN
+}
+
 /// A successful claim of `n` consecutive sequence numbers starting at `seq`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Claim {
@@ -102,6 +152,33 @@ pub(crate) enum ClaimError {
     Closed,
 }
 
+/// A run of sequences `start..end` the drainer took from a ring.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Run {
+    /// The first sequence taken (the head the run started at: on an evicting
+    /// ring, producers may have moved the head past the drainer's copy).
+    pub(crate) start: usize,
+    /// The ring's head after the run: the drainer's new copy.
+    pub(crate) end: usize,
+    /// A producer waits for room: notify the lane's notifier.
+    pub(crate) notify: bool,
+}
+
+/// What [`Ring::evict_oldest`] did.
+#[derive(Debug)]
+pub(crate) enum Evicted<T> {
+    /// Moved the oldest item out: the item, and its completion slot index if
+    /// it carries a ticket.
+    Item(T, Option<usize>),
+    /// Stepped over a slot published empty (room made, nothing dropped).
+    Skip,
+    /// Nothing evicted: the claim has room now, or the lane is closed.
+    Room,
+    /// Nothing evicted: the oldest slot is claimed but not yet published, or
+    /// another consumer moved the head first. Retry after a pause.
+    Busy,
+}
+
 /// One slot: the stamp says which sequence (if any) it currently publishes.
 struct Slot<T> {
     stamp: AtomicUsize,
@@ -114,11 +191,16 @@ pub(crate) struct Ring<T> {
     /// or `CLOSED`, by the drainer and the closer (`fetch_or`).
     tail: CachePadded<AtomicUsize>,
     /// Bits 1..: the next sequence the drainer reads, moved only by the
-    /// drainer, after it has read every slot below it. Bit 0
-    /// ([`HEAD_WAITERS`]): a producer sleeps waiting for room.
+    /// drainer, after it has read every slot below it (on an evicting ring:
+    /// the next sequence to consume, moved by CAS by every consumer before
+    /// it reads). Bit 0 ([`HEAD_WAITERS`]): a producer sleeps waiting for
+    /// room.
     head: CachePadded<AtomicUsize>,
     slots: Box<[Slot<T>]>,
     mask: usize,
+    /// Producers may evict (see the module notes): consumers claim by CAS and
+    /// mark slots taken; producers wait for the mark.
+    evicts: bool,
 }
 
 // The ring moves `T` values between threads (producer to drainer), so it is
@@ -147,7 +229,32 @@ impl<T> Ring<T> {
             head: CachePadded::new(AtomicUsize::new(0)),
             slots,
             mask: capacity - 1,
+            evicts: false,
         }
+    }
+
+    /// Creates an evicting ring (see the module notes): producers may consume
+    /// its oldest items with [`evict_oldest`](Self::evict_oldest), and the
+    /// drainer must take runs with [`take_run`](Self::take_run).
+    pub(crate) fn with_eviction(capacity: usize) -> Self {
+        let mut ring = Self::new(capacity);
+        ring.evicts = true;
+        ring.tail = CachePadded::new(AtomicUsize::new(EVICTS));
+        for (index, slot) in ring.slots.iter().enumerate() {
+            // Every slot starts out free: taken for the lap before the first.
+            // Relaxed: the ring is not shared yet.
+            slot.stamp.store(
+                taken_stamp(previous_lap(index, capacity)),
+                Ordering::Relaxed,
+            );
+        }
+        ring
+    }
+
+    /// Whether producers may evict from this ring.
+    #[inline(always)]
+    pub(crate) fn evicts(&self) -> bool {
+        self.evicts
     }
 
     #[inline(always)]
@@ -178,8 +285,11 @@ impl<T> Ring<T> {
         let room = self.capacity() - n;
         let mut word = self.tail.load(Ordering::Relaxed);
         loop {
-            if word & CLOSED != 0 {
-                return Err(ClaimError::Closed);
+            if word & (CLOSED | EVICTS) != 0 {
+                if word & CLOSED != 0 {
+                    return Err(ClaimError::Closed);
+                }
+                return self.try_claim_evicting(n, cached_head);
             }
             let seq = word >> SEQ_SHIFT;
             if distance(*cached_head, seq) > room {
@@ -206,6 +316,67 @@ impl<T> Ring<T> {
                     });
                 }
                 Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// [`try_claim`](Self::try_claim) on an evicting ring: the claim keeps
+    /// the `EVICTS` flag, and returns only once the claimed slots are free
+    /// (see [`await_taken`](Self::await_taken)).
+    #[inline(never)]
+    fn try_claim_evicting(&self, n: usize, cached_head: &mut usize) -> Result<Claim, ClaimError> {
+        debug_assert!(self.evicts);
+        let room = self.capacity() - n;
+        let mut word = self.tail.load(Ordering::Relaxed);
+        loop {
+            if word & CLOSED != 0 {
+                return Err(ClaimError::Closed);
+            }
+            let seq = word >> SEQ_SHIFT;
+            if distance(*cached_head, seq) > room {
+                *cached_head = self.head_seq();
+                if distance(*cached_head, seq) > room {
+                    return Err(ClaimError::Full);
+                }
+            }
+            // Relaxed, as in `try_claim`.
+            match self.tail.compare_exchange_weak(
+                word,
+                (seq_add(seq, n) << SEQ_SHIFT) | EVICTS,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.await_taken(seq, n);
+                    return Ok(Claim {
+                        seq,
+                        wake_drainer: word & PARKED != 0,
+                    });
+                }
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// Evicting ring, after a claim of `seq..seq + n`: waits until the
+    /// consumers that claimed the previous lap of those slots have moved
+    /// their items out (they are between their head CAS and their taken
+    /// stamp, so the wait is short).
+    #[inline]
+    fn await_taken(&self, seq: usize, n: usize) {
+        let capacity = self.capacity();
+        let mut backoff = crate::wait::Backoff::new(crate::wait::WaitStrategy::Yield);
+        for k in 0..n {
+            let seq = seq_add(seq, k);
+            let free = taken_stamp(previous_lap(seq, capacity));
+            // Acquire pairs with the Release store of the taken stamp in
+            // `take_run_shared` / `evict_oldest`: the consumer's reads of
+            // the slot (and of the sequence's expiry stamp) happen before
+            // our writes. The stamp is the previous lap's, published or
+            // taken: our claim saw `head` past it, and consumers move `head`
+            // only over published slots.
+            while self.slot(seq).stamp.load(Ordering::Acquire) != free {
+                backoff.snooze();
             }
         }
     }
@@ -257,7 +428,8 @@ impl<T> Ring<T> {
     /// # Safety
     ///
     /// Only the single consumer calls this, with `head` equal to the ring's
-    /// current head (the value it last passed to `finish_run`).
+    /// current head (the value it last passed to `finish_run`), and never on
+    /// an evicting ring.
     #[inline]
     pub(crate) unsafe fn drain_run(
         &self,
@@ -265,6 +437,7 @@ impl<T> Ring<T> {
         max: usize,
         mut sink: impl FnMut(T, usize, Option<usize>),
     ) -> usize {
+        debug_assert!(!self.evicts, "an evicting ring is drained by take_run");
         let mut seq = head;
         let end = seq_add(head, max);
         while seq != end {
@@ -296,7 +469,158 @@ impl<T> Ring<T> {
     /// waiter flag set by any earlier RMW on the word.
     #[inline]
     pub(crate) fn finish_run(&self, new_head: usize) -> bool {
+        debug_assert!(!self.evicts, "an evicting ring is drained by take_run");
         self.head.swap(new_head << HEAD_SHIFT, Ordering::AcqRel) & HEAD_WAITERS != 0
+    }
+
+    /// The drainer's run on any ring: up to `max` published items, in order,
+    /// each passed to `sink(item, seq, ticket)` as in
+    /// [`drain_run`](Self::drain_run), then the head moved on. On a plain
+    /// ring this is `drain_run` and `finish_run` from `head`; on an evicting
+    /// ring, [`take_run_shared`](Self::take_run_shared) from the ring's
+    /// current head (`head` is ignored).
+    ///
+    /// # Safety
+    ///
+    /// Only the drainer calls this, with `head` as for `drain_run`.
+    #[inline(always)]
+    pub(crate) unsafe fn take_run(
+        &self,
+        head: usize,
+        max: usize,
+        sink: impl FnMut(T, usize, Option<usize>),
+    ) -> Run {
+        if self.evicts {
+            // SAFETY: the caller is the drainer.
+            return unsafe { self.take_run_shared(max, sink) };
+        }
+        // SAFETY: the caller's contract.
+        let end = unsafe { self.drain_run(head, max, sink) };
+        Run {
+            start: head,
+            end,
+            notify: end != head && self.finish_run(end),
+        }
+    }
+
+    /// The drainer's run on an evicting ring: finds up to `max` published
+    /// slots from the current head, claims them with one CAS on the head
+    /// (clearing [`HEAD_WAITERS`] and reporting it), then moves the items out
+    /// in order, passing each to `sink` as [`drain_run`](Self::drain_run)
+    /// does, and marks each slot taken after its `sink` call returns (so
+    /// `sink` may read data kept per sequence).
+    ///
+    /// # Safety
+    ///
+    /// Only the drainer calls this (producers consume by `evict_oldest`).
+    pub(crate) unsafe fn take_run_shared(
+        &self,
+        max: usize,
+        mut sink: impl FnMut(T, usize, Option<usize>),
+    ) -> Run {
+        debug_assert!(self.evicts);
+        // Acquire: as for `head_seq` (and a failed CAS below re-reads it so).
+        let mut word = self.head.load(Ordering::Acquire);
+        let (start, end, notify) = loop {
+            let start = word >> HEAD_SHIFT;
+            let stop = seq_add(start, max);
+            let mut end = start;
+            // Acquire pairs with the Release store in `publish` /
+            // `publish_skip`: the items of the run are visible to us.
+            while end != stop && holds(self.slot(end).stamp.load(Ordering::Acquire), end) {
+                end = seq_add(end, 1);
+            }
+            if end == start {
+                return Run {
+                    start,
+                    end,
+                    notify: false,
+                };
+            }
+            // AcqRel: Release pairs with the Acquire loads of `head` by
+            // producers (`try_claim`, `await_taken` relies on it) and by
+            // evictors; Acquire on failure sees the head another consumer
+            // moved. Being an RMW it sees a waiter flag set before it.
+            match self.head.compare_exchange(
+                word,
+                end << HEAD_SHIFT,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break (start, end, word & HEAD_WAITERS != 0),
+                Err(actual) => word = actual,
+            }
+        };
+        let mut seq = start;
+        while seq != end {
+            let slot = self.slot(seq);
+            // Relaxed: the stamp is the one loaded with Acquire above (only the
+            // consumer that claimed `seq`, we, changes it now).
+            let stamp = slot.stamp.load(Ordering::Relaxed);
+            debug_assert!(holds(stamp, seq));
+            if stamp & STAMP_SKIP == 0 {
+                // SAFETY: our CAS claimed `seq` for us alone, its stamp shows
+                // an initialised item, and no producer writes the slot before
+                // our taken stamp below; we move the item out exactly once.
+                let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
+                let ticket = (stamp & STAMP_TICKET != 0).then_some(stamp >> STAMP_SLOT_SHIFT);
+                sink(value, seq, ticket);
+            }
+            // Release pairs with the Acquire load in `await_taken`: our read of
+            // the slot happens before the next lap's producer writes it.
+            slot.stamp.store(taken_stamp(seq), Ordering::Release);
+            seq = seq_add(seq, 1);
+        }
+        Run { start, end, notify }
+    }
+
+    /// Producer side on an evicting ring whose claim of `n` slots failed: if
+    /// the lane is still full (and open), claims the oldest slot with a CAS
+    /// on the head (keeping the [`HEAD_WAITERS`] flag for the drainer to
+    /// clear) and moves its item out.
+    pub(crate) fn evict_oldest(&self, n: usize) -> Evicted<T> {
+        debug_assert!(self.evicts);
+        // Acquire: as for `head_seq`. Loaded before the tail, so the tail
+        // read below is at or past it.
+        let word = self.head.load(Ordering::Acquire);
+        let head = word >> HEAD_SHIFT;
+        let (tail, flags) = self.tail();
+        if flags & CLOSED != 0 || distance(head, tail) <= self.capacity() - n {
+            return Evicted::Room;
+        }
+        let slot = self.slot(head);
+        // Acquire pairs with the Release store in `publish` / `publish_skip`.
+        let stamp = slot.stamp.load(Ordering::Acquire);
+        if !holds(stamp, head) {
+            // Claimed and not yet published (or taken since we read `head`).
+            return Evicted::Busy;
+        }
+        // AcqRel, as in `take_run_shared`. Failure: another consumer moved the
+        // head; Relaxed, since we start over from a fresh load.
+        if self
+            .head
+            .compare_exchange(
+                word,
+                (seq_add(head, 1) << HEAD_SHIFT) | (word & HEAD_WAITERS),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return Evicted::Busy;
+        }
+        let evicted = if stamp & STAMP_SKIP == 0 {
+            // SAFETY: as in `take_run_shared`: our CAS claimed `head`, its
+            // stamp shows an initialised item, moved out once, here.
+            let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
+            let ticket = (stamp & STAMP_TICKET != 0).then_some(stamp >> STAMP_SLOT_SHIFT);
+            Evicted::Item(value, ticket)
+        } else {
+            Evicted::Skip
+        };
+        // Release: as in `take_run_shared`.
+        slot.stamp.store(taken_stamp(head), Ordering::Release);
+        evicted
     }
 
     /// The drainer's cursor. Acquire pairs with the swap in `finish_run`: the

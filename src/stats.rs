@@ -157,12 +157,15 @@ impl DispatchCounts {
 /// One lane's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LaneStats {
-    /// Items accepted into the lane.
+    /// Items accepted into the lane (less those evicted later by
+    /// [`Backpressure::DropOldest`](crate::Backpressure::DropOldest), which
+    /// count as dropped).
     pub accepted: u64,
     /// Submissions refused because the lane was full (or stayed full until a
     /// timeout).
     pub rejected: u64,
-    /// Items dropped by [`Backpressure::DropNewest`](crate::Backpressure::DropNewest).
+    /// Items dropped by [`Backpressure::DropNewest`](crate::Backpressure::DropNewest)
+    /// or evicted by [`Backpressure::DropOldest`](crate::Backpressure::DropOldest).
     pub dropped: u64,
     /// Submissions refused because the batcher was closed.
     pub refused_closed: u64,
@@ -184,11 +187,11 @@ pub struct LaneStats {
 pub struct Stats {
     /// Items offered: `accepted + rejected + dropped + refused_closed`.
     pub submitted: u64,
-    /// Items accepted into a lane.
+    /// Items accepted into a lane (less those evicted later).
     pub accepted: u64,
     /// Items handed back because their lane was full or stayed full.
     pub rejected: u64,
-    /// Items dropped by the `DropNewest` policy.
+    /// Items dropped by the `DropNewest` policy or evicted by `DropOldest`.
     pub dropped: u64,
     /// Items handed back because the batcher was closed.
     pub refused_closed: u64,
@@ -350,7 +353,10 @@ impl DrainerCounters {
 #[derive(Debug, Default)]
 pub(crate) struct LaneCounters {
     pub(crate) rejected: AtomicU64,
+    /// Items dropped: refused new ones (`DropNewest`) and evicted ones.
     pub(crate) dropped: AtomicU64,
+    /// Accepted items evicted since (`DropOldest`), included in `dropped`.
+    pub(crate) evicted: AtomicU64,
     pub(crate) refused_closed: AtomicU64,
     /// Claimed slots published empty (a slice whose element clone panicked).
     pub(crate) skipped: AtomicU64,

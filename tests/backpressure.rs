@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{BOUND, Gate, spawn_bounded};
+use common::{BOUND, Gate, decode, encode, spawn_bounded};
 use ringbatch::{Backpressure, Batch, Batcher, Error, SubmitError};
 
 /// A one-lane batcher whose handler waits at `gate` for every batch, counts
@@ -329,4 +329,230 @@ fn producers_blocking_on_a_tiny_lane_never_hang() {
         );
         assert_eq!(stats.items_handled, 4 * PER_THREAD);
     }
+}
+
+/// What a spill callback of the tests keeps.
+type Spilled = Arc<Mutex<Vec<u64>>>;
+
+/// A one-lane gated batcher (as [`gated`]) whose drop policy hands the
+/// items it discards to a spill callback that keeps them.
+fn gated_with_spill(
+    capacity: usize,
+    policy: Backpressure,
+    gate: &Gate,
+) -> (Batcher<u64, u64>, Arc<AtomicU64>, Spilled) {
+    let handled = Arc::new(AtomicU64::new(0));
+    let spilled = Arc::new(Mutex::new(Vec::new()));
+    let (gate, count, keep) = (gate.clone(), Arc::clone(&handled), Arc::clone(&spilled));
+    let batcher = Batcher::builder()
+        .lanes(1)
+        .capacity(capacity)
+        .max_batch(1)
+        .backpressure(policy)
+        .spill(move |item| keep.lock().unwrap().push(item))
+        .handler_fn(move |batch: &mut Batch<'_, u64, u64>| {
+            gate.pass();
+            count.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            batch.complete_with(|&x| Ok::<_, Error>(x * 2));
+            Ok(())
+        })
+        .build()
+        .expect("valid settings");
+    (batcher, handled, spilled)
+}
+
+#[test]
+fn drop_oldest_evicts_exactly_the_oldest() {
+    // Deterministic: the drainer is held with a plug, the lane holds four
+    // ticketed items; each further submission evicts the oldest one.
+    let gate = Gate::closed();
+    let (batcher, handled, spilled) = gated_with_spill(4, Backpressure::DropOldest, &gate);
+    let producer = batcher.producer_on_lane(0).unwrap();
+    producer.push(1_000_000).unwrap();
+    gate.wait_arrived(1);
+    let queued: Vec<_> = (0..4).map(|i| producer.submit(i).unwrap()).collect();
+    assert_eq!(batcher.stats().lanes[0].depth, 4);
+
+    let fresh: Vec<_> = (10..13).map(|i| producer.submit(i).unwrap()).collect();
+    producer.push(13).expect("DropOldest makes room");
+    let stats = batcher.stats();
+    assert_eq!(stats.dropped, 4);
+    assert_eq!(stats.lanes[0].dropped, 4);
+    assert_eq!(stats.lanes[0].depth, 4);
+    assert_eq!(stats.accepted, 5, "the plug and the four now queued");
+    assert_eq!(stats.submitted, 9);
+    assert_eq!(*spilled.lock().unwrap(), vec![0, 1, 2, 3], "oldest first");
+    for ticket in queued {
+        assert!(matches!(ticket.wait(), Err(Error::Dropped)));
+    }
+    // `try_push` never evicts.
+    assert!(producer.try_push(99).unwrap_err().is_full());
+
+    gate.open();
+    assert!(batcher.flush_timeout(BOUND));
+    for (ticket, i) in fresh.into_iter().zip(10..) {
+        assert_eq!(ticket.wait().unwrap(), i * 2);
+    }
+    let stats = batcher.shutdown();
+    assert_eq!(handled.load(Ordering::Relaxed), 5, "plug, 10, 11, 12, 13");
+    assert_eq!(stats.items_handled, 5);
+    assert_eq!(stats.dropped, 4);
+    assert_eq!(stats.rejected, 1);
+    assert_eq!(
+        stats.accepted + stats.dropped + stats.rejected,
+        stats.submitted
+    );
+}
+
+#[test]
+fn drop_oldest_makes_room_for_a_slice() {
+    let gate = Gate::closed();
+    let (batcher, _handled, spilled) = gated_with_spill(4, Backpressure::DropOldest, &gate);
+    let producer = batcher.producer_on_lane(0).unwrap();
+    producer.push(1_000_000).unwrap();
+    gate.wait_arrived(1);
+    producer.push_slice(&[0, 1, 2, 3]).unwrap();
+    let mut tickets = Vec::new();
+    producer.submit_many(&[10, 11, 12], &mut tickets).unwrap();
+    assert_eq!(*spilled.lock().unwrap(), vec![0, 1, 2]);
+    gate.open();
+    let got: Vec<u64> = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
+    assert_eq!(got, vec![20, 22, 24]);
+    let stats = batcher.shutdown();
+    assert_eq!(stats.items_handled, 5, "plug, 3, 10, 11, 12");
+    assert_eq!(stats.dropped, 3);
+}
+
+#[test]
+fn spill_receives_what_drop_newest_refuses() {
+    let gate = Gate::closed();
+    let (batcher, handled, spilled) = gated_with_spill(4, Backpressure::DropNewest, &gate);
+    plug_and_fill(&batcher, &gate, 4);
+    let producer = batcher.producer();
+    producer.push(100).unwrap();
+    assert!(matches!(
+        producer.submit(101).unwrap().wait(),
+        Err(Error::Dropped)
+    ));
+    producer.push_slice(&[102, 103]).unwrap();
+    let mut tickets = Vec::new();
+    producer.submit_many(&[104], &mut tickets).unwrap();
+    assert!(matches!(tickets.pop().unwrap().wait(), Err(Error::Dropped)));
+    assert_eq!(*spilled.lock().unwrap(), vec![100, 101, 102, 103, 104]);
+    gate.open();
+    let stats = batcher.shutdown();
+    assert_eq!(handled.load(Ordering::Relaxed), 5);
+    assert_eq!(stats.dropped, 5);
+}
+
+/// Concurrent producers under `DropOldest` (or `DropNewest`) with a slow
+/// sink: every item ends exactly once, handled or dropped; tickets say which;
+/// the spill callback receives exactly the dropped items; stats match the
+/// test's own count; each producer's handled items keep their order.
+fn drop_policy_under_concurrent_load(policy: Backpressure) {
+    const PRODUCERS: u64 = 4;
+    const PER_THREAD: u64 = 20_000;
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let spilled = Arc::new(Mutex::new(Vec::new()));
+    let (seen, keep) = (Arc::clone(&handled), Arc::clone(&spilled));
+    let batcher = Arc::new(
+        Batcher::builder()
+            .lanes(2)
+            .capacity(8)
+            .max_batch(8)
+            .backpressure(policy)
+            .spill(move |item| keep.lock().unwrap().push(item))
+            .handler_fn(move |batch: &mut Batch<'_, u64, u64>| {
+                seen.lock().unwrap().extend_from_slice(batch.items());
+                // A slow sink, so that the lanes overflow.
+                std::hint::black_box((0..2_000).sum::<u64>());
+                batch.complete_with(|&x| Ok::<_, Error>(x));
+                Ok(())
+            })
+            .build()
+            .unwrap(),
+    );
+    let threads: Vec<_> = (0..PRODUCERS)
+        .map(|t| {
+            let batcher = Arc::clone(&batcher);
+            spawn_bounded(format!("producer-{t}"), move || {
+                let producer = batcher.producer();
+                // Per item: Some(true) handled, Some(false) dropped, None
+                // fire-and-forget (the spill log tells).
+                let mut outcome = vec![None; PER_THREAD as usize];
+                let mut tickets = Vec::with_capacity(64);
+                for i in 0..PER_THREAD {
+                    let value = encode(t, i);
+                    if i % 4 == 3 {
+                        producer.push(value).unwrap();
+                    } else {
+                        tickets.push((i, producer.submit(value).unwrap()));
+                    }
+                    if tickets.len() == 64 || i + 1 == PER_THREAD {
+                        for (i, ticket) in tickets.drain(..) {
+                            outcome[i as usize] = Some(match ticket.wait() {
+                                Ok(v) => {
+                                    assert_eq!(v, encode(t, i));
+                                    true
+                                }
+                                Err(Error::Dropped) => false,
+                                Err(e) => panic!("unexpected {e:?}"),
+                            });
+                        }
+                    }
+                }
+                outcome
+            })
+        })
+        .collect();
+    let outcomes: Vec<Vec<Option<bool>>> = threads.into_iter().map(|t| t.join()).collect();
+    let stats = Arc::into_inner(batcher).unwrap().shutdown();
+    let handled = Arc::into_inner(handled).unwrap().into_inner().unwrap();
+    let spilled = Arc::into_inner(spilled).unwrap().into_inner().unwrap();
+
+    // Exactly once: each item handled or spilled, never both, never lost.
+    let mut fate = vec![vec![0u8; PER_THREAD as usize]; PRODUCERS as usize];
+    let mut last = vec![None::<u64>; PRODUCERS as usize];
+    for &value in &handled {
+        let (p, i) = decode(value);
+        fate[p][i as usize] += 1;
+        assert!(
+            last[p].is_none_or(|l| l < i),
+            "producer {p}'s items out of order: {i} after {:?}",
+            last[p]
+        );
+        last[p] = Some(i);
+    }
+    for &value in &spilled {
+        let (p, i) = decode(value);
+        fate[p][i as usize] += 10;
+    }
+    for (p, (fates, outcome)) in fate.iter().zip(&outcomes).enumerate() {
+        for (i, (&fate, &outcome)) in fates.iter().zip(outcome).enumerate() {
+            match (fate, outcome) {
+                (1, Some(true) | None) | (10, Some(false) | None) => {}
+                _ => panic!("item {p}/{i}: fate {fate}, ticket {outcome:?}"),
+            }
+        }
+    }
+    let dropped = spilled.len() as u64;
+    assert!(
+        dropped > 0,
+        "the load should overflow the lanes at least once"
+    );
+    assert_eq!(stats.dropped, dropped, "stats count every drop");
+    assert_eq!(handled.len() as u64, PRODUCERS * PER_THREAD - dropped);
+    assert_eq!(stats.items_handled, handled.len() as u64);
+    assert_eq!(stats.submitted, PRODUCERS * PER_THREAD);
+    assert_eq!(stats.accepted, stats.items_handled);
+}
+
+#[test]
+fn drop_oldest_under_concurrent_load_ends_every_item_once() {
+    drop_policy_under_concurrent_load(Backpressure::DropOldest);
+}
+
+#[test]
+fn drop_newest_spills_exactly_the_dropped_items_under_load() {
+    drop_policy_under_concurrent_load(Backpressure::DropNewest);
 }
