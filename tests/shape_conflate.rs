@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{BOUND, Gate, decode, encode, spawn_bounded, wait_ticket};
+#[cfg(feature = "tokio")]
+use common::BOUND;
+use common::{Gate, decode, encode, spawn_bounded, wait_ticket};
 use ringbatch::{Batch, Batcher, Error, Linger};
 
 /// A quote: a symbol and a price (or a sequence number).
