@@ -404,3 +404,46 @@ fn two_evicting_producers_and_the_drainer() {
         assert!(first.is_sorted(), "producer order kept: {got:?}");
     });
 }
+
+/// (h) As (g) with two items from each producer, so that both evict and
+/// both are evicted from. Its state space is large: it runs with at most one
+/// preemption (it passes; at two it does not finish in 13 minutes).
+#[test]
+fn two_evicting_producers_two_items_each() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(1);
+    builder.check(|| {
+        let ring = Arc::new(Ring::<u8>::with_eviction(2));
+        let count = Arc::new(AtomicUsize::new(0));
+        let drainer = thread::current();
+        let producers: Vec<_> = [0..2u8, 2..4]
+            .into_iter()
+            .map(|values| {
+                let (ring, count) = (Arc::clone(&ring), Arc::clone(&count));
+                let drainer = drainer.clone();
+                thread::spawn(move || {
+                    let mut head = 0;
+                    let mut evicted = Vec::new();
+                    for value in values {
+                        push_evicting(&ring, &mut head, value, &mut evicted, &count, &drainer);
+                    }
+                    evicted
+                })
+            })
+            .collect();
+        let got = drain_evicting(&ring, 1, 4, &count);
+        let mut evicted = Vec::new();
+        for producer in producers {
+            evicted.extend(producer.join().unwrap());
+        }
+        let mut all: Vec<u8> = got.iter().chain(&evicted).copied().collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            vec![0, 1, 2, 3],
+            "drained {got:?}, evicted {evicted:?}"
+        );
+        let first: Vec<u8> = got.iter().copied().filter(|&v| v < 2).collect();
+        assert!(first.is_sorted(), "producer order kept: {got:?}");
+    });
+}
