@@ -2054,12 +2054,25 @@ impl<T, R> Producer<T, R> {
 
     #[inline(always)]
     fn submit_with(&self, item: T, wait: Wait) -> Result<Ticket<R>, SubmitError<T>> {
+        self.submit_expiring(item, wait, NEVER)
+    }
+
+    /// A submission with a ticket whose item expires at `expires` (ns since
+    /// the batcher's epoch; [`NEVER`] for none).
+    #[inline(always)]
+    fn submit_expiring(
+        &self,
+        item: T,
+        wait: Wait,
+        expires: u64,
+    ) -> Result<Ticket<R>, SubmitError<T>> {
         let mut index = [0usize; 1];
         match self.claim_ticketed(&mut index, wait) {
             Ok(claim) => {
                 // SAFETY: we claimed `claim.seq` and armed completion slot
                 // `index[0]`; both are used once, here.
-                let ticket = unsafe { self.publish_ticketed_at(claim.seq, index[0], item) };
+                let ticket =
+                    unsafe { self.publish_ticketed_expiring(claim.seq, index[0], item, expires) };
                 if claim.wake_drainer {
                     self.shared.unpark_drainer();
                 }
@@ -2214,25 +2227,7 @@ impl<T, R> Producer<T, R> {
             return Err(SubmitError::NoDeadlines(item));
         };
         let expires = expiry.deadline_ns(deadline);
-        let wait = Wait::Policy;
-        let mut index = [0usize; 1];
-        match self.claim_ticketed(&mut index, wait) {
-            Ok(claim) => {
-                // SAFETY: we claimed `claim.seq` and armed completion slot
-                // `index[0]`; both are used once, here.
-                let ticket =
-                    unsafe { self.publish_ticketed_expiring(claim.seq, index[0], item, expires) };
-                if claim.wake_drainer {
-                    self.shared.unpark_drainer();
-                }
-                Ok(ticket)
-            }
-            Err(kind) if self.drops_when_full(kind, wait) => {
-                self.drop_new(item);
-                Ok(Ticket::ready(Err(Error::Dropped)))
-            }
-            Err(kind) => Err(refused(self.refuse(kind, 1), item)),
-        }
+        self.submit_expiring(item, Wait::Policy, expires)
     }
 
     /// Submits clones of `items` fire-and-forget, in order, claiming slots for

@@ -205,7 +205,98 @@ impl Stats {
             }
         };
         let one = |v: u64| vec![(String::new(), v as f64)];
-        let counters: [(&str, &str, u64); 16] = [
+        let counters = self.counter_series();
+        for (name, help, value) in counters {
+            metric(name, "counter", help, &one(value));
+        }
+        let reasons: Vec<(String, f64)> = DispatchReason::ALL
+            .iter()
+            .map(|&r| {
+                (
+                    format!("{{reason=\"{}\"}}", r.name()),
+                    self.dispatched.get(r) as f64,
+                )
+            })
+            .collect();
+        metric(
+            "dispatched_total",
+            "counter",
+            "Batches dispatched, by the reason they left.",
+            &reasons,
+        );
+        let gauges = self.gauge_series();
+        for (name, help, value) in gauges {
+            metric(name, "gauge", help, &one(value));
+        }
+        let lanes = |f: fn(&crate::LaneStats) -> u64| -> Vec<(String, f64)> {
+            self.lanes
+                .iter()
+                .enumerate()
+                .map(|(i, lane)| (format!("{{lane=\"{i}\"}}"), f(lane) as f64))
+                .collect()
+        };
+        metric(
+            "lane_depth",
+            "gauge",
+            "Items in the lane not yet taken by the drainer.",
+            &lanes(|l| l.depth),
+        );
+        metric(
+            "lane_depth_high_water",
+            "gauge",
+            "The deepest the lane was seen by the drainer.",
+            &lanes(|l| l.high_water),
+        );
+        if let Some(h) = &self.histograms {
+            let summaries: [(&str, &str, &Percentiles, f64); 4] = [
+                ("batch_size", "Items per batch.", &h.batch_size, 1.0),
+                (
+                    "queue_wait_seconds",
+                    "Submission to dispatch, per item.",
+                    &h.queue_wait_ns,
+                    1e9,
+                ),
+                (
+                    "handler_seconds",
+                    "Handler time per batch.",
+                    &h.handler_ns,
+                    1e9,
+                ),
+                (
+                    "end_to_end_seconds",
+                    "Submission to completion, per item.",
+                    &h.end_to_end_ns,
+                    1e9,
+                ),
+            ];
+            // The last field is the units per exported unit (ns per second):
+            // dividing rounds once, so 90559 ns prints as 0.000090559, not
+            // as 0.00009055900000000001.
+            for (name, help, p, per_unit) in summaries {
+                let mut samples: Vec<(String, f64)> = p
+                    .quantiles()
+                    .iter()
+                    .map(|&(q, v)| (format!("{{quantile=\"{q}\"}}"), v as f64 / per_unit))
+                    .collect();
+                samples.push(("_sum".to_owned(), p.mean * p.count as f64 / per_unit));
+                samples.push(("_count".to_owned(), p.count as f64));
+                // `_sum` and `_count` are suffixes of the name, not labels.
+                let _ = writeln!(out, "# HELP {ns}_{name} {help}");
+                let _ = writeln!(out, "# TYPE {ns}_{name} summary");
+                for (labels, value) in samples {
+                    let _ = writeln!(out, "{ns}_{name}{labels} {}", number(value));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Stats {
+    /// The counters every exporter writes: `(name, help, value)`, names
+    /// without the namespace.
+    pub(crate) fn counter_series(&self) -> [(&'static str, &'static str, u64); 16] {
+        [
             (
                 "submitted_total",
                 "Items offered to the batcher.",
@@ -286,31 +377,17 @@ impl Stats {
                 "Items failed at once because the circuit breaker was open.",
                 self.circuit_rejected,
             ),
-        ];
-        for (name, help, value) in counters {
-            metric(name, "counter", help, &one(value));
-        }
-        let reasons: Vec<(String, f64)> = DispatchReason::ALL
-            .iter()
-            .map(|&r| {
-                (
-                    format!("{{reason=\"{}\"}}", r.name()),
-                    self.dispatched.get(r) as f64,
-                )
-            })
-            .collect();
-        metric(
-            "dispatched_total",
-            "counter",
-            "Batches dispatched, by the reason they left.",
-            &reasons,
-        );
+        ]
+    }
+
+    /// The gauges every exporter writes, as [`counter_series`](Self::counter_series).
+    pub(crate) fn gauge_series(&self) -> [(&'static str, &'static str, u64); 7] {
         let breaker = match self.breaker {
             crate::BreakerState::Closed => 0,
             crate::BreakerState::Open => 1,
             crate::BreakerState::HalfOpen => 2,
         };
-        let gauges: [(&str, &str, u64); 7] = [
+        [
             (
                 "breaker_state",
                 "The circuit breaker: 0 closed, 1 open, 2 half open.",
@@ -346,71 +423,7 @@ impl Stats {
                 "Bytes fixed at build time.",
                 self.memory_bytes as u64,
             ),
-        ];
-        for (name, help, value) in gauges {
-            metric(name, "gauge", help, &one(value));
-        }
-        let lanes = |f: fn(&crate::LaneStats) -> u64| -> Vec<(String, f64)> {
-            self.lanes
-                .iter()
-                .enumerate()
-                .map(|(i, lane)| (format!("{{lane=\"{i}\"}}"), f(lane) as f64))
-                .collect()
-        };
-        metric(
-            "lane_depth",
-            "gauge",
-            "Items in the lane not yet taken by the drainer.",
-            &lanes(|l| l.depth),
-        );
-        metric(
-            "lane_depth_high_water",
-            "gauge",
-            "The deepest the lane was seen by the drainer.",
-            &lanes(|l| l.high_water),
-        );
-        if let Some(h) = &self.histograms {
-            let summaries: [(&str, &str, &Percentiles, f64); 4] = [
-                ("batch_size", "Items per batch.", &h.batch_size, 1.0),
-                (
-                    "queue_wait_seconds",
-                    "Submission to dispatch, per item.",
-                    &h.queue_wait_ns,
-                    1e9,
-                ),
-                (
-                    "handler_seconds",
-                    "Handler time per batch.",
-                    &h.handler_ns,
-                    1e9,
-                ),
-                (
-                    "end_to_end_seconds",
-                    "Submission to completion, per item.",
-                    &h.end_to_end_ns,
-                    1e9,
-                ),
-            ];
-            // The last field is the units per exported unit (ns per second):
-            // dividing rounds once, so 90559 ns prints as 0.000090559, not
-            // as 0.00009055900000000001.
-            for (name, help, p, per_unit) in summaries {
-                let mut samples: Vec<(String, f64)> = p
-                    .quantiles()
-                    .iter()
-                    .map(|&(q, v)| (format!("{{quantile=\"{q}\"}}"), v as f64 / per_unit))
-                    .collect();
-                samples.push(("_sum".to_owned(), p.mean * p.count as f64 / per_unit));
-                samples.push(("_count".to_owned(), p.count as f64));
-                // `_sum` and `_count` are suffixes of the name, not labels.
-                let _ = writeln!(out, "# HELP {ns}_{name} {help}");
-                let _ = writeln!(out, "# TYPE {ns}_{name} summary");
-                for (labels, value) in samples {
-                    let _ = writeln!(out, "{ns}_{name}{labels} {}", number(value));
-                }
-            }
-        }
-        out
+        ]
     }
 }
 

@@ -23,7 +23,8 @@ impl Stats {
     ///   `handler_panics_total`, `retried_total`, `dead_lettered_total`,
     ///   `circuit_rejected_total`, and `dispatched_total` with a `reason`
     ///   label;
-    /// - gauges: `batches_in_flight`, `staged`, `effective_max_batch`,
+    /// - gauges: `breaker_state` (0 closed, 1 open, 2 half open),
+    ///   `batches_in_flight`, `staged`, `effective_max_batch`,
     ///   `max_batch_items`, `pool_free`, `memory_bytes`, and `lane_depth`,
     ///   `lane_depth_high_water` with a `lane` label;
     /// - with histograms recorded: `batch_size`, `queue_wait_seconds`,
@@ -52,88 +53,7 @@ impl Stats {
     /// ```
     pub fn export_metrics(&self, prefix: &str) {
         let name = |suffix: &str| format!("{prefix}_{suffix}");
-        let counters: [(&str, &str, u64); 16] = [
-            (
-                "submitted_total",
-                "Items offered to the batcher.",
-                self.submitted,
-            ),
-            (
-                "accepted_total",
-                "Items accepted into a lane.",
-                self.accepted,
-            ),
-            (
-                "rejected_total",
-                "Items refused because their lane was full.",
-                self.rejected,
-            ),
-            (
-                "dropped_total",
-                "Items dropped by the DropNewest policy or evicted by DropOldest.",
-                self.dropped,
-            ),
-            (
-                "refused_closed_total",
-                "Items refused after shutdown.",
-                self.refused_closed,
-            ),
-            (
-                "batches_total",
-                "Batches dispatched to the handler.",
-                self.batches,
-            ),
-            (
-                "items_handled_total",
-                "Items dispatched to the handler.",
-                self.items_handled,
-            ),
-            (
-                "items_failed_total",
-                "Items whose result was an error.",
-                self.items_failed,
-            ),
-            (
-                "expired_total",
-                "Items whose deadline passed before dispatch.",
-                self.expired,
-            ),
-            (
-                "superseded_total",
-                "Items replaced by a later item of their key.",
-                self.superseded,
-            ),
-            (
-                "too_large_total",
-                "Items heavier than the byte limit alone.",
-                self.too_large,
-            ),
-            (
-                "batch_errors_total",
-                "Batches whose handler returned an error.",
-                self.batch_errors,
-            ),
-            (
-                "handler_panics_total",
-                "Batches whose handler panicked.",
-                self.handler_panics,
-            ),
-            (
-                "retried_total",
-                "Items handed to the handler again by the retry policy.",
-                self.retried,
-            ),
-            (
-                "dead_lettered_total",
-                "Items that failed for good and went to the dead-letter handler.",
-                self.dead_lettered,
-            ),
-            (
-                "circuit_rejected_total",
-                "Items failed because the circuit breaker was open.",
-                self.circuit_rejected,
-            ),
-        ];
+        let counters = self.counter_series();
         for (suffix, help, value) in counters {
             let name = name(suffix);
             ::metrics::describe_counter!(name.clone(), help);
@@ -150,42 +70,11 @@ impl Stats {
                 .absolute(self.dispatched.get(reason));
         }
 
-        let gauges: [(&str, &str, f64); 6] = [
-            (
-                "batches_in_flight",
-                "Batches handed to async handler tasks and not finished.",
-                self.batches_in_flight as f64,
-            ),
-            (
-                "staged",
-                "Items held in the drainer's staging area.",
-                self.staged as f64,
-            ),
-            (
-                "effective_max_batch",
-                "The effective maximum batch size.",
-                self.effective_max_batch as f64,
-            ),
-            (
-                "max_batch_items",
-                "The largest batch dispatched.",
-                self.max_batch_items as f64,
-            ),
-            (
-                "pool_free",
-                "Batch buffers free in the pool.",
-                self.pool_free as f64,
-            ),
-            (
-                "memory_bytes",
-                "Bytes fixed at build time.",
-                self.memory_bytes as f64,
-            ),
-        ];
+        let gauges = self.gauge_series();
         for (suffix, help, value) in gauges {
             let name = name(suffix);
             ::metrics::describe_gauge!(name.clone(), help);
-            ::metrics::gauge!(name).set(value);
+            ::metrics::gauge!(name).set(value as f64);
         }
 
         let lane_gauges: [(&str, &str, LaneField); 2] = [
