@@ -367,42 +367,49 @@ fn eviction_races_the_drainers_run() {
     });
 }
 
-/// (g) Two evicting producers and the drainer on an evicting lane of two
-/// slots: the producers also race each other for the oldest item. Every item
-/// ends exactly once, and the first producer's drained items keep their
-/// order.
+/// Two evicting producers (the first sends `0..2`, the second `2..total`)
+/// and the drainer on an evicting lane of two slots: the producers also race
+/// each other for the oldest item. Every item ends exactly once, drained or
+/// evicted, and the first producer's drained items keep their order.
+fn two_evicting_producers(total: u8) {
+    let ring = Arc::new(Ring::<u8>::with_eviction(2));
+    let count = Arc::new(AtomicUsize::new(0));
+    let drainer = thread::current();
+    let producers: Vec<_> = [0..2u8, 2..total]
+        .into_iter()
+        .map(|values| {
+            let (ring, count) = (Arc::clone(&ring), Arc::clone(&count));
+            let drainer = drainer.clone();
+            thread::spawn(move || {
+                let mut head = 0;
+                let mut evicted = Vec::new();
+                for value in values {
+                    push_evicting(&ring, &mut head, value, &mut evicted, &count, &drainer);
+                }
+                evicted
+            })
+        })
+        .collect();
+    let got = drain_evicting(&ring, 1, usize::from(total), &count);
+    let mut evicted = Vec::new();
+    for producer in producers {
+        evicted.extend(producer.join().unwrap());
+    }
+    let mut all: Vec<u8> = got.iter().chain(&evicted).copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..total).collect::<Vec<_>>(),
+        "drained {got:?}, evicted {evicted:?}"
+    );
+    let first: Vec<u8> = got.iter().copied().filter(|&v| v < 2).collect();
+    assert!(first.is_sorted(), "producer order kept: {got:?}");
+}
+
+/// (g) Two evicting producers (2 + 1 items) and the drainer.
 #[test]
 fn two_evicting_producers_and_the_drainer() {
-    loom::model(|| {
-        let ring = Arc::new(Ring::<u8>::with_eviction(2));
-        let count = Arc::new(AtomicUsize::new(0));
-        let drainer = thread::current();
-        let producers: Vec<_> = [0..2u8, 2..3]
-            .into_iter()
-            .map(|values| {
-                let (ring, count) = (Arc::clone(&ring), Arc::clone(&count));
-                let drainer = drainer.clone();
-                thread::spawn(move || {
-                    let mut head = 0;
-                    let mut evicted = Vec::new();
-                    for value in values {
-                        push_evicting(&ring, &mut head, value, &mut evicted, &count, &drainer);
-                    }
-                    evicted
-                })
-            })
-            .collect();
-        let got = drain_evicting(&ring, 1, 3, &count);
-        let mut evicted = Vec::new();
-        for producer in producers {
-            evicted.extend(producer.join().unwrap());
-        }
-        let mut all: Vec<u8> = got.iter().chain(&evicted).copied().collect();
-        all.sort_unstable();
-        assert_eq!(all, vec![0, 1, 2], "drained {got:?}, evicted {evicted:?}");
-        let first: Vec<u8> = got.iter().copied().filter(|&v| v < 2).collect();
-        assert!(first.is_sorted(), "producer order kept: {got:?}");
-    });
+    loom::model(|| two_evicting_producers(3));
 }
 
 /// (h) As (g) with two items from each producer, so that both evict and
@@ -412,38 +419,5 @@ fn two_evicting_producers_and_the_drainer() {
 fn two_evicting_producers_two_items_each() {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = Some(1);
-    builder.check(|| {
-        let ring = Arc::new(Ring::<u8>::with_eviction(2));
-        let count = Arc::new(AtomicUsize::new(0));
-        let drainer = thread::current();
-        let producers: Vec<_> = [0..2u8, 2..4]
-            .into_iter()
-            .map(|values| {
-                let (ring, count) = (Arc::clone(&ring), Arc::clone(&count));
-                let drainer = drainer.clone();
-                thread::spawn(move || {
-                    let mut head = 0;
-                    let mut evicted = Vec::new();
-                    for value in values {
-                        push_evicting(&ring, &mut head, value, &mut evicted, &count, &drainer);
-                    }
-                    evicted
-                })
-            })
-            .collect();
-        let got = drain_evicting(&ring, 1, 4, &count);
-        let mut evicted = Vec::new();
-        for producer in producers {
-            evicted.extend(producer.join().unwrap());
-        }
-        let mut all: Vec<u8> = got.iter().chain(&evicted).copied().collect();
-        all.sort_unstable();
-        assert_eq!(
-            all,
-            vec![0, 1, 2, 3],
-            "drained {got:?}, evicted {evicted:?}"
-        );
-        let first: Vec<u8> = got.iter().copied().filter(|&v| v < 2).collect();
-        assert!(first.is_sorted(), "producer order kept: {got:?}");
-    });
+    builder.check(|| two_evicting_producers(4));
 }
