@@ -12,7 +12,7 @@ use ringbatch::{Batch, Batcher, Error, Oversize};
 type Item = (u64, usize);
 
 /// What a recording handler saw: every batch's items, in dispatch order.
-type Batches = Arc<Mutex<Vec<Vec<Item>>>>;
+type Batches = common::Batches<Item>;
 
 /// A handler that records every batch (after `gate`, if any, lets it pass)
 /// and answers each item with its id.
@@ -20,15 +20,7 @@ fn recording(
     batches: &Batches,
     gate: Option<&Gate>,
 ) -> impl FnMut(&mut Batch<'_, Item, u64>) -> Result<(), ringbatch::BatchError> + Send + 'static {
-    let (batches, gate) = (Arc::clone(batches), gate.cloned());
-    move |batch| {
-        if let Some(gate) = &gate {
-            gate.pass();
-        }
-        batches.lock().unwrap().push(batch.items().to_vec());
-        batch.ok_with(|&(id, _)| id);
-        Ok(())
-    }
+    common::recording_with(batches, gate, |&(id, _)| id)
 }
 
 fn weight_of(batch: &[Item]) -> usize {

@@ -15,21 +15,13 @@ use ringbatch::{Batch, Batcher, Error, Linger};
 /// A quote: a symbol and a price (or a sequence number).
 type Quote = (&'static str, u64);
 
-type Batches = Arc<Mutex<Vec<Vec<Quote>>>>;
+type Batches = common::Batches<Quote>;
 
 fn recording(
     batches: &Batches,
     gate: Option<&Gate>,
 ) -> impl FnMut(&mut Batch<'_, Quote, u64>) -> Result<(), ringbatch::BatchError> + Send + 'static {
-    let (batches, gate) = (Arc::clone(batches), gate.cloned());
-    move |batch| {
-        if let Some(gate) = &gate {
-            gate.pass();
-        }
-        batches.lock().unwrap().push(batch.items().to_vec());
-        batch.ok_with(|quote| quote.1);
-        Ok(())
-    }
+    common::recording_with(batches, gate, |quote| quote.1)
 }
 
 #[test]

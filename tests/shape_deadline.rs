@@ -10,21 +10,13 @@ use std::time::{Duration, Instant};
 use common::{BOUND, Gate, encode, spawn_bounded, wait_for, wait_ticket};
 use ringbatch::{Batch, Batcher, Error, Linger, SubmitError};
 
-type Batches = Arc<Mutex<Vec<Vec<u64>>>>;
+type Batches = common::Batches<u64>;
 
 fn recording(
     batches: &Batches,
     gate: Option<&Gate>,
 ) -> impl FnMut(&mut Batch<'_, u64, u64>) -> Result<(), ringbatch::BatchError> + Send + 'static {
-    let (batches, gate) = (Arc::clone(batches), gate.cloned());
-    move |batch| {
-        if let Some(gate) = &gate {
-            gate.pass();
-        }
-        batches.lock().unwrap().push(batch.items().to_vec());
-        batch.ok_with(|&x| x);
-        Ok(())
-    }
+    common::recording_with(batches, gate, |&x| x)
 }
 
 /// Sleeps until `instant` has passed (a known moment, not a guess).

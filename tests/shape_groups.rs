@@ -13,7 +13,7 @@ use ringbatch::{Batch, Batcher, ConfigError, GroupLimits, Linger};
 /// An item: its key and an id.
 type Item = (u32, u64);
 
-type Batches = Arc<Mutex<Vec<Vec<Item>>>>;
+type Batches = common::Batches<Item>;
 
 /// What a handler recorded, one entry per batch.
 type Recorded<E> = Arc<Mutex<Vec<E>>>;
@@ -24,15 +24,7 @@ fn recording(
     batches: &Batches,
     gate: Option<&Gate>,
 ) -> impl FnMut(&mut Batch<'_, Item, u64>) -> Result<(), ringbatch::BatchError> + Send + 'static {
-    let (batches, gate) = (Arc::clone(batches), gate.cloned());
-    move |batch| {
-        if let Some(gate) = &gate {
-            gate.pass();
-        }
-        batches.lock().unwrap().push(batch.items().to_vec());
-        batch.ok_with(|&(_, id)| id);
-        Ok(())
-    }
+    common::recording_with(batches, gate, |&(_, id)| id)
 }
 
 /// Batches that hold more than one key.

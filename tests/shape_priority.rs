@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{BOUND, Gate, Tally, encode, spawn_bounded, wait_ticket};
 use ringbatch::{Batch, Batcher, ConfigError, Linger, Priority};
 
-type Batches = Arc<Mutex<Vec<Vec<u64>>>>;
+type Batches = common::Batches<u64>;
 
 /// A handler that records every batch (after `gate` lets it pass) and
 /// answers each item with itself.
@@ -18,15 +18,7 @@ fn recording(
     batches: &Batches,
     gate: Option<&Gate>,
 ) -> impl FnMut(&mut Batch<'_, u64, u64>) -> Result<(), ringbatch::BatchError> + Send + 'static {
-    let (batches, gate) = (Arc::clone(batches), gate.cloned());
-    move |batch| {
-        if let Some(gate) = &gate {
-            gate.pass();
-        }
-        batches.lock().unwrap().push(batch.items().to_vec());
-        batch.ok_with(|&x| x);
-        Ok(())
-    }
+    common::recording_with(batches, gate, |&x| x)
 }
 
 /// Item values that say their class: 1000s Critical, 2000s High, 3000s

@@ -239,3 +239,28 @@ pub fn server_env(var: &str, test: &str) -> Option<String> {
         }
     }
 }
+
+/// The batches a [`recording_with`] handler saw, in order.
+pub type Batches<T> = Arc<Mutex<Vec<Vec<T>>>>;
+
+/// A handler that records every batch in `batches` (after `gate`, if any,
+/// lets it pass) and answers each item with `answer(item)`.
+pub fn recording_with<T, R>(
+    batches: &Batches<T>,
+    gate: Option<&Gate>,
+    answer: impl Fn(&T) -> R + Send + 'static,
+) -> impl FnMut(&mut ringbatch::Batch<'_, T, R>) -> Result<(), ringbatch::BatchError> + Send + 'static
+where
+    T: Clone + Send + 'static,
+    R: 'static,
+{
+    let (batches, gate) = (Arc::clone(batches), gate.cloned());
+    move |batch| {
+        if let Some(gate) = &gate {
+            gate.pass();
+        }
+        batches.lock().unwrap().push(batch.items().to_vec());
+        batch.ok_with(&answer);
+        Ok(())
+    }
+}
