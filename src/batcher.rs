@@ -111,6 +111,16 @@ pub(crate) struct Shared<T, R> {
     /// How to wake the drainer when it runs as a task.
     #[cfg(feature = "tokio")]
     pub(crate) drainer_task: Option<crate::runtime::TaskWake>,
+    /// With `inline_when_idle`: the drainer's state, which a submitter that
+    /// finds the drainer asleep may lock to run a turn itself.
+    pub(crate) inline: Option<Inline<T, R>>,
+}
+
+/// The drainer's state shared with submitters, and the turn they run.
+pub(crate) struct Inline<T, R> {
+    pub(crate) cell: Box<crate::drainer::InlineCell<T, R>>,
+    /// [`Drainer::inline_turn`], named here where its bounds are known.
+    turn: fn(&mut Drainer<T, R>) -> bool,
 }
 
 impl<T, R> Shared<T, R> {
@@ -132,6 +142,19 @@ impl<T, R> Shared<T, R> {
         #[cfg(feature = "tokio")]
         if let Some(task) = &self.drainer_task {
             task.wake();
+        }
+    }
+
+    /// Wakes the drainer after a ticketed claim that took a park
+    /// announcement off its lane: with `inline_when_idle`, runs a drainer
+    /// turn on this thread instead when the drainer's state is free.
+    #[cold]
+    pub(crate) fn wake_for_ticket(&self) {
+        match &self.inline {
+            Some(inline) => {
+                crate::drainer::run_or_wake(&inline.cell, inline.turn, || self.unpark_drainer());
+            }
+            None => self.unpark_drainer(),
         }
     }
 
@@ -318,6 +341,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             histograms: false,
             failure: crate::failure::FailureSettings::default(),
             spill: None,
+            inline_when_idle: false,
         }
     }
 
@@ -924,6 +948,8 @@ pub struct BatcherBuilder<T, R> {
     failure: crate::failure::FailureSettings<T>,
     /// Receives the items a drop policy discards.
     spill: Option<Spill<T>>,
+    /// A submitter that finds the drainer asleep runs the batch itself.
+    inline_when_idle: bool,
 }
 
 /// The `spill` callback.
@@ -1039,6 +1065,57 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// ```
     pub fn spill(mut self, spill: impl Fn(T) + Send + Sync + 'static) -> Self {
         self.spill = Some(Box::new(spill));
+        self
+    }
+
+    /// Lets a ticketed submission that finds the drainer asleep run the
+    /// batch on the submitting thread (or task) instead of waking the
+    /// drainer (default: off).
+    ///
+    /// For request/response use where each submitter waits for its result
+    /// and the handler is quick (an in-memory book, a non-blocking send):
+    /// at low load the round trip then has no thread hand-off at all, since
+    /// the submitter sweeps the lanes, runs the handler and completes the
+    /// tickets, its own among them, before `submit` returns. Waking a
+    /// parked drainer costs more than most such handlers.
+    ///
+    /// Only [`submit`](Producer::submit) and its variants (`try_submit`,
+    /// `submit_timeout`, `submit_with_deadline`, and the async `enqueue` and
+    /// `submit`) run a turn, and only when the drainer has gone to sleep
+    /// (its backoff ran out; under [`WaitStrategy::BusySpin`](crate::WaitStrategy::BusySpin)
+    /// it never does) and its state is free at once: a submitter never
+    /// waits for it. `push` and the slice methods always wake the drainer,
+    /// so hot fire-and-forget loops never run the handler. The drainer
+    /// thread handles everything else (flush, shutdown, pause) and takes
+    /// over whenever it is awake. Batches keep the per-producer order, and
+    /// the handler still runs one batch at a time, but on whichever thread
+    /// runs the turn: it must not block for long or call back into the
+    /// batcher's blocking methods.
+    ///
+    /// Needs a blocking handler on the drainer thread: `build` refuses it
+    /// with an async handler, `drain_on_runtime`, a shaping policy or a
+    /// retry policy.
+    ///
+    /// ```
+    /// use ringbatch::{Batch, Batcher};
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .lanes(1)
+    ///     .inline_when_idle(true)
+    ///     .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+    ///         batch.ok_with(|price| price * 2);
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let producer = batcher.producer();
+    /// for price in 0..1_000 {
+    ///     assert_eq!(producer.submit(price).unwrap().wait().unwrap(), price * 2);
+    /// }
+    /// assert_eq!(batcher.shutdown().items_handled, 1_000);
+    /// ```
+    pub fn inline_when_idle(mut self, inline: bool) -> Self {
+        self.inline_when_idle = inline;
         self
     }
 
@@ -1478,6 +1555,28 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                          (a blocking handler's retries would sleep on a worker thread)",
             });
         }
+        if self.inline_when_idle {
+            let reason = if is_async {
+                Some("runs a blocking handler on the submitting thread, not an async one")
+            } else if shaping.is_active() {
+                Some(
+                    "runs no shaping policy (linger, priorities, groups, bytes, deadlines, adaptive sizing)",
+                )
+            } else if self.failure.retry.is_some() {
+                Some("runs no retry policy (retries wait in the drainer thread's timer queue)")
+            } else {
+                None
+            };
+            #[cfg(feature = "tokio")]
+            let reason = reason.or(drain_on_runtime
+                .then_some("needs the drainer on a thread of its own, not drain_on_runtime"));
+            if let Some(reason) = reason {
+                return Err(ConfigError::Invalid {
+                    field: "inline_when_idle",
+                    reason,
+                });
+            }
+        }
         #[cfg(feature = "tokio")]
         let runtime = match (is_async || drain_on_runtime, self.runtime) {
             (true, Some(handle)) => Some(handle),
@@ -1559,6 +1658,10 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             ),
             #[cfg(feature = "tokio")]
             drainer_task: drain_on_runtime.then(crate::runtime::TaskWake::default),
+            inline: self.inline_when_idle.then(|| Inline {
+                cell: Box::new(Mutex::new(None)),
+                turn: Drainer::inline_turn,
+            }),
             config,
         });
 
@@ -1585,6 +1688,15 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                 stopping: false,
             });
         }
+        // With `inline_when_idle` the state lives in the shared cell, and the
+        // thread works on it there.
+        let drainer = match &shared.inline {
+            Some(inline) => {
+                *crate::drainer::lock(&inline.cell) = Some(drainer);
+                Err(Arc::clone(&shared))
+            }
+            None => Ok(drainer),
+        };
         let pin = shared.config.pin_drainer;
         let handle = thread::Builder::new()
             .name(shared.config.thread_name.clone())
@@ -1596,7 +1708,10 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                     }
                 }
                 let _ = started_tx.send(Ok(()));
-                drainer.run();
+                match drainer {
+                    Ok(drainer) => drainer.run(),
+                    Err(shared) => Drainer::run_shared(&shared),
+                }
             })
             .map_err(|e| ConfigError::Spawn {
                 message: e.to_string(),
@@ -2074,7 +2189,8 @@ impl<T, R> Producer<T, R> {
                 let ticket =
                     unsafe { self.publish_ticketed_expiring(claim.seq, index[0], item, expires) };
                 if claim.wake_drainer {
-                    self.shared.unpark_drainer();
+                    // (`inline_when_idle`: may run the batch right here.)
+                    self.shared.wake_for_ticket();
                 }
                 Ok(ticket)
             }
@@ -2449,7 +2565,8 @@ impl<T, R> Producer<T, R> {
                 let ticket =
                     unsafe { self.publish_ticketed_expiring(claim.seq, index[0], item, expires) };
                 if claim.wake_drainer {
-                    self.shared.unpark_drainer();
+                    // (`inline_when_idle`: may run the batch right here.)
+                    self.shared.wake_for_ticket();
                 }
                 Ok(ticket)
             }

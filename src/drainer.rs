@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::failure::{Outcome, Settled};
 use crate::handler::{Batch, Handler, batch_failed, deliver};
 use crate::pool::{BatchBuf, Origin};
-use crate::ring::{SEQ_MASK, announce_park_all, distance, park_drainer, withdraw_park};
+use crate::ring::{ParkPlan, SEQ_MASK, announce_park_all, distance, prepare_park, withdraw_park};
 use crate::shape::{Assembler, Force, NEVER};
 use crate::stats::{DispatchReason, DrainerTally};
 use crate::sync::{Arc, Ordering};
@@ -77,6 +77,80 @@ pub(crate) struct Drainer<T, R> {
     settings_seen: u64,
 }
 
+/// What the drainer loop does after a [`step`](Drainer::step).
+enum Step {
+    /// Go on.
+    Continue,
+    /// Sleep until a producer or a request wakes it.
+    Park,
+    /// Shut down.
+    Exit,
+}
+
+/// The drainer's state shared with submitting threads (`inline_when_idle`):
+/// the drainer thread holds the lock while it works; a submitter that finds
+/// it asleep takes the lock if it is free and runs a turn itself.
+pub(crate) type InlineCell<T, R> = crate::sync::Mutex<Option<Drainer<T, R>>>;
+
+/// Most sweep-dispatch-announce passes of one inline turn before it wakes
+/// the drainer thread instead (producers keep publishing into the lanes).
+const INLINE_PASSES: usize = 4;
+
+/// The submitter's side of `inline_when_idle`: after a claim that took a
+/// park announcement off its lane (so it must see the drainer woken), runs
+/// `turn` on the drainer's state if the lock is free at once and the state
+/// still there; `turn` returns true when it leaves the lanes announced
+/// again with nothing to do. Otherwise `wake`s the drainer. Never blocks.
+pub(crate) fn run_or_wake<S>(
+    cell: &crate::sync::Mutex<Option<S>>,
+    turn: impl FnOnce(&mut S) -> bool,
+    wake: impl FnOnce(),
+) {
+    let ran = match cell.try_lock() {
+        Ok(mut state) => state.as_mut().is_some_and(turn),
+        // Held (by the drainer thread, awake or about to sleep, or by
+        // another submitter's turn), or poisoned.
+        Err(_) => false,
+    };
+    if !ran {
+        wake();
+    }
+}
+
+/// The passes of an inline turn: `pass` takes what the lanes hold and
+/// dispatches it; `announce` then announces the park on every lane again (as
+/// the sleeping drainer did, so that the next claim on any lane wakes it or
+/// runs a turn in turn) and says whether every lane was empty. A lane found
+/// not empty was claimed before its announcement, by a producer that woke
+/// nobody: another pass takes it. Returns whether the lanes were left empty
+/// and announced within [`INLINE_PASSES`] passes (if not, the caller wakes
+/// the drainer thread, which withdraws what is announced).
+pub(crate) fn inline_passes<S>(
+    state: &mut S,
+    mut pass: impl FnMut(&mut S),
+    announce: impl Fn(&S) -> bool,
+) -> bool {
+    for _ in 0..INLINE_PASSES {
+        pass(state);
+        if announce(state) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The drainer thread's side: sleeps as `plan` says with its state
+/// unlocked, then locks it again (waiting for a submitter's turn to end).
+pub(crate) fn sleep_unlocked<'a, S>(
+    cell: &'a crate::sync::Mutex<Option<S>>,
+    state: crate::sync::MutexGuard<'a, Option<S>>,
+    plan: &ParkPlan,
+) -> crate::sync::MutexGuard<'a, Option<S>> {
+    drop(state);
+    plan.sleep();
+    lock(cell)
+}
+
 /// A batch waiting in the drainer's timer queue to be retried.
 struct Retry<T> {
     due: Instant,
@@ -132,74 +206,192 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     pub(crate) fn run(mut self) {
         let mut backoff = Backoff::new(self.shared.config.wait);
         loop {
-            self.refresh_settings();
-            let control = &self.shared.control;
-            // Acquire pairs with the Release store in `Batcher::stop`: every
-            // lane is closed, and the tails read next are final.
-            if control.closing.load(Ordering::Acquire) {
-                self.drain_all(DispatchReason::Shutdown);
-                self.wait_for_batches_in_flight();
-                #[cfg(feature = "tokio")]
-                if matches!(self.sink, Sink::Async) {
-                    crate::runtime::close(&self.shared);
-                }
-                break;
-            }
-            if let Some(until) = self.held() {
-                // Paused, or the breaker is open and holds batches: take
-                // nothing (producers meet backpressure); wake on a request
-                // (the unpark of `resume`, a flush, shutdown) or the end.
-                let wait = until.map_or(HELD_POLL, |u| {
-                    u.saturating_duration_since(Instant::now()).min(HELD_POLL)
-                });
-                crate::sync::thread::park_timeout(wait);
-                backoff.reset();
-                continue;
-            }
-            // Acquire pairs with the AcqRel increment in `Batcher::flush`.
-            let flush = control.flush_requested.load(Ordering::Acquire);
-            if flush != self.flush_done {
-                self.drain_all(DispatchReason::Flush);
-                self.wait_for_batches_in_flight();
-                self.flush_done = flush;
-                self.shared.progress.flushed(flush);
-                backoff.reset();
-                continue;
-            }
-            if !self.retries.is_empty() && self.run_due_retries() {
-                backoff.reset();
-                continue;
-            }
-            if self.asm.is_some() {
-                if self.shaped_turn() {
-                    backoff.reset();
-                } else if backoff.snooze() {
-                    self.park_until_due();
+            match self.step(&mut backoff) {
+                Step::Continue => {}
+                Step::Park => {
+                    let plan = self.prepare_park();
+                    plan.sleep();
+                    self.end_park(plan);
                     self.woke();
                     backoff.reset();
                 }
-                continue;
+                Step::Exit => break,
             }
-            if self.sweep() > 0 {
+        }
+        self.finish();
+    }
+
+    /// The drainer thread's body with `inline_when_idle`: the drainer's state
+    /// lives in `Shared::inline`, locked by this thread while it works and
+    /// released while it sleeps, when a submitting thread may take it and
+    /// run a turn itself ([`inline_turn`](Self::inline_turn)).
+    pub(crate) fn run_shared(shared: &Shared<T, R>) {
+        let cell = &*shared
+            .inline
+            .as_ref()
+            .expect("the drainer's state is shared with inline_when_idle")
+            .cell;
+        // Takes the state out of the cell however this thread ends (the
+        // state holds an `Arc` of `shared`, which holds the cell).
+        struct Evict<'a, T, R>(&'a InlineCell<T, R>);
+        impl<T, R> Drop for Evict<'_, T, R> {
+            fn drop(&mut self) {
+                let taken = lock(self.0).take();
+                drop(taken);
+            }
+        }
+        let _evict = Evict(cell);
+        let mut backoff = Backoff::new(shared.config.wait);
+        let mut guard = lock(cell);
+        loop {
+            let drainer = guard
+                .as_mut()
+                .expect("only this thread takes the state out");
+            match drainer.step(&mut backoff) {
+                Step::Continue => {}
+                Step::Park => {
+                    let plan = drainer.prepare_park();
+                    // Sleep unlocked: a producer whose claim finds a lane
+                    // announced may now run a turn in our place, and
+                    // re-announces before it unlocks (or wakes us).
+                    guard = sleep_unlocked(cell, guard, &plan);
+                    let drainer = guard
+                        .as_mut()
+                        .expect("only this thread takes the state out");
+                    drainer.end_park(plan);
+                    drainer.woke();
+                    backoff.reset();
+                }
+                Step::Exit => break,
+            }
+        }
+        if let Some(mut drainer) = guard.take() {
+            drop(guard);
+            drainer.finish();
+        }
+    }
+
+    /// One turn of the drainer's loop: requests, retries, a sweep, a
+    /// dispatch; `Park` when the backoff says to sleep.
+    fn step(&mut self, backoff: &mut Backoff) -> Step {
+        self.refresh_settings();
+        let control = &self.shared.control;
+        // Acquire pairs with the Release store in `Batcher::stop`: every
+        // lane is closed, and the tails read next are final.
+        if control.closing.load(Ordering::Acquire) {
+            self.drain_all(DispatchReason::Shutdown);
+            self.wait_for_batches_in_flight();
+            #[cfg(feature = "tokio")]
+            if matches!(self.sink, Sink::Async) {
+                crate::runtime::close(&self.shared);
+            }
+            return Step::Exit;
+        }
+        if let Some(until) = self.held() {
+            // Paused, or the breaker is open and holds batches: take
+            // nothing (producers meet backpressure); wake on a request
+            // (the unpark of `resume`, a flush, shutdown) or the end.
+            let wait = until.map_or(HELD_POLL, |u| {
+                u.saturating_duration_since(Instant::now()).min(HELD_POLL)
+            });
+            crate::sync::thread::park_timeout(wait);
+            backoff.reset();
+            return Step::Continue;
+        }
+        // Acquire pairs with the AcqRel increment in `Batcher::flush`.
+        let flush = control.flush_requested.load(Ordering::Acquire);
+        if flush != self.flush_done {
+            self.drain_all(DispatchReason::Flush);
+            self.wait_for_batches_in_flight();
+            self.flush_done = flush;
+            self.shared.progress.flushed(flush);
+            backoff.reset();
+            return Step::Continue;
+        }
+        if !self.retries.is_empty() && self.run_due_retries() {
+            backoff.reset();
+            return Step::Continue;
+        }
+        if self.asm.is_some() {
+            if self.shaped_turn() {
                 backoff.reset();
-                continue;
-            }
-            if !self.buf.is_empty() {
-                self.dispatch(DispatchReason::LanesIdle);
-                backoff.reset();
-                continue;
-            }
-            if backoff.snooze() {
-                self.park();
+            } else if backoff.snooze() {
+                self.park_until_due();
                 self.woke();
                 backoff.reset();
             }
+            return Step::Continue;
         }
+        if self.sweep() > 0 {
+            backoff.reset();
+            return Step::Continue;
+        }
+        if !self.buf.is_empty() {
+            self.dispatch(DispatchReason::LanesIdle);
+            backoff.reset();
+            return Step::Continue;
+        }
+        if backoff.snooze() {
+            Step::Park
+        } else {
+            Step::Continue
+        }
+    }
+
+    /// After the loop: the batch buffer goes back to the pool.
+    fn finish(&mut self) {
         self.shared.pool.put(core::mem::replace(
             &mut self.buf,
             BatchBuf::with_capacity(0),
         ));
         self.finished = true;
+    }
+
+    /// A turn run by a submitting thread (`inline_when_idle`) that found the
+    /// drainer asleep: its claim took the park announcement off its lane,
+    /// so it must either see its item handled or wake the drainer. Sweeps
+    /// and dispatches until the lanes are empty, then announces the park
+    /// again on every lane, as the sleeping drainer did, so that the next
+    /// claim on any lane wakes it or runs a turn in turn.
+    ///
+    /// Returns false when the drainer thread must wake instead: a request
+    /// is pending (flush, shutdown, pause, an open breaker), or the lanes
+    /// kept filling for [`INLINE_PASSES`] passes.
+    pub(crate) fn inline_turn(&mut self) -> bool {
+        if self.requested() || self.held().is_some() {
+            return false;
+        }
+        self.refresh_settings();
+        self.woke();
+        let idle = inline_passes(
+            self,
+            |drainer| {
+                while drainer.sweep() > 0 {}
+                if !drainer.buf.is_empty() {
+                    drainer.dispatch(DispatchReason::LanesIdle);
+                }
+            },
+            |drainer| {
+                let lanes = drainer
+                    .shared
+                    .lanes
+                    .iter()
+                    .map(|lane| &lane.ring)
+                    .zip(drainer.heads.iter().copied());
+                announce_park_all(lanes).1
+            },
+        );
+        idle && !self.requested()
+    }
+
+    /// Whether a flush, `flush_now` or shutdown request is pending.
+    fn requested(&self) -> bool {
+        let control = &self.shared.control;
+        // Acquire pairs with the Release store of `closing` in `begin_stop`
+        // and the AcqRel increments in `flush_until` and `flush_now`.
+        control.closing.load(Ordering::Acquire)
+            || control.flush_requested.load(Ordering::Acquire) != self.flush_done
+            || control.flush_now.load(Ordering::Acquire) != self.flush_now_done
     }
 
     /// One pass over every lane. Returns the number of slots consumed.
@@ -884,53 +1076,49 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
 
     /// Parks until a producer publishes into a lane (or a request arrives).
     fn park(&mut self) {
+        let plan = self.prepare_park();
+        plan.sleep();
+        self.end_park(plan);
+    }
+
+    /// Announces the park on every lane ([`prepare_park`]); with a retry
+    /// waiting, the sleep ends when it is due.
+    ///
+    /// A producer whose claim clears a lane's announcement wakes us after
+    /// publishing; a requester posts its request, then wakes us: the park
+    /// token makes the sleep return either way.
+    fn prepare_park(&mut self) -> ParkPlan {
         let shared = &*self.shared;
-        let control = &shared.control;
         if self.asm.is_none() {
             // Nothing lingers without shaping: a `flush_now` has nothing to
-            // do beyond waking us. Acquire, as below.
-            self.flush_now_done = control.flush_now.load(Ordering::Acquire);
+            // do beyond waking us. Acquire pairs with its AcqRel increment.
+            self.flush_now_done = shared.control.flush_now.load(Ordering::Acquire);
         }
-        let flush_done = self.flush_done;
-        let flush_now_done = self.flush_now_done;
-        if let Some(due) = self.retries.iter().map(|r| r.due).min() {
+        let timeout = match self.next_retry() {
             // A retry is waiting: sleep no longer than until it is due.
-            let timeout = due.saturating_duration_since(Instant::now());
-            if timeout.is_zero() {
-                return;
-            }
-            let lanes = || {
-                shared
-                    .lanes
-                    .iter()
-                    .map(|lane| &lane.ring)
-                    .zip(self.heads.iter().copied())
-            };
-            let (announced, empty) = announce_park_all(lanes());
-            // Acquire, as below.
-            let requested = control.closing.load(Ordering::Acquire)
-                || control.flush_requested.load(Ordering::Acquire) != flush_done
-                || control.flush_now.load(Ordering::Acquire) != flush_now_done;
-            if empty && !requested {
-                crate::sync::thread::park_timeout(timeout);
-            }
-            withdraw_park(lanes(), announced);
-            return;
-        }
-        park_drainer(
-            shared
+            Some(due) => match due.saturating_duration_since(Instant::now()) {
+                timeout if timeout.is_zero() => return ParkPlan::AWAKE,
+                timeout => Some(timeout),
+            },
+            None => None,
+        };
+        let lanes = shared
+            .lanes
+            .iter()
+            .map(|lane| &lane.ring)
+            .zip(self.heads.iter().copied());
+        // A request posted after this check unparks us (park token).
+        prepare_park(lanes, || self.requested(), timeout)
+    }
+
+    /// Withdraws the announcements of `plan` (after the sleep).
+    fn end_park(&self, plan: ParkPlan) {
+        plan.end(
+            self.shared
                 .lanes
                 .iter()
                 .map(|lane| &lane.ring)
                 .zip(self.heads.iter().copied()),
-            // Acquire pairs with the Release store of `closing` in
-            // `begin_stop` and the AcqRel increment in `flush_until`; a
-            // request posted after this check unparks us (park token).
-            || {
-                control.closing.load(Ordering::Acquire)
-                    || control.flush_requested.load(Ordering::Acquire) != flush_done
-                    || control.flush_now.load(Ordering::Acquire) != flush_now_done
-            },
         );
     }
 }

@@ -731,15 +731,69 @@ impl<T> Drop for Ring<T> {
 /// A producer whose claim clears a `PARKED` flag unparks the drainer after
 /// publishing; a requester posts its request, then unparks. Either way the
 /// park token makes `park` return, so no wake-up is lost.
+///
+/// The drainer runs the same three steps ([`prepare_park`],
+/// [`ParkPlan::sleep`], [`ParkPlan::end`]) itself, since with
+/// `inline_when_idle` it unlocks its state between the first two; the loom
+/// models call this composition.
+#[cfg(all(loom, test))]
 pub(crate) fn park_drainer<'a, T: 'a>(
     lanes: impl Iterator<Item = (&'a Ring<T>, usize)> + Clone,
     requested: impl FnOnce() -> bool,
 ) {
-    let (announced, empty) = announce_park_all(lanes.clone());
-    if empty && !requested() {
-        crate::sync::thread::park();
+    let plan = prepare_park(lanes.clone(), requested, None);
+    plan.sleep();
+    plan.end(lanes);
+}
+
+/// A park announced on the lanes: whether to sleep, and for how long.
+#[derive(Debug)]
+#[must_use = "a park announcement must be withdrawn"]
+pub(crate) struct ParkPlan {
+    /// Lanes announced (each is withdrawn by [`end`](Self::end)).
+    announced: usize,
+    /// `None`: do not sleep (a lane is not empty or a request is pending);
+    /// `Some(None)`: park until woken; `Some(Some(d))`: at most `d`.
+    sleep: Option<Option<core::time::Duration>>,
+}
+
+/// The first step of [`park_drainer`]: announces the park on every lane and
+/// decides whether to sleep (all lanes empty and no request pending), for
+/// at most `timeout` if given.
+pub(crate) fn prepare_park<'a, T: 'a>(
+    lanes: impl Iterator<Item = (&'a Ring<T>, usize)>,
+    requested: impl FnOnce() -> bool,
+    timeout: Option<core::time::Duration>,
+) -> ParkPlan {
+    let (announced, empty) = announce_park_all(lanes);
+    ParkPlan {
+        announced,
+        sleep: (empty && !requested()).then_some(timeout),
     }
-    withdraw_park(lanes, announced);
+}
+
+impl ParkPlan {
+    /// No announcement and no sleep (a retry is due now).
+    pub(crate) const AWAKE: ParkPlan = ParkPlan {
+        announced: 0,
+        sleep: None,
+    };
+
+    /// Sleeps as planned: returns at once if the plan says not to sleep,
+    /// when a producer or requester unparks the drainer, or at the timeout
+    /// (or spuriously).
+    pub(crate) fn sleep(&self) {
+        match self.sleep {
+            None => {}
+            Some(None) => crate::sync::thread::park(),
+            Some(Some(timeout)) => crate::sync::thread::park_timeout(timeout),
+        }
+    }
+
+    /// Withdraws the announcements (after waking).
+    pub(crate) fn end<'a, T: 'a>(self, lanes: impl Iterator<Item = (&'a Ring<T>, usize)>) {
+        withdraw_park(lanes, self.announced);
+    }
 }
 
 /// The first half of [`park_drainer`]: announces the park on every lane,

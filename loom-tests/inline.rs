@@ -1,0 +1,173 @@
+//! `inline_when_idle`: submitters that find the drainer asleep take its
+//! state (if free at once) and run a turn themselves, or wake it. The models
+//! run the real pieces: claims and park announcements on real rings, the
+//! drainer's announce/sleep/withdraw steps with its state unlocked while it
+//! sleeps (`sleep_unlocked`), the submitter's try-lock-or-wake
+//! (`run_or_wake`) and the passes of a turn, which announce the park again
+//! (`inline_passes`). Each submitter sleeps until its item was taken: a lost
+//! wake-up leaves every thread asleep, which loom reports as a deadlock.
+
+use loom::thread;
+
+use crate::drainer::{inline_passes, lock, run_or_wake, sleep_unlocked};
+use crate::ring::{Ring, announce_park_all, prepare_park};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
+
+/// Two items in all (values 0 and 1).
+const ITEMS: usize = 2;
+
+/// The drainer's state in the models: heads and what it took.
+struct State {
+    heads: Vec<usize>,
+    got: Vec<u8>,
+}
+
+struct Model {
+    rings: Vec<Ring<u8>>,
+    cell: Mutex<Option<State>>,
+    /// Per value: taken by a drainer turn (on either side); submitters
+    /// sleep on `taken_cv` until theirs is.
+    taken: Mutex<[bool; ITEMS]>,
+    taken_cv: Condvar,
+    /// Submitters finished; the last one asks the drainer to stop.
+    finished: AtomicUsize,
+    stop: AtomicBool,
+}
+
+impl Model {
+    fn new(lanes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            rings: (0..lanes).map(|_| Ring::new(2)).collect(),
+            cell: Mutex::new(Some(State {
+                heads: vec![0; lanes],
+                got: Vec::new(),
+            })),
+            taken: Mutex::new([false; ITEMS]),
+            taken_cv: Condvar::new(),
+            finished: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    fn lanes<'a>(&'a self, state: &'a State) -> impl Iterator<Item = (&'a Ring<u8>, usize)> + 'a {
+        self.rings.iter().zip(state.heads.iter().copied())
+    }
+
+    /// Takes what every lane holds (the drainer's sweep and dispatch).
+    fn pass(&self, state: &mut State) {
+        for (ring, head) in self.rings.iter().zip(state.heads.iter_mut()) {
+            let got = &mut state.got;
+            // SAFETY: whoever holds the state is the rings' only consumer,
+            // and `head` is the head last published.
+            let new_head = unsafe {
+                ring.drain_run(*head, 2, |v, _, _| {
+                    got.push(v);
+                    lock(&self.taken)[v as usize] = true;
+                    self.taken_cv.notify_all();
+                })
+            };
+            if new_head != *head {
+                ring.finish_run(new_head);
+                *head = new_head;
+            }
+        }
+    }
+
+    /// A submitter: claims and publishes `value` on `lane`; if its claim
+    /// took an announcement, runs a turn or wakes the drainer; then waits
+    /// until its value was taken. The last one to finish stops the drainer.
+    fn submit(&self, lane: usize, value: u8, drainer: &thread::Thread) {
+        let ring = &self.rings[lane];
+        let mut head = 0;
+        let claim = ring.try_claim(1, &mut head).expect("room");
+        // SAFETY: claimed, published once.
+        unsafe { ring.publish(claim.seq, value, None) };
+        if claim.wake_drainer {
+            run_or_wake(
+                &self.cell,
+                |state| {
+                    inline_passes(
+                        state,
+                        |state| self.pass(state),
+                        |state| announce_park_all(self.lanes(state)).1,
+                    )
+                },
+                || drainer.unpark(),
+            );
+        }
+        let mut taken = lock(&self.taken);
+        while !taken[value as usize] {
+            taken = self.taken_cv.wait(taken).unwrap();
+        }
+        drop(taken);
+        if self.finished.fetch_add(1, Ordering::AcqRel) + 1 == ITEMS {
+            // Release pairs with the drainer's Acquire load.
+            self.stop.store(true, Ordering::Release);
+            drainer.unpark();
+        }
+    }
+
+    /// The drainer thread: works with its state locked, sleeps with it
+    /// unlocked, until asked to stop. Returns what every turn took.
+    fn drain(&self) -> Vec<u8> {
+        let mut guard = lock(&self.cell);
+        loop {
+            let state = guard.as_mut().expect("the state stays in the cell");
+            self.pass(state);
+            // Acquire pairs with the last submitter's Release store.
+            if self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let plan = prepare_park(
+                self.lanes(state),
+                || self.stop.load(Ordering::Acquire),
+                None,
+            );
+            guard = sleep_unlocked(&self.cell, guard, &plan);
+            let state = guard.as_mut().expect("the state stays in the cell");
+            plan.end(self.lanes(state));
+            // A lane with a claimed, unpublished slot does not sleep: wait
+            // for its producer as the drainer's backoff does.
+            thread::yield_now();
+        }
+        guard.take().expect("the state stays in the cell").got
+    }
+}
+
+/// Runs the drainer on the model's main thread and one submitter per entry
+/// of `lanes` (submitter `i` sends value `i` on lane `lanes[i]`); every
+/// value is taken exactly once.
+fn run(lane_count: usize, lanes: [usize; ITEMS]) {
+    loom::model(move || {
+        let model = Model::new(lane_count);
+        let drainer = thread::current();
+        let submitters: Vec<_> = lanes
+            .iter()
+            .enumerate()
+            .map(|(value, &lane)| {
+                let (model, drainer) = (Arc::clone(&model), drainer.clone());
+                thread::spawn(move || model.submit(lane, value as u8, &drainer))
+            })
+            .collect();
+        let mut got = model.drain();
+        for submitter in submitters {
+            submitter.join().unwrap();
+        }
+        got.sort_unstable();
+        assert_eq!(got, vec![0, 1], "each item taken exactly once");
+    });
+}
+
+/// Two submitters on one lane: the second's claim may find the announcement
+/// already taken by the first, so it relies on the first's turn announcing
+/// again (or on the drainer being awake).
+#[test]
+fn inline_turns_on_one_lane() {
+    run(1, [0, 0]);
+}
+
+/// Two submitters on two lanes, racing for the drainer's state.
+#[test]
+fn inline_turns_on_two_lanes() {
+    run(2, [0, 1]);
+}
