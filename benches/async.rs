@@ -17,6 +17,9 @@
 //!   tasks use an [`AsyncProducer`].
 //! - `ringbatch_on_runtime`: the same with `drain_on_runtime(true)`: the
 //!   drainer is a task on the runtime, not a thread of its own.
+//! - `ringbatch_inline`: the same as `ringbatch` with
+//!   `inline_when_idle(true)`: a submission that finds the drainer asleep
+//!   runs the batch in the submitting task.
 //! - `ringbatch_async_handler`: the same as `ringbatch` with an
 //!   `async_handler_fn` (default `max_in_flight`, 4): the drainer hands each
 //!   batch to a worker task on the runtime, which completes it.
@@ -97,6 +100,8 @@ enum Kind {
     Ringbatch,
     /// The same, with the drainer as a task on the runtime.
     RingbatchOnRuntime,
+    /// The same as `Ringbatch`, with `inline_when_idle`.
+    RingbatchInline,
     RingbatchAsyncHandler,
     /// The same, with the drainer as a task on the runtime.
     RingbatchAsyncOnRuntime,
@@ -104,9 +109,10 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 6] = [
         Kind::Ringbatch,
         Kind::RingbatchOnRuntime,
+        Kind::RingbatchInline,
         Kind::RingbatchAsyncHandler,
         Kind::RingbatchAsyncOnRuntime,
         Kind::TokioMpsc,
@@ -116,6 +122,7 @@ impl Kind {
         match self {
             Kind::Ringbatch => "ringbatch",
             Kind::RingbatchOnRuntime => "ringbatch_on_runtime",
+            Kind::RingbatchInline => "ringbatch_inline",
             Kind::RingbatchAsyncHandler => "ringbatch_async_handler",
             Kind::RingbatchAsyncOnRuntime => "ringbatch_async_on_runtime",
             Kind::TokioMpsc => "tokio_mpsc",
@@ -185,6 +192,13 @@ impl Rig {
                 builder()
                     .runtime(runtime.handle().clone())
                     .drain_on_runtime(true)
+                    .handler_fn(plus_one)
+                    .build()
+                    .expect("valid settings"),
+            ),
+            Kind::RingbatchInline => Server::Ringbatch(
+                builder()
+                    .inline_when_idle(true)
                     .handler_fn(plus_one)
                     .build()
                     .expect("valid settings"),

@@ -1,7 +1,8 @@
 #!/usr/bin/env sh
 # Instruction counts per push and per drained item, repeatable on a shared
 # machine: runs benches/callgrind_probe.rs under callgrind with 2^18 and
-# 2^19 pushes and divides the difference by 2^18 (fixed costs cancel).
+# 2^19 pushes and divides the difference by 2^18 (fixed costs cancel); then
+# the same for round trips under `inline_when_idle` (20,000 and 40,000).
 set -eu
 cd "$(dirname "$0")/.."
 cargo build --release --bench callgrind_probe >/dev/null 2>&1
@@ -20,4 +21,9 @@ total = ($t2 - $t1) / n
 drain = ($d2 - $d1) / n
 print(f'per item: {total:.1f} instructions; push {total - drain:.1f}, drain and dispatch {drain:.1f}')
 "
+for n in 20000 40000; do
+    valgrind --tool=callgrind --callgrind-out-file="$out/inline-$n.out" "$probe" "$n" inline >/dev/null 2>&1
+done
+r1=$(total "$out/inline-20000.out"); r2=$(total "$out/inline-40000.out")
+python3 -c "print(f'inline_when_idle round trip (submit, handler, wait): {($r2 - $r1) / 20000:.1f} instructions')"
 rm -r "$out"

@@ -1,17 +1,30 @@
-//! The workload `benches/callgrind.sh` runs under `valgrind --tool=callgrind`:
-//! one producer pushes `N` (the first argument, default 2^19) `u64` items
-//! into a one-lane batcher whose handler sums each batch, then flushes.
-//! Running it at two sizes and taking the difference cancels the fixed costs
-//! (build, shutdown), leaving instructions per push and per drained item.
-//! Not a timing benchmark: run as a bench it only does the work once.
+//! The workloads `benches/callgrind.sh` runs under `valgrind --tool=callgrind`.
+//!
+//! - `push` (the default): one producer pushes `N` (the first argument,
+//!   default 2^19) `u64` items into a one-lane batcher whose handler sums
+//!   each batch, then flushes.
+//! - `inline` (second argument): `N` round trips, `submit(x)` then `wait`,
+//!   on a one-lane batcher with `inline_when_idle` whose handler completes
+//!   each item with `x + 1`; after the first, each runs on the calling
+//!   thread.
+//!
+//! Running a workload at two sizes and taking the difference cancels the
+//! fixed costs (build, shutdown), leaving instructions per push and per
+//! drained item, or per round trip. Not a timing benchmark: run as a bench
+//! it only does the work once.
 
-use ringbatch::{Batch, Batcher};
+use ringbatch::{Batch, Batcher, WaitStrategy};
 
 fn main() {
-    let n: u64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1 << 19);
+    let mut args = std::env::args().skip(1);
+    let n: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1 << 19);
+    match args.next().as_deref() {
+        Some("inline") => inline(n),
+        _ => push(n),
+    }
+}
+
+fn push(n: u64) {
     let batcher: Batcher<u64> = Batcher::builder()
         .lanes(1)
         .capacity(1 << 20)
@@ -27,4 +40,23 @@ fn main() {
         producer.push(std::hint::black_box(i)).expect("accepted");
     }
     batcher.flush();
+}
+
+fn inline(n: u64) {
+    let batcher: Batcher<u64, u64> = Batcher::builder()
+        .lanes(1)
+        .wait_strategy(WaitStrategy::Park)
+        .inline_when_idle(true)
+        .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+            batch.ok_with(|x| x + 1);
+            Ok(())
+        })
+        .build()
+        .expect("valid settings");
+    let producer = batcher.producer_on_lane(0).expect("lane 0 exists");
+    for i in 0..n {
+        let reply = producer.submit(std::hint::black_box(i)).expect("accepted");
+        assert_eq!(reply.wait().expect("handled"), i + 1);
+    }
+    batcher.shutdown();
 }

@@ -1081,10 +1081,12 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     ///
     /// Only [`submit`](Producer::submit) and its variants (`try_submit`,
     /// `submit_timeout`, `submit_with_deadline`, and the async `enqueue` and
-    /// `submit`) run a turn, and only when the drainer has gone to sleep
-    /// (its backoff ran out; under [`WaitStrategy::BusySpin`](crate::WaitStrategy::BusySpin)
-    /// it never does) and its state is free at once: a submitter never
-    /// waits for it. `push` and the slice methods always wake the drainer,
+    /// `submit`) run a turn, and only when the drainer is asleep and its
+    /// state is free at once: a submitter never waits for it. With this
+    /// option the drainer thread goes to sleep as soon as it finds the lanes
+    /// empty, whatever the [`wait_strategy`](Self::wait_strategy) (which
+    /// still says how threads wait for room and for results): a drainer
+    /// spinning through its backoff would take every item itself. `push` and the slice methods always wake the drainer,
     /// so hot fire-and-forget loops never run the handler. The drainer
     /// thread handles everything else (flush, shutdown, pause) and takes
     /// over whenever it is awake. Batches keep the per-producer order, and

@@ -241,7 +241,11 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             }
         }
         let _evict = Evict(cell);
-        let mut backoff = Backoff::new(shared.config.wait);
+        // Sleep as soon as the lanes are empty, whatever the strategy: at low
+        // load the submitters serve themselves, and only a sleeping drainer
+        // lets them (a drainer spinning through its backoff would hold the
+        // state and take every item itself).
+        let mut backoff = Backoff::new(crate::wait::WaitStrategy::Park);
         let mut guard = lock(cell);
         loop {
             let drainer = guard
@@ -366,7 +370,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         let idle = inline_passes(
             self,
             |drainer| {
-                while drainer.sweep() > 0 {}
+                // One sweep (full batches are dispatched within it): a lane
+                // still holding items is found by the announcement, and
+                // taken by the next pass.
+                drainer.sweep();
                 if !drainer.buf.is_empty() {
                     drainer.dispatch(DispatchReason::LanesIdle);
                 }

@@ -11,6 +11,9 @@
 //!   (capacity [`CAPACITY`], `max_batch` [`MAX_BATCH`]) whose handler
 //!   completes each item with `x + 1`; default wait strategy (`Backoff`)
 //!   unless [`Rt::Ringbatch`] asks for another.
+//! - `ringbatch_inline`: the same with `inline_when_idle(true)`: a request
+//!   that finds the drainer asleep is handled on the requesting thread,
+//!   inside `submit`, with no thread hand-off.
 //! - `array_queue`: the request goes into an `ArrayQueue<u64>` of
 //!   [`CAPACITY`]; the server thread pops it (idle: spin, yield, then park for
 //!   at most [`IDLE_PARK`]) and pushes the reply into a second `ArrayQueue`
@@ -52,6 +55,8 @@ pub const IDLE_PARK: Duration = Duration::from_millis(1);
 pub enum Rt {
     /// ringbatch with this drainer and ticket wait strategy.
     Ringbatch(WaitStrategy),
+    /// ringbatch with `inline_when_idle`.
+    RingbatchInline,
     ArrayQueue,
     CrossbeamChannel,
     Disruptor,
@@ -62,8 +67,9 @@ pub enum Rt {
 
 impl Rt {
     /// Every system, ringbatch (default settings) first.
-    pub const ALL: [Rt; 7] = [
+    pub const ALL: [Rt; 8] = [
         Rt::Ringbatch(WaitStrategy::Backoff),
+        Rt::RingbatchInline,
         Rt::ArrayQueue,
         Rt::CrossbeamChannel,
         Rt::Disruptor,
@@ -78,6 +84,7 @@ impl Rt {
             Rt::Ringbatch(WaitStrategy::Backoff) => "ringbatch",
             Rt::Ringbatch(WaitStrategy::BusySpin) => "ringbatch_busyspin",
             Rt::Ringbatch(_) => "ringbatch_other",
+            Rt::RingbatchInline => "ringbatch_inline",
             Rt::ArrayQueue => "array_queue",
             Rt::CrossbeamChannel => "crossbeam_channel",
             Rt::Disruptor => "disruptor",
@@ -92,7 +99,8 @@ impl Rt {
 /// then stops and joins the server.
 pub fn with_roundtrip<R>(system: Rt, body: impl FnOnce(&mut dyn FnMut(u64) -> u64) -> R) -> R {
     match system {
-        Rt::Ringbatch(wait) => ringbatch(wait, body),
+        Rt::Ringbatch(wait) => ringbatch(wait, false, body),
+        Rt::RingbatchInline => ringbatch(WaitStrategy::Backoff, true, body),
         Rt::ArrayQueue => array_queue(body),
         Rt::CrossbeamChannel => crossbeam_channel(body),
         Rt::Disruptor => disruptor(body),
@@ -102,12 +110,17 @@ pub fn with_roundtrip<R>(system: Rt, body: impl FnOnce(&mut dyn FnMut(u64) -> u6
     }
 }
 
-fn ringbatch<R>(wait: WaitStrategy, body: impl FnOnce(&mut dyn FnMut(u64) -> u64) -> R) -> R {
+fn ringbatch<R>(
+    wait: WaitStrategy,
+    inline: bool,
+    body: impl FnOnce(&mut dyn FnMut(u64) -> u64) -> R,
+) -> R {
     let batcher = Batcher::builder()
         .lanes(1)
         .capacity(CAPACITY)
         .max_batch(MAX_BATCH)
         .wait_strategy(wait)
+        .inline_when_idle(inline)
         .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
             batch.complete_with(|x| Ok::<_, ringbatch::Error>(x + 1));
             Ok(())
