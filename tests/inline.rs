@@ -329,18 +329,20 @@ fn async_submitters_run_turns_on_the_runtime() {
     assert_eq!(batcher.shutdown().items_handled, total);
 }
 
+/// The reason of an `inline_when_idle` refusal; fails the test otherwise.
+fn refused(result: Result<Batcher<u64, u64>, ConfigError>) -> &'static str {
+    match result {
+        Err(ConfigError::Invalid {
+            field: "inline_when_idle",
+            reason,
+        }) => reason,
+        Err(other) => panic!("expected an inline_when_idle error, got {other:?}"),
+        Ok(_) => panic!("expected an inline_when_idle error, the batcher was built"),
+    }
+}
+
 #[test]
 fn settings_it_cannot_serve_are_refused() {
-    fn refused(result: Result<Batcher<u64, u64>, ConfigError>) -> &'static str {
-        match result {
-            Err(ConfigError::Invalid {
-                field: "inline_when_idle",
-                reason,
-            }) => reason,
-            Err(other) => panic!("expected an inline_when_idle error, got {other:?}"),
-            Ok(_) => panic!("expected an inline_when_idle error, the batcher was built"),
-        }
-    }
     let sync = || {
         Batcher::<u64, u64>::builder()
             .inline_when_idle(true)
@@ -364,14 +366,6 @@ fn settings_it_cannot_serve_are_refused() {
 
 #[cfg(feature = "tokio")]
 fn refused_on_tokio(sync: impl Fn() -> ringbatch::BatcherBuilder<u64, u64>) {
-    let refused = |result: Result<Batcher<u64, u64>, ConfigError>| match result {
-        Err(ConfigError::Invalid {
-            field: "inline_when_idle",
-            reason,
-        }) => reason,
-        Err(other) => panic!("expected an inline_when_idle error, got {other:?}"),
-        Ok(_) => panic!("expected an inline_when_idle error, the batcher was built"),
-    };
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     assert!(
         refused(
