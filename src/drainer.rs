@@ -951,34 +951,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             }
             shared.pool.put(retry.buf);
         }
-        let capacity = shared.config.capacity;
-        for (index, lane) in shared.lanes.iter().enumerate() {
-            let target = lane.ring.tail().0;
-            let mut head = self.heads[index];
-            while head != target {
-                // SAFETY: the drainer, and `head` is the head it last
-                // published.
-                let run = unsafe {
-                    lane.ring.take_run(head, capacity, |item, _, ticket| {
-                        let origin = match ticket {
-                            Some(slot) => Origin::ticket(index, slot),
-                            None => Origin::NONE,
-                        };
-                        keep(item, origin);
-                    })
-                };
-                if run.notify {
-                    shared.table.lane(index).notifier.notify_all();
-                }
-                // (On an evicting ring the head may have moved on without us.)
-                head = run.end;
-                if run.start == run.end {
-                    // A producer is still publishing a claimed slot.
-                    crate::sync::thread::yield_now();
-                }
-            }
-            self.heads[index] = head;
-        }
+        self.take_lanes(&mut keep);
     }
 
     /// Whether the drainer must hold off, and until when if known: paused
@@ -1362,6 +1335,41 @@ impl<T, R> Drainer<T, R> {
             .all(|(&head, &target)| distance(target, head) <= SEQ_MASK / 2)
     }
 
+    /// Takes every item in the lanes up to their tails as they are now
+    /// (waiting for claimed slots to be published), handing each to `each`
+    /// with its origin: the end of the drainer's life (closed lanes).
+    fn take_lanes(&mut self, each: &mut impl FnMut(T, Origin)) {
+        let shared = Arc::clone(&self.shared);
+        let capacity = shared.config.capacity;
+        for (index, lane) in shared.lanes.iter().enumerate() {
+            let target = lane.ring.tail().0;
+            let mut head = self.heads[index];
+            while head != target {
+                // SAFETY: the drainer, and `head` is the head it last
+                // published.
+                let run = unsafe {
+                    lane.ring.take_run(head, capacity, |item, _, ticket| {
+                        let origin = match ticket {
+                            Some(slot) => Origin::ticket(index, slot),
+                            None => Origin::NONE,
+                        };
+                        each(item, origin);
+                    })
+                };
+                if run.notify {
+                    shared.table.lane(index).notifier.notify_all();
+                }
+                // (On an evicting ring the head may have moved on without us.)
+                head = run.end;
+                if run.start == run.end {
+                    // A producer is still publishing a claimed slot.
+                    crate::sync::thread::yield_now();
+                }
+            }
+            self.heads[index] = head;
+        }
+    }
+
     /// The drainer will never run again: closes every lane and fails the
     /// tickets of every item still in the batch or the lanes with `error`.
     #[cfg(feature = "tokio")]
@@ -1382,33 +1390,12 @@ impl<T, R> Drainer<T, R> {
                 }
             });
         }
-        let capacity = shared.config.capacity;
-        for (index, lane) in shared.lanes.iter().enumerate() {
-            let target = lane.ring.tail().0;
-            let mut head = self.heads[index];
-            while head != target {
-                // SAFETY: the drainer (being dropped), and `head` is the head
-                // it last published.
-                let run = unsafe {
-                    lane.ring.take_run(head, capacity, |item, _, ticket| {
-                        drop(item);
-                        if let Some(slot) = ticket {
-                            deliver(&shared.table, index, slot, Err(error.clone()));
-                        }
-                    })
-                };
-                if run.notify {
-                    shared.table.lane(index).notifier.notify_all();
-                }
-                // (On an evicting ring the head may have moved on without us.)
-                head = run.end;
-                if run.start == run.end {
-                    // A producer is still publishing a claimed slot.
-                    crate::sync::thread::yield_now();
-                }
+        self.take_lanes(&mut |item, origin| {
+            drop(item);
+            if let Some((lane, slot)) = origin.pending() {
+                deliver(&shared.table, lane, slot, Err(error.clone()));
             }
-            self.heads[index] = head;
-        }
+        });
         if !self.need_buffer {
             shared.pool.put(core::mem::replace(
                 &mut self.buf,
