@@ -89,6 +89,35 @@ pub struct Histograms {
     pub end_to_end_ns: Percentiles,
 }
 
+impl Histograms {
+    /// Each histogram as exported: its name (in seconds where it is a time),
+    /// help text, percentiles, and its units per exported unit (1e9 ns per
+    /// second: exporters divide once, so 90559 ns reads 0.000090559).
+    pub(crate) fn exported(&self) -> [(&'static str, &'static str, &Percentiles, f64); 4] {
+        [
+            ("batch_size", "Items per batch.", &self.batch_size, 1.0),
+            (
+                "queue_wait_seconds",
+                "Submission to dispatch, per item.",
+                &self.queue_wait_ns,
+                1e9,
+            ),
+            (
+                "handler_seconds",
+                "Handler time per batch.",
+                &self.handler_ns,
+                1e9,
+            ),
+            (
+                "end_to_end_seconds",
+                "Submission to completion, per item.",
+                &self.end_to_end_ns,
+                1e9,
+            ),
+        ]
+    }
+}
+
 /// Highest time recorded: an hour (longer values are clamped).
 const MAX_NS: u64 = 3_600_000_000_000;
 
@@ -248,31 +277,7 @@ impl Stats {
             &lanes(|l| l.high_water),
         );
         if let Some(h) = &self.histograms {
-            let summaries: [(&str, &str, &Percentiles, f64); 4] = [
-                ("batch_size", "Items per batch.", &h.batch_size, 1.0),
-                (
-                    "queue_wait_seconds",
-                    "Submission to dispatch, per item.",
-                    &h.queue_wait_ns,
-                    1e9,
-                ),
-                (
-                    "handler_seconds",
-                    "Handler time per batch.",
-                    &h.handler_ns,
-                    1e9,
-                ),
-                (
-                    "end_to_end_seconds",
-                    "Submission to completion, per item.",
-                    &h.end_to_end_ns,
-                    1e9,
-                ),
-            ];
-            // The last field is the units per exported unit (ns per second):
-            // dividing rounds once, so 90559 ns prints as 0.000090559, not
-            // as 0.00009055900000000001.
-            for (name, help, p, per_unit) in summaries {
+            for (name, help, p, per_unit) in h.exported() {
                 let mut samples: Vec<(String, f64)> = p
                     .quantiles()
                     .iter()

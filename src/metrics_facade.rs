@@ -3,7 +3,6 @@
 //! ship their metrics through a `metrics` recorder (a Prometheus exporter,
 //! StatsD, OpenTelemetry bridges).
 
-use crate::metrics::Percentiles;
 use crate::stats::{DispatchReason, LaneStats, Stats};
 
 /// Reads one figure of a lane.
@@ -100,29 +99,7 @@ impl Stats {
         let Some(h) = &self.histograms else {
             return;
         };
-        let summaries: [(&str, &str, &Percentiles, f64); 4] = [
-            ("batch_size", "Items per batch.", &h.batch_size, 1.0),
-            (
-                "queue_wait_seconds",
-                "Submission to dispatch, per item.",
-                &h.queue_wait_ns,
-                1e9,
-            ),
-            (
-                "handler_seconds",
-                "Handler time per batch.",
-                &h.handler_ns,
-                1e9,
-            ),
-            (
-                "end_to_end_seconds",
-                "Submission to completion, per item.",
-                &h.end_to_end_ns,
-                1e9,
-            ),
-        ];
-        // The last field is the units per exported unit (ns per second).
-        for (suffix, help, p, per_unit) in summaries {
+        for (suffix, help, p, per_unit) in h.exported() {
             let name = name(suffix);
             ::metrics::describe_gauge!(name.clone(), help);
             for (q, value) in p.quantiles() {
