@@ -1086,8 +1086,9 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// option the drainer thread goes to sleep as soon as it finds the lanes
     /// empty, whatever the [`wait_strategy`](Self::wait_strategy) (which
     /// still says how threads wait for room and for results): a drainer
-    /// spinning through its backoff would take every item itself. `push` and the slice methods always wake the drainer,
-    /// so hot fire-and-forget loops never run the handler. The drainer
+    /// spinning through its backoff would take every item itself. `push`
+    /// and the slice methods always wake the drainer, so hot
+    /// fire-and-forget loops never run the handler. The drainer
     /// thread handles everything else (flush, shutdown, pause) and takes
     /// over whenever it is awake. Batches keep the per-producer order, and
     /// the handler still runs one batch at a time, but on whichever thread
