@@ -121,7 +121,13 @@ pub(crate) struct Inline<T, R> {
     pub(crate) cell: Box<crate::drainer::InlineCell<T, R>>,
     /// [`Drainer::inline_turn`], named here where its bounds are known.
     turn: fn(&mut Drainer<T, R>) -> bool,
+    /// [`Drainer::run_direct`], when the configuration allows the direct
+    /// path (no failure policies, no histograms).
+    direct: Option<DirectFn<T, R>>,
 }
+
+/// [`Drainer::run_direct`]'s type.
+type DirectFn<T, R> = fn(&mut Drainer<T, R>, usize, T) -> Result<Result<R, Error>, T>;
 
 impl<T, R> Shared<T, R> {
     /// The async hand-off (only called in async mode).
@@ -252,7 +258,10 @@ impl<T, R> Shared<T, R> {
                     // The claim cursor counts every accepted item (sequence
                     // numbers start at 0), less the slots published empty
                     // and the items evicted since (counted as dropped).
-                    accepted: (tail as u64).saturating_sub(skipped + evicted),
+                    // Items handled directly by their submitters are
+                    // accepted without a claim.
+                    accepted: (tail as u64).saturating_sub(skipped + evicted)
+                        + LaneCounters::get(&lane.counters.direct),
                     rejected: LaneCounters::get(&lane.counters.rejected),
                     dropped: LaneCounters::get(&lane.counters.dropped),
                     refused_closed: LaneCounters::get(&lane.counters.refused_closed),
@@ -1079,6 +1088,15 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// tickets, its own among them, before `submit` returns. Waking a
     /// parked drainer costs more than most such handlers.
     ///
+    /// When nothing submitted before on its lane is still waiting (the
+    /// drainer has handled the lane up to its end), the submission takes a
+    /// shorter path: its item skips the lane and the completion slot and
+    /// runs as a batch of one, and the returned ticket already holds the
+    /// result ([`Ticket::sequence`] is `None`). Items with a deadline, and
+    /// batchers with [`histograms`](Self::histograms) or failure policies
+    /// ([`circuit_breaker`](Self::circuit_breaker),
+    /// [`dead_letter`](Self::dead_letter)), always take the lane.
+    ///
     /// Only [`submit`](Producer::submit) and its variants (`try_submit`,
     /// `submit_timeout`, `submit_with_deadline`, and the async `enqueue` and
     /// `submit`) run a turn, and only when the drainer is asleep and its
@@ -1595,6 +1613,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         let epoch = Instant::now();
         let histograms = self.histograms;
         let failure = self.failure;
+        let direct_ok = !histograms && !failure.is_active();
         let controller = shaping
             .adaptive
             .map(|adaptive| Controller::new(adaptive, config.max_batch));
@@ -1661,9 +1680,13 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             ),
             #[cfg(feature = "tokio")]
             drainer_task: drain_on_runtime.then(crate::runtime::TaskWake::default),
+            // The direct path skips the lane, so it runs only where a batch
+            // of one needs nothing more than the handler: no failure
+            // policies (a breaker, dead letters) and no histograms.
             inline: self.inline_when_idle.then(|| Inline {
                 cell: Box::new(Mutex::new(None)),
                 turn: Drainer::inline_turn,
+                direct: direct_ok.then_some(Drainer::run_direct as DirectFn<T, R>),
             }),
             config,
         });
@@ -2184,6 +2207,10 @@ impl<T, R> Producer<T, R> {
         wait: Wait,
         expires: u64,
     ) -> Result<Ticket<R>, SubmitError<T>> {
+        let item = match self.try_direct(item, expires) {
+            Ok(ticket) => return Ok(ticket),
+            Err(item) => item,
+        };
         let mut index = [0usize; 1];
         match self.claim_ticketed(&mut index, wait) {
             Ok(claim) => {
@@ -2203,6 +2230,38 @@ impl<T, R> Producer<T, R> {
             }
             Err(kind) => Err(refused(self.refuse(kind, 1), item)),
         }
+    }
+
+    /// `inline_when_idle`'s direct path: if the drainer sleeps (its park
+    /// announcement is still on this lane), its state is free at once and
+    /// nothing submitted before on this lane waits, handles `item` on this
+    /// thread as a batch of one and returns a ticket that holds the result.
+    /// Otherwise gives the item back for the path through the lane. Items
+    /// with an expiry take the lane.
+    #[inline(always)]
+    fn try_direct(&self, item: T, expires: u64) -> Result<Ticket<R>, T> {
+        match &self.shared.inline {
+            Some(Inline {
+                cell,
+                direct: Some(direct),
+                ..
+            }) if expires == NEVER && self.lane_ref().ring.looks_parked() => {
+                self.run_direct(cell, *direct, item)
+            }
+            _ => Err(item),
+        }
+    }
+
+    #[inline(never)]
+    fn run_direct(
+        &self,
+        cell: &crate::drainer::InlineCell<T, R>,
+        direct: DirectFn<T, R>,
+        item: T,
+    ) -> Result<Ticket<R>, T> {
+        crate::drainer::run_direct(cell, item, |drainer, item| {
+            direct(drainer, self.lane, item).map(Ticket::ready)
+        })
     }
 
     /// Publishes `item` at the claimed `seq` with the armed completion slot
@@ -2547,6 +2606,10 @@ impl<T, R> Producer<T, R> {
     /// One attempt with a ticket, never waiting; holds no completion slot
     /// when it fails.
     fn attempt_submit(&self, item: T, expires: u64) -> Result<Ticket<R>, (T, Blocked)> {
+        let item = match self.try_direct(item, expires) {
+            Ok(ticket) => return Ok(ticket),
+            Err(item) => item,
+        };
         let ring = &self.lane_ref().ring;
         let slots = self.shared.table.lane(self.lane);
         let mut index = [0usize; 1];

@@ -662,7 +662,10 @@ impl<R> Ticket<R> {
         }
     }
 
-    /// The item's sequence number in its lane, if it reached a lane.
+    /// The item's sequence number in its lane, if it reached a lane (`None`
+    /// for an item that was dropped, or that its submitter handled itself
+    /// under [`inline_when_idle`](crate::BatcherBuilder::inline_when_idle)
+    /// without passing through the lane).
     pub fn sequence(&self) -> Option<u64> {
         match &self.inner {
             Inner::Pending(slot) => Some(slot.seq),
@@ -707,6 +710,13 @@ impl<R> Ticket<R> {
     /// The item's [`Error`]: the handler failed it, failed its batch, panicked
     /// or left it uncompleted, or the item was dropped.
     pub fn wait(mut self) -> Result<R, Error> {
+        if let Inner::Ready(_) = self.inner {
+            // Known at submission (`inline_when_idle`, a dropped item): no
+            // slot to look at.
+            if let Inner::Ready(result) = core::mem::replace(&mut self.inner, Inner::Taken) {
+                return result;
+            }
+        }
         match self.wait_until(None) {
             Some(result) => result,
             None => unreachable!("an untimed wait returns only with a result"),

@@ -75,6 +75,9 @@ pub(crate) struct Drainer<T, R> {
     retries: Vec<Retry<T>>,
     /// The live settings' version last applied.
     settings_seen: u64,
+    /// (`inline_when_idle`) The result of the item [`run_direct`](Self::run_direct)
+    /// handles, until it takes it.
+    direct: Option<Result<R, Error>>,
 }
 
 /// What the drainer loop does after a [`step`](Drainer::step).
@@ -114,6 +117,26 @@ pub(crate) fn run_or_wake<S>(
     };
     if !ran {
         wake();
+    }
+}
+
+/// The submitter's fast path under `inline_when_idle`: if the drainer's
+/// state is free at once (and still there), `run` may handle `item` on it
+/// directly, as a batch of its own, and return its outcome; it gives the
+/// item back when it cannot, as this does when the lock is held. Never
+/// blocks, and changes nothing in the lanes: whatever announcements the
+/// sleeping drainer left stay in place.
+pub(crate) fn run_direct<S, X, O>(
+    cell: &crate::sync::Mutex<Option<S>>,
+    item: X,
+    run: impl FnOnce(&mut S, X) -> Result<O, X>,
+) -> Result<O, X> {
+    match cell.try_lock() {
+        Ok(mut state) => match state.as_mut() {
+            Some(state) => run(state, item),
+            None => Err(item),
+        },
+        Err(_) => Err(item),
     }
 }
 
@@ -182,6 +205,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             high_water: vec![0; lanes].into_boxed_slice(),
             retries: Vec::with_capacity(shared.config.pool_size),
             settings_seen: 0,
+            direct: None,
             asm: asm.map(Box::new),
             flush_now_done: 0,
             adaptive_max,
@@ -389,6 +413,34 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             },
         );
         idle && !self.requested()
+    }
+
+    /// The submitter's fast path under `inline_when_idle` (see
+    /// [`run_direct`]): with the drainer asleep and its state locked by the
+    /// submitter, handles `item`, submitted on `lane`, as a batch of one and
+    /// returns its result, provided that nothing submitted before it on its
+    /// lane is still waiting (the lane is caught up and the batch buffer
+    /// empty), no request is pending and the batcher is not paused.
+    /// Otherwise gives the item back, for the usual path through the lane.
+    pub(crate) fn run_direct(&mut self, lane: usize, item: T) -> Result<Result<R, Error>, T> {
+        let shared = &*self.shared;
+        let lane_state = &shared.lanes[lane];
+        if !self.buf.is_empty()
+            || !lane_state.ring.caught_up(self.heads[lane])
+            || self.requested()
+            // Acquire pairs with the Release stores of `pause` and `resume`.
+            || shared.control.paused.load(Ordering::Acquire)
+        {
+            return Err(item);
+        }
+        let handled = &lane_state.counters.direct;
+        // A Relaxed load and store, not an RMW: every writer holds the
+        // drainer's state, which orders them; readers take a statistic.
+        handled.store(handled.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.buf.push(item, Origin::DIRECT);
+        self.dispatch(DispatchReason::LanesIdle);
+        // `dispatch` completes every item (failing those the handler left).
+        Ok(self.direct.take().unwrap_or(Err(Error::NotCompleted)))
     }
 
     /// Whether a flush, `flush_now` or shutdown request is pending.
@@ -772,14 +824,16 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 let shared = &*self.shared;
                 let started =
                     (shared.controller.is_some() || shared.recorder.is_some()).then(Instant::now);
-                let mut batch = Batch::new(&mut self.buf, &self.shared.table);
+                let mut batch =
+                    Batch::with_direct(&mut self.buf, &self.shared.table, &mut self.direct);
                 let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(&mut batch)));
                 if let Some(started) = started {
                     let elapsed = started.elapsed();
                     shared.observe_batch(elapsed, self.buf.feedback.take());
                     shared.record_finished(elapsed, &self.buf);
                 }
-                let mut batch = Batch::new(&mut self.buf, &self.shared.table);
+                let mut batch =
+                    Batch::with_direct(&mut self.buf, &self.shared.table, &mut self.direct);
                 let leftover = match outcome {
                     Ok(Ok(())) => Error::NotCompleted,
                     Ok(Err(error)) => {
@@ -819,7 +873,12 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         tally.items += len as u64;
         tally.max_batch = tally.max_batch.max(len as u64);
         tally.reasons[reason.index()] += 1;
-        self.shared.counters.publish(tally);
+        if self.asm.is_some() {
+            // The assembler's counts changed too.
+            self.shared.counters.publish(tally);
+        } else {
+            self.shared.counters.publish_batch(tally, reason);
+        }
     }
 
     /// Runs the sync handler on `buf` (attempt `attempt`) under the failure

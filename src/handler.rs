@@ -123,11 +123,32 @@ pub struct Batch<'a, T, R> {
     /// buffer, so that a new view of the same batch continues the count).
     buf: &'a mut BatchBuf<T>,
     table: &'a TableOwner<R>,
+    /// (`inline_when_idle`) Where the result of an item whose origin is
+    /// [`Origin::DIRECT`] goes: the submitter running it takes it from there.
+    direct: Option<&'a mut Option<Result<R, Error>>>,
 }
 
 impl<'a, T, R> Batch<'a, T, R> {
     pub(crate) fn new(buf: &'a mut BatchBuf<T>, table: &'a TableOwner<R>) -> Self {
-        Self { buf, table }
+        Self {
+            buf,
+            table,
+            direct: None,
+        }
+    }
+
+    /// A batch that may hold an [`Origin::DIRECT`] item, whose result goes
+    /// to `direct`.
+    pub(crate) fn with_direct(
+        buf: &'a mut BatchBuf<T>,
+        table: &'a TableOwner<R>,
+        direct: &'a mut Option<Result<R, Error>>,
+    ) -> Self {
+        Self {
+            buf,
+            table,
+            direct: Some(direct),
+        }
     }
 
     /// Number of items.
@@ -168,7 +189,7 @@ impl<'a, T, R> Batch<'a, T, R> {
         self.buf
             .origins
             .get(index)
-            .is_some_and(|origin| origin.pending().is_some())
+            .is_some_and(|origin| origin.wants_result())
     }
 
     /// Items not completed yet.
@@ -195,7 +216,7 @@ impl<'a, T, R> Batch<'a, T, R> {
         if *origin == Origin::DONE {
             return Err(CompleteError::AlreadyCompleted { index });
         }
-        let target = origin.pending();
+        let target = *origin;
         *origin = Origin::DONE;
         self.buf.completed += 1;
         if let Err(error) = &result {
@@ -206,9 +227,7 @@ impl<'a, T, R> Batch<'a, T, R> {
                 self.buf.errors[index] = Some(error.clone());
             }
         }
-        if let Some((lane, index)) = target {
-            deliver(self.table, lane, index, result);
-        }
+        send(self.table, &mut self.direct, target, result);
         Ok(())
     }
 
@@ -265,6 +284,7 @@ impl<'a, T, R> Batch<'a, T, R> {
 
     fn complete_remaining(&mut self, mut f: impl FnMut(&T) -> Result<R, Error>) {
         let table = self.table;
+        let direct = &mut self.direct;
         let mut completed = 0;
         let mut failed = 0;
         let marking = self.buf.marking();
@@ -288,9 +308,7 @@ impl<'a, T, R> Batch<'a, T, R> {
                     self.buf.errors[i] = Some(error.clone());
                 }
             }
-            if let Some((lane, index)) = origin.pending() {
-                deliver(table, lane, index, result);
-            }
+            send(table, direct, *origin, result);
             *origin = Origin::DONE;
             completed += 1;
         }
@@ -362,7 +380,17 @@ impl<'a, T, R> Batch<'a, T, R> {
     }
 
     /// Fails every item not completed yet with `error` (drainer side).
+    #[inline]
     pub(crate) fn fail_remaining(&mut self, error: Error) {
+        if self.buf.completed == self.len() && matches!(error, Error::NotCompleted) {
+            // The handler completed everything (the common case).
+            return;
+        }
+        self.fail_left(error);
+    }
+
+    #[inline(never)]
+    fn fail_left(&mut self, error: Error) {
         if !matches!(error, Error::NotCompleted) {
             // A failed or panicking handler fails what it left; items it
             // merely left alone (fire-and-forget sinks) are not counted.
@@ -374,8 +402,8 @@ impl<'a, T, R> Batch<'a, T, R> {
         }
         let table = self.table;
         for origin in self.buf.origins.iter_mut() {
-            if let Some((lane, index)) = origin.pending() {
-                deliver(table, lane, index, Err(error.clone()));
+            if origin.wants_result() {
+                send(table, &mut self.direct, *origin, Err(error.clone()));
             }
             *origin = Origin::DONE;
         }
@@ -389,6 +417,24 @@ impl<T: fmt::Debug, R> fmt::Debug for Batch<'_, T, R> {
             .field("items", &self.buf.items)
             .field("remaining", &self.remaining())
             .finish()
+    }
+}
+
+/// Delivers `result` to where `origin` says: a ticket's completion slot,
+/// or the direct cell; nowhere for a fire-and-forget item.
+#[inline(always)]
+fn send<R>(
+    table: &TableOwner<R>,
+    direct: &mut Option<&mut Option<Result<R, Error>>>,
+    origin: Origin,
+    result: Result<R, Error>,
+) {
+    if let Some((lane, index)) = origin.pending() {
+        deliver(table, lane, index, result);
+    } else if origin == Origin::DIRECT {
+        if let Some(cell) = direct {
+            **cell = Some(result);
+        }
     }
 }
 

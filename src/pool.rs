@@ -17,6 +17,9 @@ impl Origin {
     pub(crate) const NONE: Origin = Origin(u64::MAX);
     /// The item's result was already delivered.
     pub(crate) const DONE: Origin = Origin(u64::MAX - 1);
+    /// (`inline_when_idle`) The submitter runs this one-item batch itself:
+    /// the result goes to the batch's direct cell, not to a slot.
+    pub(crate) const DIRECT: Origin = Origin(u64::MAX - 2);
 
     /// Completion slot `index` of lane `lane` (`lane` is below
     /// [`MAX_LANES`](crate::MAX_LANES) and `index` below
@@ -27,14 +30,22 @@ impl Origin {
         Origin(((lane as u64) << 32) | (index as u32 as u64))
     }
 
-    /// `(lane, completion slot index)` for a pending ticket.
+    /// `(lane, completion slot index)` for a pending ticket (not for a
+    /// [`DIRECT`](Self::DIRECT) item).
     #[inline(always)]
     pub(crate) fn pending(self) -> Option<(usize, usize)> {
-        if self.0 >= Origin::DONE.0 {
+        if self.0 >= Origin::DIRECT.0 {
             None
         } else {
             Some(((self.0 >> 32) as usize, self.0 as u32 as usize))
         }
+    }
+
+    /// Whether somebody waits for this item's result (a ticket or the
+    /// submitter running it directly).
+    #[inline(always)]
+    pub(crate) fn wants_result(self) -> bool {
+        self != Origin::NONE && self != Origin::DONE
     }
 }
 
@@ -118,9 +129,16 @@ impl<T> BatchBuf<T> {
         self.completed = 0;
         self.feedback = None;
         self.failed = 0;
-        self.runs.clear();
-        self.marks.clear();
-        self.errors.clear();
+        // Empty unless histograms or failure policies are on: skip the calls.
+        if !self.runs.is_empty() {
+            self.runs.clear();
+        }
+        if !self.marks.is_empty() {
+            self.marks.clear();
+        }
+        if !self.errors.is_empty() {
+            self.errors.clear();
+        }
     }
 
     /// With failure policies: makes room for the marks (at build time).

@@ -672,6 +672,33 @@ impl<T> Ring<T> {
         distance(self.head_seq(), tail)
     }
 
+    /// (`inline_when_idle`) Whether the drainer announced a park on this
+    /// lane and no claim came since: the hint a submitter reads before it
+    /// tries to take the drainer's state.
+    #[inline(always)]
+    pub(crate) fn looks_parked(&self) -> bool {
+        // Relaxed: only a hint; `caught_up` decides, under the state's lock.
+        self.tail.load(Ordering::Relaxed) & (PARKED | CLOSED | EVICTS) == PARKED
+    }
+
+    /// (`inline_when_idle`) Whether the lane is open, plain, and every
+    /// sequence claimed on it is below `head`, the drainer's head: called
+    /// with the drainer's state locked and its batch empty, it says that
+    /// every item this thread claimed on the lane before has been handled,
+    /// so a new item of this thread may be handled at once without passing
+    /// through the lane.
+    ///
+    /// Relaxed: the caller's own earlier claims come before this load in
+    /// its program order, so coherence makes them visible; the drainer's
+    /// `head` is ordered by the lock. Claims of other threads that this
+    /// load misses are concurrent with the caller's item, so either order
+    /// is one the lane could have taken.
+    #[inline]
+    pub(crate) fn caught_up(&self, head: usize) -> bool {
+        let word = self.tail.load(Ordering::Relaxed);
+        word & (CLOSED | EVICTS) == 0 && word >> SEQ_SHIFT == head
+    }
+
     /// Announces that the drainer is about to park. Returns true if the lane is
     /// empty (`tail == head`), in which case any later claim sees `PARKED` and
     /// wakes the drainer; false if something is claimed and not yet drained.

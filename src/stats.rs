@@ -327,6 +327,25 @@ impl DrainerCounters {
             .store(tally.items_failed, Ordering::Relaxed);
     }
 
+    /// Publishes what a dispatch of a batch with `reason` changes in the
+    /// tally (after a sync or async hand-off that did nothing else since
+    /// the last full [`publish`](Self::publish)): the batch and item
+    /// counts, the largest batch, `reason`'s count and the handler's
+    /// failures. Relaxed, as `publish`.
+    #[inline]
+    pub(crate) fn publish_batch(&self, tally: &DrainerTally, reason: DispatchReason) {
+        self.batches.store(tally.batches, Ordering::Relaxed);
+        self.items.store(tally.items, Ordering::Relaxed);
+        self.max_batch.store(tally.max_batch, Ordering::Relaxed);
+        let index = reason.index();
+        self.reasons[index].store(tally.reasons[index], Ordering::Relaxed);
+        self.batch_errors
+            .store(tally.batch_errors, Ordering::Relaxed);
+        self.panics.store(tally.panics, Ordering::Relaxed);
+        self.items_failed
+            .store(tally.items_failed, Ordering::Relaxed);
+    }
+
     /// Reads the published tally (Relaxed loads pairing with the Relaxed
     /// stores in `publish`: statistics, ordered with nothing else; a final
     /// snapshot after `shutdown` is ordered by the drainer's join).
@@ -360,6 +379,10 @@ pub(crate) struct LaneCounters {
     pub(crate) refused_closed: AtomicU64,
     /// Claimed slots published empty (a slice whose element clone panicked).
     pub(crate) skipped: AtomicU64,
+    /// (`inline_when_idle`) Items the submitter handled itself without
+    /// passing through the lane (accepted, though the claim cursor never
+    /// counted them). Written under the drainer's state lock.
+    pub(crate) direct: AtomicU64,
 }
 
 impl LaneCounters {

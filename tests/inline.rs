@@ -94,6 +94,83 @@ fn an_idle_drainer_lets_the_submitter_run_the_batch() {
     }
 }
 
+/// Once the drainer sleeps, a round trip skips the lane: the submitter
+/// handles its item as a batch of one and gets a ticket that already holds
+/// the result and has no lane sequence. The stats still count every item
+/// as accepted, on its lane.
+#[test]
+fn idle_round_trips_skip_the_lane() {
+    let (batcher, threads) = recording_threads(WaitStrategy::Park);
+    let producer = batcher.producer();
+    let before = round_trips_until_inline(&producer, &threads);
+    let mut direct = 0;
+    for x in 0..1_000 {
+        let ticket = producer.submit(x).unwrap();
+        if ticket.sequence().is_none() {
+            assert!(ticket.is_ready(), "a ticket without a sequence is ready");
+            direct += 1;
+        }
+        assert_eq!(wait_ticket(ticket).expect("a result"), f(x));
+    }
+    assert!(
+        direct >= 990,
+        "only {direct} of 1000 idle round trips took the direct path"
+    );
+    let stats = batcher.stats();
+    assert_eq!(stats.items_handled, before + 1_000);
+    assert_eq!(
+        stats.accepted,
+        before + 1_000,
+        "accepted counts direct items"
+    );
+    assert_eq!(stats.lanes[0].accepted, before + 1_000);
+    assert_eq!(stats.in_lanes(), 0);
+    assert_eq!(batcher.shutdown().items_handled, before + 1_000);
+}
+
+/// With histograms or failure policies a batch needs more than the
+/// handler, so round trips keep going through the lane (every ticket has
+/// a sequence), though the submitter still runs the turns.
+#[test]
+fn histograms_and_failure_policies_keep_the_lane() {
+    type Build = fn(ringbatch::BatcherBuilder<u64, u64>) -> ringbatch::BatcherBuilder<u64, u64>;
+    let settings: [(&str, Build); 2] = [
+        ("histograms", |b| b.histograms(true)),
+        ("dead letters", |b| b.dead_letter(|_| {})),
+    ];
+    for (name, settings) in settings {
+        let threads: Threads = Arc::default();
+        let seen = Arc::clone(&threads);
+        let batcher = settings(
+            Batcher::builder()
+                .lanes(1)
+                .wait_strategy(WaitStrategy::Park)
+                .inline_when_idle(true),
+        )
+        .handler_fn(move |batch: &mut Batch<'_, u64, u64>| {
+            seen.lock().unwrap().push(thread::current().id());
+            batch.ok_with(|&x| f(x));
+            Ok(())
+        })
+        .build()
+        .expect("valid settings");
+        let producer = batcher.producer();
+        let before = round_trips_until_inline(&producer, &threads);
+        for x in 0..200 {
+            let ticket = producer.submit(x).unwrap();
+            assert!(
+                ticket.sequence().is_some(),
+                "{name}: a round trip skipped the lane"
+            );
+            assert_eq!(wait_ticket(ticket).expect("a result"), f(x));
+        }
+        let me = thread::current().id();
+        let here = threads.lock().unwrap().iter().filter(|&&t| t == me).count();
+        assert!(here > 0, "{name}: no turn ran on the submitting thread");
+        assert_eq!(batcher.shutdown().items_handled, before + 200, "{name}");
+    }
+}
+
 #[test]
 fn pushes_never_run_the_handler_on_the_pushing_thread() {
     let (batcher, threads) = recording_threads(WaitStrategy::Park);
