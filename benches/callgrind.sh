@@ -2,7 +2,8 @@
 # Instruction counts per push and per drained item, repeatable on a shared
 # machine: runs benches/callgrind_probe.rs under callgrind with 2^18 and
 # 2^19 pushes and divides the difference by 2^18 (fixed costs cancel); then
-# the same for round trips under `inline_when_idle` (20,000 and 40,000).
+# the same for round trips under `inline_when_idle` (20,000 and 40,000),
+# from a thread and from a task.
 set -eu
 cd "$(dirname "$0")/.."
 cargo build --release --bench callgrind_probe >/dev/null 2>&1
@@ -26,4 +27,9 @@ for n in 20000 40000; do
 done
 r1=$(total "$out/inline-20000.out"); r2=$(total "$out/inline-40000.out")
 python3 -c "print(f'inline_when_idle round trip (submit, handler, wait): {($r2 - $r1) / 20000:.1f} instructions')"
+for n in 20000 40000; do
+    valgrind --tool=callgrind --callgrind-out-file="$out/async-$n.out" "$probe" "$n" async_inline >/dev/null 2>&1
+done
+a1=$(total "$out/async-20000.out"); a2=$(total "$out/async-40000.out")
+python3 -c "print(f'inline_when_idle async round trip (submit(x).await on a current-thread runtime): {($a2 - $a1) / 20000:.1f} instructions')"
 rm -r "$out"

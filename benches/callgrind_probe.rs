@@ -7,6 +7,8 @@
 //!   on a one-lane batcher with `inline_when_idle` whose handler completes
 //!   each item with `x + 1`; after the first, each runs on the calling
 //!   thread.
+//! - `async_inline`: the same round trips from a task on a current-thread
+//!   tokio runtime, `AsyncProducer::submit(x).await` (feature `tokio`).
 //!
 //! Running a workload at two sizes and taking the difference cancels the
 //! fixed costs (build, shutdown), leaving instructions per push and per
@@ -20,6 +22,8 @@ fn main() {
     let n: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1 << 19);
     match args.next().as_deref() {
         Some("inline") => inline(n),
+        #[cfg(feature = "tokio")]
+        Some("async_inline") => async_inline(n),
         _ => push(n),
     }
 }
@@ -58,5 +62,30 @@ fn inline(n: u64) {
         let reply = producer.submit(std::hint::black_box(i)).expect("accepted");
         assert_eq!(reply.wait().expect("handled"), i + 1);
     }
+    batcher.shutdown();
+}
+
+#[cfg(feature = "tokio")]
+fn async_inline(n: u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let batcher: Batcher<u64, u64> = Batcher::builder()
+        .lanes(1)
+        .wait_strategy(WaitStrategy::Park)
+        .inline_when_idle(true)
+        .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+            batch.ok_with(|x| x + 1);
+            Ok(())
+        })
+        .build()
+        .expect("valid settings");
+    let mut producer = batcher.async_producer();
+    runtime.block_on(async move {
+        for i in 0..n {
+            let reply = producer.submit(std::hint::black_box(i)).await;
+            assert_eq!(reply.expect("handled"), i + 1);
+        }
+    });
     batcher.shutdown();
 }
