@@ -5,8 +5,8 @@
 //! filter with `cargo bench --bench peers -- throughput_1p/` and the like.
 //! Every group has one function per system, named `ringbatch`, `array_queue`,
 //! `crossbeam_channel`, `disruptor`, `flume`, `std_sync_channel`,
-//! `tokio_mpsc` (and `rtrb` in `throughput_1p`). Settings: 10 samples, 500 ms
-//! warm-up, 2 s measurement per function.
+//! `tokio_mpsc` (and `rtrb` in `throughput_1p` and `throughput_1p_64b`).
+//! Settings: 10 samples, 500 ms warm-up, 2 s measurement per function.
 //!
 //! # Throughput groups: fire-and-forget items per second
 //!
@@ -109,7 +109,9 @@ fn throughput_8p(c: &mut Criterion) {
 }
 
 fn throughput_1p_64b(c: &mut Criterion) {
-    throughput_group::<[u64; 8]>(c, "throughput_1p_64b", 1, &Sys::MPSC);
+    let mut systems = Sys::MPSC.to_vec();
+    systems.push(Sys::Rtrb);
+    throughput_group::<[u64; 8]>(c, "throughput_1p_64b", 1, &systems);
 }
 
 fn roundtrip(c: &mut Criterion) {
