@@ -46,8 +46,9 @@ fn push(n: u64) {
     batcher.flush();
 }
 
-fn inline(n: u64) {
-    let batcher: Batcher<u64, u64> = Batcher::builder()
+/// A one-lane `inline_when_idle` batcher answering `x` with `x + 1`.
+fn inline_batcher() -> Batcher<u64, u64> {
+    Batcher::builder()
         .lanes(1)
         .wait_strategy(WaitStrategy::Park)
         .inline_when_idle(true)
@@ -56,7 +57,11 @@ fn inline(n: u64) {
             Ok(())
         })
         .build()
-        .expect("valid settings");
+        .expect("valid settings")
+}
+
+fn inline(n: u64) {
+    let batcher = inline_batcher();
     let producer = batcher.producer_on_lane(0).expect("lane 0 exists");
     for i in 0..n {
         let reply = producer.submit(std::hint::black_box(i)).expect("accepted");
@@ -70,16 +75,7 @@ fn async_inline(n: u64) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
-    let batcher: Batcher<u64, u64> = Batcher::builder()
-        .lanes(1)
-        .wait_strategy(WaitStrategy::Park)
-        .inline_when_idle(true)
-        .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
-            batch.ok_with(|x| x + 1);
-            Ok(())
-        })
-        .build()
-        .expect("valid settings");
+    let batcher = inline_batcher();
     let mut producer = batcher.async_producer();
     runtime.block_on(async move {
         for i in 0..n {

@@ -20,22 +20,32 @@ use ringbatch::{
 /// The thread each batch ran on, in order.
 type Threads = Arc<Mutex<Vec<ThreadId>>>;
 
+/// Extra builder settings for [`recording_threads_with`].
+type Settings = fn(ringbatch::BatcherBuilder<u64, u64>) -> ringbatch::BatcherBuilder<u64, u64>;
+
 /// A one-lane batcher answering `x` with `f(x)` that records the thread of
 /// every batch.
 fn recording_threads(wait: WaitStrategy) -> (Batcher<u64, u64>, Threads) {
+    recording_threads_with(wait, |builder| builder)
+}
+
+/// [`recording_threads`] with `settings` applied to the builder.
+fn recording_threads_with(wait: WaitStrategy, settings: Settings) -> (Batcher<u64, u64>, Threads) {
     let threads: Threads = Arc::default();
     let seen = Arc::clone(&threads);
-    let batcher = Batcher::builder()
-        .lanes(1)
-        .wait_strategy(wait)
-        .inline_when_idle(true)
-        .handler_fn(move |batch: &mut Batch<'_, u64, u64>| {
-            seen.lock().unwrap().push(thread::current().id());
-            batch.ok_with(|&x| f(x));
-            Ok(())
-        })
-        .build()
-        .expect("valid settings");
+    let batcher = settings(
+        Batcher::builder()
+            .lanes(1)
+            .wait_strategy(wait)
+            .inline_when_idle(true),
+    )
+    .handler_fn(move |batch: &mut Batch<'_, u64, u64>| {
+        seen.lock().unwrap().push(thread::current().id());
+        batch.ok_with(|&x| f(x));
+        Ok(())
+    })
+    .build()
+    .expect("valid settings");
     (batcher, threads)
 }
 
@@ -133,27 +143,12 @@ fn idle_round_trips_skip_the_lane() {
 /// a sequence), though the submitter still runs the turns.
 #[test]
 fn histograms_and_failure_policies_keep_the_lane() {
-    type Build = fn(ringbatch::BatcherBuilder<u64, u64>) -> ringbatch::BatcherBuilder<u64, u64>;
-    let settings: [(&str, Build); 2] = [
+    let settings: [(&str, Settings); 2] = [
         ("histograms", |b| b.histograms(true)),
         ("dead letters", |b| b.dead_letter(|_| {})),
     ];
     for (name, settings) in settings {
-        let threads: Threads = Arc::default();
-        let seen = Arc::clone(&threads);
-        let batcher = settings(
-            Batcher::builder()
-                .lanes(1)
-                .wait_strategy(WaitStrategy::Park)
-                .inline_when_idle(true),
-        )
-        .handler_fn(move |batch: &mut Batch<'_, u64, u64>| {
-            seen.lock().unwrap().push(thread::current().id());
-            batch.ok_with(|&x| f(x));
-            Ok(())
-        })
-        .build()
-        .expect("valid settings");
+        let (batcher, threads) = recording_threads_with(WaitStrategy::Park, settings);
         let producer = batcher.producer();
         let before = round_trips_until_inline(&producer, &threads);
         for x in 0..200 {
