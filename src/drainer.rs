@@ -439,8 +439,12 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         handled.store(handled.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         self.buf.push(item, Origin::DIRECT);
         self.dispatch(DispatchReason::LanesIdle);
-        // `dispatch` completes every item (failing those the handler left).
-        Ok(self.direct.take().unwrap_or(Err(Error::NotCompleted)))
+        // `dispatch` completes every item (failing those the handler left),
+        // so the cell is never empty here.
+        match self.direct.take() {
+            Some(result) => Ok(result),
+            None => Ok(Err(Error::NotCompleted)),
+        }
     }
 
     /// Whether a flush, `flush_now` or shutdown request is pending.
