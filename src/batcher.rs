@@ -1092,8 +1092,11 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// drainer has handled the lane up to its end), the submission takes a
     /// shorter path: its item skips the lane and the completion slot and
     /// runs as a batch of one, and the returned ticket already holds the
-    /// result ([`Ticket::sequence`] is `None`). Items with a deadline, and
-    /// batchers with [`histograms`](Self::histograms) or failure policies
+    /// result ([`Ticket::sequence`] is `None`); the stats count it as
+    /// accepted on its lane and as a batch dispatched for
+    /// [`DispatchReason::LanesIdle`](crate::DispatchReason::LanesIdle).
+    /// Items with a deadline, and batchers with
+    /// [`histograms`](Self::histograms) or failure policies
     /// ([`circuit_breaker`](Self::circuit_breaker),
     /// [`dead_letter`](Self::dead_letter)), always take the lane.
     ///

@@ -159,7 +159,9 @@ impl DispatchCounts {
 pub struct LaneStats {
     /// Items accepted into the lane (less those evicted later by
     /// [`Backpressure::DropOldest`](crate::Backpressure::DropOldest), which
-    /// count as dropped).
+    /// count as dropped), including those their submitter handled itself
+    /// without passing through the lane
+    /// ([`inline_when_idle`](crate::BatcherBuilder::inline_when_idle)).
     pub accepted: u64,
     /// Submissions refused because the lane was full (or stayed full until a
     /// timeout).
