@@ -121,13 +121,14 @@ pub(crate) struct Inline<T, R> {
     pub(crate) cell: Box<crate::drainer::InlineCell<T, R>>,
     /// [`Drainer::inline_turn`], named here where its bounds are known.
     turn: fn(&mut Drainer<T, R>) -> bool,
-    /// [`Drainer::run_direct`], when the configuration allows the direct
-    /// path (no failure policies, no histograms).
+    /// [`Drainer::direct`], when the configuration allows the direct path
+    /// (no failure policies, no histograms).
     direct: Option<DirectFn<T, R>>,
 }
 
-/// [`Drainer::run_direct`]'s type.
-type DirectFn<T, R> = fn(&mut Drainer<T, R>, usize, T) -> Result<Result<R, Error>, T>;
+/// [`Drainer::direct`]'s type.
+type DirectFn<T, R> =
+    fn(&crate::drainer::InlineCell<T, R>, usize, T) -> Result<Result<R, Error>, T>;
 
 impl<T, R> Shared<T, R> {
     /// The async hand-off (only called in async mode).
@@ -1689,7 +1690,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             inline: self.inline_when_idle.then(|| Inline {
                 cell: Box::new(Mutex::new(None)),
                 turn: Drainer::inline_turn,
-                direct: direct_ok.then_some(Drainer::run_direct as DirectFn<T, R>),
+                direct: direct_ok.then_some(Drainer::direct as DirectFn<T, R>),
             }),
             config,
         });
@@ -2249,22 +2250,10 @@ impl<T, R> Producer<T, R> {
                 direct: Some(direct),
                 ..
             }) if expires == NEVER && self.lane_ref().ring.looks_parked() => {
-                self.run_direct(cell, *direct, item)
+                direct(cell, self.lane, item).map(Ticket::ready)
             }
             _ => Err(item),
         }
-    }
-
-    #[inline(never)]
-    fn run_direct(
-        &self,
-        cell: &crate::drainer::InlineCell<T, R>,
-        direct: DirectFn<T, R>,
-        item: T,
-    ) -> Result<Ticket<R>, T> {
-        crate::drainer::run_direct(cell, item, |drainer, item| {
-            direct(drainer, self.lane, item).map(Ticket::ready)
-        })
     }
 
     /// Publishes `item` at the claimed `seq` with the armed completion slot

@@ -126,6 +126,7 @@ pub(crate) fn run_or_wake<S>(
 /// item back when it cannot, as this does when the lock is held. Never
 /// blocks, and changes nothing in the lanes: whatever announcements the
 /// sleeping drainer left stay in place.
+#[inline(always)]
 pub(crate) fn run_direct<S, X, O>(
     cell: &crate::sync::Mutex<Option<S>>,
     item: X,
@@ -422,6 +423,20 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     /// lane is still waiting (the lane is caught up and the batch buffer
     /// empty), no request is pending and the batcher is not paused.
     /// Otherwise gives the item back, for the usual path through the lane.
+    /// The submitter's side of the direct path: [`run_direct`] on `cell`
+    /// with [`Drainer::run_direct`] (one call from the producer, through
+    /// the pointer kept in the shared state).
+    pub(crate) fn direct(
+        cell: &InlineCell<T, R>,
+        lane: usize,
+        item: T,
+    ) -> Result<Result<R, Error>, T> {
+        run_direct(cell, item, |drainer: &mut Self, item| {
+            drainer.run_direct(lane, item)
+        })
+    }
+
+    #[inline]
     pub(crate) fn run_direct(&mut self, lane: usize, item: T) -> Result<Result<R, Error>, T> {
         let shared = &*self.shared;
         let lane_state = &shared.lanes[lane];
@@ -438,7 +453,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         // drainer's state, which orders them; readers take a statistic.
         handled.store(handled.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         self.buf.push(item, Origin::DIRECT);
-        self.dispatch(DispatchReason::LanesIdle);
+        // `dispatch` without what a batcher with the direct path never has
+        // (histograms, failure policies, an async sink).
+        self.handle_sync();
+        self.count_dispatch(1, DispatchReason::LanesIdle);
         // `dispatch` completes every item (failing those the handler left),
         // so the cell is never empty here.
         match self.direct.take() {
@@ -824,37 +842,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                     self.buf = buf;
                 }
             }
-            Sink::Sync(handler) => {
-                let shared = &*self.shared;
-                let started =
-                    (shared.controller.is_some() || shared.recorder.is_some()).then(Instant::now);
-                let mut batch =
-                    Batch::with_direct(&mut self.buf, &self.shared.table, &mut self.direct);
-                let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(&mut batch)));
-                if let Some(started) = started {
-                    let elapsed = started.elapsed();
-                    shared.observe_batch(elapsed, self.buf.feedback.take());
-                    shared.record_finished(elapsed, &self.buf);
-                }
-                let mut batch =
-                    Batch::with_direct(&mut self.buf, &self.shared.table, &mut self.direct);
-                let leftover = match outcome {
-                    Ok(Ok(())) => Error::NotCompleted,
-                    Ok(Err(error)) => {
-                        self.tally.batch_errors += 1;
-                        batch_failed(error)
-                    }
-                    Err(payload) => {
-                        self.tally.panics += 1;
-                        Error::HandlerPanicked {
-                            message: panic_message(&*payload).into(),
-                        }
-                    }
-                };
-                batch.fail_remaining(leftover);
-                self.tally.items_failed += self.buf.failed as u64;
-                self.buf.clear();
-            }
+            Sink::Sync(_) => self.handle_sync(),
             #[cfg(feature = "tokio")]
             Sink::Async => {
                 let full = core::mem::replace(&mut self.buf, BatchBuf::with_capacity(0));
@@ -871,7 +859,50 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 }
             }
         }
+        self.count_dispatch(len, reason);
+    }
 
+    /// Runs the sync handler on the batch buffer (no failure policies),
+    /// fails what it left and empties the buffer.
+    #[inline(always)]
+    fn handle_sync(&mut self) {
+        #[cfg(feature = "tokio")]
+        let Sink::Sync(handler) = &mut self.sink else {
+            unreachable!("the drainer runs only a sync handler itself");
+        };
+        #[cfg(not(feature = "tokio"))]
+        let Sink::Sync(handler) = &mut self.sink;
+        let shared = &*self.shared;
+        let started = (shared.controller.is_some() || shared.recorder.is_some()).then(Instant::now);
+        let mut batch = Batch::with_direct(&mut self.buf, &shared.table, &mut self.direct);
+        let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(&mut batch)));
+        if let Some(started) = started {
+            let elapsed = started.elapsed();
+            shared.observe_batch(elapsed, self.buf.feedback.take());
+            shared.record_finished(elapsed, &self.buf);
+        }
+        let mut batch = Batch::with_direct(&mut self.buf, &shared.table, &mut self.direct);
+        let leftover = match outcome {
+            Ok(Ok(())) => Error::NotCompleted,
+            Ok(Err(error)) => {
+                self.tally.batch_errors += 1;
+                batch_failed(error)
+            }
+            Err(payload) => {
+                self.tally.panics += 1;
+                Error::HandlerPanicked {
+                    message: panic_message(&*payload).into(),
+                }
+            }
+        };
+        batch.fail_remaining(leftover);
+        self.tally.items_failed += self.buf.failed as u64;
+        self.buf.clear();
+    }
+
+    /// Counts a dispatched batch of `len` items and publishes the tally.
+    #[inline(always)]
+    fn count_dispatch(&mut self, len: usize, reason: DispatchReason) {
         let tally = &mut self.tally;
         tally.batches += 1;
         tally.items += len as u64;
