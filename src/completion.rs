@@ -709,6 +709,7 @@ impl<R> Ticket<R> {
     ///
     /// The item's [`Error`]: the handler failed it, failed its batch, panicked
     /// or left it uncompleted, or the item was dropped.
+    #[inline]
     pub fn wait(mut self) -> Result<R, Error> {
         if let Inner::Ready(_) = self.inner {
             // Known at submission (`inline_when_idle`, a dropped item): no
@@ -717,6 +718,12 @@ impl<R> Ticket<R> {
                 return result;
             }
         }
+        self.wait_pending()
+    }
+
+    /// [`wait`](Self::wait) for a result still to come.
+    #[inline(never)]
+    fn wait_pending(mut self) -> Result<R, Error> {
         match self.wait_until(None) {
             Some(result) => result,
             None => unreachable!("an untimed wait returns only with a result"),
@@ -815,11 +822,29 @@ impl<R> Unpin for Ticket<R> {}
 impl<R> core::future::Future for Ticket<R> {
     type Output = Result<R, Error>;
 
+    #[inline]
     fn poll(
         self: core::pin::Pin<&mut Self>,
         cx: &mut core::task::Context<'_>,
     ) -> core::task::Poll<Self::Output> {
         let this = self.get_mut();
+        if let Inner::Ready(_) = this.inner {
+            // Known at submission: no slot to look at (as in `wait`).
+            if let Inner::Ready(result) = core::mem::replace(&mut this.inner, Inner::Taken) {
+                return core::task::Poll::Ready(result);
+            }
+        }
+        this.poll_slot(cx)
+    }
+}
+
+impl<R> Ticket<R> {
+    /// [`poll`](core::future::Future::poll) for a result still to come.
+    fn poll_slot(
+        &mut self,
+        cx: &mut core::task::Context<'_>,
+    ) -> core::task::Poll<Result<R, Error>> {
+        let this = self;
         if let Some(result) = this.try_take() {
             return core::task::Poll::Ready(result);
         }
