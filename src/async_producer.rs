@@ -145,6 +145,11 @@ impl<T, R> AsyncProducer<T, R> {
     /// (the item is then dropped: use [`enqueue`](Self::enqueue) to get it
     /// back).
     pub async fn submit(&mut self, item: T) -> Result<R, Error> {
+        // `inline_when_idle`'s direct path, without a ticket in between.
+        let item = match self.inner.try_direct(item, crate::shape::NEVER) {
+            Ok(ticket) => return ticket.await,
+            Err(item) => item,
+        };
         match self.enqueue(item).await {
             Ok(ticket) => ticket.await,
             Err(refused) => Err(Error::Refused(refused.kind())),

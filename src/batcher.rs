@@ -2243,7 +2243,7 @@ impl<T, R> Producer<T, R> {
     /// Otherwise gives the item back for the path through the lane. Items
     /// with an expiry take the lane.
     #[inline(always)]
-    fn try_direct(&self, item: T, expires: u64) -> Result<Ticket<R>, T> {
+    pub(crate) fn try_direct(&self, item: T, expires: u64) -> Result<Ticket<R>, T> {
         match &self.shared.inline {
             Some(Inline {
                 cell,
