@@ -31,6 +31,18 @@ pub(crate) enum Sink<T, R> {
     Async,
 }
 
+impl<T, R> Sink<T, R> {
+    /// The handler of a drainer that runs it itself.
+    #[inline(always)]
+    fn sync_handler(&mut self) -> &mut Box<dyn Handler<T, R>> {
+        match self {
+            Sink::Sync(handler) => handler,
+            #[cfg(feature = "tokio")]
+            Sink::Async => unreachable!("the drainer runs only a sync handler itself"),
+        }
+    }
+}
+
 pub(crate) struct Drainer<T, R> {
     shared: Arc<Shared<T, R>>,
     sink: Sink<T, R>,
@@ -866,12 +878,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     /// fails what it left and empties the buffer.
     #[inline(always)]
     fn handle_sync(&mut self) {
-        #[cfg(feature = "tokio")]
-        let Sink::Sync(handler) = &mut self.sink else {
-            unreachable!("the drainer runs only a sync handler itself");
-        };
-        #[cfg(not(feature = "tokio"))]
-        let Sink::Sync(handler) = &mut self.sink;
+        let handler = self.sink.sync_handler();
         let shared = &*self.shared;
         let started = (shared.controller.is_some() || shared.recorder.is_some()).then(Instant::now);
         let mut batch = Batch::with_direct(&mut self.buf, &shared.table, &mut self.direct);
@@ -921,12 +928,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     /// retried or dead-lettered. Returns the retry to queue, if any (the
     /// buffer then holds only the items to retry); otherwise `buf` is done.
     fn handle_with_policies(&mut self, buf: &mut BatchBuf<T>, attempt: u32) -> Option<Retry<T>> {
-        #[cfg(feature = "tokio")]
-        let Sink::Sync(handler) = &mut self.sink else {
-            unreachable!("the drainer runs only a sync handler itself");
-        };
-        #[cfg(not(feature = "tokio"))]
-        let Sink::Sync(handler) = &mut self.sink;
+        let handler = self.sink.sync_handler();
         let shared = &*self.shared;
         let failure = shared.failure.as_ref().expect("failure policies are on");
         let deliver_to = |origin: Origin, error: Error| {
