@@ -3,7 +3,8 @@
 # machine: runs benches/callgrind_probe.rs under callgrind with 2^18 and
 # 2^19 pushes and divides the difference by 2^18 (fixed costs cancel); then
 # the same for round trips under `inline_when_idle` (20,000 and 40,000),
-# from a thread and from a task.
+# from a thread and from a task; then pipelined requests from 4 tasks
+# (8,192 and 16,384 each), the async throughput workload.
 set -eu
 cd "$(dirname "$0")/.."
 cargo build --release --bench callgrind_probe >/dev/null 2>&1
@@ -32,4 +33,9 @@ for n in 20000 40000; do
 done
 a1=$(total "$out/async-20000.out"); a2=$(total "$out/async-40000.out")
 python3 -c "print(f'inline_when_idle async round trip (submit(x).await on a current-thread runtime): {($a2 - $a1) / 20000:.1f} instructions')"
+for n in 8192 16384; do
+    valgrind --tool=callgrind --callgrind-out-file="$out/pipe-$n.out" "$probe" "$n" async_pipeline >/dev/null 2>&1
+done
+p1=$(total "$out/pipe-8192.out"); p2=$(total "$out/pipe-16384.out")
+python3 -c "print(f'async pipelined request (4 tasks, enqueue then await, async handler on the runtime): {($p2 - $p1) / (4 * 8192):.1f} instructions')"
 rm -r "$out"

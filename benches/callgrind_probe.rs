@@ -9,6 +9,10 @@
 //!   thread.
 //! - `async_inline`: the same round trips from a task on a current-thread
 //!   tokio runtime, `AsyncProducer::submit(x).await` (feature `tokio`).
+//! - `async_pipeline`: `N` requests from each of 4 tasks on a 2-worker
+//!   runtime, up to 256 outstanding per task (`enqueue`, then await the
+//!   oldest ticket), into an async handler with `drain_on_runtime`: the
+//!   `async_throughput` workload of `benches/async.rs` (feature `tokio`).
 //!
 //! Running a workload at two sizes and taking the difference cancels the
 //! fixed costs (build, shutdown), leaving instructions per push and per
@@ -24,6 +28,8 @@ fn main() {
         Some("inline") => inline(n),
         #[cfg(feature = "tokio")]
         Some("async_inline") => async_inline(n),
+        #[cfg(feature = "tokio")]
+        Some("async_pipeline") => async_pipeline(n),
         _ => push(n),
     }
 }
@@ -84,4 +90,54 @@ fn async_inline(n: u64) {
         }
     });
     batcher.shutdown();
+}
+
+#[cfg(feature = "tokio")]
+fn async_pipeline(n: u64) {
+    use std::collections::VecDeque;
+    const TASKS: usize = 4;
+    const WINDOW: usize = 256;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("a runtime");
+    let batcher: Batcher<u64, u64> = Batcher::builder()
+        .lanes(TASKS)
+        .capacity(4096)
+        .max_batch(256)
+        .runtime(runtime.handle().clone())
+        .drain_on_runtime(true)
+        .async_handler_fn(|mut batch: ringbatch::AsyncBatch<u64, u64>| async move {
+            batch.complete_with(|x| Ok::<_, ringbatch::Error>(x + 1));
+            Ok(())
+        })
+        .build()
+        .expect("valid settings");
+    let producers: Vec<_> = (0..TASKS).map(|_| batcher.async_producer()).collect();
+    runtime.block_on(async move {
+        let tasks: Vec<_> = producers
+            .into_iter()
+            .map(|mut producer| {
+                tokio::spawn(async move {
+                    let mut window = VecDeque::with_capacity(WINDOW);
+                    for x in 0..n {
+                        if window.len() == WINDOW {
+                            let (sent, ticket): (u64, ringbatch::Ticket<u64>) =
+                                window.pop_front().expect("full");
+                            assert_eq!(ticket.await.expect("a reply"), sent + 1);
+                        }
+                        let ticket = producer.enqueue(x).await.expect("open");
+                        window.push_back((x, ticket));
+                    }
+                    for (sent, ticket) in window {
+                        assert_eq!(ticket.await.expect("a reply"), sent + 1);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("a task");
+        }
+    });
+    runtime.block_on(batcher.shutdown_async());
 }
