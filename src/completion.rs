@@ -711,14 +711,22 @@ impl<R> Ticket<R> {
     /// or left it uncompleted, or the item was dropped.
     #[inline]
     pub fn wait(mut self) -> Result<R, Error> {
+        match self.take_ready() {
+            Some(result) => result,
+            None => self.wait_pending(),
+        }
+    }
+
+    /// The result known at submission (`inline_when_idle`'s direct path, a
+    /// dropped item), if that is what this ticket holds: no slot to look at.
+    #[inline(always)]
+    fn take_ready(&mut self) -> Option<Result<R, Error>> {
         if let Inner::Ready(_) = self.inner {
-            // Known at submission (`inline_when_idle`, a dropped item): no
-            // slot to look at.
             if let Inner::Ready(result) = core::mem::replace(&mut self.inner, Inner::Taken) {
-                return result;
+                return Some(result);
             }
         }
-        self.wait_pending()
+        None
     }
 
     /// [`wait`](Self::wait) for a result still to come.
@@ -828,13 +836,10 @@ impl<R> core::future::Future for Ticket<R> {
         cx: &mut core::task::Context<'_>,
     ) -> core::task::Poll<Self::Output> {
         let this = self.get_mut();
-        if let Inner::Ready(_) = this.inner {
-            // Known at submission: no slot to look at (as in `wait`).
-            if let Inner::Ready(result) = core::mem::replace(&mut this.inner, Inner::Taken) {
-                return core::task::Poll::Ready(result);
-            }
+        match this.take_ready() {
+            Some(result) => core::task::Poll::Ready(result),
+            None => this.poll_slot(cx),
         }
-        this.poll_slot(cx)
     }
 }
 
@@ -844,19 +849,18 @@ impl<R> Ticket<R> {
         &mut self,
         cx: &mut core::task::Context<'_>,
     ) -> core::task::Poll<Result<R, Error>> {
-        let this = self;
-        if let Some(result) = this.try_take() {
+        if let Some(result) = self.try_take() {
             return core::task::Poll::Ready(result);
         }
-        if let Inner::Pending(slot) = &this.inner {
+        if let Inner::Pending(slot) = &self.inner {
             let (slot, _, table) = slot.parts();
             let yield_now = match table.wait {
                 WaitStrategy::BusySpin | WaitStrategy::Yield => true,
-                WaitStrategy::Backoff => this.yields < TASK_YIELDS,
+                WaitStrategy::Backoff => self.yields < TASK_YIELDS,
                 WaitStrategy::Park => false,
             };
             if yield_now {
-                this.yields = this.yields.saturating_add(1);
+                self.yields = self.yields.saturating_add(1);
                 cx.waker().wake_by_ref();
                 return core::task::Poll::Pending;
             }
@@ -867,7 +871,7 @@ impl<R> Ticket<R> {
             }
         }
         // The result came while registering.
-        match this.try_take() {
+        match self.try_take() {
             Some(result) => core::task::Poll::Ready(result),
             None => unreachable!("`register` fails only once the result is there"),
         }

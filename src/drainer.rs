@@ -428,13 +428,6 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         idle && !self.requested()
     }
 
-    /// The submitter's fast path under `inline_when_idle` (see
-    /// [`run_direct`]): with the drainer asleep and its state locked by the
-    /// submitter, handles `item`, submitted on `lane`, as a batch of one and
-    /// returns its result, provided that nothing submitted before it on its
-    /// lane is still waiting (the lane is caught up and the batch buffer
-    /// empty), no request is pending and the batcher is not paused.
-    /// Otherwise gives the item back, for the usual path through the lane.
     /// The submitter's side of the direct path: [`run_direct`] on `cell`
     /// with [`Drainer::run_direct`] (one call from the producer, through
     /// the pointer kept in the shared state).
@@ -448,6 +441,13 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         })
     }
 
+    /// The submitter's fast path under `inline_when_idle` (see
+    /// [`run_direct`]): with the drainer asleep and its state locked by the
+    /// submitter, handles `item`, submitted on `lane`, as a batch of one and
+    /// returns its result, provided that nothing submitted before it on its
+    /// lane is still waiting (the lane is caught up and the batch buffer
+    /// empty), no request is pending and the batcher is not paused.
+    /// Otherwise gives the item back, for the usual path through the lane.
     #[inline]
     pub(crate) fn run_direct(&mut self, lane: usize, item: T) -> Result<Result<R, Error>, T> {
         let shared = &*self.shared;
@@ -469,8 +469,8 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         // (histograms, failure policies, an async sink).
         self.handle_sync();
         self.count_dispatch(1, DispatchReason::LanesIdle);
-        // `dispatch` completes every item (failing those the handler left),
-        // so the cell is never empty here.
+        // `handle_sync` completes every item (failing those the handler
+        // left), so the cell is never empty here.
         match self.direct.take() {
             Some(result) => Ok(result),
             None => Ok(Err(Error::NotCompleted)),
