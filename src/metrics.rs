@@ -209,6 +209,9 @@ impl Stats {
     ///     .build()
     ///     .unwrap();
     /// batcher.producer().submit(1).unwrap().wait().unwrap();
+    /// // The drainer counts a batch after delivering its results: flush so
+    /// // that the snapshot includes it.
+    /// batcher.flush();
     /// let text = batcher.stats().prometheus("orders");
     /// assert!(text.contains("# TYPE orders_items_handled_total counter"));
     /// assert!(text.contains("orders_items_handled_total 1\n"));
