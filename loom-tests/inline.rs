@@ -49,7 +49,10 @@ impl Model {
         })
     }
 
-    fn lanes<'a>(&'a self, state: &'a State) -> impl Iterator<Item = (&'a Ring<u8>, usize)> + 'a {
+    fn lanes<'a>(
+        &'a self,
+        state: &'a State,
+    ) -> impl Iterator<Item = (&'a Ring<u8>, usize)> + Clone + 'a {
         self.rings.iter().zip(state.heads.iter().copied())
     }
 

@@ -5,6 +5,7 @@
 
 mod asynch;
 mod completion;
+mod exclusive;
 mod inline;
 mod ring;
 mod wakeup;

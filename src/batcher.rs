@@ -34,6 +34,57 @@ pub(crate) struct Lane<T> {
     /// Per-item expiry stamps, when deadlines or a maximum age are on.
     pub(crate) expiry: Option<ExpiryStamps>,
     pub(crate) counters: CachePadded<LaneCounters>,
+    /// Producers on this ring, or [`OWNED`] while an exclusive producer owns
+    /// it. Changed only when producers are made and dropped.
+    producers: AtomicUsize,
+}
+
+/// [`Lane::producers`] while an exclusive producer owns the ring.
+const OWNED: usize = usize::MAX;
+
+impl<T> Lane<T> {
+    /// Counts one more shared producer; false if the ring is owned.
+    ///
+    /// AcqRel: pairs with the Release of [`leave`](Self::leave) by an owner
+    /// that left, so that its plain-store claims come before ours.
+    fn join(&self) -> bool {
+        let mut count = self.producers.load(Ordering::Relaxed);
+        loop {
+            if count == OWNED {
+                return false;
+            }
+            match self.producers.compare_exchange_weak(
+                count,
+                count + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => count = actual,
+            }
+        }
+    }
+
+    /// Takes the ring for an exclusive producer if no producer is on it.
+    ///
+    /// AcqRel: pairs with the Release of every earlier producer's `leave`,
+    /// so that their claims come before the owner's plain-store claims.
+    fn take(&self) -> bool {
+        self.producers
+            .compare_exchange(0, OWNED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// A producer leaves the ring (`owner`: the exclusive one).
+    fn leave(&self, owner: bool) {
+        // Release: this producer's claims come before those of the next
+        // producer to join or take the ring (Acquire in `join`, `take`).
+        if owner {
+            self.producers.store(0, Ordering::Release);
+        } else {
+            self.producers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// Requests to the drainer, read by it on every loop turn.
@@ -103,6 +154,9 @@ pub(crate) struct Shared<T, R> {
     /// Receives every item a drop policy discards (called by producers).
     spill: Option<Spill<T>>,
     next_lane: AtomicUsize,
+    /// Lanes owned by exclusive producers (at most `lane_count - 1`, so that
+    /// shared producers always find a lane).
+    exclusive_lanes: AtomicUsize,
     /// Producers made so far (spreads their completion slot cursors).
     producers_made: AtomicUsize,
     /// The hand-off to async worker tasks, with an async handler.
@@ -374,9 +428,68 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::NoSuchLane`] if `lane >= self.lanes()`.
+    /// [`ConfigError::NoSuchLane`] if `lane >= self.lanes()`;
+    /// [`ConfigError::LaneTaken`] if an exclusive producer owns it.
     pub fn producer_on_lane(&self, lane: usize) -> Result<Producer<T, R>, ConfigError> {
         new_producer_on_lane(&self.shared, lane)
+    }
+
+    /// A producer that owns a lane of its own: the single-producer fast
+    /// path, for a thread that pushes in a hot loop.
+    ///
+    /// It takes the first lane that has no producer; while it lives, no
+    /// other producer is bound to that lane ([`producer`](Self::producer)
+    /// and [`async_producer`](Self::async_producer) pass it over, and
+    /// [`producer_on_lane`](Self::producer_on_lane) refuses it). Being the
+    /// lane's only producer, it claims ring slots with a plain store instead
+    /// of a CAS; the drainer's rare park and the shutdown meet it through
+    /// asymmetric fences (on Linux, `membarrier`). Where those are not
+    /// available it claims with the CAS, and is exclusive all the same.
+    /// Everything else (the API, backpressure, tickets, ordering) is that of
+    /// any [`Producer`]. Dropping it frees the lane.
+    ///
+    /// One lane always stays open to shared producers, so a batcher with
+    /// `lanes` lanes has at most `lanes - 1` exclusive producers at a time:
+    /// add a lane per exclusive producer (see
+    /// [`BatcherBuilder::lanes`]).
+    ///
+    /// ```
+    /// use ringbatch::{Batch, Batcher};
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .lanes(2)
+    ///     .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+    ///         batch.ok_with(|x| x * 2);
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let feed = batcher.exclusive_producer().unwrap();
+    /// assert!(feed.is_exclusive());
+    /// for tick in 0..1000 {
+    ///     feed.push(tick).unwrap();
+    /// }
+    /// assert_eq!(feed.submit(21).unwrap().wait().unwrap(), 42);
+    /// // The other lane stays open; no third lane is free.
+    /// assert!(batcher.exclusive_producer().is_err());
+    /// assert_ne!(batcher.producer().lane(), feed.lane());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::NoFreeLane`] if every lane but one already has a
+    /// producer (or an owner).
+    pub fn exclusive_producer(&self) -> Result<Producer<T, R>, ConfigError> {
+        new_exclusive_producer(&self.shared)
+    }
+
+    /// An [`exclusive_producer`](Self::exclusive_producer) for async tasks.
+    ///
+    /// # Errors
+    ///
+    /// As for [`exclusive_producer`](Self::exclusive_producer).
+    pub fn exclusive_async_producer(&self) -> Result<AsyncProducer<T, R>, ConfigError> {
+        new_exclusive_producer(&self.shared).map(AsyncProducer::new)
     }
 
     /// A cloneable, `Send + Sync` handle that makes producers, for code that
@@ -526,6 +639,10 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     }
 
     /// A snapshot of the counters; see [`Stats`].
+    ///
+    /// The drainer counts a batch once it has delivered the batch's results,
+    /// so a snapshot taken as soon as a ticket is ready may not include that
+    /// batch yet; after [`flush`](Self::flush) it does.
     pub fn stats(&self) -> Stats {
         self.shared.stats()
     }
@@ -880,9 +997,28 @@ impl<T, R> Producers<T, R> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::NoSuchLane`] if there is no such lane.
+    /// [`ConfigError::NoSuchLane`] if there is no such lane,
+    /// [`ConfigError::LaneTaken`] if an exclusive producer owns it.
     pub fn producer_on_lane(&self, lane: usize) -> Result<Producer<T, R>, ConfigError> {
         new_producer_on_lane(&self.shared, lane)
+    }
+
+    /// As [`Batcher::exclusive_producer`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`Batcher::exclusive_producer`].
+    pub fn exclusive_producer(&self) -> Result<Producer<T, R>, ConfigError> {
+        new_exclusive_producer(&self.shared)
+    }
+
+    /// As [`Batcher::exclusive_async_producer`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`Batcher::exclusive_producer`].
+    pub fn exclusive_async_producer(&self) -> Result<AsyncProducer<T, R>, ConfigError> {
+        new_exclusive_producer(&self.shared).map(AsyncProducer::new)
     }
 
     /// As [`Batcher::producer_with_priority`].
@@ -906,7 +1042,8 @@ impl<T, R> fmt::Debug for Producers<T, R> {
     }
 }
 
-/// A producer on the lane the batcher's [`LaneAssignment`] picks.
+/// A producer on the lane the batcher's [`LaneAssignment`] picks (or the
+/// next one not owned by an exclusive producer).
 fn new_producer<T, R>(shared: &Arc<Shared<T, R>>) -> Producer<T, R> {
     let lanes = shared.lane_count;
     let lane = match shared.config.lane_assignment {
@@ -915,7 +1052,35 @@ fn new_producer<T, R>(shared: &Arc<Shared<T, R>>) -> Producer<T, R> {
     }
     // Relaxed: a counter for spreading producers, ordered with nothing.
     .unwrap_or_else(|| shared.next_lane.fetch_add(1, Ordering::Relaxed) % lanes);
-    Producer::new(Arc::clone(shared), lane)
+    join_from(shared, lane)
+}
+
+/// A shared producer on `lane`, or on the next lane after it that no
+/// exclusive producer owns (there is always one: see
+/// [`Shared::exclusive_lanes`]).
+fn join_from<T, R>(shared: &Arc<Shared<T, R>>, lane: usize) -> Producer<T, R> {
+    let lanes = shared.lane_count;
+    loop {
+        for step in 0..lanes {
+            if let Some(producer) =
+                Producer::join(shared, normal_ring(shared, (lane + step) % lanes))
+            {
+                return producer;
+            }
+        }
+        // Only while exclusive producers come and go: look again.
+        crate::sync::thread::yield_now();
+    }
+}
+
+/// The ring of `lane` in the Normal class.
+fn normal_ring<T, R>(shared: &Shared<T, R>, lane: usize) -> usize {
+    let class = if shared.classes > 1 {
+        Priority::Normal.index()
+    } else {
+        0
+    };
+    class * shared.lane_count + lane
 }
 
 /// An async producer on the next lane in turn.
@@ -923,7 +1088,7 @@ fn new_async_producer<T, R>(shared: &Arc<Shared<T, R>>) -> AsyncProducer<T, R> {
     let lanes = shared.lane_count;
     // Relaxed: as in `new_producer`.
     let lane = shared.next_lane.fetch_add(1, Ordering::Relaxed) % lanes;
-    AsyncProducer::new(Producer::new(Arc::clone(shared), lane))
+    AsyncProducer::new(join_from(shared, lane))
 }
 
 fn new_producer_on_lane<T, R>(
@@ -934,7 +1099,31 @@ fn new_producer_on_lane<T, R>(
     if lane >= lanes {
         return Err(ConfigError::NoSuchLane { lane, lanes });
     }
-    Ok(Producer::new(Arc::clone(shared), lane))
+    Producer::join(shared, normal_ring(shared, lane)).ok_or(ConfigError::LaneTaken { lane })
+}
+
+/// An exclusive producer on the first lane that has no producer, keeping one
+/// lane open to shared producers.
+fn new_exclusive_producer<T, R>(shared: &Arc<Shared<T, R>>) -> Result<Producer<T, R>, ConfigError> {
+    let lanes = shared.lane_count;
+    // Reserve one of the `lanes - 1` exclusive places first. Relaxed: a
+    // counter; the lanes' own words order the producers.
+    let reserved = shared
+        .exclusive_lanes
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n + 1 < lanes).then_some(n + 1)
+        });
+    if reserved.is_err() {
+        return Err(ConfigError::NoFreeLane { lanes });
+    }
+    for lane in 0..lanes {
+        let ring = normal_ring(shared, lane);
+        if shared.lanes[ring].take() {
+            return Ok(Producer::owner(Arc::clone(shared), ring));
+        }
+    }
+    shared.exclusive_lanes.fetch_sub(1, Ordering::Relaxed);
+    Err(ConfigError::NoFreeLane { lanes })
 }
 
 /// Builds a [`Batcher`]; every setting is checked by [`build`](Self::build).
@@ -1639,6 +1828,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                         .stamps_expiry()
                         .then(|| ExpiryStamps::new(config.capacity, epoch, shaping.max_age)),
                     counters: CachePadded::new(LaneCounters::default()),
+                    producers: AtomicUsize::new(0),
                 })
                 .collect(),
             lane_count,
@@ -1677,6 +1867,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             drainer: OnceLock::new(),
             spill: self.spill,
             next_lane: AtomicUsize::new(0),
+            exclusive_lanes: AtomicUsize::new(0),
             producers_made: AtomicUsize::new(0),
             #[cfg(feature = "tokio")]
             pipeline: CachePadded::new(
@@ -1835,6 +2026,11 @@ pub struct Producer<T, R = ()> {
     /// Private copy of the lane's drainer cursor, reloaded only when the lane
     /// looks full.
     cached_head: Cell<usize>,
+    /// This producer owns its ring ([`Batcher::exclusive_producer`]).
+    owner: bool,
+    /// It owns its ring and claims with a plain store
+    /// ([`Ring::try_claim_exclusive`]): the asymmetric fences work here.
+    plain_claims: bool,
     /// Not `Sync` (the cached cursor is a `Cell`).
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -1843,20 +2039,48 @@ pub struct Producer<T, R = ()> {
 // it is `Send` when both are. The shared state is `Sync` for `T, R: Send`.
 unsafe impl<T: Send, R: Send> Send for Producer<T, R> {}
 
+impl<T, R> Drop for Producer<T, R> {
+    fn drop(&mut self) {
+        if self.plain_claims && self.lane_ref().ring.disown() {
+            // A park announced in the flags word only: the drainer's next
+            // one goes to the tail word, where shared producers look.
+            self.shared.unpark_drainer();
+        }
+        self.lane_ref().leave(self.owner);
+        if self.owner {
+            // Relaxed: a counter (see `new_exclusive_producer`).
+            self.shared.exclusive_lanes.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl<T, R> Producer<T, R> {
-    /// A producer on `lane`, in the Normal class.
-    fn new(shared: Arc<Shared<T, R>>, lane: usize) -> Self {
-        let class = if shared.classes > 1 {
-            Priority::Normal.index()
-        } else {
-            0
-        };
-        let ring = class * shared.lane_count + lane;
-        Self::on_ring(shared, ring)
+    /// A shared producer on ring `ring` (see the `lane` field), or `None` if
+    /// an exclusive producer owns it.
+    fn join(shared: &Arc<Shared<T, R>>, ring: usize) -> Option<Self> {
+        shared.lanes[ring]
+            .join()
+            .then(|| Self::on_ring(Arc::clone(shared), ring, false))
     }
 
-    /// A producer publishing into ring `lane` (see the field).
-    fn on_ring(shared: Arc<Shared<T, R>>, lane: usize) -> Self {
+    /// The exclusive producer of ring `ring`, which the caller has taken.
+    /// It claims with plain stores where the asymmetric fences work and the
+    /// ring allows it (see [`Ring::own`]), else with the CAS.
+    fn owner(shared: Arc<Shared<T, R>>, ring: usize) -> Self {
+        let owned = crate::sync::asymmetric::available() && shared.lanes[ring].ring.own();
+        if owned {
+            // A park announced before the mark was seen ends now; the next
+            // one goes where this producer looks (see `Ring::own`).
+            shared.unpark_drainer();
+        }
+        let mut producer = Self::on_ring(shared, ring, true);
+        producer.plain_claims = owned;
+        producer
+    }
+
+    /// A producer publishing into ring `lane` (see the field), already
+    /// counted on it.
+    fn on_ring(shared: Arc<Shared<T, R>>, lane: usize, owner: bool) -> Self {
         Self {
             cached_head: Cell::new(0),
             // Spread producers over the completion slots (Fibonacci hashing
@@ -1872,8 +2096,16 @@ impl<T, R> Producer<T, R> {
             lane_ptr: core::ptr::NonNull::from(&shared.lanes[lane]),
             shared,
             lane,
+            owner,
+            plain_claims: false,
             _not_sync: PhantomData,
         }
+    }
+
+    /// Whether this producer owns its lane (made by
+    /// [`Batcher::exclusive_producer`]).
+    pub fn is_exclusive(&self) -> bool {
+        self.owner
     }
 
     /// The lane this producer is bound to.
@@ -1891,25 +2123,28 @@ impl<T, R> Producer<T, R> {
         }
     }
 
-    /// A producer on the same lane in class `priority`.
+    /// A producer on the same lane in class `priority` (a shared one).
     ///
     /// # Errors
     ///
     /// [`ConfigError::Invalid`] (field `priorities`) if the batcher has no
-    /// priority classes and `priority` is not `Normal`.
+    /// priority classes and `priority` is not `Normal`;
+    /// [`ConfigError::LaneTaken`] if that lane's ring in that class is owned
+    /// by an exclusive producer.
     pub fn with_class(&self, priority: Priority) -> Result<Producer<T, R>, ConfigError> {
         let shared = &self.shared;
-        if shared.classes == 1 {
+        let ring = if shared.classes == 1 {
             if priority != Priority::Normal {
                 return Err(ConfigError::Invalid {
                     field: "priorities",
                     reason: "the batcher was built without priority classes",
                 });
             }
-            return Ok(Self::on_ring(Arc::clone(shared), self.lane));
-        }
-        let ring = priority.index() * shared.lane_count + self.lane();
-        Ok(Self::on_ring(Arc::clone(shared), ring))
+            self.lane
+        } else {
+            priority.index() * shared.lane_count + self.lane()
+        };
+        Self::join(shared, ring).ok_or(ConfigError::LaneTaken { lane: self.lane() })
     }
 
     /// Stamps sequence `seq`'s expiry before it is published, when the
@@ -1959,7 +2194,19 @@ impl<T, R> Producer<T, R> {
     #[inline(always)]
     fn try_claim(&self, n: usize) -> Result<Claim, ClaimError> {
         let mut head = self.cached_head.get();
-        let result = self.lane_ref().ring.try_claim(n, &mut head);
+        let ring = &self.lane_ref().ring;
+        let result = if self.plain_claims {
+            let mut given_up = 0;
+            // SAFETY: this producer owns the ring (`Lane::take`), so no other
+            // thread claims on it, and `Ring::own` accepted it.
+            let result = unsafe { ring.try_claim_exclusive(n, &mut head, &mut given_up) };
+            if given_up != 0 {
+                self.count_given_up(given_up);
+            }
+            result
+        } else {
+            ring.try_claim(n, &mut head)
+        };
         self.cached_head.set(head);
         result
     }
@@ -2171,6 +2418,14 @@ impl<T, R> Producer<T, R> {
                 self.shared.config.backpressure,
                 Backpressure::DropNewest | Backpressure::DropOldest
             )
+    }
+
+    /// Sequences an exclusive claim used up when it found the lane closed
+    /// (published empty): counted as skipped, so that `accepted` (the claim
+    /// cursor less the skipped) does not count them.
+    #[cold]
+    fn count_given_up(&self, n: usize) {
+        LaneCounters::add(&self.lane_ref().counters.skipped, n as u64);
     }
 
     #[cold]

@@ -277,6 +277,17 @@ pub enum ConfigError {
         /// The number of lanes.
         lanes: usize,
     },
+    /// A producer was asked for a lane that an exclusive producer owns.
+    LaneTaken {
+        /// The lane asked for.
+        lane: usize,
+    },
+    /// An exclusive producer needs a lane with no producer, and one lane
+    /// must stay open to shared producers: there is no such lane.
+    NoFreeLane {
+        /// The number of lanes.
+        lanes: usize,
+    },
 }
 
 impl ConfigError {
@@ -295,7 +306,9 @@ impl ConfigError {
             ConfigError::PoolTooSmall { .. } => "pool_size",
             ConfigError::NoRuntime => "runtime",
             ConfigError::PinOnRuntime { .. } => "pin_drainer",
-            ConfigError::NoSuchLane { .. } => "lane",
+            ConfigError::NoSuchLane { .. }
+            | ConfigError::LaneTaken { .. }
+            | ConfigError::NoFreeLane { .. } => "lane",
             ConfigError::Invalid { field, .. } => field,
         }
     }
@@ -359,6 +372,14 @@ impl fmt::Display for ConfigError {
                     "lane {lane} does not exist (the batcher has {lanes} lanes)"
                 )
             }
+            ConfigError::LaneTaken { lane } => {
+                write!(f, "lane {lane} is owned by an exclusive producer")
+            }
+            ConfigError::NoFreeLane { lanes } => write!(
+                f,
+                "no lane is free for an exclusive producer (the batcher has {lanes} lanes, \
+                 and one must stay open to shared producers)"
+            ),
         }
     }
 }

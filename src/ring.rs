@@ -16,6 +16,17 @@
 //! drainer is parked and must be woken after the item is published, and
 //! whether the ring is an evicting one (below).
 //!
+//! # Owned rings (exclusive producers)
+//!
+//! A ring with one producer, which owns it ([`Ring::own`]), is claimed with a
+//! plain store of the tail word instead of the CAS
+//! ([`Ring::try_claim_exclusive`]): with no other producer, nobody else moves
+//! the sequence. While the ring is owned the drainer announces its park and
+//! the closer closes in a separate flags word, never in the tail word, and
+//! the owner reads that word after each claim through a store/load
+//! handshake over asymmetric fences (a compiler fence on the owner's side,
+//! `membarrier` on the drainer's and closer's rare side).
+//!
 //! # Evicting rings (`Backpressure::DropOldest`)
 //!
 //! A ring made by [`Ring::with_eviction`] has a second kind of consumer: a
@@ -54,6 +65,16 @@ pub(crate) const CLOSED: usize = 0b10;
 const EVICTS: usize = 0b100;
 /// Tail word bits 3..: the next sequence number to claim.
 const SEQ_SHIFT: u32 = 3;
+
+/// Flags word bit 0: the drainer announced a park (on an owned ring, only
+/// here; on a shared one, also as `PARKED` in the tail word).
+const FLAG_PARKED: usize = 0b001;
+/// Flags word bit 1: the lane is closed (on a shared ring, also as `CLOSED`
+/// in the tail word).
+const FLAG_CLOSED: usize = 0b010;
+/// Flags word bit 2: an exclusive producer owns the ring and claims with
+/// plain stores; the drainer and the closer leave the tail word alone.
+const FLAG_OWNED: usize = 0b100;
 
 /// Head word bit 0: a producer waits for room and must be notified when the
 /// drainer next moves the head.
@@ -201,6 +222,12 @@ pub(crate) struct Ring<T> {
     /// Producers may evict (see the module notes): consumers claim by CAS and
     /// mark slots taken; producers wait for the mark.
     evicts: bool,
+    /// [`FLAG_PARKED`], [`FLAG_CLOSED`], [`FLAG_OWNED`]: what an exclusive
+    /// producer reads after its claim (see
+    /// [`try_claim_exclusive`](Self::try_claim_exclusive)). Written on the
+    /// park, close and ownership paths only, so it stays shared in the
+    /// producer's cache.
+    flags: AtomicUsize,
 }
 
 // The ring moves `T` values between threads (producer to drainer), so it is
@@ -230,6 +257,7 @@ impl<T> Ring<T> {
             slots,
             mask: capacity - 1,
             evicts: false,
+            flags: AtomicUsize::new(0),
         }
     }
 
@@ -318,6 +346,157 @@ impl<T> Ring<T> {
                 Err(actual) => word = actual,
             }
         }
+    }
+
+    /// [`try_claim`](Self::try_claim) for the owner of this ring (an
+    /// exclusive producer): the claim is a plain store of the tail word, not
+    /// a CAS.
+    ///
+    /// While the ring is owned ([`own`](Self::own)), nobody else writes the
+    /// tail word: the drainer announces its park and the closer closes in
+    /// the flags word only. The two sides meet in a store/load handshake
+    /// over asymmetric fences: the owner stores the tail, runs the light
+    /// fence and loads the flags; the drainer (or closer) sets its flag,
+    /// runs the heavy fence and loads the tail. At least one sees the other:
+    ///
+    /// - a drainer about to park sees the claim and stays awake, or the
+    ///   owner sees `FLAG_PARKED` and wakes it (`wake_drainer`);
+    /// - a closer counts the claim in the final tail, or the owner sees
+    ///   `FLAG_CLOSED`: it marks the tail word closed, publishes its slots as
+    ///   empty (the drainer and the ring's drop step over them) and returns
+    ///   [`ClaimError::Closed`].
+    ///
+    /// A tail word with a flag set (closed, evicting, or a park announced
+    /// before the ring was owned) takes the CAS path, which handles each.
+    ///
+    /// A claim refused this way has used up its `n` sequence numbers: they
+    /// are added to `given_up` (the caller counts them as skipped, as the
+    /// claim cursor counts them).
+    ///
+    /// # Safety
+    ///
+    /// The caller owns the ring: [`own`](Self::own) accepted it, and no other
+    /// thread claims on it until [`disown`](Self::disown).
+    #[inline(always)]
+    pub(crate) unsafe fn try_claim_exclusive(
+        &self,
+        n: usize,
+        cached_head: &mut usize,
+        given_up: &mut usize,
+    ) -> Result<Claim, ClaimError> {
+        debug_assert!(n >= 1 && n <= self.capacity());
+        // Relaxed: the owner is the only writer of the word.
+        let word = self.tail.load(Ordering::Relaxed);
+        if word & (CLOSED | EVICTS | PARKED) != 0 {
+            return self.try_claim(n, cached_head);
+        }
+        let seq = word >> SEQ_SHIFT;
+        if distance(*cached_head, seq) > self.capacity() - n {
+            *cached_head = self.head_seq();
+            if distance(*cached_head, seq) > self.capacity() - n {
+                return Err(self.full_or_closed());
+            }
+        }
+        // Relaxed store, light fence, Relaxed load: the owner's half of the
+        // handshake with `announce_park_all` and `close` (heavy fence).
+        self.tail
+            .store(seq_add(seq, n) << SEQ_SHIFT, Ordering::Relaxed);
+        crate::sync::asymmetric::light();
+        let flags = self.flags.load(Ordering::Relaxed);
+        if flags & (FLAG_PARKED | FLAG_CLOSED) == 0 {
+            return Ok(Claim {
+                seq,
+                wake_drainer: false,
+            });
+        }
+        // SAFETY: we claimed `seq..seq + n` just above.
+        unsafe { self.exclusive_flags(seq, n, flags, given_up) }
+    }
+
+    /// An owner's claim found no room: [`ClaimError::Closed`] if the lane is
+    /// closed (the tail word of an owned ring does not say so), else `Full`.
+    #[cold]
+    fn full_or_closed(&self) -> ClaimError {
+        // Acquire pairs with the AcqRel `fetch_or` in `close`.
+        if self.flags.load(Ordering::Acquire) & FLAG_CLOSED != 0 {
+            ClaimError::Closed
+        } else {
+            ClaimError::Full
+        }
+    }
+
+    /// The flags an owner's claim saw: a park to take over, or a close.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns the ring, claimed `seq..seq + n` and has published
+    /// none of them.
+    #[cold]
+    #[inline(never)]
+    unsafe fn exclusive_flags(
+        &self,
+        seq: usize,
+        n: usize,
+        flags: usize,
+        given_up: &mut usize,
+    ) -> Result<Claim, ClaimError> {
+        if flags & FLAG_CLOSED != 0 {
+            // Later claims see `CLOSED` and take the CAS path, which refuses.
+            self.tail.fetch_or(CLOSED, Ordering::AcqRel);
+            for i in 0..n {
+                // SAFETY: claimed by the caller, published once, as empty.
+                unsafe { self.publish_skip(seq_add(seq, i)) };
+            }
+            *given_up += n;
+            return Err(ClaimError::Closed);
+        }
+        // Whoever clears the flag wakes the drainer (it may also be cleared
+        // by the drainer withdrawing its announcement). Relaxed: the wake-up
+        // itself orders what the drainer sees.
+        let prev = self.flags.fetch_and(!FLAG_PARKED, Ordering::Relaxed);
+        Ok(Claim {
+            seq,
+            wake_drainer: prev & FLAG_PARKED != 0,
+        })
+    }
+
+    /// Marks the ring owned by an exclusive producer, which may then claim
+    /// with [`try_claim_exclusive`](Self::try_claim_exclusive). Returns
+    /// false (marking nothing) on an evicting ring, whose producers also
+    /// consume, or on a closed one.
+    ///
+    /// The caller then wakes the drainer (before its first claim): a park
+    /// announced without seeing the mark is in the tail word, which the
+    /// owner's stores overwrite. The wake-up ends that park, and the
+    /// drainer's next announcement, made after the wake-up, sees the mark.
+    /// (Announcements made by submitters' inline turns are made under the
+    /// drainer's lock, so they too come before the drainer's next one, or
+    /// after it and see the mark.)
+    pub(crate) fn own(&self) -> bool {
+        if self.evicts {
+            return false;
+        }
+        // AcqRel: the flags word's RMWs order ownership, parks and the close.
+        let prev = self.flags.fetch_or(FLAG_OWNED, Ordering::AcqRel);
+        if prev & FLAG_CLOSED != 0 {
+            self.disown();
+            return false;
+        }
+        true
+    }
+
+    /// Ends the ownership taken by [`own`](Self::own): the tail word is the
+    /// shared producers' again. Returns whether a park was announced (in
+    /// the flags word only, which shared producers do not read): the caller
+    /// then wakes the drainer, whose next announcement goes to the tail word.
+    /// If the lane was closed while owned, marks the tail word closed.
+    pub(crate) fn disown(&self) -> bool {
+        // AcqRel, as in `own`.
+        let prev = self.flags.fetch_and(!FLAG_OWNED, Ordering::AcqRel);
+        if prev & FLAG_CLOSED != 0 {
+            self.tail.fetch_or(CLOSED, Ordering::AcqRel);
+        }
+        prev & FLAG_PARKED != 0
     }
 
     /// [`try_claim`](Self::try_claim) on an evicting ring: the claim keeps
@@ -640,6 +819,10 @@ impl<T> Ring<T> {
             if flags & CLOSED != 0 || distance(word >> HEAD_SHIFT, tail) <= self.capacity() - n {
                 return false;
             }
+            // The tail word of an owned ring does not say it closed.
+            if !self.evicts && self.is_closed() {
+                return false;
+            }
             if word & HEAD_WAITERS != 0 {
                 return true;
             }
@@ -657,7 +840,8 @@ impl<T> Ring<T> {
         }
     }
 
-    /// Current tail word's sequence and flags.
+    /// Current tail word's sequence and flags (on an owned ring the tail
+    /// word does not carry `CLOSED`: see [`is_closed`](Self::is_closed)).
     #[inline]
     pub(crate) fn tail(&self) -> (usize, usize) {
         // Acquire: a flush or shutdown reads the tail to learn which sequences
@@ -679,6 +863,8 @@ impl<T> Ring<T> {
     pub(crate) fn looks_parked(&self) -> bool {
         // Relaxed: only a hint; `caught_up` decides, under the state's lock.
         self.tail.load(Ordering::Relaxed) & (PARKED | CLOSED | EVICTS) == PARKED
+            || self.flags.load(Ordering::Relaxed) & (FLAG_PARKED | FLAG_OWNED | FLAG_CLOSED)
+                == FLAG_PARKED | FLAG_OWNED
     }
 
     /// (`inline_when_idle`) Whether the lane is open, plain, and every
@@ -696,22 +882,56 @@ impl<T> Ring<T> {
     #[inline]
     pub(crate) fn caught_up(&self, head: usize) -> bool {
         let word = self.tail.load(Ordering::Relaxed);
-        word & (CLOSED | EVICTS) == 0 && word >> SEQ_SHIFT == head
+        word & (CLOSED | EVICTS) == 0
+            && word >> SEQ_SHIFT == head
+            && self.flags.load(Ordering::Relaxed) & FLAG_CLOSED == 0
     }
 
-    /// Announces that the drainer is about to park. Returns true if the lane is
-    /// empty (`tail == head`), in which case any later claim sees `PARKED` and
-    /// wakes the drainer; false if something is claimed and not yet drained.
+    /// Announces that the drainer is about to park, in the flags word and,
+    /// on a shared ring, in the tail word. `empty` says whether the lane was
+    /// empty (`tail == head`): on a shared ring, any later claim sees
+    /// `PARKED` and wakes the drainer; on an owned ring (`owned`), the
+    /// emptiness holds only once the caller has run the heavy fence and
+    /// [`still_empty`](Self::still_empty) agrees (see
+    /// [`try_claim_exclusive`](Self::try_claim_exclusive)).
     ///
-    /// The decision needs only the tail word's modification order (our RMW
-    /// and a producer's CAS are ordered one way or the other), so Relaxed.
-    pub(crate) fn announce_park(&self, head: usize) -> bool {
+    /// The shared ring's decision needs only the tail word's modification
+    /// order (our RMW and a producer's CAS are ordered one way or the other),
+    /// so Relaxed; on an owned ring, the heavy fence orders the flag before
+    /// the re-check.
+    pub(crate) fn announce_park(&self, head: usize) -> Announced {
+        // An evicting ring is never owned (see `own`). On an owned one the
+        // RMW decides (ordered with `disown`'s); a ring owned after the load
+        // here is announced in the tail word, and `own`'s caller wakes the
+        // drainer, whose next announcement sees the owner.
+        if !self.evicts
+            && self.flags.load(Ordering::Relaxed) & FLAG_OWNED != 0
+            && self.flags.fetch_or(FLAG_PARKED, Ordering::Relaxed) & FLAG_OWNED != 0
+        {
+            return Announced {
+                empty: self.still_empty(head),
+                owned: true,
+            };
+        }
         let word = self.tail.fetch_or(PARKED, Ordering::Relaxed);
-        word >> SEQ_SHIFT == head
+        Announced {
+            empty: word >> SEQ_SHIFT == head,
+            owned: false,
+        }
     }
 
-    /// Withdraws a park announcement (a no-op if a producer already cleared it).
+    /// Whether nothing is claimed beyond `head` (after the heavy fence, an
+    /// owner's claim stored before it is seen here).
+    fn still_empty(&self, head: usize) -> bool {
+        self.tail.load(Ordering::Relaxed) >> SEQ_SHIFT == head
+    }
+
+    /// Withdraws a park announcement (a no-op where a producer already
+    /// cleared it).
     pub(crate) fn clear_park(&self) {
+        if !self.evicts && self.flags.load(Ordering::Relaxed) & FLAG_PARKED != 0 {
+            self.flags.fetch_and(!FLAG_PARKED, Ordering::Relaxed);
+        }
         if self.tail.load(Ordering::Relaxed) & PARKED != 0 {
             self.tail.fetch_and(!PARKED, Ordering::Relaxed);
         }
@@ -720,14 +940,26 @@ impl<T> Ring<T> {
     /// Closes the lane to new claims and returns the final tail sequence.
     ///
     /// AcqRel: the closer (and, through the control flag, the drainer) must
-    /// know every claim made before the lane closed.
+    /// know every claim made before the lane closed. On an owned ring, the
+    /// owner's claims are plain stores: after the heavy fence, each is
+    /// either seen by the load here or sees `FLAG_CLOSED` and gives its
+    /// slots up (see [`try_claim_exclusive`](Self::try_claim_exclusive)).
     pub(crate) fn close(&self) -> usize {
-        self.tail.fetch_or(CLOSED, Ordering::AcqRel) >> SEQ_SHIFT
+        let flags = self.flags.fetch_or(FLAG_CLOSED, Ordering::AcqRel);
+        if flags & FLAG_OWNED == 0 {
+            return self.tail.fetch_or(CLOSED, Ordering::AcqRel) >> SEQ_SHIFT;
+        }
+        while !crate::sync::asymmetric::heavy() {
+            crate::sync::thread::yield_now();
+        }
+        self.tail.load(Ordering::Acquire) >> SEQ_SHIFT
     }
 
     /// Whether [`close`](Self::close) has run.
     pub(crate) fn is_closed(&self) -> bool {
-        self.tail.load(Ordering::Acquire) & CLOSED != 0
+        // Acquire pairs with the AcqRel `fetch_or` in `close` (the flags word
+        // is marked first, and never loses `FLAG_CLOSED`).
+        self.flags.load(Ordering::Acquire) & FLAG_CLOSED != 0
     }
 }
 
@@ -788,7 +1020,7 @@ pub(crate) struct ParkPlan {
 /// decides whether to sleep (all lanes empty and no request pending), for
 /// at most `timeout` if given.
 pub(crate) fn prepare_park<'a, T: 'a>(
-    lanes: impl Iterator<Item = (&'a Ring<T>, usize)>,
+    lanes: impl Iterator<Item = (&'a Ring<T>, usize)> + Clone,
     requested: impl FnOnce() -> bool,
     timeout: Option<core::time::Duration>,
 ) -> ParkPlan {
@@ -826,17 +1058,44 @@ impl ParkPlan {
 /// The first half of [`park_drainer`]: announces the park on every lane,
 /// stopping at the first that is not empty. Returns how many lanes were
 /// announced and whether all were empty.
+///
+/// When a ring is owned by an exclusive producer, the announcements are followed
+/// by the heavy fence and a re-check of every lane (the drainer's half of
+/// the handshake in [`Ring::try_claim_exclusive`]); if the fence cannot be
+/// run, the lanes count as not empty (the drainer stays awake).
 pub(crate) fn announce_park_all<'a, T: 'a>(
-    lanes: impl Iterator<Item = (&'a Ring<T>, usize)>,
+    lanes: impl Iterator<Item = (&'a Ring<T>, usize)> + Clone,
 ) -> (usize, bool) {
     let mut announced = 0;
-    for (ring, head) in lanes {
+    let mut fence = false;
+    for (ring, head) in lanes.clone() {
         announced += 1;
-        if !ring.announce_park(head) {
+        let found = ring.announce_park(head);
+        fence |= found.owned;
+        if !found.empty {
+            return (announced, false);
+        }
+    }
+    if fence {
+        if !crate::sync::asymmetric::heavy() {
+            return (announced, false);
+        }
+        if !lanes.into_iter().all(|(ring, head)| ring.still_empty(head)) {
             return (announced, false);
         }
     }
     (announced, true)
+}
+
+/// What [`Ring::announce_park`] found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Announced {
+    /// Nothing claimed beyond the drainer's head (when the announcement was
+    /// made).
+    pub(crate) empty: bool,
+    /// The ring is owned by an exclusive producer: the emptiness must be
+    /// checked again after the heavy fence.
+    pub(crate) owned: bool,
 }
 
 /// The second half: withdraws the announcements on the first `announced`

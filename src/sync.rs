@@ -83,6 +83,99 @@ mod imp {
 
 pub(crate) use imp::*;
 
+/// Asymmetric fences: a cheap one for the frequent side of a store/load
+/// handshake (an exclusive producer's claim, once per push) and an expensive
+/// one for the rare side (the drainer about to park, the closer).
+///
+/// The pair orders like a `SeqCst` fence on both sides: of a producer that
+/// stores `X` then loads `Y`, and a drainer that stores `Y` then loads `X`,
+/// at least one sees the other's store. On Linux the heavy side is
+/// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`: it runs a full barrier on
+/// every CPU that runs a thread of this process, so the light side needs
+/// only a compiler fence. Under loom both sides are `SeqCst` fences, which
+/// loom models.
+pub(crate) mod asymmetric {
+    /// Whether the heavy fence works here (registered once per process).
+    /// Without it, exclusive producers claim with the ordinary CAS.
+    #[cfg(not(loom))]
+    pub(crate) fn available() -> bool {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(imp::register)
+    }
+
+    /// Under loom the pair is modelled by two `SeqCst` fences.
+    #[cfg(loom)]
+    pub(crate) fn available() -> bool {
+        true
+    }
+
+    /// The light side: keeps the compiler from moving the store before it
+    /// past the load after it; the heavy side does the rest.
+    #[inline(always)]
+    pub(crate) fn light() {
+        #[cfg(not(loom))]
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        #[cfg(loom)]
+        loom::sync::atomic::fence(loom::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The heavy side. Returns false if the barrier could not be run (the
+    /// caller must then act as if the other side's store were seen).
+    #[cold]
+    pub(crate) fn heavy() -> bool {
+        #[cfg(not(loom))]
+        return available() && imp::barrier();
+        #[cfg(loom)]
+        {
+            loom::sync::atomic::fence(loom::sync::atomic::Ordering::SeqCst);
+            true
+        }
+    }
+
+    #[cfg(all(not(loom), target_os = "linux"))]
+    mod imp {
+        const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+        const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+
+        /// Registers the process for expedited private barriers.
+        pub(super) fn register() -> bool {
+            // SAFETY: `membarrier` takes two integer arguments and touches no
+            // memory of ours; an unknown command fails with an error code.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_membarrier,
+                    MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+                    0 as libc::c_long,
+                )
+            };
+            rc == 0
+        }
+
+        pub(super) fn barrier() -> bool {
+            // SAFETY: as in `register`.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_membarrier,
+                    MEMBARRIER_CMD_PRIVATE_EXPEDITED,
+                    0 as libc::c_long,
+                )
+            };
+            rc == 0
+        }
+    }
+
+    #[cfg(all(not(loom), not(target_os = "linux")))]
+    mod imp {
+        pub(super) fn register() -> bool {
+            false
+        }
+
+        pub(super) fn barrier() -> bool {
+            false
+        }
+    }
+}
+
 /// Once-initialised cell for values written before they are shared (the
 /// drainer's thread handle). It holds no atomic protocol of ours, so it is the
 /// standard library's under loom too.

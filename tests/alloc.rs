@@ -1,6 +1,7 @@
 //! Zero heap allocations per item in steady state: a counting global
 //! allocator watches a million submissions with results (and a million
-//! fire-and-forget pushes and slices) go through a batcher after warm-up.
+//! fire-and-forget pushes and slices) go through a batcher after warm-up,
+//! from a shared producer and then from an exclusive one.
 //!
 //! This file holds one test so that no other test allocates while it counts.
 
@@ -65,5 +66,21 @@ fn a_million_submissions_with_results_make_no_allocation() {
         made, 0,
         "expected no heap allocation for 1,000,000 submissions with results \
          (plus as many pushes and 125,000 slices) after warm-up, counted {made}"
+    );
+
+    // The same from an exclusive producer (plain-store claims), on the
+    // other lane.
+    let exclusive = batcher.exclusive_producer().expect("a free lane");
+    assert_ne!(exclusive.lane(), producer.lane());
+    workload(&exclusive, 20_000, &mut tickets);
+    batcher.flush();
+    let before = allocations();
+    workload(&exclusive, 1_000_000, &mut tickets);
+    batcher.flush();
+    let made = allocations() - before;
+    assert_eq!(
+        made, 0,
+        "expected no heap allocation for the same workload from an exclusive \
+         producer after warm-up, counted {made}"
     );
 }

@@ -1,0 +1,163 @@
+//! Exclusive producers: plain-store claims meeting the drainer's park and the
+//! closer through the asymmetric fences (`Ring::try_claim_exclusive`). Under
+//! loom both fences are `SeqCst` fences, the ordering the pair provides.
+//!
+//! The models start with the ring owned. Taking a ring while the drainer
+//! parks on it in shared mode (`Ring::own`, then the owner's wake-up) is
+//! not modelled: there the drainer's RMWs on the tail word race the owner's
+//! plain stores, and loom 0.7 does not keep a store and another thread's
+//! RMW in one modification order (tokio-rs/loom#282), so it lets the owner
+//! read back a value older than its own store and reports claims no real
+//! execution makes. `tests/exclusive.rs` stresses that hand-over instead.
+
+use loom::thread;
+
+use crate::ring::{Claim, ClaimError, Ring, park_drainer};
+use crate::sync::Arc;
+use crate::wait::{Notifier, WaitStrategy, retry_until_room};
+
+/// A ring marked exclusive, and the notifier its producer sleeps on while
+/// the ring is full.
+struct Lane {
+    ring: Ring<u8>,
+    notifier: Notifier,
+}
+
+impl Lane {
+    fn new(capacity: usize) -> Arc<Self> {
+        let ring = Ring::new(capacity);
+        assert!(ring.own(), "a fresh plain ring can be owned");
+        Arc::new(Self {
+            ring,
+            notifier: Notifier::new(),
+        })
+    }
+
+    /// One exclusive claim attempt.
+    fn try_claim(&self, cached_head: &mut usize) -> Result<Claim, ClaimError> {
+        let mut given_up = 0;
+        // SAFETY: each model has one producer thread on the ring, which
+        // `new` marked owned.
+        let result = unsafe { self.ring.try_claim_exclusive(1, cached_head, &mut given_up) };
+        assert!(
+            given_up == 0 || (given_up == 1 && matches!(result, Err(ClaimError::Closed))),
+            "only a claim refused as closed gives up its slot: {given_up}, {result:?}"
+        );
+        result
+    }
+
+    /// Pushes `value` by the real producer path (waiting for room on the
+    /// notifier), waking `drainer` if the claim took its park announcement.
+    fn push(&self, cached_head: &mut usize, value: u8, drainer: &thread::Thread) {
+        let claim = retry_until_room(
+            WaitStrategy::Park,
+            &self.notifier,
+            None,
+            || self.try_claim(cached_head),
+            || self.ring.arm_room_waiter(1),
+        )
+        .expect("the lane is never closed in this model");
+        // SAFETY: just claimed, published once.
+        unsafe { self.ring.publish(claim.seq, value, None) };
+        if claim.wake_drainer {
+            drainer.unpark();
+        }
+    }
+
+    /// The drainer's loop until its head reaches `end`: drains runs with the
+    /// real code and parks by the real announce (heavy fence, re-check) and
+    /// park step when the lane is empty.
+    fn drain_to(&self, end: usize) -> Vec<u8> {
+        let mut head = 0;
+        let mut got = Vec::new();
+        while head != end {
+            // SAFETY: this thread is the only consumer and `head` is current.
+            let new_head = unsafe { self.ring.drain_run(head, 2, |v, _, _| got.push(v)) };
+            if new_head == head {
+                park_drainer(std::iter::once((&self.ring, head)), || false);
+                // A claimed but unpublished slot does not let the drainer
+                // park: wait for its producer, as the drainer's backoff does.
+                thread::yield_now();
+            } else {
+                if self.ring.finish_run(new_head) {
+                    self.notifier.notify_all();
+                }
+                head = new_head;
+            }
+        }
+        got
+    }
+}
+
+/// An exclusive producer pushes three items through a two-slot lane (the
+/// first slot is reused) while the drainer drains and parks whenever the
+/// lane looks empty. No wake-up is lost (loom reports a deadlock otherwise)
+/// and the items arrive once each, in order. Without either fence, the
+/// producer's claim and the drainer's announcement can miss each other and
+/// the drainer sleeps on a published item.
+#[test]
+fn exclusive_claims_never_miss_a_parking_drainer() {
+    loom::model(|| {
+        let lane = Lane::new(2);
+        let drainer = thread::current();
+        let producer = {
+            let lane = Arc::clone(&lane);
+            thread::spawn(move || {
+                let mut head = 0;
+                for value in 0..3 {
+                    lane.push(&mut head, value, &drainer);
+                }
+            })
+        };
+        let got = lane.drain_to(3);
+        producer.join().unwrap();
+        assert_eq!(got, vec![0, 1, 2], "every item once, in order");
+    });
+}
+
+/// Closing races an exclusive claim, whose plain store may land on the tail
+/// word after `CLOSED` was set there. Either the claim is below the final
+/// tail and its item is drained, or the producer sees the close, gets
+/// `Closed` back and leaves its slot published as empty (so a closer that
+/// counted it does not wait for it). Either way `CLOSED` ends up in the tail
+/// word, so a later claim is refused.
+#[test]
+fn close_races_an_exclusive_claim() {
+    loom::model(|| {
+        let lane = Lane::new(2);
+        let drainer = thread::current();
+        let producer = {
+            let lane = Arc::clone(&lane);
+            thread::spawn(move || {
+                let mut head = 0;
+                let accepted = match lane.try_claim(&mut head) {
+                    Ok(claim) => {
+                        // SAFETY: claimed, published once.
+                        unsafe { lane.ring.publish(claim.seq, 7, None) };
+                        if claim.wake_drainer {
+                            drainer.unpark();
+                        }
+                        true
+                    }
+                    Err(ClaimError::Closed) => false,
+                    Err(ClaimError::Full) => panic!("the lane has room"),
+                };
+                (accepted, head)
+            })
+        };
+        let final_tail = lane.ring.close();
+        let got = lane.drain_to(final_tail);
+        let (accepted, mut head) = producer.join().unwrap();
+        if accepted {
+            assert_eq!(final_tail, 1, "an accepted claim is below the final tail");
+            assert_eq!(got, vec![7], "and its item is drained");
+        } else {
+            assert!(got.is_empty(), "a refused claim delivers nothing: {got:?}");
+        }
+        assert!(
+            matches!(lane.try_claim(&mut head), Err(ClaimError::Closed)),
+            "a claim after the close is refused"
+        );
+    });
+}
+

@@ -1,0 +1,351 @@
+//! Exclusive producers (`Batcher::exclusive_producer`): a lane of their
+//! own, plain-store claims, and the drainer's parks and the shutdown meeting
+//! them.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+use common::{BOUND, Tally, encode, f, spawn_bounded, tallying_handler, wait_ticket};
+use ringbatch::{Backpressure, Batch, Batcher, ConfigError, Priority, SubmitError, WaitStrategy};
+
+/// A batcher of `lanes` lanes whose handler tallies every item (producers
+/// `0..producers`) and answers `f(item)`.
+fn tallying(
+    lanes: usize,
+    producers: usize,
+    wait: WaitStrategy,
+) -> (Batcher<u64, u64>, Arc<Mutex<Tally>>) {
+    let tally = Arc::new(Mutex::new(Tally::new(producers)));
+    let batcher = Batcher::builder()
+        .lanes(lanes)
+        .capacity(64)
+        .max_batch(16)
+        .wait_strategy(wait)
+        .handler_fn(tallying_handler(Arc::clone(&tally)))
+        .build()
+        .expect("valid settings");
+    (batcher, tally)
+}
+
+/// Spins (yielding) until the handler has seen `n` items, failing the test
+/// after [`BOUND`]: no flush, so a drainer that slept through a published
+/// item is caught.
+fn wait_seen(tally: &Mutex<Tally>, n: u64) {
+    let deadline = Instant::now() + BOUND;
+    while tally.lock().unwrap().items < n {
+        assert!(
+            Instant::now() < deadline,
+            "the handler saw {} of {n} items within {BOUND:?}: the drainer slept through a push",
+            tally.lock().unwrap().items
+        );
+        thread::yield_now();
+    }
+}
+
+/// Spins (yielding) until the handler has seen producer `p`'s items up to
+/// index `n` (exclusive), failing the test after [`BOUND`] (no flush).
+fn wait_stream(tally: &Mutex<Tally>, p: usize, n: u64) {
+    let deadline = Instant::now() + BOUND;
+    while tally.lock().unwrap().next[p] < n {
+        assert!(
+            Instant::now() < deadline,
+            "the handler reached index {} of producer {p}'s {n} items within {BOUND:?}: \
+             the drainer slept through a push",
+            tally.lock().unwrap().next[p]
+        );
+        thread::yield_now();
+    }
+}
+
+#[test]
+fn an_exclusive_producer_owns_its_lane_until_dropped() {
+    let (batcher, _) = tallying(3, 1, WaitStrategy::Backoff);
+    let first = batcher.exclusive_producer().expect("lane 0 is free");
+    assert!(first.is_exclusive());
+    assert_eq!(first.lane(), 0, "the first lane with no producer");
+    assert!(!batcher.producer().is_exclusive());
+
+    assert_eq!(
+        batcher.producer_on_lane(0).map(|p| p.lane()),
+        Err(ConfigError::LaneTaken { lane: 0 })
+    );
+    assert_eq!(
+        first.with_class(Priority::Normal).map(|p| p.lane()),
+        Err(ConfigError::LaneTaken { lane: 0 }),
+        "no second producer on an owned lane through a class either"
+    );
+    // Shared producers pass the owned lane over.
+    for _ in 0..6 {
+        assert_ne!(batcher.producer().lane(), 0);
+        assert_ne!(batcher.async_producer().lane(), 0);
+    }
+
+    let second = batcher.exclusive_producer().expect("lane 1 is free");
+    assert_eq!(second.lane(), 1);
+    // The last lane stays open to shared producers.
+    let err = batcher.exclusive_producer().map(|p| p.lane()).unwrap_err();
+    assert_eq!(err, ConfigError::NoFreeLane { lanes: 3 });
+    assert_eq!(err.field(), "lane");
+    assert!(err.to_string().contains("no lane is free"), "{err}");
+    assert_eq!(
+        ConfigError::LaneTaken { lane: 0 }.to_string(),
+        "lane 0 is owned by an exclusive producer"
+    );
+    for _ in 0..6 {
+        assert_eq!(batcher.producer().lane(), 2, "the one open lane");
+    }
+
+    let open = batcher.producer();
+    assert_eq!(open.lane(), 2);
+    drop(first);
+    let shared = batcher.producer_on_lane(0).expect("lane 0 is free again");
+    assert!(!shared.is_exclusive());
+    // Lane 0 now has a producer, lane 1 an owner: nothing is free.
+    assert_eq!(
+        batcher.exclusive_producer().map(|p| p.lane()).unwrap_err(),
+        ConfigError::NoFreeLane { lanes: 3 }
+    );
+    drop(shared);
+    assert_eq!(batcher.exclusive_producer().map(|p| p.lane()), Ok(0));
+    drop((second, open));
+}
+
+#[test]
+fn a_one_lane_batcher_has_no_lane_to_give() {
+    let (batcher, _) = tallying(1, 1, WaitStrategy::Backoff);
+    assert_eq!(
+        batcher.exclusive_producer().map(|p| p.lane()).unwrap_err(),
+        ConfigError::NoFreeLane { lanes: 1 }
+    );
+    assert_eq!(
+        batcher
+            .producers()
+            .exclusive_async_producer()
+            .map(|p| p.lane())
+            .unwrap_err(),
+        ConfigError::NoFreeLane { lanes: 1 }
+    );
+}
+
+/// The drainer parks at once whenever the lanes are empty (`Park`), and
+/// the test waits for each item to be handled before pushing the next, so
+/// that nearly every push races a park: every item must be handled without
+/// a flush to wake the drainer, once each and in order.
+#[test]
+fn pushes_wake_a_drainer_that_parks_after_every_item() {
+    let (batcher, tally) = tallying(2, 1, WaitStrategy::Park);
+    let producer = batcher.exclusive_producer().expect("a free lane");
+    let n = 20_000;
+    for i in 0..n {
+        producer.push(encode(0, i)).expect("accepted");
+        wait_seen(&tally, i + 1);
+    }
+    // Bursts too, from a thread of its own.
+    let tally2 = Arc::clone(&tally);
+    let bursts = spawn_bounded("bursts", move || {
+        for burst in 0..500 {
+            for i in 0..7 {
+                producer
+                    .push(encode(0, n + burst * 7 + i))
+                    .expect("accepted");
+            }
+            wait_seen(&tally2, n + burst * 7 + 7);
+        }
+    });
+    bursts.join();
+    let seen = tally.lock().unwrap();
+    assert_eq!(seen.items, n + 3_500);
+    assert!(seen.out_of_order.is_empty(), "{:?}", seen.out_of_order);
+    drop(seen);
+    assert_eq!(batcher.shutdown().items_handled, n + 3_500);
+}
+
+/// Shutdown while an exclusive producer pushes flat out: each push is either
+/// accepted (and then handled exactly once) or refused as closed with its
+/// item given back; no item is lost and none arrives after the refusals.
+#[test]
+fn shutdown_racing_an_exclusive_producer_loses_nothing() {
+    for round in 0..20 {
+        let (batcher, tally) = tallying(2, 1, WaitStrategy::Backoff);
+        let producer = batcher.exclusive_producer().expect("a free lane");
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&accepted);
+        let pusher = spawn_bounded("pusher", move || {
+            let mut i = 0;
+            loop {
+                match producer.push(encode(0, i)) {
+                    Ok(()) => {
+                        i += 1;
+                        counted.store(i, Ordering::Release);
+                    }
+                    Err(SubmitError::Closed(item)) => {
+                        assert_eq!(item, encode(0, i), "the refused item comes back");
+                        // Refused from now on.
+                        assert!(matches!(producer.push(0), Err(SubmitError::Closed(0))));
+                        return i;
+                    }
+                    Err(other) => panic!("unexpected refusal: {other:?}"),
+                }
+            }
+        });
+        // Let some items through first (a few rounds close at once).
+        let target = round * 500;
+        let deadline = Instant::now() + BOUND;
+        while accepted.load(Ordering::Acquire) < target {
+            assert!(Instant::now() < deadline, "the pusher made no progress");
+            thread::yield_now();
+        }
+        let stats = batcher.shutdown();
+        let pushed = pusher.join();
+        let seen = tally.lock().unwrap();
+        assert_eq!(seen.items, pushed, "round {round}: handled = accepted");
+        assert_eq!(stats.items_handled, pushed);
+        assert_eq!(stats.accepted, pushed);
+        assert!(seen.out_of_order.is_empty(), "{:?}", seen.out_of_order);
+    }
+}
+
+/// Tickets, slices and the `inline_when_idle` direct path from an exclusive
+/// producer, and a shared producer on the lane once the owner is gone.
+#[test]
+fn tickets_slices_and_handover_to_a_shared_producer() {
+    for inline in [false, true] {
+        let tally = Arc::new(Mutex::new(Tally::new(2)));
+        let batcher = Batcher::builder()
+            .lanes(2)
+            .wait_strategy(WaitStrategy::Park)
+            .inline_when_idle(inline)
+            .handler_fn(tallying_handler(Arc::clone(&tally)))
+            .build()
+            .expect("valid settings");
+        let owner = batcher.exclusive_producer().expect("a free lane");
+        let lane = owner.lane();
+        for i in 0..1_000 {
+            let item = encode(0, i);
+            let result = wait_ticket(owner.submit(item).expect("accepted"));
+            assert_eq!(result.expect("handled"), f(item));
+        }
+        let slice: Vec<u64> = (1_000..1_064).map(|i| encode(0, i)).collect();
+        owner.push_slice(&slice).expect("accepted");
+        drop(owner);
+
+        let shared = batcher.producer_on_lane(lane).expect("the lane is free");
+        for i in 0..1_000 {
+            let item = encode(1, i);
+            let result = wait_ticket(shared.submit(item).expect("accepted"));
+            assert_eq!(result.expect("handled"), f(item));
+        }
+        let stats = batcher.shutdown();
+        let seen = tally.lock().unwrap();
+        assert_eq!(seen.items, 2_064, "inline_when_idle {inline}");
+        assert_eq!(stats.items_handled, 2_064);
+        assert!(seen.out_of_order.is_empty(), "{:?}", seen.out_of_order);
+    }
+}
+
+#[test]
+fn an_exclusive_async_producer_submits_from_a_task() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let batcher = Batcher::builder()
+        .lanes(2)
+        .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+            batch.ok_with(|x| x * 3);
+            Ok(())
+        })
+        .build()
+        .expect("valid settings");
+    let mut producer = batcher.exclusive_async_producer().expect("a free lane");
+    assert!(producer.as_sync().is_exclusive());
+    runtime.block_on(async {
+        for i in 0..1_000 {
+            assert_eq!(producer.submit(i).await.expect("handled"), i * 3);
+        }
+    });
+    assert_eq!(batcher.shutdown().items_handled, 1_000);
+}
+
+/// Under `DropOldest` the owner's producers also evict, so it claims with
+/// the CAS; it still owns its lane, and the accounting holds.
+#[test]
+fn an_exclusive_producer_of_an_evicting_batcher_still_accounts_every_item() {
+    let handled = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&handled);
+    let batcher = Batcher::builder()
+        .lanes(2)
+        .capacity(16)
+        .max_batch(4)
+        .backpressure(Backpressure::DropOldest)
+        .handler_fn(move |batch: &mut Batch<'_, u64, ()>| {
+            count.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            Ok(())
+        })
+        .build()
+        .expect("valid settings");
+    let producer = batcher.exclusive_producer().expect("a free lane");
+    for i in 0..100_000 {
+        producer.push(i).expect("accepted or evicting");
+    }
+    drop(producer);
+    let stats = batcher.shutdown();
+    assert_eq!(stats.accepted, 100_000 - stats.dropped);
+    assert_eq!(stats.items_handled, handled.load(Ordering::Relaxed));
+    assert_eq!(stats.items_handled, stats.accepted);
+}
+
+/// A lane changes hands again and again while the drainer parks whenever
+/// it is idle: an exclusive producer takes it (the drainer may be parking
+/// with its announcement in the tail word, which the owner's stores
+/// overwrite), pushes, and is dropped; a shared producer then pushes on the
+/// same lane. Meanwhile another thread submits on another lane (with
+/// `inline_when_idle`, those submissions run drainer turns, which announce
+/// parks too). Each batch is waited for without a flush, so a lost wake-up
+/// fails the test.
+#[test]
+fn lanes_change_hands_while_the_drainer_parks() {
+    for inline in [false, true] {
+        let tally = Arc::new(Mutex::new(Tally::new(2)));
+        let batcher = Batcher::builder()
+            .lanes(3)
+            .wait_strategy(WaitStrategy::Park)
+            .inline_when_idle(inline)
+            .handler_fn(tallying_handler(Arc::clone(&tally)))
+            .build()
+            .expect("valid settings");
+        let other = batcher.producer_on_lane(2).expect("lane 2");
+        let submitter = spawn_bounded("submitter", move || {
+            for i in 0..5_000 {
+                let item = encode(1, i);
+                let result = wait_ticket(other.submit(item).expect("accepted"));
+                assert_eq!(result.expect("handled"), f(item));
+            }
+        });
+        let mut next = 0;
+        for round in 0..400 {
+            let owner = batcher.exclusive_producer().expect("lane 0 or 1 is free");
+            let lane = owner.lane();
+            for _ in 0..5 {
+                owner.push(encode(0, next)).expect("accepted");
+                next += 1;
+            }
+            wait_stream(&tally, 0, next);
+            drop(owner);
+            let shared = batcher.producer_on_lane(lane).expect("free again");
+            shared.push(encode(0, next)).expect("accepted");
+            next += 1;
+            wait_stream(&tally, 0, next);
+            assert!(!shared.is_exclusive(), "round {round}");
+        }
+        submitter.join();
+        let stats = batcher.shutdown();
+        let seen = tally.lock().unwrap();
+        assert_eq!(seen.items, next + 5_000, "inline_when_idle {inline}");
+        assert_eq!(stats.items_handled, next + 5_000);
+        assert!(seen.out_of_order.is_empty(), "{:?}", seen.out_of_order);
+    }
+}
