@@ -35,10 +35,11 @@ impl Lane {
 
     /// One exclusive claim attempt.
     fn try_claim(&self, cached_head: &mut usize) -> Result<Claim, ClaimError> {
-        let mut given_up = 0;
+        let before = self.ring.given_up();
         // SAFETY: each model has one producer thread on the ring, which
         // `new` marked owned.
-        let result = unsafe { self.ring.try_claim_exclusive(1, cached_head, &mut given_up) };
+        let result = unsafe { self.ring.try_claim_exclusive(1, cached_head) };
+        let given_up = self.ring.given_up() - before;
         assert!(
             given_up == 0 || (given_up == 1 && matches!(result, Err(ClaimError::Closed))),
             "only a claim refused as closed gives up its slot: {given_up}, {result:?}"
@@ -160,4 +161,3 @@ fn close_races_an_exclusive_claim() {
         );
     });
 }
-

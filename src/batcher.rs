@@ -307,7 +307,10 @@ impl<T, R> Shared<T, R> {
             .zip(self.high_water.iter())
             .map(|(lane, high_water)| {
                 let (tail, _) = lane.ring.tail();
-                let skipped = LaneCounters::get(&lane.counters.skipped);
+                // Sequences published empty: by a producer that panicked
+                // filling a slice, or by an owner that found the lane closed.
+                let skipped =
+                    LaneCounters::get(&lane.counters.skipped) + lane.ring.given_up() as u64;
                 let evicted = LaneCounters::get(&lane.counters.evicted);
                 LaneStats {
                     // The claim cursor counts every accepted item (sequence
@@ -2196,14 +2199,9 @@ impl<T, R> Producer<T, R> {
         let mut head = self.cached_head.get();
         let ring = &self.lane_ref().ring;
         let result = if self.plain_claims {
-            let mut given_up = 0;
             // SAFETY: this producer owns the ring (`Lane::take`), so no other
             // thread claims on it, and `Ring::own` accepted it.
-            let result = unsafe { ring.try_claim_exclusive(n, &mut head, &mut given_up) };
-            if given_up != 0 {
-                self.count_given_up(given_up);
-            }
-            result
+            unsafe { ring.try_claim_exclusive(n, &mut head) }
         } else {
             ring.try_claim(n, &mut head)
         };
@@ -2418,14 +2416,6 @@ impl<T, R> Producer<T, R> {
                 self.shared.config.backpressure,
                 Backpressure::DropNewest | Backpressure::DropOldest
             )
-    }
-
-    /// Sequences an exclusive claim used up when it found the lane closed
-    /// (published empty): counted as skipped, so that `accepted` (the claim
-    /// cursor less the skipped) does not count them.
-    #[cold]
-    fn count_given_up(&self, n: usize) {
-        LaneCounters::add(&self.lane_ref().counters.skipped, n as u64);
     }
 
     #[cold]

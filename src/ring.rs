@@ -228,6 +228,9 @@ pub(crate) struct Ring<T> {
     /// park, close and ownership paths only, so it stays shared in the
     /// producer's cache.
     flags: AtomicUsize,
+    /// Sequences an owner claimed and gave up because the lane had closed
+    /// (published empty; see [`given_up`](Self::given_up)).
+    given_up: AtomicUsize,
 }
 
 // The ring moves `T` values between threads (producer to drainer), so it is
@@ -258,6 +261,7 @@ impl<T> Ring<T> {
             mask: capacity - 1,
             evicts: false,
             flags: AtomicUsize::new(0),
+            given_up: AtomicUsize::new(0),
         }
     }
 
@@ -370,8 +374,7 @@ impl<T> Ring<T> {
     /// before the ring was owned) takes the CAS path, which handles each.
     ///
     /// A claim refused this way has used up its `n` sequence numbers: they
-    /// are added to `given_up` (the caller counts them as skipped, as the
-    /// claim cursor counts them).
+    /// are counted in [`given_up`](Self::given_up).
     ///
     /// # Safety
     ///
@@ -382,7 +385,6 @@ impl<T> Ring<T> {
         &self,
         n: usize,
         cached_head: &mut usize,
-        given_up: &mut usize,
     ) -> Result<Claim, ClaimError> {
         debug_assert!(n >= 1 && n <= self.capacity());
         // Relaxed: the owner is the only writer of the word.
@@ -410,7 +412,7 @@ impl<T> Ring<T> {
             });
         }
         // SAFETY: we claimed `seq..seq + n` just above.
-        unsafe { self.exclusive_flags(seq, n, flags, given_up) }
+        unsafe { self.exclusive_flags(seq, n, flags) }
     }
 
     /// An owner's claim found no room: [`ClaimError::Closed`] if the lane is
@@ -438,7 +440,6 @@ impl<T> Ring<T> {
         seq: usize,
         n: usize,
         flags: usize,
-        given_up: &mut usize,
     ) -> Result<Claim, ClaimError> {
         if flags & FLAG_CLOSED != 0 {
             // Later claims see `CLOSED` and take the CAS path, which refuses.
@@ -447,7 +448,8 @@ impl<T> Ring<T> {
                 // SAFETY: claimed by the caller, published once, as empty.
                 unsafe { self.publish_skip(seq_add(seq, i)) };
             }
-            *given_up += n;
+            // Relaxed: a statistic.
+            self.given_up.fetch_add(n, Ordering::Relaxed);
             return Err(ClaimError::Closed);
         }
         // Whoever clears the flag wakes the drainer (it may also be cleared
@@ -458,6 +460,13 @@ impl<T> Ring<T> {
             seq,
             wake_drainer: prev & FLAG_PARKED != 0,
         })
+    }
+
+    /// Sequences claimed by an owner and given up because the lane had
+    /// closed: the claim cursor counts them, but they carry no item.
+    pub(crate) fn given_up(&self) -> usize {
+        // Relaxed: a statistic.
+        self.given_up.load(Ordering::Relaxed)
     }
 
     /// Marks the ring owned by an exclusive producer, which may then claim
