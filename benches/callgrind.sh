@@ -1,7 +1,8 @@
 #!/usr/bin/env sh
 # Instruction counts per push and per drained item, repeatable on a shared
 # machine: runs benches/callgrind_probe.rs under callgrind with 2^18 and
-# 2^19 pushes and divides the difference by 2^18 (fixed costs cancel); then
+# 2^19 pushes and divides the difference by 2^18 (fixed costs cancel), from
+# a shared producer and from an exclusive one; then
 # the same for round trips under `inline_when_idle` (20,000 and 40,000),
 # from a thread and from a task; then pipelined requests from 4 tasks
 # (8,192 and 16,384 each), the async throughput workload.
@@ -22,6 +23,17 @@ n = 262144
 total = ($t2 - $t1) / n
 drain = ($d2 - $d1) / n
 print(f'per item: {total:.1f} instructions; push {total - drain:.1f}, drain and dispatch {drain:.1f}')
+"
+for n in 262144 524288; do
+    valgrind --tool=callgrind --callgrind-out-file="$out/x$n.out" "$probe" "$n" push_exclusive >/dev/null 2>&1
+done
+t1=$(total "$out/x262144.out"); t2=$(total "$out/x524288.out")
+d1=$(drain "$out/x262144.out"); d2=$(drain "$out/x524288.out")
+python3 -c "
+n = 262144
+total = ($t2 - $t1) / n
+drain = ($d2 - $d1) / n
+print(f'exclusive producer, per item: {total:.1f} instructions; push {total - drain:.1f}, drain and dispatch {drain:.1f}')
 "
 for n in 20000 40000; do
     valgrind --tool=callgrind --callgrind-out-file="$out/inline-$n.out" "$probe" "$n" inline >/dev/null 2>&1

@@ -3,6 +3,8 @@
 //! - `push` (the default): one producer pushes `N` (the first argument,
 //!   default 2^19) `u64` items into a one-lane batcher whose handler sums
 //!   each batch, then flushes.
+//! - `push_exclusive`: the same from an exclusive producer (a batcher of
+//!   two lanes).
 //! - `inline` (second argument): `N` round trips, `submit(x)` then `wait`,
 //!   on a one-lane batcher with `inline_when_idle` whose handler completes
 //!   each item with `x + 1`; after the first, each runs on the calling
@@ -26,6 +28,7 @@ fn main() {
     let n: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1 << 19);
     match args.next().as_deref() {
         Some("inline") => inline(n),
+        Some("push_exclusive") => push_exclusive(n),
         #[cfg(feature = "tokio")]
         Some("async_inline") => async_inline(n),
         #[cfg(feature = "tokio")]
@@ -35,8 +38,27 @@ fn main() {
 }
 
 fn push(n: u64) {
-    let batcher: Batcher<u64> = Batcher::builder()
-        .lanes(1)
+    let batcher = push_batcher(1);
+    let producer = batcher.producer_on_lane(0).expect("lane 0 exists");
+    for i in 0..n {
+        producer.push(std::hint::black_box(i)).expect("accepted");
+    }
+    batcher.flush();
+}
+
+fn push_exclusive(n: u64) {
+    let batcher = push_batcher(2);
+    let producer = batcher.exclusive_producer().expect("a free lane");
+    for i in 0..n {
+        producer.push(std::hint::black_box(i)).expect("accepted");
+    }
+    batcher.flush();
+}
+
+/// A batcher of `lanes` lanes whose handler sums each batch.
+fn push_batcher(lanes: usize) -> Batcher<u64> {
+    Batcher::builder()
+        .lanes(lanes)
         .capacity(1 << 20)
         .max_batch(256)
         .handler_fn(|batch: &mut Batch<'_, u64, ()>| {
@@ -44,12 +66,7 @@ fn push(n: u64) {
             Ok(())
         })
         .build()
-        .expect("valid settings");
-    let producer = batcher.producer_on_lane(0).expect("lane 0 exists");
-    for i in 0..n {
-        producer.push(std::hint::black_box(i)).expect("accepted");
-    }
-    batcher.flush();
+        .expect("valid settings")
 }
 
 /// A one-lane `inline_when_idle` batcher answering `x` with `x + 1`.

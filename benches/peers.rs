@@ -94,14 +94,21 @@ fn throughput_group<T: Item>(c: &mut Criterion, name: &str, producers: usize, sy
     group.finish();
 }
 
-fn throughput_1p(c: &mut Criterion) {
+/// The multi-producer systems with `ringbatch_exclusive` after `ringbatch`,
+/// then `extra`.
+fn with_exclusive(extra: &[Sys]) -> Vec<Sys> {
     let mut systems = Sys::MPSC.to_vec();
-    systems.push(Sys::Rtrb);
-    throughput_group::<u64>(c, "throughput_1p", 1, &systems);
+    systems.insert(1, Sys::RingbatchExclusive);
+    systems.extend_from_slice(extra);
+    systems
+}
+
+fn throughput_1p(c: &mut Criterion) {
+    throughput_group::<u64>(c, "throughput_1p", 1, &with_exclusive(&[Sys::Rtrb]));
 }
 
 fn throughput_2p(c: &mut Criterion) {
-    throughput_group::<u64>(c, "throughput_2p", 2, &Sys::MPSC);
+    throughput_group::<u64>(c, "throughput_2p", 2, &with_exclusive(&[]));
 }
 
 fn throughput_8p(c: &mut Criterion) {
@@ -109,9 +116,7 @@ fn throughput_8p(c: &mut Criterion) {
 }
 
 fn throughput_1p_64b(c: &mut Criterion) {
-    let mut systems = Sys::MPSC.to_vec();
-    systems.push(Sys::Rtrb);
-    throughput_group::<[u64; 8]>(c, "throughput_1p_64b", 1, &systems);
+    throughput_group::<[u64; 8]>(c, "throughput_1p_64b", 1, &with_exclusive(&[Sys::Rtrb]));
 }
 
 fn roundtrip(c: &mut Criterion) {

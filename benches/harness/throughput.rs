@@ -127,6 +127,7 @@ pub trait System<T: Item>: Sync + Sized {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sys {
     Ringbatch,
+    RingbatchExclusive,
     ArrayQueue,
     CrossbeamChannel,
     Disruptor,
@@ -152,6 +153,7 @@ impl Sys {
     pub fn name(self) -> &'static str {
         match self {
             Sys::Ringbatch => "ringbatch",
+            Sys::RingbatchExclusive => "ringbatch_exclusive",
             Sys::ArrayQueue => "array_queue",
             Sys::CrossbeamChannel => "crossbeam_channel",
             Sys::Disruptor => "disruptor",
@@ -167,7 +169,7 @@ impl Sys {
     pub fn from_name(name: &str) -> Option<Sys> {
         Sys::MPSC
             .into_iter()
-            .chain([Sys::Rtrb])
+            .chain([Sys::RingbatchExclusive, Sys::Rtrb])
             .find(|s| s.name() == name)
     }
 
@@ -187,6 +189,7 @@ pub fn with_throughput<T: Item, R>(
 ) -> R {
     match system {
         Sys::Ringbatch => with_system::<T, Ringbatch<T>, R>(producers, body),
+        Sys::RingbatchExclusive => with_system::<T, RingbatchExclusive<T>, R>(producers, body),
         Sys::ArrayQueue => with_system::<T, ArrayQueueSys<T>, R>(producers, body),
         Sys::CrossbeamChannel => with_system::<T, CrossbeamChannel<T>, R>(producers, body),
         Sys::Disruptor => with_system::<T, DisruptorSys<T>, R>(producers, body),
@@ -305,14 +308,11 @@ struct Ringbatch<T: Item> {
     consumed: Counter,
 }
 
-impl<T: Item> System<T> for Ringbatch<T> {
-    type Tx = ringbatch::Producer<T>;
-
-    fn start(producers: usize, consumed: Counter) -> Self {
-        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+impl<T: Item> Ringbatch<T> {
+    fn with_lanes(lanes: usize, consumed: Counter) -> Self {
         let counter = Arc::clone(&consumed);
         let batcher = Batcher::builder()
-            .lanes(producers.min(cores))
+            .lanes(lanes)
             .capacity(CAPACITY)
             .max_batch(MAX_BATCH)
             .handler_fn(move |batch: &mut Batch<'_, T, ()>| {
@@ -323,6 +323,15 @@ impl<T: Item> System<T> for Ringbatch<T> {
             .build()
             .expect("valid settings");
         Ringbatch { batcher, consumed }
+    }
+}
+
+impl<T: Item> System<T> for Ringbatch<T> {
+    type Tx = ringbatch::Producer<T>;
+
+    fn start(producers: usize, consumed: Counter) -> Self {
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_lanes(producers.min(cores), consumed)
     }
 
     fn sender(&self) -> Self::Tx {
@@ -341,6 +350,34 @@ impl<T: Item> System<T> for Ringbatch<T> {
             self.consumed.load(Ordering::Acquire),
             "ringbatch handled items after the last round"
         );
+    }
+}
+
+/// ringbatch with one exclusive producer per producer thread (a lane each,
+/// plus the lane that stays open to shared producers).
+struct RingbatchExclusive<T: Item>(Ringbatch<T>);
+
+impl<T: Item> System<T> for RingbatchExclusive<T> {
+    type Tx = ringbatch::Producer<T>;
+
+    fn start(producers: usize, consumed: Counter) -> Self {
+        Self(Ringbatch::with_lanes(producers + 1, consumed))
+    }
+
+    fn sender(&self) -> Self::Tx {
+        self.0
+            .batcher
+            .exclusive_producer()
+            .expect("a lane per producer")
+    }
+
+    #[inline]
+    fn send(tx: &mut Self::Tx, item: T) {
+        tx.push(item).expect("batcher open");
+    }
+
+    fn stop(self) {
+        self.0.stop();
     }
 }
 
