@@ -161,3 +161,50 @@ fn close_races_an_exclusive_claim() {
         );
     });
 }
+
+/// The ring is taken while a park announced in shared mode is still in the
+/// tail word (announced before `own`, with no thread running yet, so that
+/// no RMW of the drainer races the owner's stores: see the module notes).
+/// The owner's claim takes the stale announcement off and must treat it as
+/// a park to end; a close racing the claim still either counts it or
+/// refuses it.
+#[test]
+fn a_stale_park_announcement_and_a_close_race_an_exclusive_claim() {
+    loom::model(|| {
+        let ring = Ring::new(2);
+        assert!(ring.announce_park(0).empty, "announced on the empty ring");
+        assert!(ring.own());
+        let lane = Arc::new(Lane {
+            ring,
+            notifier: Notifier::new(),
+        });
+        let producer = {
+            let lane = Arc::clone(&lane);
+            thread::spawn(move || {
+                let mut head = 0;
+                match lane.try_claim(&mut head) {
+                    Ok(claim) => {
+                        assert!(
+                            claim.wake_drainer,
+                            "the stale announcement is a park to end"
+                        );
+                        // SAFETY: claimed, published once.
+                        unsafe { lane.ring.publish(claim.seq, 7, None) };
+                        true
+                    }
+                    Err(ClaimError::Closed) => false,
+                    Err(ClaimError::Full) => panic!("the lane has room"),
+                }
+            })
+        };
+        let final_tail = lane.ring.close();
+        let got = lane.drain_to(final_tail);
+        let accepted = producer.join().unwrap();
+        if accepted {
+            assert_eq!(final_tail, 1, "an accepted claim is below the final tail");
+            assert_eq!(got, vec![7], "and its item is drained");
+        } else {
+            assert!(got.is_empty(), "a refused claim delivers nothing: {got:?}");
+        }
+    });
+}

@@ -370,8 +370,9 @@ impl<T> Ring<T> {
     ///   empty (the drainer and the ring's drop step over them) and returns
     ///   [`ClaimError::Closed`].
     ///
-    /// A tail word with a flag set (closed, evicting, or a park announced
-    /// before the ring was owned) takes the CAS path, which handles each.
+    /// A closed or evicting tail word takes the CAS path, which refuses or
+    /// evicts. A `PARKED` left in the tail word from before the ring was
+    /// owned is taken off by the store, and the owner wakes the drainer.
     ///
     /// A claim refused this way has used up its `n` sequence numbers: they
     /// are counted in [`given_up`](Self::given_up).
@@ -387,12 +388,33 @@ impl<T> Ring<T> {
         cached_head: &mut usize,
     ) -> Result<Claim, ClaimError> {
         debug_assert!(n >= 1 && n <= self.capacity());
-        // Relaxed: the owner is the only writer of the word.
+        // Relaxed: while the ring is owned, the owner is the only writer of
+        // the word, but for a `PARKED` announced before (see `own`).
         let word = self.tail.load(Ordering::Relaxed);
         if word & (CLOSED | EVICTS | PARKED) != 0 {
-            return self.try_claim(n, cached_head);
+            // SAFETY: the caller's contract.
+            return unsafe { self.claim_exclusive_flagged(word, n, cached_head) };
         }
-        let seq = word >> SEQ_SHIFT;
+        // SAFETY: the caller's contract; `word` is the current tail word.
+        unsafe { self.claim_exclusive_at(word >> SEQ_SHIFT, n, cached_head, false) }
+    }
+
+    /// [`try_claim_exclusive`](Self::try_claim_exclusive) from sequence
+    /// `seq`, the current tail; `stale_park`: the tail word also carries a
+    /// `PARKED` announced before the ring was owned, which the store takes
+    /// off (so the owner wakes the drainer).
+    ///
+    /// # Safety
+    ///
+    /// As for `try_claim_exclusive`, and `seq` is the tail's sequence.
+    #[inline(always)]
+    unsafe fn claim_exclusive_at(
+        &self,
+        seq: usize,
+        n: usize,
+        cached_head: &mut usize,
+        stale_park: bool,
+    ) -> Result<Claim, ClaimError> {
         if distance(*cached_head, seq) > self.capacity() - n {
             *cached_head = self.head_seq();
             if distance(*cached_head, seq) > self.capacity() - n {
@@ -405,14 +427,36 @@ impl<T> Ring<T> {
             .store(seq_add(seq, n) << SEQ_SHIFT, Ordering::Relaxed);
         crate::sync::asymmetric::light();
         let flags = self.flags.load(Ordering::Relaxed);
-        if flags & (FLAG_PARKED | FLAG_CLOSED) == 0 {
+        if flags & (FLAG_PARKED | FLAG_CLOSED) == 0 && !stale_park {
             return Ok(Claim {
                 seq,
                 wake_drainer: false,
             });
         }
         // SAFETY: we claimed `seq..seq + n` just above.
-        unsafe { self.exclusive_flags(seq, n, flags) }
+        unsafe { self.exclusive_flags(seq, n, flags, stale_park) }
+    }
+
+    /// An owner's claim on a tail word with a flag set: closed or evicting
+    /// (the CAS path, which refuses or evicts), or a stale `PARKED`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`try_claim_exclusive`](Self::try_claim_exclusive); `word`
+    /// is the current tail word.
+    #[cold]
+    #[inline(never)]
+    unsafe fn claim_exclusive_flagged(
+        &self,
+        word: usize,
+        n: usize,
+        cached_head: &mut usize,
+    ) -> Result<Claim, ClaimError> {
+        if word & (CLOSED | EVICTS) != 0 {
+            return self.try_claim(n, cached_head);
+        }
+        // SAFETY: the caller's contract.
+        unsafe { self.claim_exclusive_at(word >> SEQ_SHIFT, n, cached_head, true) }
     }
 
     /// An owner's claim found no room: [`ClaimError::Closed`] if the lane is
@@ -427,7 +471,9 @@ impl<T> Ring<T> {
         }
     }
 
-    /// The flags an owner's claim saw: a park to take over, or a close.
+    /// What an owner's claim saw: a close, or a park to take over (in the
+    /// flags word, or `stale_park`: a `PARKED` announced in the tail word
+    /// before the ring was owned, which the claim's store took off).
     ///
     /// # Safety
     ///
@@ -440,6 +486,7 @@ impl<T> Ring<T> {
         seq: usize,
         n: usize,
         flags: usize,
+        stale_park: bool,
     ) -> Result<Claim, ClaimError> {
         if flags & FLAG_CLOSED != 0 {
             // Later claims see `CLOSED` and take the CAS path, which refuses.
@@ -455,10 +502,11 @@ impl<T> Ring<T> {
         // Whoever clears the flag wakes the drainer (it may also be cleared
         // by the drainer withdrawing its announcement). Relaxed: the wake-up
         // itself orders what the drainer sees.
-        let prev = self.flags.fetch_and(!FLAG_PARKED, Ordering::Relaxed);
+        let parked = flags & FLAG_PARKED != 0
+            && self.flags.fetch_and(!FLAG_PARKED, Ordering::Relaxed) & FLAG_PARKED != 0;
         Ok(Claim {
             seq,
-            wake_drainer: prev & FLAG_PARKED != 0,
+            wake_drainer: parked || stale_park,
         })
     }
 
