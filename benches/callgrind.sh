@@ -11,30 +11,24 @@ cd "$(dirname "$0")/.."
 cargo build --release --bench callgrind_probe >/dev/null 2>&1
 probe=$(ls -t target/release/deps/callgrind_probe-* | grep -v '\.d$' | head -1)
 out=$(mktemp -d)
-for n in 262144 524288; do
-    valgrind --tool=callgrind --callgrind-out-file="$out/$n.out" "$probe" "$n" >/dev/null 2>&1
-done
 total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'; }
 drain() { callgrind_annotate --inclusive=yes "$1" 2>/dev/null | awk '/Drainer<T,R>::sweep \[/ { gsub(",", "", $1); print $1; exit }'; }
-t1=$(total "$out/262144.out"); t2=$(total "$out/524288.out")
-d1=$(drain "$out/262144.out"); d2=$(drain "$out/524288.out")
-python3 -c "
+# per_item MODE LABEL: pushes per item and drain per item of probe mode MODE.
+per_item() {
+    for n in 262144 524288; do
+        valgrind --tool=callgrind --callgrind-out-file="$out/$1-$n.out" "$probe" "$n" "$1" >/dev/null 2>&1
+    done
+    t1=$(total "$out/$1-262144.out"); t2=$(total "$out/$1-524288.out")
+    d1=$(drain "$out/$1-262144.out"); d2=$(drain "$out/$1-524288.out")
+    python3 -c "
 n = 262144
 total = ($t2 - $t1) / n
 drain = ($d2 - $d1) / n
-print(f'per item: {total:.1f} instructions; push {total - drain:.1f}, drain and dispatch {drain:.1f}')
+print(f'$2, per item: {total:.1f} instructions; push {total - drain:.1f}, drain and dispatch {drain:.1f}')
 "
-for n in 262144 524288; do
-    valgrind --tool=callgrind --callgrind-out-file="$out/x$n.out" "$probe" "$n" push_exclusive >/dev/null 2>&1
-done
-t1=$(total "$out/x262144.out"); t2=$(total "$out/x524288.out")
-d1=$(drain "$out/x262144.out"); d2=$(drain "$out/x524288.out")
-python3 -c "
-n = 262144
-total = ($t2 - $t1) / n
-drain = ($d2 - $d1) / n
-print(f'exclusive producer, per item: {total:.1f} instructions; push {total - drain:.1f}, drain and dispatch {drain:.1f}')
-"
+}
+per_item push "shared producer"
+per_item push_exclusive "exclusive producer"
 for n in 20000 40000; do
     valgrind --tool=callgrind --callgrind-out-file="$out/inline-$n.out" "$probe" "$n" inline >/dev/null 2>&1
 done

@@ -116,50 +116,57 @@ fn exclusive_claims_never_miss_a_parking_drainer() {
     });
 }
 
-/// Closing races an exclusive claim, whose plain store may land on the tail
-/// word after `CLOSED` was set there. Either the claim is below the final
-/// tail and its item is drained, or the producer sees the close, gets
-/// `Closed` back and leaves its slot published as empty (so a closer that
-/// counted it does not wait for it). Either way `CLOSED` ends up in the tail
-/// word, so a later claim is refused.
+/// One exclusive claim (of the item 7) racing the lane's close: either the
+/// claim is below the final tail and its item is drained, or the producer
+/// sees the close, gets `Closed` back and leaves its slot published as
+/// empty (so a closer that counted it does not wait for it). A claim after
+/// the close is refused. `must_wake`: the claim must report a park to end.
+fn claim_racing_close(lane: Arc<Lane>, must_wake: bool) {
+    let drainer = thread::current();
+    let producer = {
+        let lane = Arc::clone(&lane);
+        thread::spawn(move || {
+            let mut head = 0;
+            let accepted = match lane.try_claim(&mut head) {
+                Ok(claim) => {
+                    assert!(
+                        claim.wake_drainer || !must_wake,
+                        "the stale announcement is a park to end"
+                    );
+                    // SAFETY: claimed, published once.
+                    unsafe { lane.ring.publish(claim.seq, 7, None) };
+                    if claim.wake_drainer {
+                        drainer.unpark();
+                    }
+                    true
+                }
+                Err(ClaimError::Closed) => false,
+                Err(ClaimError::Full) => panic!("the lane has room"),
+            };
+            (accepted, head)
+        })
+    };
+    let final_tail = lane.ring.close();
+    let got = lane.drain_to(final_tail);
+    let (accepted, mut head) = producer.join().unwrap();
+    if accepted {
+        assert_eq!(final_tail, 1, "an accepted claim is below the final tail");
+        assert_eq!(got, vec![7], "and its item is drained");
+    } else {
+        assert!(got.is_empty(), "a refused claim delivers nothing: {got:?}");
+    }
+    assert!(
+        matches!(lane.try_claim(&mut head), Err(ClaimError::Closed)),
+        "a claim after the close is refused"
+    );
+}
+
+/// Closing races an exclusive claim: the closer writes only the flags word
+/// of the owned ring, and the two meet through the asymmetric fences (see
+/// [`claim_racing_close`]).
 #[test]
 fn close_races_an_exclusive_claim() {
-    loom::model(|| {
-        let lane = Lane::new(2);
-        let drainer = thread::current();
-        let producer = {
-            let lane = Arc::clone(&lane);
-            thread::spawn(move || {
-                let mut head = 0;
-                let accepted = match lane.try_claim(&mut head) {
-                    Ok(claim) => {
-                        // SAFETY: claimed, published once.
-                        unsafe { lane.ring.publish(claim.seq, 7, None) };
-                        if claim.wake_drainer {
-                            drainer.unpark();
-                        }
-                        true
-                    }
-                    Err(ClaimError::Closed) => false,
-                    Err(ClaimError::Full) => panic!("the lane has room"),
-                };
-                (accepted, head)
-            })
-        };
-        let final_tail = lane.ring.close();
-        let got = lane.drain_to(final_tail);
-        let (accepted, mut head) = producer.join().unwrap();
-        if accepted {
-            assert_eq!(final_tail, 1, "an accepted claim is below the final tail");
-            assert_eq!(got, vec![7], "and its item is drained");
-        } else {
-            assert!(got.is_empty(), "a refused claim delivers nothing: {got:?}");
-        }
-        assert!(
-            matches!(lane.try_claim(&mut head), Err(ClaimError::Closed)),
-            "a claim after the close is refused"
-        );
-    });
+    loom::model(|| claim_racing_close(Lane::new(2), false));
 }
 
 /// The ring is taken while a park announced in shared mode is still in the
@@ -178,33 +185,6 @@ fn a_stale_park_announcement_and_a_close_race_an_exclusive_claim() {
             ring,
             notifier: Notifier::new(),
         });
-        let producer = {
-            let lane = Arc::clone(&lane);
-            thread::spawn(move || {
-                let mut head = 0;
-                match lane.try_claim(&mut head) {
-                    Ok(claim) => {
-                        assert!(
-                            claim.wake_drainer,
-                            "the stale announcement is a park to end"
-                        );
-                        // SAFETY: claimed, published once.
-                        unsafe { lane.ring.publish(claim.seq, 7, None) };
-                        true
-                    }
-                    Err(ClaimError::Closed) => false,
-                    Err(ClaimError::Full) => panic!("the lane has room"),
-                }
-            })
-        };
-        let final_tail = lane.ring.close();
-        let got = lane.drain_to(final_tail);
-        let accepted = producer.join().unwrap();
-        if accepted {
-            assert_eq!(final_tail, 1, "an accepted claim is below the final tail");
-            assert_eq!(got, vec![7], "and its item is drained");
-        } else {
-            assert!(got.is_empty(), "a refused claim delivers nothing: {got:?}");
-        }
+        claim_racing_close(lane, true);
     });
 }
