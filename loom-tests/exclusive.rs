@@ -12,82 +12,43 @@
 
 use loom::thread;
 
-use crate::ring::{Claim, ClaimError, Ring, park_drainer};
+use super::ring::Lane;
+use crate::ring::{Claim, ClaimError, Ring};
 use crate::sync::Arc;
-use crate::wait::{Notifier, WaitStrategy, retry_until_room};
 
-/// A ring marked exclusive, and the notifier its producer sleeps on while
-/// the ring is full.
-struct Lane {
-    ring: Ring<u8>,
-    notifier: Notifier,
+/// A lane whose ring is owned (the models' one producer claims on it
+/// exclusively).
+fn owned_lane(capacity: usize) -> Arc<Lane<u8>> {
+    let ring = Ring::new(capacity);
+    assert!(ring.own(), "a fresh plain ring can be owned");
+    Lane::with_ring(ring)
 }
 
-impl Lane {
-    fn new(capacity: usize) -> Arc<Self> {
-        let ring = Ring::new(capacity);
-        assert!(ring.own(), "a fresh plain ring can be owned");
-        Arc::new(Self {
-            ring,
-            notifier: Notifier::new(),
-        })
-    }
+/// One exclusive claim attempt; checks that only a claim refused as closed
+/// gives its sequence up.
+fn try_claim(lane: &Lane<u8>, cached_head: &mut usize) -> Result<Claim, ClaimError> {
+    let before = lane.ring.given_up();
+    // SAFETY: each model has one producer thread on the ring, which is owned.
+    let result = unsafe { lane.ring.try_claim_exclusive(1, cached_head) };
+    let given_up = lane.ring.given_up() - before;
+    assert!(
+        given_up == 0 || (given_up == 1 && matches!(result, Err(ClaimError::Closed))),
+        "only a claim refused as closed gives up its slot: {given_up}, {result:?}"
+    );
+    result
+}
 
-    /// One exclusive claim attempt.
-    fn try_claim(&self, cached_head: &mut usize) -> Result<Claim, ClaimError> {
-        let before = self.ring.given_up();
-        // SAFETY: each model has one producer thread on the ring, which
-        // `new` marked owned.
-        let result = unsafe { self.ring.try_claim_exclusive(1, cached_head) };
-        let given_up = self.ring.given_up() - before;
-        assert!(
-            given_up == 0 || (given_up == 1 && matches!(result, Err(ClaimError::Closed))),
-            "only a claim refused as closed gives up its slot: {given_up}, {result:?}"
-        );
-        result
-    }
+/// Pushes `value` by the real producer path (waiting for room on the
+/// notifier), waking `drainer` if the claim took its park announcement.
+fn push(lane: &Lane<u8>, cached_head: &mut usize, value: u8, drainer: &thread::Thread) {
+    let claim = lane.claim_by(1, cached_head, |head| try_claim(lane, head));
+    lane.publish_claimed(claim, value, drainer);
+}
 
-    /// Pushes `value` by the real producer path (waiting for room on the
-    /// notifier), waking `drainer` if the claim took its park announcement.
-    fn push(&self, cached_head: &mut usize, value: u8, drainer: &thread::Thread) {
-        let claim = retry_until_room(
-            WaitStrategy::Park,
-            &self.notifier,
-            None,
-            || self.try_claim(cached_head),
-            || self.ring.arm_room_waiter(1),
-        )
-        .expect("the lane is never closed in this model");
-        // SAFETY: just claimed, published once.
-        unsafe { self.ring.publish(claim.seq, value, None) };
-        if claim.wake_drainer {
-            drainer.unpark();
-        }
-    }
-
-    /// The drainer's loop until its head reaches `end`: drains runs with the
-    /// real code and parks by the real announce (heavy fence, re-check) and
-    /// park step when the lane is empty.
-    fn drain_to(&self, end: usize) -> Vec<u8> {
-        let mut head = 0;
-        let mut got = Vec::new();
-        while head != end {
-            // SAFETY: this thread is the only consumer and `head` is current.
-            let new_head = unsafe { self.ring.drain_run(head, 2, |v, _, _| got.push(v)) };
-            if new_head == head {
-                park_drainer(std::iter::once((&self.ring, head)), || false);
-                // A claimed but unpublished slot does not let the drainer
-                // park: wait for its producer, as the drainer's backoff does.
-                thread::yield_now();
-            } else {
-                if self.ring.finish_run(new_head) {
-                    self.notifier.notify_all();
-                }
-                head = new_head;
-            }
-        }
-        got
-    }
+/// The drainer's loop until its head reaches `end`, parking by the real
+/// announce (heavy fence, re-check) and park step when the lane is empty.
+fn drain_to(lane: &Lane<u8>, end: usize) -> Vec<u8> {
+    lane.drain_while(2, |head, _| head != end)
 }
 
 /// An exclusive producer pushes three items through a two-slot lane (the
@@ -99,18 +60,18 @@ impl Lane {
 #[test]
 fn exclusive_claims_never_miss_a_parking_drainer() {
     loom::model(|| {
-        let lane = Lane::new(2);
+        let lane = owned_lane(2);
         let drainer = thread::current();
         let producer = {
             let lane = Arc::clone(&lane);
             thread::spawn(move || {
                 let mut head = 0;
                 for value in 0..3 {
-                    lane.push(&mut head, value, &drainer);
+                    push(&lane, &mut head, value, &drainer);
                 }
             })
         };
-        let got = lane.drain_to(3);
+        let got = drain_to(&lane, 3);
         producer.join().unwrap();
         assert_eq!(got, vec![0, 1, 2], "every item once, in order");
     });
@@ -121,23 +82,19 @@ fn exclusive_claims_never_miss_a_parking_drainer() {
 /// sees the close, gets `Closed` back and leaves its slot published as
 /// empty (so a closer that counted it does not wait for it). A claim after
 /// the close is refused. `must_wake`: the claim must report a park to end.
-fn claim_racing_close(lane: Arc<Lane>, must_wake: bool) {
+fn claim_racing_close(lane: Arc<Lane<u8>>, must_wake: bool) {
     let drainer = thread::current();
     let producer = {
         let lane = Arc::clone(&lane);
         thread::spawn(move || {
             let mut head = 0;
-            let accepted = match lane.try_claim(&mut head) {
+            let accepted = match try_claim(&lane, &mut head) {
                 Ok(claim) => {
                     assert!(
                         claim.wake_drainer || !must_wake,
                         "the stale announcement is a park to end"
                     );
-                    // SAFETY: claimed, published once.
-                    unsafe { lane.ring.publish(claim.seq, 7, None) };
-                    if claim.wake_drainer {
-                        drainer.unpark();
-                    }
+                    lane.publish_claimed(claim, 7, &drainer);
                     true
                 }
                 Err(ClaimError::Closed) => false,
@@ -147,7 +104,7 @@ fn claim_racing_close(lane: Arc<Lane>, must_wake: bool) {
         })
     };
     let final_tail = lane.ring.close();
-    let got = lane.drain_to(final_tail);
+    let got = drain_to(&lane, final_tail);
     let (accepted, mut head) = producer.join().unwrap();
     if accepted {
         assert_eq!(final_tail, 1, "an accepted claim is below the final tail");
@@ -156,7 +113,7 @@ fn claim_racing_close(lane: Arc<Lane>, must_wake: bool) {
         assert!(got.is_empty(), "a refused claim delivers nothing: {got:?}");
     }
     assert!(
-        matches!(lane.try_claim(&mut head), Err(ClaimError::Closed)),
+        matches!(try_claim(&lane, &mut head), Err(ClaimError::Closed)),
         "a claim after the close is refused"
     );
 }
@@ -166,7 +123,7 @@ fn claim_racing_close(lane: Arc<Lane>, must_wake: bool) {
 /// [`claim_racing_close`]).
 #[test]
 fn close_races_an_exclusive_claim() {
-    loom::model(|| claim_racing_close(Lane::new(2), false));
+    loom::model(|| claim_racing_close(owned_lane(2), false));
 }
 
 /// The ring is taken while a park announced in shared mode is still in the
@@ -181,10 +138,6 @@ fn a_stale_park_announcement_and_a_close_race_an_exclusive_claim() {
         let ring = Ring::new(2);
         assert!(ring.announce_park(0).empty, "announced on the empty ring");
         assert!(ring.own());
-        let lane = Arc::new(Lane {
-            ring,
-            notifier: Notifier::new(),
-        });
-        claim_racing_close(lane, true);
+        claim_racing_close(Lane::with_ring(ring), true);
     });
 }

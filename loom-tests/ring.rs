@@ -8,15 +8,19 @@ use crate::wait::{Notifier, WaitStrategy, retry_until_room};
 
 /// A lane as the models use it: the ring, and the notifier its producers
 /// sleep on while it is full.
-struct Lane<T> {
-    ring: Ring<T>,
-    notifier: Notifier,
+pub(super) struct Lane<T> {
+    pub(super) ring: Ring<T>,
+    pub(super) notifier: Notifier,
 }
 
 impl<T> Lane<T> {
     fn new(capacity: usize) -> Arc<Self> {
+        Self::with_ring(Ring::new(capacity))
+    }
+
+    pub(super) fn with_ring(ring: Ring<T>) -> Arc<Self> {
         Arc::new(Self {
-            ring: Ring::new(capacity),
+            ring,
             notifier: Notifier::new(),
         })
     }
@@ -25,11 +29,21 @@ impl<T> Lane<T> {
     /// on the notifier after flagging the head word (`WaitStrategy::Park`, so
     /// the model has no spin loop).
     fn claim(&self, n: usize, cached_head: &mut usize) -> Claim {
+        self.claim_by(n, cached_head, |head| self.ring.try_claim(n, head))
+    }
+
+    /// [`claim`](Self::claim) with `attempt` as the claim attempt.
+    pub(super) fn claim_by(
+        &self,
+        n: usize,
+        cached_head: &mut usize,
+        mut attempt: impl FnMut(&mut usize) -> Result<Claim, ClaimError>,
+    ) -> Claim {
         retry_until_room(
             WaitStrategy::Park,
             &self.notifier,
             None,
-            || self.ring.try_claim(n, cached_head),
+            || attempt(cached_head),
             || self.ring.arm_room_waiter(n),
         )
         .expect("the lane is never closed in this model")
@@ -38,7 +52,13 @@ impl<T> Lane<T> {
     /// Pushes `value`, waking `drainer` if the claim says it parked.
     fn push(&self, cached_head: &mut usize, value: T, drainer: &thread::Thread) {
         let claim = self.claim(1, cached_head);
-        // SAFETY: just claimed, published once.
+        self.publish_claimed(claim, value, drainer);
+    }
+
+    /// Publishes `value` at the sequence `claim` (of one slot) took, and
+    /// wakes `drainer` if the claim says it parked.
+    pub(super) fn publish_claimed(&self, claim: Claim, value: T, drainer: &thread::Thread) {
+        // SAFETY: the caller's claim, published once.
         unsafe { self.ring.publish(claim.seq, value, None) };
         if claim.wake_drainer {
             drainer.unpark();
@@ -49,9 +69,18 @@ impl<T> Lane<T> {
     /// notifies waiting producers, and parks by the real announce/park step
     /// when the lane is empty, until `count` items arrived.
     fn drain(&self, max_run: usize, count: usize) -> Vec<T> {
+        self.drain_while(max_run, |_, got| got < count)
+    }
+
+    /// The drainer's loop, while `more(head, items so far)` holds.
+    pub(super) fn drain_while(
+        &self,
+        max_run: usize,
+        more: impl Fn(usize, usize) -> bool,
+    ) -> Vec<T> {
         let mut head = 0;
         let mut got = Vec::new();
-        while got.len() < count {
+        while more(head, got.len()) {
             // SAFETY: this thread is the only consumer and `head` is current.
             let new_head = unsafe { self.ring.drain_run(head, max_run, |v, _, _| got.push(v)) };
             if new_head == head {
