@@ -45,7 +45,9 @@
 //! - [`Producer`]: `push` / `try_push` / `push_timeout` / `push_slice`
 //!   (fire-and-forget) and `submit` / `try_submit` / `submit_timeout` /
 //!   `submit_many` (with [`Ticket`]s). Refusals are [`SubmitError`]s holding
-//!   the item.
+//!   the item. [`Batcher::exclusive_producer`] makes one that owns its
+//!   lane and claims slots without a CAS, for a thread pushing in a hot
+//!   loop.
 //! - [`Ticket`]: `wait`, `wait_timeout`, `try_take`.
 //! - [`Handler`] and [`Batch`]: the sink's side; complete items with `ok`,
 //!   `fail` or `complete_with`. Item failures are [`Error`]s.
