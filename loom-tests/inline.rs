@@ -113,7 +113,7 @@ impl Model {
     /// handles `value` at once without the lane; otherwise sends it.
     fn send_direct(&self, lane: usize, value: u8, drainer: &thread::Thread) {
         let ring = &self.rings[lane];
-        let refused = if ring.looks_parked() {
+        let refused = if ring.looks_parked(false) {
             run_direct(&self.cell, value, |state, value| {
                 if !ring.caught_up(state.heads[lane]) {
                     return Err(value);

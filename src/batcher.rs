@@ -2494,7 +2494,7 @@ impl<T, R> Producer<T, R> {
                 cell,
                 direct: Some(direct),
                 ..
-            }) if expires == NEVER && self.lane_ref().ring.looks_parked() => {
+            }) if expires == NEVER && self.lane_ref().ring.looks_parked(self.plain_claims) => {
                 direct(cell, self.lane, item).map(Ticket::ready)
             }
             _ => Err(item),

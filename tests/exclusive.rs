@@ -31,6 +31,20 @@ fn tallying(
     (batcher, tally)
 }
 
+/// A batcher of `lanes` lanes whose drainer parks as soon as it is idle,
+/// with `inline_when_idle` as given, tallying two producers' items.
+fn parking_tallier(lanes: usize, inline: bool) -> (Batcher<u64, u64>, Arc<Mutex<Tally>>) {
+    let tally = Arc::new(Mutex::new(Tally::new(2)));
+    let batcher = Batcher::builder()
+        .lanes(lanes)
+        .wait_strategy(WaitStrategy::Park)
+        .inline_when_idle(inline)
+        .handler_fn(tallying_handler(Arc::clone(&tally)))
+        .build()
+        .expect("valid settings");
+    (batcher, tally)
+}
+
 /// Spins (yielding) until the handler has seen `n` items, failing the test
 /// after [`BOUND`]: no flush, so a drainer that slept through a published
 /// item is caught.
@@ -214,14 +228,7 @@ fn shutdown_racing_an_exclusive_producer_loses_nothing() {
 #[test]
 fn tickets_slices_and_handover_to_a_shared_producer() {
     for inline in [false, true] {
-        let tally = Arc::new(Mutex::new(Tally::new(2)));
-        let batcher = Batcher::builder()
-            .lanes(2)
-            .wait_strategy(WaitStrategy::Park)
-            .inline_when_idle(inline)
-            .handler_fn(tallying_handler(Arc::clone(&tally)))
-            .build()
-            .expect("valid settings");
+        let (batcher, tally) = parking_tallier(2, inline);
         let owner = batcher.exclusive_producer().expect("a free lane");
         let lane = owner.lane();
         for i in 0..1_000 {
@@ -309,14 +316,7 @@ fn an_exclusive_producer_of_an_evicting_batcher_still_accounts_every_item() {
 #[test]
 fn lanes_change_hands_while_the_drainer_parks() {
     for inline in [false, true] {
-        let tally = Arc::new(Mutex::new(Tally::new(2)));
-        let batcher = Batcher::builder()
-            .lanes(3)
-            .wait_strategy(WaitStrategy::Park)
-            .inline_when_idle(inline)
-            .handler_fn(tallying_handler(Arc::clone(&tally)))
-            .build()
-            .expect("valid settings");
+        let (batcher, tally) = parking_tallier(3, inline);
         let other = batcher.producer_on_lane(2).expect("lane 2");
         let submitter = spawn_bounded("submitter", move || {
             for i in 0..5_000 {
