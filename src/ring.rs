@@ -916,17 +916,15 @@ impl<T> Ring<T> {
     /// (`inline_when_idle`) Whether the drainer announced a park on this
     /// lane and no claim came since: the hint a submitter reads before it
     /// tries to take the drainer's state. `owner`: the submitter owns the
-    /// ring (see [`own`](Self::own)), where the announcement is in the flags
-    /// word; a shared producer's ring is never owned, so it reads only the
-    /// tail word.
+    /// ring (see [`own`](Self::own)), so the announcement may be in the
+    /// flags word; a shared producer's ring is never owned, so it reads
+    /// only the tail word.
     #[inline(always)]
     pub(crate) fn looks_parked(&self, owner: bool) -> bool {
         // Relaxed: only a hint; `caught_up` decides, under the state's lock.
-        if owner {
-            self.flags.load(Ordering::Relaxed) & (FLAG_PARKED | FLAG_CLOSED) == FLAG_PARKED
-        } else {
-            self.tail.load(Ordering::Relaxed) & (PARKED | CLOSED | EVICTS) == PARKED
-        }
+        self.tail.load(Ordering::Relaxed) & (PARKED | CLOSED | EVICTS) == PARKED
+            || owner
+                && self.flags.load(Ordering::Relaxed) & (FLAG_PARKED | FLAG_CLOSED) == FLAG_PARKED
     }
 
     /// (`inline_when_idle`) Whether the lane is open, plain, and every
