@@ -1453,7 +1453,8 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// (which must be set too): a batch is dispatched before an item would
     /// take it over the limit. An item heavier than the limit on its own
     /// follows [`oversize`](Self::oversize). Default: 1 MiB once a weigher is
-    /// set, no limit otherwise.
+    /// set, no limit otherwise. At most `u32::MAX` (4 GiB): `build` refuses
+    /// more with [`ConfigError::TooLarge`] (field `"max_bytes"`).
     pub fn max_bytes(mut self, limit: usize) -> Self {
         self.shaping.max_bytes = Some(limit);
         self

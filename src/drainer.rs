@@ -898,7 +898,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             Err(payload) => {
                 self.tally.panics += 1;
                 Error::HandlerPanicked {
-                    message: panic_message(&*payload).into(),
+                    message: panic_message(&*payload),
                 }
             }
         };
@@ -956,7 +956,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             }
             Err(payload) => {
                 self.tally.panics += 1;
-                Outcome::Panicked(panic_message(&*payload).into())
+                Outcome::Panicked(panic_message(&*payload))
             }
         };
         let settled =
@@ -1524,12 +1524,13 @@ pub(crate) fn lock<T>(mutex: &crate::sync::Mutex<T>) -> crate::sync::MutexGuard<
 }
 
 /// The message of a panic payload, when it is a string.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> crate::error::PanicMessage {
+    let text: &str = if let Some(s) = payload.downcast_ref::<&'static str>() {
         s
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s
     } else {
         "a non-string panic payload"
-    }
+    };
+    std::sync::Arc::new(text.to_owned())
 }

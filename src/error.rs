@@ -6,8 +6,78 @@ use core::fmt;
 // plain data, not part of an atomic protocol, so it is the standard one.
 use std::sync::Arc;
 
-/// A boxed error from a handler, shared by every item it applies to.
-pub type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
+/// The boxed error type handlers return.
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A handler's error, shared by every item it applies to: one allocation
+/// when the error is made, a reference count per item after that.
+///
+/// It is one pointer wide (an `Arc` of a `Box`, not an `Arc<dyn Error>`),
+/// so that [`Error`] is two words and a `Result<u64, Error>` moves in two
+/// registers: results are moved on every item's way back, and wider values
+/// cost measurable time there (see BENCHMARKS.md, "Async round trip and
+/// throughput").
+///
+/// It derefs to the error itself:
+///
+/// ```
+/// use ringbatch::SharedError;
+///
+/// #[derive(Debug)]
+/// struct Refused;
+/// impl std::fmt::Display for Refused {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         f.write_str("refused by the sink")
+///     }
+/// }
+/// impl std::error::Error for Refused {}
+///
+/// let shared = SharedError::new(Refused);
+/// assert_eq!(shared.to_string(), "refused by the sink");
+/// assert!(shared.downcast_ref::<Refused>().is_some());
+/// let from_text = SharedError::from("bad row");
+/// assert_eq!(from_text.to_string(), "bad row");
+/// ```
+#[derive(Clone)]
+pub struct SharedError(Arc<BoxError>);
+
+impl SharedError {
+    /// Shares `error` (anything that converts to a boxed error: an error
+    /// type, a `String`, a `&str`).
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Self(Arc::new(error.into()))
+    }
+}
+
+impl core::ops::Deref for SharedError {
+    type Target = dyn std::error::Error + Send + Sync + 'static;
+
+    fn deref(&self) -> &Self::Target {
+        &**self.0
+    }
+}
+
+impl<E: Into<BoxError>> From<E> for SharedError {
+    fn from(error: E) -> Self {
+        Self::new(error)
+    }
+}
+
+impl fmt::Debug for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&**self, f)
+    }
+}
+
+/// A panic's message, shared by every item of the batch that panicked (one
+/// pointer wide, as [`SharedError`] is).
+pub type PanicMessage = Arc<String>;
 
 /// Why an item was not accepted. Every variant gives the item back.
 #[derive(PartialEq, Eq, Clone, Copy)]
@@ -136,7 +206,7 @@ pub enum Error {
     /// The handler panicked while handling the item's batch.
     HandlerPanicked {
         /// The panic message, when it was a string.
-        message: Arc<str>,
+        message: PanicMessage,
     },
     /// The handler returned without completing the item.
     NotCompleted,
@@ -168,8 +238,9 @@ pub enum Error {
     TooLarge {
         /// The item's weight, by the batcher's weigher.
         weight: usize,
-        /// The byte limit.
-        limit: usize,
+        /// The byte limit ([`max_bytes`](crate::BatcherBuilder::max_bytes),
+        /// which is at most `u32::MAX`).
+        limit: u32,
     },
 }
 
@@ -242,6 +313,10 @@ impl fmt::Display for Error {
         }
     }
 }
+
+// `Error` is two words, so a `Result<u64, Error>` is too (see `SharedError`).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(core::mem::size_of::<Result<u64, Error>>() == 16);
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {

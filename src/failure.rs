@@ -272,7 +272,7 @@ pub(crate) enum Outcome {
     /// `Err(e)`.
     Failed(BatchError),
     /// A panic, with its message.
-    Panicked(std::sync::Arc<str>),
+    Panicked(crate::error::PanicMessage),
 }
 
 /// What to do with a batch after it was settled.

@@ -1,7 +1,6 @@
 //! The sink side: the [`Handler`] trait, and the [`Batch`] it receives.
 
 use core::fmt;
-use std::sync::Arc;
 
 use crate::completion::TableOwner;
 use crate::error::{Error, SharedError};
@@ -251,7 +250,7 @@ impl<'a, T, R> Batch<'a, T, R> {
         index: usize,
         error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Result<(), CompleteError> {
-        self.complete(index, Err(Error::Failed(Arc::from(error.into()))))
+        self.complete(index, Err(Error::Failed(SharedError::new(error))))
     }
 
     /// Completes every item not completed yet with `f(item)`, in order.
@@ -259,7 +258,7 @@ impl<'a, T, R> Batch<'a, T, R> {
     where
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     {
-        self.complete_remaining(|item| f(item).map_err(|e| Error::Failed(Arc::from(e.into()))));
+        self.complete_remaining(|item| f(item).map_err(|e| Error::Failed(SharedError::new(e))));
     }
 
     /// Completes every item not completed yet with `Ok(f(item))`, in order:
@@ -355,7 +354,7 @@ impl<'a, T, R> Batch<'a, T, R> {
         mark: u8,
     ) -> Result<(), CompleteError> {
         if !self.buf.marking() {
-            return self.complete(index, Err(Error::Failed(Arc::from(error))));
+            return self.complete(index, Err(Error::Failed(SharedError::new(error))));
         }
         let len = self.len();
         match self.buf.origins.get(index) {
@@ -367,7 +366,7 @@ impl<'a, T, R> Batch<'a, T, R> {
             Some(_) => {}
         }
         self.buf.marks[index] = mark;
-        self.buf.errors[index] = Some(Error::Failed(Arc::from(error)));
+        self.buf.errors[index] = Some(Error::Failed(SharedError::new(error)));
         self.buf.completed += 1;
         Ok(())
     }

@@ -705,14 +705,14 @@ impl<T, R> Drop for Worker<T, R> {
 struct CatchUnwind<F>(F);
 
 impl<F: Future + Unpin> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, std::sync::Arc<str>>;
+    type Output = Result<F::Output, crate::error::PanicMessage>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let inner = &mut self.0;
         match catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
             Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => Poll::Ready(Err(panic_message(&*payload).into())),
+            Err(payload) => Poll::Ready(Err(panic_message(&*payload))),
         }
     }
 }

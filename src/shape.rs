@@ -632,6 +632,10 @@ pub(crate) struct Shaping<T> {
 
 /// The default byte limit once a weigher is set.
 pub const DEFAULT_MAX_BYTES: usize = 1 << 20;
+
+/// The largest byte limit: [`Error::TooLarge`] carries it as a `u32`, which
+/// keeps [`Error`] two words wide.
+const MAX_BYTES_LIMIT: usize = u32::MAX as usize;
 /// The default bound on open key groups.
 pub const DEFAULT_MAX_OPEN_GROUPS: usize = 64;
 /// The default starvation age of lower priority classes.
@@ -712,6 +716,13 @@ impl<T> Shaping<T> {
         }
         if self.max_bytes == Some(0) {
             return Err(ConfigError::Zero { field: "max_bytes" });
+        }
+        if let Some(limit) = self.max_bytes.filter(|&limit| limit > MAX_BYTES_LIMIT) {
+            return Err(ConfigError::TooLarge {
+                field: "max_bytes",
+                value: limit,
+                max: MAX_BYTES_LIMIT,
+            });
         }
         if self.max_bytes.is_some() && self.weigher.is_none() {
             return Err(ConfigError::Invalid {
@@ -1121,7 +1132,8 @@ impl<T> Assembler<T> {
                         staged.origin,
                         Error::TooLarge {
                             weight: staged.weight,
-                            limit,
+                            // `validate` refuses limits above `u32::MAX`.
+                            limit: u32::try_from(limit).unwrap_or(u32::MAX),
                         },
                     );
                     continue;

@@ -75,6 +75,24 @@ fn sizes_above_their_maximum_are_refused() {
             ..
         }
     ));
+    // `Error::TooLarge` reports the byte limit as a `u32`.
+    let above = u32::MAX as usize + 1;
+    assert_eq!(
+        error_of(builder().weigher(|_: &u64| 8).max_bytes(above)),
+        ConfigError::TooLarge {
+            field: "max_bytes",
+            value: above,
+            max: u32::MAX as usize
+        }
+    );
+    assert!(
+        builder()
+            .weigher(|_: &u64| 8)
+            .max_bytes(u32::MAX as usize)
+            .build()
+            .is_ok(),
+        "a limit of exactly u32::MAX is accepted"
+    );
 }
 
 #[test]

@@ -323,7 +323,7 @@ fn every_item_is_handled_or_too_large_exactly_once() {
                                 handled += 1;
                             }
                             Err(Error::TooLarge { weight: w, limit }) if weight > LIMIT => {
-                                assert_eq!((w, limit), (weight, LIMIT));
+                                assert_eq!((w, limit as usize), (weight, LIMIT));
                                 too_large += 1;
                             }
                             other => panic!("item {id} weighing {weight}: unexpected {other:?}"),

@@ -229,7 +229,7 @@ impl<T> JetStreamSink<T> {
                     }
                     Err(e) => {
                         counters.failed.fetch_add(1, Ordering::Relaxed);
-                        let error: SharedError = Arc::new(JetStreamSinkError::Publish(Arc::new(e)));
+                        let error = SharedError::new(JetStreamSinkError::Publish(Arc::new(e)));
                         let _ = batch.complete(i, Err(Error::Failed(error)));
                     }
                 }
@@ -241,7 +241,7 @@ impl<T> JetStreamSink<T> {
                 counters
                     .failed
                     .fetch_add(again.len() as u64, Ordering::Relaxed);
-                let error: SharedError = Arc::new(JetStreamSinkError::Unavailable {
+                let error = SharedError::new(JetStreamSinkError::Unavailable {
                     attempts: attempt + 1,
                     last: last.map(Arc::new),
                 });

@@ -349,7 +349,7 @@ impl<T, R> PostgresSink<T, R> {
                         continue;
                     }
                     if rounds >= self.retry.max_retries {
-                        let error: SharedError = Arc::new(PostgresSinkError::Unresolved);
+                        let error = SharedError::new(PostgresSinkError::Unresolved);
                         for &i in &missing {
                             let _ = batch.complete(i, Err(Error::Failed(error.clone())));
                         }
@@ -371,7 +371,7 @@ impl<T, R> PostgresSink<T, R> {
                             .rejected
                             .fetch_add(rows.len() as u64, Ordering::Relaxed);
                     }
-                    let error: SharedError = Arc::new(error);
+                    let error = SharedError::new(error);
                     for &i in &rows {
                         let _ = batch.complete(i, Err(Error::Failed(error.clone())));
                     }
@@ -399,8 +399,9 @@ impl<T, R> PostgresSink<T, R> {
             } else {
                 existing += 1;
             }
-            let result = (self.decode)(row)
-                .map_err(|e| Error::Failed(Arc::new(PostgresSinkError::Decode(Arc::new(e)))));
+            let result = (self.decode)(row).map_err(|e| {
+                Error::Failed(SharedError::new(PostgresSinkError::Decode(Arc::new(e))))
+            });
             let _ = batch.complete(rows[position], result);
         }
         let metrics = &self.metrics.inner;
