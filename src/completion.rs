@@ -58,14 +58,32 @@ pub(crate) struct CompletionSlot<R> {
     result: UnsafeCell<MaybeUninit<Result<R, Error>>>,
     /// Empty whenever `WAKER` is clear and the slot is owned by the ticket.
     waker: UnsafeCell<Option<Waker>>,
+    /// What the ticket keeps here rather than in itself, so that a ticket is
+    /// one pointer (see [`Ticket`]). Written by the producer that armed the
+    /// slot (before it makes the ticket), then only by the ticket.
+    ticket: UnsafeCell<TicketCell>,
+    /// The lane this slot belongs to; set once, when the table is built.
+    lane: NonNull<LaneCompletions<R>>,
+}
+
+/// The ticket's own state, kept in its slot.
+struct TicketCell {
+    /// The item's sequence number in its lane.
+    seq: u64,
+    /// Polls that found no result and yielded instead of registering a
+    /// waker (see the `Future` impl of [`Ticket`]).
+    yields: u8,
 }
 
 impl<R> CompletionSlot<R> {
+    /// A free slot; [`TableOwner::new`] sets its lane.
     fn new() -> Self {
         Self {
             state: AtomicUsize::new(FREE),
             result: UnsafeCell::new(MaybeUninit::uninit()),
             waker: UnsafeCell::new(None),
+            ticket: UnsafeCell::new(TicketCell { seq: 0, yields: 0 }),
+            lane: NonNull::dangling(),
         }
     }
 
@@ -351,6 +369,8 @@ pub(crate) struct LaneCompletions<R> {
     slots: Box<[CompletionSlot<R>]>,
     mask: usize,
     pub(crate) notifier: Notifier,
+    /// The table this lane belongs to; set once, when the table is built.
+    table: NonNull<Table<R>>,
 }
 
 impl<R> LaneCompletions<R> {
@@ -492,18 +512,28 @@ impl<R> TableOwner<R> {
                 slots: (0..slots).map(|_| CompletionSlot::new()).collect(),
                 mask: slots - 1,
                 notifier: Notifier::new(),
+                table: NonNull::dangling(),
             })
             .collect();
-        let table = Box::new(Table {
+        let table = NonNull::from(Box::leak(Box::new(Table {
             lanes,
             orphans: AtomicUsize::new(0),
             wait,
             #[cfg(loom)]
             _leak_probe: crate::sync::Arc::new(()),
-        });
-        Self {
-            table: NonNull::from(Box::leak(table)),
+        })));
+        // The back pointers from slots to lanes and from lanes to the table,
+        // which let a ticket be one pointer. The lanes and slots live in
+        // boxed slices that never move, and are only read through them.
+        // SAFETY: just allocated; this is the only pointer to the table.
+        for lane in unsafe { &mut *table.as_ptr() }.lanes.iter_mut() {
+            lane.table = table;
+            let lane_ptr = NonNull::from(&*lane);
+            for slot in lane.slots.iter_mut() {
+                slot.lane = lane_ptr;
+            }
         }
+        Self { table }
     }
 
     #[inline(always)]
@@ -531,15 +561,19 @@ impl<R> TableOwner<R> {
     /// one ticket for it.
     #[inline(always)]
     pub(crate) unsafe fn ticket(&self, lane: usize, index: usize, seq: usize) -> Ticket<R> {
-        let lanes = self.lane(lane);
+        let slot = self.lane(lane).slot(index);
+        slot.ticket.with_mut(|cell| {
+            // SAFETY: the caller armed the slot, so its ticket cell is ours
+            // until the ticket made here takes it over.
+            unsafe {
+                *cell = TicketCell {
+                    seq: seq as u64,
+                    yields: 0,
+                }
+            }
+        });
         Ticket {
-            inner: Inner::Pending(SlotRef {
-                slot: NonNull::from(lanes.slot(index)),
-                lane: NonNull::from(lanes),
-                table: self.table,
-                seq: seq as u64,
-            }),
-            yields: 0,
+            inner: Inner::Pending(SlotRef(NonNull::from(slot))),
         }
     }
 }
@@ -588,13 +622,9 @@ impl<R> Drop for TableOwner<R> {
     }
 }
 
-/// The address of one armed completion slot.
-struct SlotRef<R> {
-    slot: NonNull<CompletionSlot<R>>,
-    lane: NonNull<LaneCompletions<R>>,
-    table: NonNull<Table<R>>,
-    seq: u64,
-}
+/// The address of one armed completion slot (its lane and table are found
+/// through the slot's back pointers).
+struct SlotRef<R>(NonNull<CompletionSlot<R>>);
 
 impl<R> SlotRef<R> {
     /// The slot, its lane and the table, borrowed for one operation.
@@ -603,7 +633,32 @@ impl<R> SlotRef<R> {
         // SAFETY: the ticket owns the slot, so the table is alive: it is freed
         // only after every orphaned slot is freed, and this one is freed by the
         // ticket's own `try_take`/`release`, after which the `SlotRef` is gone.
-        unsafe { (self.slot.as_ref(), self.lane.as_ref(), self.table.as_ref()) }
+        // The back pointers were set when the table was built and point into
+        // that same allocation.
+        unsafe {
+            let slot = self.0.as_ref();
+            let lane = slot.lane.as_ref();
+            (slot, lane, lane.table.as_ref())
+        }
+    }
+
+    /// The ticket's own state in the slot, for one access.
+    #[inline(always)]
+    fn with_cell<T>(&self, f: impl FnOnce(&mut TicketCell) -> T) -> T {
+        // SAFETY: the ticket owns the slot, and with it the ticket cell: no
+        // other party touches it while the ticket lives. A ticket is not
+        // `Sync` and its `SlotRef` is not `Clone`, so no two of these borrows
+        // overlap; each ends with `f`.
+        self.parts()
+            .0
+            .ticket
+            .with_mut(|cell| f(unsafe { &mut *cell }))
+    }
+
+    /// The item's sequence number, from the ticket cell.
+    fn seq(&self) -> u64 {
+        // SAFETY: as in `with_cell`; a shared read.
+        self.parts().0.ticket.with(|cell| unsafe { (*cell).seq })
     }
 }
 
@@ -640,13 +695,18 @@ enum Inner<R> {
 /// let ticket = producer.submit(41).unwrap();
 /// assert_eq!(ticket.wait().unwrap(), 42);
 /// ```
+///
+/// A pending ticket is one pointer, to its completion slot (which keeps the
+/// sequence number and the lane), so that a `Ticket<u64>` is two words and
+/// moves in registers.
 #[must_use = "dropping a ticket discards the item's result"]
 pub struct Ticket<R> {
     inner: Inner<R>,
-    /// Polls that found no result and yielded instead of registering a
-    /// waker (see the `Future` impl).
-    yields: u8,
 }
+
+// A ticket for a `u64` result is two words (see above).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(core::mem::size_of::<Ticket<u64>>() == 16);
 
 // SAFETY: a ticket exclusively owns the ticket side of its slot; the result
 // (an `R`) is moved to whichever thread holds the ticket, hence `R: Send`. The
@@ -658,7 +718,6 @@ impl<R> Ticket<R> {
     pub(crate) fn ready(result: Result<R, Error>) -> Self {
         Self {
             inner: Inner::Ready(result),
-            yields: 0,
         }
     }
 
@@ -668,7 +727,7 @@ impl<R> Ticket<R> {
     /// without passing through the lane).
     pub fn sequence(&self) -> Option<u64> {
         match &self.inner {
-            Inner::Pending(slot) => Some(slot.seq),
+            Inner::Pending(slot) => Some(slot.seq()),
             _ => None,
         }
     }
@@ -852,15 +911,18 @@ impl<R> Ticket<R> {
         if let Some(result) = self.try_take() {
             return core::task::Poll::Ready(result);
         }
-        if let Inner::Pending(slot) = &self.inner {
-            let (slot, _, table) = slot.parts();
+        if let Inner::Pending(pending) = &self.inner {
+            let (slot, _, table) = pending.parts();
             let yield_now = match table.wait {
                 WaitStrategy::BusySpin | WaitStrategy::Yield => true,
-                WaitStrategy::Backoff => self.yields < TASK_YIELDS,
+                WaitStrategy::Backoff => pending.with_cell(|cell| {
+                    let more = cell.yields < TASK_YIELDS;
+                    cell.yields += u8::from(more);
+                    more
+                }),
                 WaitStrategy::Park => false,
             };
             if yield_now {
-                self.yields = self.yields.saturating_add(1);
                 cx.waker().wake_by_ref();
                 return core::task::Poll::Pending;
             }

@@ -13,10 +13,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// when the error is made, a reference count per item after that.
 ///
 /// It is one pointer wide (an `Arc` of a `Box`, not an `Arc<dyn Error>`),
-/// so that [`Error`] is two words and a `Result<u64, Error>` moves in two
-/// registers: results are moved on every item's way back, and wider values
-/// cost measurable time there (see BENCHMARKS.md, "Async round trip and
-/// throughput").
+/// so that [`Error`] is two words (see there why that matters).
 ///
 /// It derefs to the error itself:
 ///
@@ -196,8 +193,18 @@ impl std::error::Error for SliceError {}
 
 /// Why an accepted item produced no output. Cloneable: a whole-batch failure
 /// gives the same error to every item of the batch.
+///
+/// Two words: a word-sized discriminant and a payload of at most one word.
+/// Results travel by value from the handler to each submitter, so their
+/// size and shape are on every item's path: with a byte-sized discriminant
+/// the compiler copied the tag byte and the rest of its word separately, and
+/// the reads that followed stalled on store forwarding (BENCHMARKS.md, "The
+/// shape of a result"). A `Result<u64, Error>` and a pending
+/// [`Ticket<u64>`](crate::Ticket) are two words each, with the tag in a
+/// whole word.
 #[derive(Clone)]
 #[non_exhaustive]
+#[repr(usize)]
 pub enum Error {
     /// The handler failed this item ([`Batch::fail`](crate::Batch::fail)).
     Failed(SharedError),
@@ -236,8 +243,9 @@ pub enum Error {
     CircuitOpen,
     /// The item weighs more than the batcher's byte limit on its own.
     TooLarge {
-        /// The item's weight, by the batcher's weigher.
-        weight: usize,
+        /// The item's weight, by the batcher's weigher (`u32::MAX` for a
+        /// weight of 4 GiB or more).
+        weight: u32,
         /// The byte limit ([`max_bytes`](crate::BatcherBuilder::max_bytes),
         /// which is at most `u32::MAX`).
         limit: u32,
@@ -314,7 +322,7 @@ impl fmt::Display for Error {
     }
 }
 
-// `Error` is two words, so a `Result<u64, Error>` is too (see `SharedError`).
+// `Error` is two words, so a `Result<u64, Error>` is too (see `Error`).
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(core::mem::size_of::<Result<u64, Error>>() == 16);
 

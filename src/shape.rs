@@ -1131,7 +1131,8 @@ impl<T> Assembler<T> {
                     complete(
                         staged.origin,
                         Error::TooLarge {
-                            weight: staged.weight,
+                            // Saturates, as `Error::TooLarge` documents.
+                            weight: u32::try_from(staged.weight).unwrap_or(u32::MAX),
                             // `validate` refuses limits above `u32::MAX`.
                             limit: u32::try_from(limit).unwrap_or(u32::MAX),
                         },

@@ -192,6 +192,22 @@ fn an_item_over_the_limit_fails_with_too_large_and_is_counted() {
 }
 
 #[test]
+fn a_weight_of_4_gib_or_more_is_reported_as_u32_max() {
+    let batcher = Batcher::builder()
+        .weigher(|item: &Item| item.1)
+        .max_bytes(1_000)
+        .handler_fn(recording(&Batches::default(), None))
+        .build()
+        .unwrap();
+    let producer = batcher.producer();
+    match wait_ticket(producer.submit((1, usize::MAX)).unwrap()) {
+        Err(Error::TooLarge { weight, limit }) => assert_eq!((weight, limit), (u32::MAX, 1_000)),
+        other => panic!("expected TooLarge {{ weight: u32::MAX, limit: 1000 }}, got {other:?}"),
+    }
+    assert_eq!(batcher.shutdown().too_large, 1);
+}
+
+#[test]
 fn the_default_byte_limit_is_one_mebibyte() {
     let batcher = Batcher::builder()
         .weigher(|item: &Item| item.1)
@@ -323,7 +339,7 @@ fn every_item_is_handled_or_too_large_exactly_once() {
                                 handled += 1;
                             }
                             Err(Error::TooLarge { weight: w, limit }) if weight > LIMIT => {
-                                assert_eq!((w, limit as usize), (weight, LIMIT));
+                                assert_eq!((w as usize, limit as usize), (weight, LIMIT));
                                 too_large += 1;
                             }
                             other => panic!("item {id} weighing {weight}: unexpected {other:?}"),
