@@ -167,8 +167,12 @@ impl<R> CompletionSlot<R> {
         self.result.with_mut(|p| unsafe { (*p).write(result) });
         // Release publishes the result to the ticket's Acquire load of `READY`;
         // Acquire makes the ticket's waker write (before its `WAKER` CAS, or its
-        // `RELEASED` CAS) visible here.
-        let prev = self.state.fetch_or(READY, Ordering::AcqRel);
+        // `RELEASED` CAS) visible here. `READY` is clear (one completion per
+        // arm), so adding it sets it: one `lock xadd`, where a `fetch_or`
+        // that returns the old state is a load and a CAS loop, two coherence
+        // transactions on a line the ticket's side last wrote.
+        let prev = self.state.fetch_add(READY, Ordering::AcqRel);
+        debug_assert!(prev & READY == 0, "a slot completed twice");
         if prev & RELEASED != 0 {
             // The ticket left before the result came: drop it and free.
             // SAFETY: just written, and the ticket will never read it.
@@ -186,7 +190,8 @@ impl<R> CompletionSlot<R> {
             });
             // AcqRel: Release hands the waker cell back; Acquire sees the
             // ticket's `RELEASED` (and its read of the result) if it came first.
-            let prev = self.state.fetch_or(DONE, Ordering::AcqRel);
+            // `DONE` is set only here, once: adding sets it (as `READY` above).
+            let prev = self.state.fetch_add(DONE, Ordering::AcqRel);
             if prev & RELEASED != 0 {
                 // SAFETY: the ticket took the result and left the freeing to us.
                 unsafe { self.free(lane, table) };
@@ -206,7 +211,7 @@ impl<R> CompletionSlot<R> {
         lane: &LaneCompletions<R>,
         table: &Table<R>,
     ) -> Option<Result<R, Error>> {
-        // Acquire pairs with the completer's `fetch_or(READY)`.
+        // Acquire pairs with the completer's `fetch_add(READY)`.
         let state = self.state.load(Ordering::Acquire);
         if state & READY == 0 {
             return None;
@@ -240,7 +245,9 @@ impl<R> CompletionSlot<R> {
             // AcqRel: Acquire sees `DONE` (the completer is finished with the
             // waker); Release orders our read of the result before a free by
             // the completer.
-            let prev = self.state.fetch_or(RELEASED, Ordering::AcqRel);
+            // `RELEASED` is clear: the ticket sets it once, here or in
+            // `release`. Adding sets it (see `complete`).
+            let prev = self.state.fetch_add(RELEASED, Ordering::AcqRel);
             if prev & DONE != 0 {
                 // SAFETY: both sides are finished; we are the last.
                 unsafe { self.free(lane, table) };
@@ -296,7 +303,7 @@ impl<R> CompletionSlot<R> {
                 return false;
             }
             // Release publishes the waker cell to the completer's AcqRel
-            // `fetch_or(READY)`.
+            // `fetch_add(READY)`.
             match self.state.compare_exchange_weak(
                 state,
                 state | WAKER,
