@@ -74,7 +74,7 @@ impl fmt::Display for SharedError {
 
 /// A panic's message, shared by every item of the batch that panicked (one
 /// pointer wide, as [`SharedError`] is).
-pub type PanicMessage = Arc<String>;
+pub(crate) type PanicMessage = Arc<String>;
 
 /// Why an item was not accepted. Every variant gives the item back.
 #[derive(PartialEq, Eq, Clone, Copy)]
@@ -212,8 +212,9 @@ pub enum Error {
     BatchFailed(SharedError),
     /// The handler panicked while handling the item's batch.
     HandlerPanicked {
-        /// The panic message, when it was a string.
-        message: PanicMessage,
+        /// The panic message, when it was a string (an `Arc<String>`, one
+        /// pointer wide, so that [`Error`] stays two words).
+        message: Arc<String>,
     },
     /// The handler returned without completing the item.
     NotCompleted,
