@@ -15,7 +15,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// It is one pointer wide (an `Arc` of a `Box`, not an `Arc<dyn Error>`),
 /// so that [`Error`] is two words (see there why that matters).
 ///
-/// It derefs to the error itself:
+/// It derefs to the error itself (it does not implement `Error` itself:
+/// that would overlap its conversion from any error):
 ///
 /// ```
 /// use ringbatch::SharedError;
