@@ -56,8 +56,21 @@
 //! test mode) the table is made from 1,000 round trips, as a smoke test;
 //! with `--list` it is skipped.
 //!
+//! # Paired throughput
+//!
+//! Last, `async_throughput` once more for the two systems its target
+//! compares, `ringbatch_async_on_runtime` and `tokio_mpsc`, in
+//! [`PAIRED_ROUNDS`] rounds that alternate between them (and which goes
+//! first), [`PAIRED_ITERATIONS`] iterations per system per round: a table of
+//! each round's times and ratio, then the medians. The machine these ran on
+//! moves between a fast and a slow state for minutes at a time, and
+//! criterion measures one system after the other, so its two medians can
+//! come from different states; a round's two times are seconds apart. In
+//! test mode, three rounds of one iteration.
+//!
 //! ```text
-//! cargo bench --bench async
+//! cargo bench --bench async              # everything
+//! cargo bench --bench async -- paired    # no criterion group matches: the two tables only
 //! ```
 
 use std::collections::VecDeque;
@@ -90,6 +103,10 @@ const SAMPLES: u64 = 100_000;
 const WARMUP: u64 = 10_000;
 /// Round trips timed for the table in criterion's test mode.
 const TEST_SAMPLES: u64 = 1_000;
+/// Rounds of the paired throughput table.
+const PAIRED_ROUNDS: usize = 21;
+/// `async_throughput` iterations per system per round of the paired table.
+const PAIRED_ITERATIONS: u64 = 30;
 
 /// A request to the tokio server: the value and where to send the reply.
 type Request = (u64, oneshot::Sender<u64>);
@@ -495,6 +512,73 @@ fn percentile_table(samples: u64) {
     }
 }
 
+/// Prints `async_throughput` for the two systems its target compares
+/// (`ringbatch_async_on_runtime` and `tokio_mpsc`), measured in `rounds`
+/// alternating rounds of `iterations` iterations each, which system goes
+/// first alternating too. This machine moves between a fast and a slow
+/// state for minutes at a time, every system with it, and criterion times
+/// one system after the other; a round's ratio compares the two within
+/// seconds of each other.
+fn paired_throughput(rounds: usize, iterations: u64) {
+    let ringbatch = Rig::new(Kind::RingbatchAsyncOnRuntime, TASKS);
+    let tokio = Rig::new(Kind::TokioMpsc, TASKS);
+    let per_task = iterations * ITEMS_PER_TASK;
+    let per_iteration = |d: Duration| d.as_secs_f64() * 1e3 / iterations as f64;
+    // One warm-up round, not counted.
+    ringbatch.pipelined(per_task);
+    tokio.pipelined(per_task);
+    println!();
+    println!(
+        "async throughput, paired: {rounds} rounds of {iterations} iterations \
+         ({TASKS} tasks x {ITEMS_PER_TASK} requests) per system, alternating"
+    );
+    println!();
+    println!(
+        "| {:>5} | {:>26} | {:>10} | {:>5} |",
+        "round", "ringbatch_async_on_runtime", "tokio_mpsc", "ratio"
+    );
+    println!("| {:->5} | {:->26} | {:->10} | {:->5} |", "", "", "", "");
+    let mut rows: Vec<(f64, f64)> = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let (ours, theirs) = if round % 2 == 0 {
+            let ours = ringbatch.pipelined(per_task);
+            (ours, tokio.pipelined(per_task))
+        } else {
+            let theirs = tokio.pipelined(per_task);
+            (ringbatch.pipelined(per_task), theirs)
+        };
+        let (ours, theirs) = (per_iteration(ours), per_iteration(theirs));
+        println!(
+            "| {:>5} | {:>23.3} ms | {:>7.3} ms | {:>4.2}x |",
+            round + 1,
+            ours,
+            theirs,
+            theirs / ours
+        );
+        rows.push((ours, theirs));
+    }
+    ringbatch.stop();
+    tokio.stop();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ratios: Vec<f64> = rows.iter().map(|&(ours, theirs)| theirs / ours).collect();
+    let (low, high) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &r| {
+        (lo.min(r), hi.max(r))
+    });
+    println!();
+    println!(
+        "median per iteration: ringbatch_async_on_runtime {:.3} ms, tokio_mpsc {:.3} ms; \
+         ratio median {:.2}x (lowest {:.2}x, highest {:.2}x)",
+        median(rows.iter().map(|r| r.0).collect()),
+        median(rows.iter().map(|r| r.1).collect()),
+        median(ratios),
+        low,
+        high
+    );
+}
+
 fn fmt_ns(ns: u64) -> String {
     if ns < 10_000 {
         format!("{ns} ns")
@@ -519,10 +603,11 @@ fn main() {
     if has("--list") {
         return;
     }
-    let samples = if has("--bench") && !has("--test") {
-        SAMPLES
+    let full = has("--bench") && !has("--test");
+    percentile_table(if full { SAMPLES } else { TEST_SAMPLES });
+    if full {
+        paired_throughput(PAIRED_ROUNDS, PAIRED_ITERATIONS);
     } else {
-        TEST_SAMPLES
-    };
-    percentile_table(samples);
+        paired_throughput(3, 1);
+    }
 }
