@@ -467,3 +467,35 @@ fn a_producers_handle_makes_producers_anywhere_and_outlives_shutdown() {
         Err(SubmitError::Closed(1))
     ));
 }
+
+#[test]
+fn tickets_report_their_sequence_in_the_lane_while_slots_are_reused() {
+    // Four result slots, three rounds of four tickets: every slot serves
+    // three tickets, each of which keeps its own sequence number.
+    let batcher = Batcher::builder()
+        .lanes(1)
+        .result_slots(4)
+        .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+            batch.ok_with(|x| x * 10);
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let producer = batcher.producer_on_lane(0).unwrap();
+    let mut expected_seq = 0u64;
+    for round in 0..3u64 {
+        let tickets: Vec<_> = (0..4u64)
+            .map(|i| (round * 4 + i, producer.submit(round * 4 + i).unwrap()))
+            .collect();
+        for (item, ticket) in tickets {
+            assert_eq!(
+                ticket.sequence(),
+                Some(expected_seq),
+                "the ticket of item {item} names its place in the lane"
+            );
+            expected_seq += 1;
+            assert_eq!(ticket.wait().unwrap(), item * 10, "item {item}'s result");
+        }
+    }
+    assert_eq!(batcher.shutdown().items_handled, 12);
+}
