@@ -34,6 +34,17 @@
 //! Criterion's time per iteration is a mean over many back-to-back round
 //! trips; `benches/latency.rs` gives their percentiles.
 //!
+//! # Paired one-producer tables
+//!
+//! After the groups (in a full run, or alone with `cargo bench --bench peers
+//! -- paired`), `throughput_1p` and `throughput_1p_64b` once more in 11
+//! rounds of 5 iterations per system, the order rotating from round to
+//! round: each round's items per second, the medians, and ringbatch's ratio
+//! to each round's best multi-producer peer and its fraction of `rtrb`
+//! (medians over rounds). Within a round the systems run seconds apart, so
+//! the machine's slow spells, which last minutes, shift a whole round
+//! rather than one system.
+//!
 //! # Reading the numbers
 //!
 //! On a machine with few cores (the reference machine has 2, shared) every
@@ -52,9 +63,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::measurement::WallTime;
-use criterion::{
-    BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
-};
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group};
 use roundtrip::{Rt, with_roundtrip};
 use throughput::{ITEMS, Item, Sys, with_throughput};
 
@@ -141,6 +150,103 @@ fn roundtrip(c: &mut Criterion) {
     group.finish();
 }
 
+/// One producer's throughput for every system of `throughput_1p` (items of
+/// type `T`), in `rounds` rounds of `iterations` iterations per system, the
+/// order rotating from round to round. Each system is started and stopped
+/// within its turn, as in criterion's groups, so nothing spins during
+/// another's. Prints each round's items per second, then per system the
+/// median, and the median over rounds of ringbatch's ratio to that round's
+/// best multi-producer peer and of its fraction of `rtrb`.
+///
+/// The machine these benches were written on moves between a fast and a
+/// slow state for minutes at a time; criterion measures one system after
+/// the other, so two of its medians can come from different states. Within
+/// a round the systems run seconds apart.
+fn paired_1p<T: Item>(label: &str, rounds: usize, iterations: u64) {
+    let systems = with_exclusive(&[Sys::Rtrb]);
+    let mut rates: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); systems.len()];
+    println!();
+    println!(
+        "{label}, paired: one producer, {rounds} rounds of {iterations} x {ITEMS} items \
+         per system, the order rotating; M items/s"
+    );
+    println!();
+    let header: Vec<String> = systems
+        .iter()
+        .map(|s| format!("{:>10}", short(*s)))
+        .collect();
+    println!("| round | {} |", header.join(" | "));
+    println!("| ----- |{}", " ---------: |".repeat(systems.len()));
+    for round in 0..rounds {
+        for k in 0..systems.len() {
+            let i = (round + k) % systems.len();
+            let elapsed = with_throughput::<T, _>(systems[i], 1, |run| {
+                run(1); // warm-up, not counted
+                run(iterations)
+            });
+            rates[i].push((iterations * ITEMS) as f64 / elapsed.as_secs_f64() / 1e6);
+        }
+        let row: Vec<String> = rates
+            .iter()
+            .map(|r| format!("{:>10.1}", r[round]))
+            .collect();
+        println!("| {:>5} | {} |", round + 1, row.join(" | "));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let row: Vec<String> = rates
+        .iter()
+        .map(|r| format!("{:>10.1}", median(r.clone())))
+        .collect();
+    println!("| median | {} |", row.join(" | "));
+    let index = |sys: Sys| systems.iter().position(|&s| s == sys).expect("in the list");
+    let peers: Vec<usize> = systems
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !matches!(s, Sys::Ringbatch | Sys::RingbatchExclusive | Sys::Rtrb))
+        .map(|(i, _)| i)
+        .collect();
+    println!();
+    for ours in [Sys::Ringbatch, Sys::RingbatchExclusive] {
+        let (ours_i, rtrb_i) = (index(ours), index(Sys::Rtrb));
+        let vs_best: Vec<f64> = (0..rounds)
+            .map(|r| {
+                let best = peers.iter().map(|&p| rates[p][r]).fold(0.0, f64::max);
+                rates[ours_i][r] / best
+            })
+            .collect();
+        let of_rtrb: Vec<f64> = (0..rounds)
+            .map(|r| rates[ours_i][r] / rates[rtrb_i][r])
+            .collect();
+        let lowest = vs_best.iter().copied().fold(f64::INFINITY, f64::min);
+        println!(
+            "{}: {:.2}x the round's best multi-producer peer (median; lowest {:.2}x), \
+             {:.2} of rtrb (median)",
+            ours.name(),
+            median(vs_best),
+            lowest,
+            median(of_rtrb)
+        );
+    }
+}
+
+/// A column name for the paired table.
+fn short(system: Sys) -> &'static str {
+    match system {
+        Sys::Ringbatch => "ringbatch",
+        Sys::RingbatchExclusive => "exclusive",
+        Sys::ArrayQueue => "array_q",
+        Sys::CrossbeamChannel => "crossbeam",
+        Sys::Disruptor => "disruptor",
+        Sys::Flume => "flume",
+        Sys::StdSyncChannel => "std_sync",
+        Sys::TokioMpsc => "tokio",
+        Sys::Rtrb => "rtrb",
+    }
+}
+
 criterion_group!(
     benches,
     throughput_1p,
@@ -149,4 +255,27 @@ criterion_group!(
     throughput_1p_64b,
     roundtrip
 );
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    // The paired tables follow criterion's mode (`cargo bench` passes
+    // `--bench`; `cargo test --benches` does not: one short round, as a
+    // smoke test). With a filter they run only if it is `paired`.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    if has("--list") {
+        return;
+    }
+    let filtered = args.iter().any(|a| !a.starts_with('-'));
+    if filtered && !has("paired") {
+        return;
+    }
+    let (rounds, iterations) = if has("--bench") && !has("--test") {
+        (11, 5)
+    } else {
+        (1, 1)
+    };
+    paired_1p::<u64>("throughput_1p", rounds, iterations);
+    paired_1p::<[u64; 8]>("throughput_1p_64b", rounds, iterations);
+}
