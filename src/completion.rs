@@ -637,11 +637,11 @@ impl<R> SlotRef<R> {
     /// The slot, its lane and the table, borrowed for one operation.
     #[inline(always)]
     fn parts(&self) -> (&CompletionSlot<R>, &LaneCompletions<R>, &Table<R>) {
-        // SAFETY: the ticket owns the slot, so the table is alive: it is freed
-        // only after every orphaned slot is freed, and this one is freed by the
+        // The ticket owns the slot, so the table is alive: it is freed only
+        // after every orphaned slot is freed, and this one is freed by the
         // ticket's own `try_take`/`release`, after which the `SlotRef` is gone.
-        // The back pointers were set when the table was built and point into
-        // that same allocation.
+        // SAFETY: as just said; the back pointers were set when the table was
+        // built and point into that same live allocation.
         unsafe {
             let slot = self.0.as_ref();
             let lane = slot.lane.as_ref();
@@ -652,14 +652,14 @@ impl<R> SlotRef<R> {
     /// The ticket's own state in the slot, for one access.
     #[inline(always)]
     fn with_cell<T>(&self, f: impl FnOnce(&mut TicketCell) -> T) -> T {
-        // SAFETY: the ticket owns the slot, and with it the ticket cell: no
-        // other party touches it while the ticket lives. A ticket is not
-        // `Sync` and its `SlotRef` is not `Clone`, so no two of these borrows
-        // overlap; each ends with `f`.
-        self.parts()
-            .0
-            .ticket
-            .with_mut(|cell| f(unsafe { &mut *cell }))
+        let cell = &self.parts().0.ticket;
+        // The ticket owns the slot, and with it the ticket cell: no other
+        // party touches it while the ticket lives.
+        cell.with_mut(|cell| {
+            // SAFETY: as just said; a ticket is not `Sync` and its `SlotRef`
+            // is not `Clone`, so no two of these borrows overlap.
+            f(unsafe { &mut *cell })
+        })
     }
 
     /// The item's sequence number, from the ticket cell.
