@@ -45,6 +45,16 @@
 //! the machine's slow spells, which last minutes, shift a whole round
 //! rather than one system.
 //!
+//! The tables come twice: with the threads placed by the scheduler, then
+//! with the consumer pinned to the first core and the producer to another
+//! (`Placement::Pinned` in `benches/harness/throughput.rs`: ringbatch's
+//! drainer through `pin_drainer`, `disruptor`'s handler through
+//! `pin_at_core`, the other consumers' threads directly). Pinned, no
+//! consumer can land on its producer's core, as none does in a deployment
+//! that gives the consumer a core of its own; placed by the scheduler, a
+//! consumer that sleeps may wake on the producer's core and share its
+//! cache for a while.
+//!
 //! # Reading the numbers
 //!
 //! On a machine with few cores (the reference machine has 2, shared) every
@@ -65,7 +75,7 @@ use std::time::Duration;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group};
 use roundtrip::{Rt, with_roundtrip};
-use throughput::{ITEMS, Item, Sys, with_throughput};
+use throughput::{ITEMS, Item, Placement, Sys, with_throughput};
 
 /// A 64-byte item: eight words, all summed by the consumer.
 impl Item for [u64; 8] {
@@ -96,7 +106,7 @@ fn throughput_group<T: Item>(c: &mut Criterion, name: &str, producers: usize, sy
     group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Elements(ITEMS));
     for &system in systems {
-        with_throughput::<T, _>(system, producers, |run| {
+        with_throughput::<T, _>(system, producers, Placement::Free, |run| {
             group.bench_function(system.name(), |b| b.iter_custom(&mut *run));
         });
     }
@@ -162,13 +172,17 @@ fn roundtrip(c: &mut Criterion) {
 /// slow state for minutes at a time; criterion measures one system after
 /// the other, so two of its medians can come from different states. Within
 /// a round the systems run seconds apart.
-fn paired_1p<T: Item>(label: &str, rounds: usize, iterations: u64) {
+fn paired_1p<T: Item>(label: &str, placement: Placement, rounds: usize, iterations: u64) {
     let systems = with_exclusive(&[Sys::Rtrb]);
     let mut rates: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); systems.len()];
+    let placed = match placement {
+        Placement::Free => "threads placed by the scheduler",
+        Placement::Pinned => "consumer pinned to one core, producer to another",
+    };
     println!();
     println!(
-        "{label}, paired: one producer, {rounds} rounds of {iterations} x {ITEMS} items \
-         per system, the order rotating; M items/s"
+        "{label}, paired: one producer, {placed}; {rounds} rounds of {iterations} x {ITEMS} \
+         items per system, the order rotating; M items/s"
     );
     println!();
     let header: Vec<String> = systems
@@ -180,7 +194,7 @@ fn paired_1p<T: Item>(label: &str, rounds: usize, iterations: u64) {
     for round in 0..rounds {
         for k in 0..systems.len() {
             let i = (round + k) % systems.len();
-            let elapsed = with_throughput::<T, _>(systems[i], 1, |run| {
+            let elapsed = with_throughput::<T, _>(systems[i], 1, placement, |run| {
                 run(1); // warm-up, not counted
                 run(iterations)
             });
@@ -276,6 +290,14 @@ fn main() {
     } else {
         (1, 1)
     };
-    paired_1p::<u64>("throughput_1p", rounds, iterations);
-    paired_1p::<[u64; 8]>("throughput_1p_64b", rounds, iterations);
+    for placement in [Placement::Free, Placement::Pinned] {
+        if placement == Placement::Pinned
+            && core_affinity::get_core_ids().is_none_or(|c| c.len() < 2)
+        {
+            println!("\npinned paired tables skipped: fewer than two cores to pin to");
+            continue;
+        }
+        paired_1p::<u64>("throughput_1p", placement, rounds, iterations);
+        paired_1p::<[u64; 8]>("throughput_1p_64b", placement, rounds, iterations);
+    }
 }

@@ -5,7 +5,9 @@
 //! as `cargo bench --bench scaling -- 1 2 4 8`: the arguments are the producer
 //! counts. `SYSTEMS=ringbatch,array_queue` limits the systems (default: every
 //! multi-producer system of `benches/harness/throughput.rs`, plus `rtrb` at
-//! one producer). A plain `main`, not criterion.
+//! one producer). `PLACEMENT=pinned` pins each consumer to the first core and
+//! the producers to the others (default `free`). A plain `main`, not
+//! criterion.
 //!
 //! The workload and harness are `benches/peers.rs`'s throughput groups
 //! (`benches/harness/throughput.rs`): persistent producer threads push
@@ -26,7 +28,7 @@ mod throughput;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use throughput::{ITEMS, Sys, with_throughput};
+use throughput::{ITEMS, Placement, Sys, with_throughput};
 
 /// Untimed rounds first, for at least this long.
 const WARM_UP: Duration = Duration::from_millis(300);
@@ -40,8 +42,8 @@ const SAMPLES: usize = 5;
 const PASSES: usize = 3;
 
 /// Median items per second of `system` with `producers` producers.
-fn measure(system: Sys, producers: usize) -> f64 {
-    with_throughput::<u64, _>(system, producers, |run| {
+fn measure(system: Sys, producers: usize, placement: Placement) -> f64 {
+    with_throughput::<u64, _>(system, producers, placement, |run| {
         let mut warm = Duration::ZERO;
         let mut rounds = 0u64;
         while warm < WARM_UP {
@@ -87,6 +89,14 @@ fn main() {
         }
     };
 
+    // `PLACEMENT=pinned`: the consumer on the first core, producers spread
+    // over the others (see `Placement::Pinned`).
+    let placement = match std::env::var("PLACEMENT").as_deref() {
+        Ok("pinned") => Placement::Pinned,
+        Ok("free") | Err(_) => Placement::Free,
+        Ok(other) => panic!("PLACEMENT is `free` or `pinned`, not `{other}`"),
+    };
+
     let total = Instant::now();
     let load_start = loadavg();
     // passes[pass][count][system]
@@ -100,7 +110,7 @@ fn main() {
                     if producers > 1 && !system.multi_producer() {
                         return None;
                     }
-                    let rate = measure(system, producers);
+                    let rate = measure(system, producers, placement);
                     eprintln!(
                         "  pass {pass}, {producers} producers, {:<18} {:>8.2} M items/s",
                         system.name(),
@@ -129,7 +139,7 @@ fn main() {
         .collect();
 
     println!(
-        "## Throughput by producer count (M items/s; median of {PASSES} passes of the median of {SAMPLES} samples)\n"
+        "## Throughput by producer count (M items/s; median of {PASSES} passes of the median of {SAMPLES} samples; placement {placement:?})\n"
     );
     let header: Vec<&str> = systems.iter().map(|s| s.name()).collect();
     println!("| producers | {} |", header.join(" | "));

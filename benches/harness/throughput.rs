@@ -66,6 +66,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::{Backoff, CachePadded};
+use disruptor::ProcessorSettings as _;
 use ringbatch::{Batch, Batcher};
 
 /// Items pushed per round, split evenly across the producers.
@@ -106,12 +107,68 @@ pub fn consume<T: Item>(items: &[T]) {
 /// Items the consumer has handled so far.
 pub type Counter = Arc<CachePadded<AtomicU64>>;
 
+/// Where the threads of a run may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Wherever the scheduler puts them.
+    Free,
+    /// The consumer (ringbatch's drainer, `disruptor`'s event handler) pinned
+    /// to the first core this process may use, producer `i` to core
+    /// `1 + i % (cores - 1)` of the rest: the consumer has a core to itself,
+    /// as a latency-sensitive deployment arranges it. Needs two cores.
+    Pinned,
+}
+
+impl Placement {
+    /// The cores this process may run on, in order.
+    fn cores() -> Vec<core_affinity::CoreId> {
+        core_affinity::get_core_ids().unwrap_or_default()
+    }
+
+    /// The consumer's core, when pinned.
+    pub fn consumer_core(self) -> Option<usize> {
+        match self {
+            Placement::Free => None,
+            Placement::Pinned => {
+                let cores = Self::cores();
+                assert!(cores.len() >= 2, "pinned placement needs two cores");
+                Some(cores[0].id)
+            }
+        }
+    }
+
+    /// Pins the calling thread as the consumer, when pinned.
+    pub fn pin_consumer(self) {
+        if let Some(id) = self.consumer_core() {
+            assert!(
+                core_affinity::set_for_current(core_affinity::CoreId { id }),
+                "cannot pin the consumer to core {id}"
+            );
+        }
+    }
+
+    /// Pins the calling thread as producer `index`, when pinned.
+    pub fn pin_producer(self, index: usize) {
+        if self == Placement::Pinned {
+            let cores = Self::cores();
+            assert!(cores.len() >= 2, "pinned placement needs two cores");
+            let core = cores[1 + index % (cores.len() - 1)];
+            assert!(
+                core_affinity::set_for_current(core),
+                "cannot pin producer {index} to core {}",
+                core.id
+            );
+        }
+    }
+}
+
 /// One system under test.
 pub trait System<T: Item>: Sync + Sized {
     /// A producer's sending handle, made on the producer's thread.
     type Tx;
-    /// Starts the system and its consumer for `producers` producers.
-    fn start(producers: usize, consumed: Counter) -> Self;
+    /// Starts the system and its consumer for `producers` producers, the
+    /// consumer placed as `placement` says.
+    fn start(producers: usize, consumed: Counter, placement: Placement) -> Self;
     /// A sending handle for the calling thread.
     fn sender(&self) -> Self::Tx;
     /// Pushes one item, waiting while the queue is full.
@@ -181,35 +238,42 @@ impl Sys {
 }
 
 /// Runs `body` with a `run(rounds)` closure for `system` with `producers`
-/// producer threads; see [`with_system`].
+/// producer threads placed as `placement` says; see [`with_system`].
 pub fn with_throughput<T: Item, R>(
     system: Sys,
     producers: usize,
+    placement: Placement,
     body: impl FnOnce(&mut dyn FnMut(u64) -> Duration) -> R,
 ) -> R {
     match system {
-        Sys::Ringbatch => with_system::<T, Ringbatch<T>, R>(producers, body),
-        Sys::RingbatchExclusive => with_system::<T, RingbatchExclusive<T>, R>(producers, body),
-        Sys::ArrayQueue => with_system::<T, ArrayQueueSys<T>, R>(producers, body),
-        Sys::CrossbeamChannel => with_system::<T, CrossbeamChannel<T>, R>(producers, body),
-        Sys::Disruptor => with_system::<T, DisruptorSys<T>, R>(producers, body),
-        Sys::Flume => with_system::<T, Flume<T>, R>(producers, body),
-        Sys::StdSyncChannel => with_system::<T, StdSyncChannel<T>, R>(producers, body),
-        Sys::TokioMpsc => with_system::<T, TokioMpsc<T>, R>(producers, body),
-        Sys::Rtrb => with_system::<T, Rtrb<T>, R>(producers, body),
+        Sys::Ringbatch => with_system::<T, Ringbatch<T>, R>(producers, placement, body),
+        Sys::RingbatchExclusive => {
+            with_system::<T, RingbatchExclusive<T>, R>(producers, placement, body)
+        }
+        Sys::ArrayQueue => with_system::<T, ArrayQueueSys<T>, R>(producers, placement, body),
+        Sys::CrossbeamChannel => {
+            with_system::<T, CrossbeamChannel<T>, R>(producers, placement, body)
+        }
+        Sys::Disruptor => with_system::<T, DisruptorSys<T>, R>(producers, placement, body),
+        Sys::Flume => with_system::<T, Flume<T>, R>(producers, placement, body),
+        Sys::StdSyncChannel => with_system::<T, StdSyncChannel<T>, R>(producers, placement, body),
+        Sys::TokioMpsc => with_system::<T, TokioMpsc<T>, R>(producers, placement, body),
+        Sys::Rtrb => with_system::<T, Rtrb<T>, R>(producers, placement, body),
     }
 }
 
-/// Starts `S` and `producers` persistent producer threads, runs `body` with a
-/// closure that times `rounds` rounds of [`ITEMS`] items, then stops and
-/// joins everything and checks that no item was lost.
+/// Starts `S` and `producers` persistent producer threads (all placed as
+/// `placement` says), runs `body` with a closure that times `rounds` rounds
+/// of [`ITEMS`] items, then stops and joins everything and checks that no
+/// item was lost.
 pub fn with_system<T: Item, S: System<T>, R>(
     producers: usize,
+    placement: Placement,
     body: impl FnOnce(&mut dyn FnMut(u64) -> Duration) -> R,
 ) -> R {
     assert!(producers > 0);
     let consumed: Counter = Arc::default();
-    let system = S::start(producers, Arc::clone(&consumed));
+    let system = S::start(producers, Arc::clone(&consumed), placement);
     let rounds = Rounds::default();
     let mut target = 0u64;
     let result = thread::scope(|s| {
@@ -217,6 +281,9 @@ pub fn with_system<T: Item, S: System<T>, R>(
             .map(|index| {
                 let (system, rounds) = (&system, &rounds);
                 s.spawn(move || {
+                    // Pinned before the handle is made: ringbatch's shared
+                    // producer binds the lane of the core it runs on.
+                    placement.pin_producer(index);
                     let mut tx = system.sender();
                     let mut seen = 0;
                     while let Some(items) = rounds.next(&mut seen) {
@@ -309,12 +376,16 @@ struct Ringbatch<T: Item> {
 }
 
 impl<T: Item> Ringbatch<T> {
-    fn with_lanes(lanes: usize, consumed: Counter) -> Self {
+    fn with_lanes(lanes: usize, consumed: Counter, placement: Placement) -> Self {
         let counter = Arc::clone(&consumed);
-        let batcher = Batcher::builder()
+        let mut builder = Batcher::builder()
             .lanes(lanes)
             .capacity(CAPACITY)
-            .max_batch(MAX_BATCH)
+            .max_batch(MAX_BATCH);
+        if let Some(core) = placement.consumer_core() {
+            builder = builder.pin_drainer(core);
+        }
+        let batcher = builder
             .handler_fn(move |batch: &mut Batch<'_, T, ()>| {
                 consume(batch.items());
                 counter.fetch_add(batch.len() as u64, Ordering::Release);
@@ -329,9 +400,9 @@ impl<T: Item> Ringbatch<T> {
 impl<T: Item> System<T> for Ringbatch<T> {
     type Tx = ringbatch::Producer<T>;
 
-    fn start(producers: usize, consumed: Counter) -> Self {
+    fn start(producers: usize, consumed: Counter, placement: Placement) -> Self {
         let cores = thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_lanes(producers.min(cores), consumed)
+        Self::with_lanes(producers.min(cores), consumed, placement)
     }
 
     fn sender(&self) -> Self::Tx {
@@ -360,8 +431,8 @@ struct RingbatchExclusive<T: Item>(Ringbatch<T>);
 impl<T: Item> System<T> for RingbatchExclusive<T> {
     type Tx = ringbatch::Producer<T>;
 
-    fn start(producers: usize, consumed: Counter) -> Self {
-        Self(Ringbatch::with_lanes(producers + 1, consumed))
+    fn start(producers: usize, consumed: Counter, placement: Placement) -> Self {
+        Self(Ringbatch::with_lanes(producers + 1, consumed, placement))
     }
 
     fn sender(&self) -> Self::Tx {
@@ -394,11 +465,12 @@ struct ArrayQueueSys<T> {
 impl<T: Item> System<T> for ArrayQueueSys<T> {
     type Tx = (Arc<ArrayQueue<T>>, Thread);
 
-    fn start(_producers: usize, consumed: Counter) -> Self {
+    fn start(_producers: usize, consumed: Counter, placement: Placement) -> Self {
         let queue = Arc::new(ArrayQueue::new(CAPACITY));
         let stop = Arc::new(AtomicBool::new(false));
         let (q, flag) = (Arc::clone(&queue), Arc::clone(&stop));
         let consumer = thread::spawn(move || {
+            placement.pin_consumer();
             let mut batch = Vec::with_capacity(MAX_BATCH);
             let mut idle = Idle::default();
             loop {
@@ -493,9 +565,12 @@ struct Channel<T: Item, C: Bounded<T>> {
 impl<T: Item, C: Bounded<T>> System<T> for Channel<T, C> {
     type Tx = C::Tx;
 
-    fn start(_producers: usize, consumed: Counter) -> Self {
+    fn start(_producers: usize, consumed: Counter, placement: Placement) -> Self {
         let (tx, consume_all) = C::channel(CAPACITY, consumed);
-        let consumer = thread::spawn(consume_all);
+        let consumer = thread::spawn(move || {
+            placement.pin_consumer();
+            consume_all();
+        });
         Channel { tx, consumer }
     }
 
@@ -584,9 +659,10 @@ struct TokioMpsc<T> {
 impl<T: Item> System<T> for TokioMpsc<T> {
     type Tx = tokio::sync::mpsc::Sender<T>;
 
-    fn start(_producers: usize, consumed: Counter) -> Self {
+    fn start(_producers: usize, consumed: Counter, placement: Placement) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel(CAPACITY);
         let consumer = thread::spawn(move || {
+            placement.pin_consumer();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .expect("tokio runtime");
@@ -632,7 +708,7 @@ struct DisruptorSys<T> {
 impl<T: Item> System<T> for DisruptorSys<T> {
     type Tx = DisruptorProducer<T>;
 
-    fn start(_producers: usize, consumed: Counter) -> Self {
+    fn start(_producers: usize, consumed: Counter, placement: Placement) -> Self {
         let mut sum = 0u64;
         let mut count = 0u64;
         let handler = move |item: &T, _seq: disruptor::Sequence, end_of_batch: bool| {
@@ -644,10 +720,12 @@ impl<T: Item> System<T> for DisruptorSys<T> {
                 count = 0;
             }
         };
-        let producer =
-            disruptor::build_multi_producer(CAPACITY, || T::make(0), disruptor::BusySpin)
-                .handle_events_with(handler)
-                .build();
+        let builder = disruptor::build_multi_producer(CAPACITY, || T::make(0), disruptor::BusySpin);
+        let producer = match placement.consumer_core() {
+            Some(core) => builder.pin_at_core(core).handle_events_with(handler),
+            None => builder.handle_events_with(handler),
+        }
+        .build();
         DisruptorSys {
             producer: Mutex::new(Some(producer)),
         }
@@ -683,10 +761,11 @@ struct Rtrb<T> {
 impl<T: Item> System<T> for Rtrb<T> {
     type Tx = (rtrb::Producer<T>, Thread);
 
-    fn start(producers: usize, consumed: Counter) -> Self {
+    fn start(producers: usize, consumed: Counter, placement: Placement) -> Self {
         assert_eq!(producers, 1, "rtrb is single-producer");
         let (producer, mut rx) = rtrb::RingBuffer::new(CAPACITY);
         let consumer = thread::spawn(move || {
+            placement.pin_consumer();
             let mut idle = Idle::default();
             loop {
                 let n = rx.slots().min(MAX_BATCH);
