@@ -533,7 +533,8 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         if ring.evicts() {
             return self.drain_lane_evicting(lane, room);
         }
-        let buf = &mut self.buf;
+        let mut out = self.buf.appender(room);
+        let room = out.room();
         // SAFETY: this thread is the ring's only consumer and `head` is the
         // head it last published.
         let new_head = unsafe {
@@ -542,9 +543,11 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                     Some(index) => Origin::ticket(lane, index),
                     None => Origin::NONE,
                 };
-                buf.push(item, origin);
+                // At most `room` calls: `drain_run` takes at most `room` items.
+                out.push(item, origin);
             })
         };
+        drop(out);
         if new_head == head {
             return 0;
         }

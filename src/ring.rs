@@ -674,10 +674,15 @@ impl<T> Ring<T> {
         mut sink: impl FnMut(T, usize, Option<usize>),
     ) -> usize {
         debug_assert!(!self.evicts, "an evicting ring is drained by take_run");
+        // In locals: the Acquire loads below keep the compiler from reusing
+        // fields it read before them, so it would reload these per item.
+        let slots = &*self.slots;
+        let mask = self.mask;
         let mut seq = head;
-        let end = seq_add(head, max);
-        while seq != end {
-            let slot = self.slot(seq);
+        for _ in 0..max {
+            debug_assert!(seq & mask < slots.len());
+            // SAFETY: masked by `capacity - 1`, and `slots.len() == capacity`.
+            let slot = unsafe { slots.get_unchecked(seq & mask) };
             // Acquire pairs with the Release store in `publish`/`publish_skip`.
             let stamp = slot.stamp.load(Ordering::Acquire);
             if !publishes(stamp, seq) {
