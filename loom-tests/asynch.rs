@@ -27,7 +27,7 @@ fn task_waits_for_room_while_the_drainer_frees_it() {
         let mut head = 0;
         let claim = ring.try_claim(1, &mut head).unwrap();
         // SAFETY: claimed, published once.
-        unsafe { ring.publish(claim.seq, 1, None) };
+        unsafe { ring.publish(claim.seq, 1, None, false) };
 
         let drainer = {
             let (ring, notifier) = (Arc::clone(&ring), Arc::clone(&notifier));
@@ -58,7 +58,7 @@ fn task_waits_for_room_while_the_drainer_frees_it() {
         }));
         assert_eq!(claim.seq, 1);
         // SAFETY: claimed, published once (dropped with the ring).
-        unsafe { ring.publish(claim.seq, 2, None) };
+        unsafe { ring.publish(claim.seq, 2, None, false) };
         drainer.join().unwrap();
     });
 }

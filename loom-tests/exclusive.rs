@@ -1,6 +1,9 @@
 //! Exclusive producers: plain-store claims meeting the drainer's park and the
 //! closer through the asymmetric fences (`Ring::try_claim_exclusive`). Under
 //! loom both fences are `SeqCst` fences, the ordering the pair provides.
+//! On rings laid out for them (`Ring::new_split`), the owner's cursor
+//! (`Ring::publish` with `owner`, `Ring::own`) and the drainer's reads by
+//! it.
 //!
 //! The models start with the ring owned. Taking a ring while the drainer
 //! parks on it in shared mode (`Ring::own`, then the owner's wake-up) is
@@ -42,7 +45,7 @@ fn try_claim(lane: &Lane<u8>, cached_head: &mut usize) -> Result<Claim, ClaimErr
 /// notifier), waking `drainer` if the claim took its park announcement.
 fn push(lane: &Lane<u8>, cached_head: &mut usize, value: u8, drainer: &thread::Thread) {
     let claim = lane.claim_by(1, cached_head, |head| try_claim(lane, head));
-    lane.publish_claimed(claim, value, drainer);
+    lane.publish_claimed(claim, value, true, drainer);
 }
 
 /// The drainer's loop until its head reaches `end`, parking by the real
@@ -94,7 +97,7 @@ fn claim_racing_close(lane: Arc<Lane<u8>>, must_wake: bool) {
                         claim.wake_drainer || !must_wake,
                         "the stale announcement is a park to end"
                     );
-                    lane.publish_claimed(claim, 7, &drainer);
+                    lane.publish_claimed(claim, 7, true, &drainer);
                     true
                 }
                 Err(ClaimError::Closed) => false,
@@ -139,5 +142,103 @@ fn a_stale_park_announcement_and_a_close_race_an_exclusive_claim() {
         assert!(ring.announce_park(0).empty, "announced on the empty ring");
         assert!(ring.own());
         claim_racing_close(Lane::with_ring(ring), true);
+    });
+}
+
+/// The drainer's loop without parks (the models below have no park
+/// hand-off to check): drains runs of up to two with the real code,
+/// notifies producers waiting for room, and yields while nothing is
+/// published, until its head reaches `end`. Returns each item with its
+/// ticket.
+fn drain_spinning(lane: &Lane<u8>, end: usize) -> Vec<(u8, Option<usize>)> {
+    let mut head = 0;
+    let mut got = Vec::new();
+    while head != end {
+        // SAFETY: this thread is the only consumer and `head` is current.
+        let new_head = unsafe {
+            lane.ring
+                .drain_run(head, 2, |value, _, ticket| got.push((value, ticket)))
+        };
+        if new_head == head {
+            thread::yield_now();
+        } else {
+            if lane.ring.finish_run(new_head) {
+                lane.notifier.notify_all();
+            }
+            head = new_head;
+        }
+    }
+    got
+}
+
+/// On a ring laid out for its owner (`Ring::new_split`), the owner
+/// publishes a plain item, a ticketed one, an empty one and a plain one
+/// through a two-slot ring, moving its cursor after each, while the drainer
+/// reads the plain ones by the cursor and the others by stamp: each item
+/// arrives once, in order, with its ticket, and the empty slot is stepped
+/// over. Reading a ticketed or empty slot as plain, or a plain item before
+/// its cursor store, fails the model.
+#[test]
+fn an_owners_cursor_hands_over_plain_ticketed_and_empty_slots() {
+    loom::model(|| {
+        let ring = Ring::new_split(2);
+        assert!(ring.own(), "a fresh split ring can be owned");
+        let lane = Lane::with_ring(ring);
+        let owner = {
+            let lane = Arc::clone(&lane);
+            thread::spawn(move || {
+                let mut head = 0;
+                for k in 0..4u8 {
+                    let claim = lane.claim_by(1, &mut head, |head| try_claim(&lane, head));
+                    // SAFETY: our claim, published once, in order, as the owner.
+                    unsafe {
+                        match k {
+                            1 => lane.ring.publish(claim.seq, 2, Some(5), true),
+                            2 => lane.ring.publish_skip(claim.seq, true),
+                            _ => lane.ring.publish(claim.seq, k + 1, None, true),
+                        }
+                    }
+                }
+            })
+        };
+        let got = drain_spinning(&lane, 4);
+        owner.join().unwrap();
+        assert_eq!(got, vec![(1, None), (2, Some(5)), (4, None)]);
+    });
+}
+
+/// A split ring changes hands while the drainer reads it: a shared
+/// producer's ticketed item (by stamp), then the owner's two items (the
+/// ring owned after the shared producer left, its cursor starting at the
+/// tail, so the ticketed item below it is still read by stamp), then,
+/// disowned, a shared producer's item again (by stamp, past the cursor the
+/// owner left). All four arrive once, in order, the first with its ticket.
+#[test]
+fn a_split_ring_changes_hands_under_the_drainer() {
+    loom::model(|| {
+        let lane = Lane::with_ring(Ring::new_split(2));
+        let producer = {
+            let lane = Arc::clone(&lane);
+            thread::spawn(move || {
+                let mut head = 0;
+                let shared = |lane: &Lane<u8>, head: &mut usize, value: u8, ticket| {
+                    let claim = lane.claim_by(1, head, |head| lane.ring.try_claim(1, head));
+                    // SAFETY: our claim, published once, as a shared producer.
+                    unsafe { lane.ring.publish(claim.seq, value, ticket, false) };
+                };
+                shared(&lane, &mut head, 1, Some(7));
+                assert!(lane.ring.own(), "no producer is on the ring");
+                for value in [2, 3] {
+                    let claim = lane.claim_by(1, &mut head, |head| try_claim(&lane, head));
+                    // SAFETY: our claim, published once, in order, as the owner.
+                    unsafe { lane.ring.publish(claim.seq, value, None, true) };
+                }
+                lane.ring.disown();
+                shared(&lane, &mut head, 4, None);
+            })
+        };
+        let got = drain_spinning(&lane, 4);
+        producer.join().unwrap();
+        assert_eq!(got, vec![(1, Some(7)), (2, None), (3, None), (4, None)]);
     });
 }

@@ -92,7 +92,7 @@ impl Model {
         let mut head = 0;
         let claim = ring.try_claim(1, &mut head).expect("room");
         // SAFETY: claimed, published once.
-        unsafe { ring.publish(claim.seq, value, None) };
+        unsafe { ring.publish(claim.seq, value, None, false) };
         if claim.wake_drainer {
             run_or_wake(
                 &self.cell,

@@ -52,14 +52,21 @@ impl<T> Lane<T> {
     /// Pushes `value`, waking `drainer` if the claim says it parked.
     fn push(&self, cached_head: &mut usize, value: T, drainer: &thread::Thread) {
         let claim = self.claim(1, cached_head);
-        self.publish_claimed(claim, value, drainer);
+        self.publish_claimed(claim, value, false, drainer);
     }
 
     /// Publishes `value` at the sequence `claim` (of one slot) took, and
-    /// wakes `drainer` if the claim says it parked.
-    pub(super) fn publish_claimed(&self, claim: Claim, value: T, drainer: &thread::Thread) {
+    /// wakes `drainer` if the claim says it parked. `owner`: the caller owns
+    /// the ring and publishes through its cursor too.
+    pub(super) fn publish_claimed(
+        &self,
+        claim: Claim,
+        value: T,
+        owner: bool,
+        drainer: &thread::Thread,
+    ) {
         // SAFETY: the caller's claim, published once.
-        unsafe { self.ring.publish(claim.seq, value, None) };
+        unsafe { self.ring.publish(claim.seq, value, None, owner) };
         if claim.wake_drainer {
             drainer.unpark();
         }
@@ -153,9 +160,9 @@ fn slice_claim_with_a_competing_producer() {
                 let claim = lane.claim(2, &mut 0);
                 // SAFETY: both sequences are ours, each published once.
                 unsafe {
-                    lane.ring.publish(claim.seq, 10, None);
+                    lane.ring.publish(claim.seq, 10, None, false);
                     lane.ring
-                        .publish(crate::ring::seq_add(claim.seq, 1), 11, None);
+                        .publish(crate::ring::seq_add(claim.seq, 1), 11, None, false);
                 }
                 if claim.wake_drainer {
                     drainer.unpark();
@@ -196,8 +203,9 @@ fn skipped_slot_is_stepped_over() {
                 let claim = lane.ring.try_claim(2, &mut head).expect("empty lane");
                 // SAFETY: both sequences are ours, each published once.
                 unsafe {
-                    lane.ring.publish(claim.seq, 1, None);
-                    lane.ring.publish_skip(crate::ring::seq_add(claim.seq, 1));
+                    lane.ring.publish(claim.seq, 1, None, false);
+                    lane.ring
+                        .publish_skip(crate::ring::seq_add(claim.seq, 1), false);
                 }
                 if claim.wake_drainer {
                     drainer.unpark();
@@ -223,7 +231,7 @@ fn close_races_a_claim() {
             thread::spawn(move || match lane.ring.try_claim(1, &mut 0) {
                 Ok(claim) => {
                     // SAFETY: claimed, published once.
-                    unsafe { lane.ring.publish(claim.seq, 7, None) };
+                    unsafe { lane.ring.publish(claim.seq, 7, None, false) };
                     if claim.wake_drainer {
                         drainer.unpark();
                     }
@@ -266,7 +274,7 @@ fn expiry_stamps_are_seen_with_their_items() {
                     // The value's expiry is the value itself: easy to check.
                     stamps.stamp(claim.seq, value);
                     // SAFETY: just claimed, published once.
-                    unsafe { lane.ring.publish(claim.seq, value, None) };
+                    unsafe { lane.ring.publish(claim.seq, value, None, false) };
                     if claim.wake_drainer {
                         drainer.unpark();
                     }
@@ -328,7 +336,7 @@ fn push_evicting(
         }
     };
     // SAFETY: just claimed, published once.
-    unsafe { ring.publish(claim.seq, value, None) };
+    unsafe { ring.publish(claim.seq, value, None, false) };
     if claim.wake_drainer {
         drainer.unpark();
     }

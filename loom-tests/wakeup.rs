@@ -48,7 +48,7 @@ fn publish_one(
 ) -> Result<(), ClaimError> {
     let claim = ring.try_claim(1, cached_head)?;
     // SAFETY: claimed, published once.
-    unsafe { ring.publish(claim.seq, value, None) };
+    unsafe { ring.publish(claim.seq, value, None, false) };
     if claim.wake_drainer {
         drainer.unpark();
     }
@@ -101,7 +101,7 @@ fn producer_waits_for_room_while_the_drainer_frees_it() {
                     )
                     .expect("never closed");
                     // SAFETY: claimed, published once.
-                    unsafe { ring.publish(claim.seq, value, None) };
+                    unsafe { ring.publish(claim.seq, value, None, false) };
                     if claim.wake_drainer {
                         drainer.unpark();
                     }

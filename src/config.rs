@@ -79,6 +79,8 @@ pub struct Config {
     pub thread_name: String,
     /// Most batches an async handler runs at once (default 4).
     pub max_in_flight: usize,
+    /// Lanes laid out for exclusive producers (the last ones; default 0).
+    pub exclusive_lanes: usize,
 }
 
 impl Default for Config {
@@ -95,6 +97,7 @@ impl Default for Config {
             lane_assignment: LaneAssignment::CurrentCore,
             thread_name: "ringbatch-drainer".to_owned(),
             max_in_flight: 4,
+            exclusive_lanes: 0,
         }
     }
 }
@@ -124,6 +127,12 @@ impl Config {
         at_most("max_in_flight", self.max_in_flight, 1 << 12)?;
         if let Some(slots) = self.result_slots {
             power_of_two("result_slots", slots)?;
+        }
+        if self.exclusive_lanes > 0 && self.exclusive_lanes >= self.lane_count() {
+            return Err(ConfigError::Invalid {
+                field: "exclusive_lanes",
+                reason: "one lane stays open to shared producers: at most `lanes - 1`",
+            });
         }
         if self.thread_name.contains('\0') {
             return Err(ConfigError::InvalidThreadName {

@@ -201,9 +201,110 @@ pub(crate) enum Evicted<T> {
 }
 
 /// One slot: the stamp says which sequence (if any) it currently publishes.
-struct Slot<T> {
+/// Where the two live depends on the ring's [`Storage`].
+struct Slot<'a, T> {
+    stamp: &'a AtomicUsize,
+    value: &'a UnsafeCell<MaybeUninit<T>>,
+}
+
+/// A slot of an interleaved ring: its stamp beside its item.
+struct Cell<T> {
     stamp: AtomicUsize,
     value: UnsafeCell<MaybeUninit<T>>,
+}
+
+/// How a ring lays out its slots.
+enum Storage<T> {
+    /// Each stamp beside its item: a producer's two stores go to one cache
+    /// line, and a drainer that reads an item as soon as it is published
+    /// (and so pulls the line the producer is writing) moves one line per
+    /// item, not two. Shared rings.
+    Interleaved(Box<[Cell<T>]>),
+    /// Stamps and items in two arrays. The plain items an owner publishes
+    /// through its cursor are read without their stamps, so the drainer
+    /// pulls only the lines of the items: eight `u64` items a line, where
+    /// interleaved stamps make it four. Rings laid out for exclusive
+    /// producers ([`Ring::new_split`]).
+    Split {
+        stamps: Box<[AtomicUsize]>,
+        values: Box<[UnsafeCell<MaybeUninit<T>>]>,
+    },
+}
+
+/// Unchecked access to the slots of one [`Storage`], for the drain loops
+/// (one loop per layout, chosen once per run).
+trait Cells<'a, T: 'a>: Copy {
+    /// The stamp and item of slot `index`.
+    ///
+    /// # Safety
+    ///
+    /// `index` is below the ring's capacity.
+    unsafe fn slot(self, index: usize) -> Slot<'a, T>;
+}
+
+impl<'a, T: 'a> Cells<'a, T> for &'a [Cell<T>] {
+    #[inline(always)]
+    unsafe fn slot(self, index: usize) -> Slot<'a, T> {
+        debug_assert!(index < self.len());
+        // SAFETY: the caller's contract; the array holds `capacity` cells.
+        let cell = unsafe { self.get_unchecked(index) };
+        Slot {
+            stamp: &cell.stamp,
+            value: &cell.value,
+        }
+    }
+}
+
+/// The two arrays of a [`Storage::Split`] ring.
+struct SplitCells<'a, T> {
+    stamps: &'a [AtomicUsize],
+    values: &'a [UnsafeCell<MaybeUninit<T>>],
+}
+
+impl<T> Clone for SplitCells<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for SplitCells<'_, T> {}
+
+impl<'a, T: 'a> Cells<'a, T> for SplitCells<'a, T> {
+    #[inline(always)]
+    unsafe fn slot(self, index: usize) -> Slot<'a, T> {
+        debug_assert!(index < self.stamps.len() && index < self.values.len());
+        // SAFETY: the caller's contract; both arrays hold `capacity` slots.
+        unsafe {
+            Slot {
+                stamp: self.stamps.get_unchecked(index),
+                value: self.values.get_unchecked(index),
+            }
+        }
+    }
+}
+
+/// What an exclusive producer (the ring's owner) writes and reads besides
+/// the slots, on a cache line of its own: the flags it reads after each
+/// claim and the cursor it publishes with.
+struct OwnerWords {
+    /// [`FLAG_PARKED`], [`FLAG_CLOSED`], [`FLAG_OWNED`]: what an exclusive
+    /// producer reads after its claim (see
+    /// [`Ring::try_claim_exclusive`]). Written on the park, close and
+    /// ownership paths only.
+    flags: AtomicUsize,
+    /// The owner's publication cursor: every sequence below it is published.
+    /// Moved by the owner after each item it publishes (see
+    /// [`Ring::publish`]) and set by [`Ring::own`]; it keeps its value after
+    /// the ring is disowned, a fact about sequences that stays true.
+    published: AtomicUsize,
+    /// The sequences from here up to `published` hold plain items (no
+    /// ticket, not skipped): the drainer reads them without their stamps.
+    /// Moved past each ticketed or skipped item the owner publishes, and set
+    /// by [`Ring::own`] to the first sequence the owner claims.
+    plain_from: AtomicUsize,
+    /// Sequences an owner claimed and gave up because the lane had closed
+    /// (published empty; see [`Ring::given_up`]).
+    given_up: AtomicUsize,
 }
 
 /// A bounded MPSC ring of `capacity` slots (a power of two).
@@ -217,20 +318,14 @@ pub(crate) struct Ring<T> {
     /// it reads). Bit 0 ([`HEAD_WAITERS`]): a producer sleeps waiting for
     /// room.
     head: CachePadded<AtomicUsize>,
-    slots: Box<[Slot<T>]>,
+    /// The slots.
+    storage: Storage<T>,
     mask: usize,
     /// Producers may evict (see the module notes): consumers claim by CAS and
     /// mark slots taken; producers wait for the mark.
     evicts: bool,
-    /// [`FLAG_PARKED`], [`FLAG_CLOSED`], [`FLAG_OWNED`]: what an exclusive
-    /// producer reads after its claim (see
-    /// [`try_claim_exclusive`](Self::try_claim_exclusive)). Written on the
-    /// park, close and ownership paths only, so it stays shared in the
-    /// producer's cache.
-    flags: AtomicUsize,
-    /// Sequences an owner claimed and gave up because the lane had closed
-    /// (published empty; see [`given_up`](Self::given_up)).
-    given_up: AtomicUsize,
+    /// The owner's flags and cursor.
+    owner: CachePadded<OwnerWords>,
 }
 
 // The ring moves `T` values between threads (producer to drainer), so it is
@@ -248,20 +343,40 @@ impl<T> Ring<T> {
     /// (validated by the configuration before it gets here).
     pub(crate) fn new(capacity: usize) -> Self {
         debug_assert!(capacity.is_power_of_two());
-        let slots = (0..capacity)
-            .map(|_| Slot {
+        let cells = (0..capacity)
+            .map(|_| Cell {
                 stamp: AtomicUsize::new(0),
                 value: UnsafeCell::new(MaybeUninit::uninit()),
             })
             .collect();
+        Self::with_storage(Storage::Interleaved(cells), capacity)
+    }
+
+    /// Creates a ring of `capacity` slots laid out for an exclusive
+    /// producer ([`Storage::Split`]): its owner publishes through its cursor
+    /// as well, and the drainer reads plain items by the cursor.
+    pub(crate) fn new_split(capacity: usize) -> Self {
+        debug_assert!(capacity.is_power_of_two());
+        let stamps = (0..capacity).map(|_| AtomicUsize::new(0)).collect();
+        let values = (0..capacity)
+            .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+            .collect();
+        Self::with_storage(Storage::Split { stamps, values }, capacity)
+    }
+
+    fn with_storage(storage: Storage<T>, capacity: usize) -> Self {
         Self {
             tail: CachePadded::new(AtomicUsize::new(0)),
             head: CachePadded::new(AtomicUsize::new(0)),
-            slots,
+            storage,
             mask: capacity - 1,
             evicts: false,
-            flags: AtomicUsize::new(0),
-            given_up: AtomicUsize::new(0),
+            owner: CachePadded::new(OwnerWords {
+                flags: AtomicUsize::new(0),
+                published: AtomicUsize::new(0),
+                plain_from: AtomicUsize::new(0),
+                given_up: AtomicUsize::new(0),
+            }),
         }
     }
 
@@ -272,15 +387,22 @@ impl<T> Ring<T> {
         let mut ring = Self::new(capacity);
         ring.evicts = true;
         ring.tail = CachePadded::new(AtomicUsize::new(EVICTS));
-        for (index, slot) in ring.slots.iter().enumerate() {
+        for index in 0..capacity {
             // Every slot starts out free: taken for the lap before the first.
             // Relaxed: the ring is not shared yet.
-            slot.stamp.store(
+            ring.slot(index).stamp.store(
                 taken_stamp(previous_lap(index, capacity)),
                 Ordering::Relaxed,
             );
         }
         ring
+    }
+
+    /// Whether the ring is laid out for an exclusive producer
+    /// ([`new_split`](Self::new_split)).
+    #[inline(always)]
+    pub(crate) fn is_split(&self) -> bool {
+        matches!(self.storage, Storage::Split { .. })
     }
 
     /// Whether producers may evict from this ring.
@@ -296,15 +418,21 @@ impl<T> Ring<T> {
 
     /// Bytes of one slot (stamp and item), for the memory report.
     pub(crate) const fn slot_bytes() -> usize {
-        core::mem::size_of::<Slot<T>>()
+        // The interleaved layout's (a split ring's slots are no larger).
+        core::mem::size_of::<Cell<T>>()
     }
 
     #[inline(always)]
-    fn slot(&self, seq: usize) -> &Slot<T> {
+    fn slot(&self, seq: usize) -> Slot<'_, T> {
         let index = seq & self.mask;
-        debug_assert!(index < self.slots.len());
-        // SAFETY: `index` is masked by `capacity - 1` and `slots.len() == capacity`.
-        unsafe { self.slots.get_unchecked(index) }
+        // SAFETY: `index` is masked by `capacity - 1`, and the storage holds
+        // `capacity` slots.
+        unsafe {
+            match &self.storage {
+                Storage::Interleaved(cells) => (&**cells).slot(index),
+                Storage::Split { stamps, values } => SplitCells { stamps, values }.slot(index),
+            }
+        }
     }
 
     /// Claims `n` consecutive sequence numbers (`1 <= n <= capacity`).
@@ -426,7 +554,7 @@ impl<T> Ring<T> {
         self.tail
             .store(seq_add(seq, n) << SEQ_SHIFT, Ordering::Relaxed);
         crate::sync::asymmetric::light();
-        let flags = self.flags.load(Ordering::Relaxed);
+        let flags = self.owner.flags.load(Ordering::Relaxed);
         if flags & (FLAG_PARKED | FLAG_CLOSED) == 0 && !stale_park {
             return Ok(Claim {
                 seq,
@@ -464,7 +592,7 @@ impl<T> Ring<T> {
     #[cold]
     fn full_or_closed(&self) -> ClaimError {
         // Acquire pairs with the AcqRel `fetch_or` in `close`.
-        if self.flags.load(Ordering::Acquire) & FLAG_CLOSED != 0 {
+        if self.owner.flags.load(Ordering::Acquire) & FLAG_CLOSED != 0 {
             ClaimError::Closed
         } else {
             ClaimError::Full
@@ -493,17 +621,17 @@ impl<T> Ring<T> {
             self.tail.fetch_or(CLOSED, Ordering::AcqRel);
             for i in 0..n {
                 // SAFETY: claimed by the caller, published once, as empty.
-                unsafe { self.publish_skip(seq_add(seq, i)) };
+                unsafe { self.publish_skip(seq_add(seq, i), true) };
             }
             // Relaxed: a statistic.
-            self.given_up.fetch_add(n, Ordering::Relaxed);
+            self.owner.given_up.fetch_add(n, Ordering::Relaxed);
             return Err(ClaimError::Closed);
         }
         // Whoever clears the flag wakes the drainer (it may also be cleared
         // by the drainer withdrawing its announcement). Relaxed: the wake-up
         // itself orders what the drainer sees.
         let parked = flags & FLAG_PARKED != 0
-            && self.flags.fetch_and(!FLAG_PARKED, Ordering::Relaxed) & FLAG_PARKED != 0;
+            && self.owner.flags.fetch_and(!FLAG_PARKED, Ordering::Relaxed) & FLAG_PARKED != 0;
         Ok(Claim {
             seq,
             wake_drainer: parked || stale_park,
@@ -514,7 +642,7 @@ impl<T> Ring<T> {
     /// closed: the claim cursor counts them, but they carry no item.
     pub(crate) fn given_up(&self) -> usize {
         // Relaxed: a statistic.
-        self.given_up.load(Ordering::Relaxed)
+        self.owner.given_up.load(Ordering::Relaxed)
     }
 
     /// Marks the ring owned by an exclusive producer, which may then claim
@@ -533,8 +661,17 @@ impl<T> Ring<T> {
         if self.evicts {
             return false;
         }
+        // The owner's cursor starts at the tail: every sequence below it was
+        // claimed by a shared producer that has left the ring, so it is
+        // published (by stamp), and none from here on is plain yet. Set
+        // before the mark, so that a drainer that sees the mark finds the
+        // cursor at or past the tail. Acquire: as for `tail`; Relaxed and
+        // Release as in `advance_cursor`.
+        let start = self.tail.load(Ordering::Acquire) >> SEQ_SHIFT;
+        self.owner.plain_from.store(start, Ordering::Relaxed);
+        self.owner.published.store(start, Ordering::Release);
         // AcqRel: the flags word's RMWs order ownership, parks and the close.
-        let prev = self.flags.fetch_or(FLAG_OWNED, Ordering::AcqRel);
+        let prev = self.owner.flags.fetch_or(FLAG_OWNED, Ordering::AcqRel);
         if prev & FLAG_CLOSED != 0 {
             self.disown();
             return false;
@@ -549,7 +686,7 @@ impl<T> Ring<T> {
     /// If the lane was closed while owned, marks the tail word closed.
     pub(crate) fn disown(&self) -> bool {
         // AcqRel, as in `own`.
-        let prev = self.flags.fetch_and(!FLAG_OWNED, Ordering::AcqRel);
+        let prev = self.owner.flags.fetch_and(!FLAG_OWNED, Ordering::AcqRel);
         if prev & FLAG_CLOSED != 0 {
             self.tail.fetch_or(CLOSED, Ordering::AcqRel);
         }
@@ -619,13 +756,17 @@ impl<T> Ring<T> {
 
     /// Writes `value` into the claimed slot `seq` and publishes it; `ticket`
     /// is the index of the completion slot its submitter armed, if any.
+    /// `owner`: the caller owns the ring (an exclusive producer), and also
+    /// moves its cursor (see [`OwnerWords::published`]).
     ///
     /// # Safety
     ///
-    /// The caller claimed `seq` with [`try_claim`](Self::try_claim) and has not
-    /// published it yet.
+    /// The caller claimed `seq` with [`try_claim`](Self::try_claim) (or, as
+    /// the owner, [`try_claim_exclusive`](Self::try_claim_exclusive)) and
+    /// has not published it yet. An owner publishes its sequences in order,
+    /// each with `owner` set.
     #[inline(always)]
-    pub(crate) unsafe fn publish(&self, seq: usize, value: T, ticket: Option<usize>) {
+    pub(crate) unsafe fn publish(&self, seq: usize, value: T, ticket: Option<usize>, owner: bool) {
         let slot = self.slot(seq);
         // SAFETY: the caller owns the claimed slot; the drainer does not read it
         // until the stamp below is stored, and its previous value was moved out
@@ -642,24 +783,90 @@ impl<T> Ring<T> {
         // the value written above (and the completion slot armed before this
         // call) is visible to the drainer.
         slot.stamp.store(stamp_for(seq) | extra, Ordering::Release);
+        if owner && self.is_split() {
+            self.advance_cursor(seq, ticket.is_some());
+        }
     }
 
     /// Publishes the claimed slot `seq` as empty: the drainer steps over it.
+    /// `owner` as for [`publish`](Self::publish).
     ///
     /// # Safety
     ///
     /// As for [`publish`](Self::publish).
-    pub(crate) unsafe fn publish_skip(&self, seq: usize) {
+    pub(crate) unsafe fn publish_skip(&self, seq: usize, owner: bool) {
         // Release pairs with the Acquire load in `drain_run`, as in `publish`.
         self.slot(seq)
             .stamp
             .store(stamp_for(seq) | STAMP_SKIP, Ordering::Release);
+        if owner && self.is_split() {
+            self.advance_cursor(seq, true);
+        }
     }
 
-    /// Reads up to `max` published items starting at `head`, in order, calling
-    /// `sink(item, seq, ticket)` for each (`ticket`: the completion slot index), and returns the new head (the
-    /// caller then calls [`finish_run`](Self::finish_run)). Stops at the first
-    /// slot that is not yet published.
+    /// The owner published `seq` (a `special` one: with a ticket, or empty):
+    /// moves the cursor past it, and the start of the plain run past a
+    /// special one, whose stamp the drainer must read.
+    ///
+    /// Relaxed for `plain_from`: the Release store of `published` after it
+    /// carries it (a drainer that sees the cursor past `seq` sees this
+    /// `plain_from` or a later one, which only shortens the plain run).
+    #[inline(always)]
+    fn advance_cursor(&self, seq: usize, special: bool) {
+        let next = seq_add(seq, 1);
+        if special {
+            self.owner.plain_from.store(next, Ordering::Relaxed);
+        }
+        // Release pairs with the Acquire load in `owner_cursor`: the item
+        // (and the stamp) written before are visible to a drainer that sees
+        // the cursor past them.
+        self.owner.published.store(next, Ordering::Release);
+    }
+
+    /// The owner's cursor as the drainer at `head` may use it: `Some((plain,
+    /// published))` when sequences `head..published` are published (none
+    /// of them drained) and `plain..published` of them hold plain items
+    /// (`head <= plain <= published`); `None` when the cursor is not ahead
+    /// of `head` (the ring is not owned, or the owner has published nothing
+    /// new).
+    #[inline(always)]
+    fn owner_cursor(&self, head: usize) -> Option<(usize, usize)> {
+        // Acquire pairs with the Release stores in `advance_cursor` and `own`.
+        let published = self.owner.published.load(Ordering::Acquire);
+        let ahead = distance(head, published);
+        if ahead == 0 || ahead > self.capacity() {
+            // Not ahead: a cursor left behind by an earlier owner, which the
+            // drainer has passed (wrapped, the distance is huge).
+            return None;
+        }
+        // Relaxed: ordered by the Acquire load above (see `advance_cursor`);
+        // a later value is at or past this cursor's own.
+        let plain_from = self.owner.plain_from.load(Ordering::Relaxed);
+        let plain = if distance(plain_from, head) <= SEQ_MASK / 2 {
+            // At or before `head`: the whole run is plain.
+            head
+        } else if distance(head, plain_from) <= ahead {
+            plain_from
+        } else {
+            // Past the cursor we read (a special item published since):
+            // nothing of this run is known plain.
+            published
+        };
+        Some((plain, published))
+    }
+
+    /// Reads up to `max` published items starting at `head`, in order,
+    /// calling `sink(item, seq, ticket)` for each (`ticket`: the completion
+    /// slot index; at most `max` calls), and returns the new head (the
+    /// caller then calls [`finish_run`](Self::finish_run)). Stops at the
+    /// first slot that is not yet published.
+    ///
+    /// Where the owner's cursor is ahead of `head` (see
+    /// [`owner_cursor`](Self::owner_cursor)), the plain items below it are
+    /// read without their stamps. While the ring is owned the run ends at the
+    /// cursor: the owner's items past it are picked up by a later run, and
+    /// the stamps the owner keeps writing are not pulled into this thread's
+    /// cache.
     ///
     /// # Safety
     ///
@@ -674,15 +881,91 @@ impl<T> Ring<T> {
         mut sink: impl FnMut(T, usize, Option<usize>),
     ) -> usize {
         debug_assert!(!self.evicts, "an evicting ring is drained by take_run");
-        // In locals: the Acquire loads below keep the compiler from reusing
-        // fields it read before them, so it would reload these per item.
-        let slots = &*self.slots;
-        let mask = self.mask;
+        match &self.storage {
+            // SAFETY: the caller's contract.
+            Storage::Interleaved(cells) => unsafe {
+                self.drain_stamped(&**cells, head, max, &mut sink)
+            },
+            // SAFETY: the caller's contract.
+            Storage::Split { stamps, values } => unsafe {
+                self.drain_split(SplitCells { stamps, values }, head, max, &mut sink)
+            },
+        }
+    }
+
+    /// [`drain_run`](Self::drain_run) on a split ring: through the owner's
+    /// cursor first, where it is ahead of `head`, then by stamp unless the
+    /// ring is owned.
+    ///
+    /// # Safety
+    ///
+    /// As for `drain_run`; `cells` are this ring's.
+    #[inline(always)]
+    unsafe fn drain_split(
+        &self,
+        cells: SplitCells<'_, T>,
+        head: usize,
+        max: usize,
+        sink: &mut impl FnMut(T, usize, Option<usize>),
+    ) -> usize {
         let mut seq = head;
+        let mut left = max;
+        if let Some((plain, published)) = self.owner_cursor(head) {
+            // Published by the owner (or, below the start of its cursor, by
+            // shared producers that have left): the stamps of `head..plain`
+            // say which hold tickets or nothing.
+            let stamped = distance(head, plain).min(left);
+            // SAFETY: the caller's contract.
+            let end = unsafe { self.drain_stamped(cells, seq, stamped, sink) };
+            if end != seq_add(seq, stamped) {
+                // Not published after all (a stamp not yet visible): stop.
+                return end;
+            }
+            seq = end;
+            left -= stamped;
+            let plain_run = distance(seq, published).min(left);
+            // SAFETY: the caller's contract; `seq..seq + plain_run` lies in
+            // the cursor's plain run.
+            seq = unsafe { self.drain_plain(cells, seq, plain_run, sink) };
+            left -= plain_run;
+            if left == 0 {
+                return seq;
+            }
+        }
+        // Relaxed: a hint. A ring owned since is read by stamp, which the
+        // owner writes too; one disowned since is read by the next run.
+        if self.owner.flags.load(Ordering::Relaxed) & FLAG_OWNED != 0 {
+            return seq;
+        }
+        // SAFETY: the caller's contract.
+        unsafe { self.drain_stamped(cells, seq, left, sink) }
+    }
+
+    /// [`drain_run`](Self::drain_run) by stamp: up to `max` published items
+    /// from `seq`, stopping at the first slot not published. Returns the
+    /// next sequence.
+    ///
+    /// # Safety
+    ///
+    /// As for `drain_run`, with `seq` at or past its `head` and every
+    /// sequence below `seq` drained; `cells` are this ring's.
+    #[inline(always)]
+    unsafe fn drain_stamped<'a>(
+        &self,
+        cells: impl Cells<'a, T>,
+        mut seq: usize,
+        max: usize,
+        sink: &mut impl FnMut(T, usize, Option<usize>),
+    ) -> usize
+    where
+        T: 'a,
+    {
+        // In a local: the Acquire loads below keep the compiler from reusing
+        // fields it read before them, so it would reload this per item.
+        let mask = self.mask;
         for _ in 0..max {
-            debug_assert!(seq & mask < slots.len());
-            // SAFETY: masked by `capacity - 1`, and `slots.len() == capacity`.
-            let slot = unsafe { slots.get_unchecked(seq & mask) };
+            // SAFETY: masked by `capacity - 1`.
+            let slot = unsafe { cells.slot(seq & mask) };
             // Acquire pairs with the Release store in `publish`/`publish_skip`.
             let stamp = slot.stamp.load(Ordering::Acquire);
             if !publishes(stamp, seq) {
@@ -696,6 +979,38 @@ impl<T> Ring<T> {
                 let ticket = (stamp & STAMP_TICKET != 0).then_some(stamp >> STAMP_SLOT_SHIFT);
                 sink(value, seq, ticket);
             }
+            seq = seq_add(seq, 1);
+        }
+        seq
+    }
+
+    /// [`drain_run`](Self::drain_run) through the owner's cursor: the `n`
+    /// plain items from `seq`, read without their stamps. Returns the next
+    /// sequence.
+    ///
+    /// # Safety
+    ///
+    /// As for [`drain_stamped`](Self::drain_stamped), and
+    /// [`owner_cursor`](Self::owner_cursor) said that `seq..seq + n` are
+    /// published plain items.
+    #[inline(always)]
+    unsafe fn drain_plain(
+        &self,
+        cells: SplitCells<'_, T>,
+        mut seq: usize,
+        n: usize,
+        sink: &mut impl FnMut(T, usize, Option<usize>),
+    ) -> usize {
+        let mask = self.mask;
+        for _ in 0..n {
+            // SAFETY: masked by `capacity - 1`.
+            let slot = unsafe { cells.slot(seq & mask) };
+            // SAFETY: the owner wrote this item before moving its cursor past
+            // it with a Release store, which `owner_cursor` loaded with
+            // Acquire; no producer touches the slot until `head` moves past
+            // it; we move it out exactly once.
+            let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
+            sink(value, seq, None);
             seq = seq_add(seq, 1);
         }
         seq
@@ -929,7 +1244,8 @@ impl<T> Ring<T> {
         // Relaxed: only a hint; `caught_up` decides, under the state's lock.
         self.tail.load(Ordering::Relaxed) & (PARKED | CLOSED | EVICTS) == PARKED
             || owner
-                && self.flags.load(Ordering::Relaxed) & (FLAG_PARKED | FLAG_CLOSED) == FLAG_PARKED
+                && self.owner.flags.load(Ordering::Relaxed) & (FLAG_PARKED | FLAG_CLOSED)
+                    == FLAG_PARKED
     }
 
     /// (`inline_when_idle`) Whether the lane is open, plain, and every
@@ -949,7 +1265,7 @@ impl<T> Ring<T> {
         let word = self.tail.load(Ordering::Relaxed);
         word & (CLOSED | EVICTS) == 0
             && word >> SEQ_SHIFT == head
-            && self.flags.load(Ordering::Relaxed) & FLAG_CLOSED == 0
+            && self.owner.flags.load(Ordering::Relaxed) & FLAG_CLOSED == 0
     }
 
     /// Announces that the drainer is about to park, in the flags word and,
@@ -970,8 +1286,8 @@ impl<T> Ring<T> {
         // here is announced in the tail word, and `own`'s caller wakes the
         // drainer, whose next announcement sees the owner.
         if !self.evicts
-            && self.flags.load(Ordering::Relaxed) & FLAG_OWNED != 0
-            && self.flags.fetch_or(FLAG_PARKED, Ordering::Relaxed) & FLAG_OWNED != 0
+            && self.owner.flags.load(Ordering::Relaxed) & FLAG_OWNED != 0
+            && self.owner.flags.fetch_or(FLAG_PARKED, Ordering::Relaxed) & FLAG_OWNED != 0
         {
             return Announced {
                 empty: self.still_empty(head),
@@ -994,8 +1310,8 @@ impl<T> Ring<T> {
     /// Withdraws a park announcement (a no-op where a producer already
     /// cleared it).
     pub(crate) fn clear_park(&self) {
-        if !self.evicts && self.flags.load(Ordering::Relaxed) & FLAG_PARKED != 0 {
-            self.flags.fetch_and(!FLAG_PARKED, Ordering::Relaxed);
+        if !self.evicts && self.owner.flags.load(Ordering::Relaxed) & FLAG_PARKED != 0 {
+            self.owner.flags.fetch_and(!FLAG_PARKED, Ordering::Relaxed);
         }
         if self.tail.load(Ordering::Relaxed) & PARKED != 0 {
             self.tail.fetch_and(!PARKED, Ordering::Relaxed);
@@ -1010,7 +1326,7 @@ impl<T> Ring<T> {
     /// either seen by the load here or sees `FLAG_CLOSED` and gives its
     /// slots up (see [`try_claim_exclusive`](Self::try_claim_exclusive)).
     pub(crate) fn close(&self) -> usize {
-        let flags = self.flags.fetch_or(FLAG_CLOSED, Ordering::AcqRel);
+        let flags = self.owner.flags.fetch_or(FLAG_CLOSED, Ordering::AcqRel);
         if flags & FLAG_OWNED == 0 {
             return self.tail.fetch_or(CLOSED, Ordering::AcqRel) >> SEQ_SHIFT;
         }
@@ -1024,7 +1340,7 @@ impl<T> Ring<T> {
     pub(crate) fn is_closed(&self) -> bool {
         // Acquire pairs with the AcqRel `fetch_or` in `close` (the flags word
         // is marked first, and never loses `FLAG_CLOSED`).
-        self.flags.load(Ordering::Acquire) & FLAG_CLOSED != 0
+        self.owner.flags.load(Ordering::Acquire) & FLAG_CLOSED != 0
     }
 }
 

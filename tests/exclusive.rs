@@ -12,16 +12,19 @@ use std::time::Instant;
 use common::{BOUND, Tally, encode, f, spawn_bounded, tallying_handler, wait_ticket};
 use ringbatch::{Backpressure, Batch, Batcher, ConfigError, Priority, SubmitError, WaitStrategy};
 
-/// A batcher of `lanes` lanes whose handler tallies every item (producers
-/// `0..producers`) and answers `f(item)`.
+/// A batcher of `lanes` lanes (the last `exclusive` laid out for exclusive
+/// producers) whose handler tallies every item (producers `0..producers`)
+/// and answers `f(item)`.
 fn tallying(
     lanes: usize,
+    exclusive: usize,
     producers: usize,
     wait: WaitStrategy,
 ) -> (Batcher<u64, u64>, Arc<Mutex<Tally>>) {
     let tally = Arc::new(Mutex::new(Tally::new(producers)));
     let batcher = Batcher::builder()
         .lanes(lanes)
+        .exclusive_lanes(exclusive)
         .capacity(64)
         .max_batch(16)
         .wait_strategy(wait)
@@ -31,12 +34,18 @@ fn tallying(
     (batcher, tally)
 }
 
-/// A batcher of `lanes` lanes whose drainer parks as soon as it is idle,
-/// with `inline_when_idle` as given, tallying two producers' items.
-fn parking_tallier(lanes: usize, inline: bool) -> (Batcher<u64, u64>, Arc<Mutex<Tally>>) {
+/// A batcher of `lanes` lanes (the last `exclusive` laid out for exclusive
+/// producers) whose drainer parks as soon as it is idle, with
+/// `inline_when_idle` as given, tallying two producers' items.
+fn parking_tallier(
+    lanes: usize,
+    exclusive: usize,
+    inline: bool,
+) -> (Batcher<u64, u64>, Arc<Mutex<Tally>>) {
     let tally = Arc::new(Mutex::new(Tally::new(2)));
     let batcher = Batcher::builder()
         .lanes(lanes)
+        .exclusive_lanes(exclusive)
         .wait_strategy(WaitStrategy::Park)
         .inline_when_idle(inline)
         .handler_fn(tallying_handler(Arc::clone(&tally)))
@@ -77,7 +86,7 @@ fn wait_stream(tally: &Mutex<Tally>, p: usize, n: u64) {
 
 #[test]
 fn an_exclusive_producer_owns_its_lane_until_dropped() {
-    let (batcher, _) = tallying(3, 1, WaitStrategy::Backoff);
+    let (batcher, _) = tallying(3, 0, 1, WaitStrategy::Backoff);
     let first = batcher.exclusive_producer().expect("lane 0 is free");
     assert!(first.is_exclusive());
     assert_eq!(first.lane(), 0, "the first lane with no producer");
@@ -130,7 +139,7 @@ fn an_exclusive_producer_owns_its_lane_until_dropped() {
 
 #[test]
 fn a_one_lane_batcher_has_no_lane_to_give() {
-    let (batcher, _) = tallying(1, 1, WaitStrategy::Backoff);
+    let (batcher, _) = tallying(1, 0, 1, WaitStrategy::Backoff);
     assert_eq!(
         batcher.exclusive_producer().map(|p| p.lane()).unwrap_err(),
         ConfigError::NoFreeLane { lanes: 1 }
@@ -148,10 +157,17 @@ fn a_one_lane_batcher_has_no_lane_to_give() {
 /// The drainer parks at once whenever the lanes are empty (`Park`), and
 /// the test waits for each item to be handled before pushing the next, so
 /// that nearly every push races a park: every item must be handled without
-/// a flush to wake the drainer, once each and in order.
+/// a flush to wake the drainer, once each and in order. On a lane of each
+/// layout (`exclusive_lanes` 0 and 1).
 #[test]
 fn pushes_wake_a_drainer_that_parks_after_every_item() {
-    let (batcher, tally) = tallying(2, 1, WaitStrategy::Park);
+    for exclusive in [0, 1] {
+        pushes_wake_a_parking_drainer(exclusive);
+    }
+}
+
+fn pushes_wake_a_parking_drainer(exclusive: usize) {
+    let (batcher, tally) = tallying(2, exclusive, 1, WaitStrategy::Park);
     let producer = batcher.exclusive_producer().expect("a free lane");
     let n = 20_000;
     for i in 0..n {
@@ -181,10 +197,11 @@ fn pushes_wake_a_drainer_that_parks_after_every_item() {
 /// Shutdown while an exclusive producer pushes flat out: each push is either
 /// accepted (and then handled exactly once) or refused as closed with its
 /// item given back; no item is lost and none arrives after the refusals.
+/// Every other round on a lane laid out for exclusive producers.
 #[test]
 fn shutdown_racing_an_exclusive_producer_loses_nothing() {
     for round in 0..20 {
-        let (batcher, tally) = tallying(2, 1, WaitStrategy::Backoff);
+        let (batcher, tally) = tallying(2, round as usize % 2, 1, WaitStrategy::Backoff);
         let producer = batcher.exclusive_producer().expect("a free lane");
         let accepted = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&accepted);
@@ -224,11 +241,12 @@ fn shutdown_racing_an_exclusive_producer_loses_nothing() {
 }
 
 /// Tickets, slices and the `inline_when_idle` direct path from an exclusive
-/// producer, and a shared producer on the lane once the owner is gone.
+/// producer, and a shared producer on the lane once the owner is gone, on
+/// a lane of each layout.
 #[test]
 fn tickets_slices_and_handover_to_a_shared_producer() {
-    for inline in [false, true] {
-        let (batcher, tally) = parking_tallier(2, inline);
+    for (inline, exclusive) in [(false, 0), (true, 0), (false, 1), (true, 1)] {
+        let (batcher, tally) = parking_tallier(2, exclusive, inline);
         let owner = batcher.exclusive_producer().expect("a free lane");
         let lane = owner.lane();
         for i in 0..1_000 {
@@ -248,7 +266,7 @@ fn tickets_slices_and_handover_to_a_shared_producer() {
         }
         let stats = batcher.shutdown();
         let seen = tally.lock().unwrap();
-        assert_eq!(seen.items, 2_064, "inline_when_idle {inline}");
+        assert_eq!(seen.items, 2_064, "inline_when_idle {inline}, {exclusive}");
         assert_eq!(stats.items_handled, 2_064);
         assert!(seen.out_of_order.is_empty(), "{:?}", seen.out_of_order);
     }
@@ -312,11 +330,12 @@ fn an_exclusive_producer_of_an_evicting_batcher_still_accounts_every_item() {
 /// same lane. Meanwhile another thread submits on another lane (with
 /// `inline_when_idle`, those submissions run drainer turns, which announce
 /// parks too). Each batch is waited for without a flush, so a lost wake-up
-/// fails the test.
+/// fails the test. With `exclusive_lanes(2)`, the lanes changing hands and
+/// the other thread's lane are laid out for exclusive producers.
 #[test]
 fn lanes_change_hands_while_the_drainer_parks() {
-    for inline in [false, true] {
-        let (batcher, tally) = parking_tallier(3, inline);
+    for (inline, exclusive) in [(false, 0), (true, 0), (false, 2), (true, 2)] {
+        let (batcher, tally) = parking_tallier(3, exclusive, inline);
         let other = batcher.producer_on_lane(2).expect("lane 2");
         let submitter = spawn_bounded("submitter", move || {
             for i in 0..5_000 {
@@ -344,8 +363,138 @@ fn lanes_change_hands_while_the_drainer_parks() {
         submitter.join();
         let stats = batcher.shutdown();
         let seen = tally.lock().unwrap();
-        assert_eq!(seen.items, next + 5_000, "inline_when_idle {inline}");
+        assert_eq!(
+            seen.items,
+            next + 5_000,
+            "inline_when_idle {inline}, {exclusive}"
+        );
         assert_eq!(stats.items_handled, next + 5_000);
         assert!(seen.out_of_order.is_empty(), "{:?}", seen.out_of_order);
     }
+}
+
+#[test]
+fn exclusive_lanes_are_taken_first_and_left_out_of_the_lane_assignment() {
+    let (batcher, _) = tallying(4, 2, 1, WaitStrategy::Backoff);
+    for _ in 0..16 {
+        let lane = batcher.producer().lane();
+        assert!(
+            lane < 2,
+            "a shared producer was assigned lane {lane} of 4 (2 exclusive)"
+        );
+    }
+    let first = batcher.exclusive_producer().expect("a free lane");
+    let second = batcher.exclusive_producer().expect("a free lane");
+    let third = batcher.exclusive_producer().expect("a free lane");
+    let mut lanes = [first.lane(), second.lane()];
+    lanes.sort_unstable();
+    assert_eq!(lanes, [2, 3], "the laid-out lanes are taken first");
+    assert!(third.lane() < 2, "then the others: lane {}", third.lane());
+}
+
+#[test]
+fn exclusive_lanes_must_leave_a_lane_to_shared_producers() {
+    let error = Batcher::builder()
+        .lanes(2)
+        .exclusive_lanes(2)
+        .handler_fn(|_: &mut Batch<'_, u64, ()>| Ok(()))
+        .build()
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(error.field(), "exclusive_lanes", "{error}");
+    assert!(matches!(error, ConfigError::Invalid { .. }), "{error:?}");
+}
+
+/// An item whose clone panics when its value is [`Fragile::BOOM`].
+#[derive(Debug, PartialEq, Eq)]
+struct Fragile(u64);
+
+impl Fragile {
+    const BOOM: u64 = u64::MAX;
+}
+
+impl Clone for Fragile {
+    fn clone(&self) -> Self {
+        assert_ne!(self.0, Self::BOOM, "a clone that panics");
+        Fragile(self.0)
+    }
+}
+
+/// On a lane laid out for exclusive producers the owner's plain items are
+/// read by its cursor, and the ticketed and skipped ones by stamp. A stream
+/// mixing all three (pushes, submits every few items, slices, and slices
+/// whose clone panics midway, leaving their tail published empty) reaches
+/// the handler once each and in order, with every ticket answered.
+#[test]
+fn an_owner_mixes_plain_ticketed_and_skipped_items_on_an_exclusive_lane() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let batcher = Batcher::builder()
+        .lanes(2)
+        .exclusive_lanes(1)
+        .capacity(64)
+        .max_batch(8)
+        .handler_fn(move |batch: &mut Batch<'_, Fragile, u64>| {
+            record
+                .lock()
+                .unwrap()
+                .extend(batch.items().iter().map(|item| item.0));
+            batch.ok_with(|item| f(item.0));
+            Ok(())
+        })
+        .build()
+        .expect("valid settings");
+    let owner = batcher.exclusive_producer().expect("a free lane");
+    assert_eq!(owner.lane(), 1, "the lane laid out for it");
+    let mut expected = Vec::new();
+    let mut tickets = Vec::new();
+    let mut next = 0u64;
+    for round in 0..2_000 {
+        match round % 5 {
+            0 | 1 => {
+                owner.push(Fragile(next)).expect("accepted");
+                expected.push(next);
+                next += 1;
+            }
+            2 => {
+                tickets.push((next, owner.submit(Fragile(next)).expect("accepted")));
+                expected.push(next);
+                next += 1;
+            }
+            3 => {
+                let slice: Vec<Fragile> = (next..next + 5).map(Fragile).collect();
+                owner.push_slice(&slice).expect("accepted");
+                expected.extend(next..next + 5);
+                next += 5;
+            }
+            _ => {
+                // The third clone panics: the first two are published, the
+                // rest of the run is published empty.
+                let slice = vec![
+                    Fragile(next),
+                    Fragile(next + 1),
+                    Fragile(Fragile::BOOM),
+                    Fragile(next + 2),
+                ];
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    owner.push_slice(&slice)
+                }));
+                assert!(outcome.is_err(), "the clone panicked");
+                expected.extend(next..next + 2);
+                next += 3;
+            }
+        }
+        if tickets.len() == 16 {
+            for (item, ticket) in tickets.drain(..) {
+                assert_eq!(wait_ticket(ticket).expect("handled"), f(item));
+            }
+        }
+    }
+    for (item, ticket) in tickets.drain(..) {
+        assert_eq!(wait_ticket(ticket).expect("handled"), f(item));
+    }
+    drop(owner);
+    let stats = batcher.shutdown();
+    assert_eq!(stats.items_handled, expected.len() as u64);
+    assert_eq!(*seen.lock().unwrap(), expected, "once each, in order");
 }

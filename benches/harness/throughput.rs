@@ -376,10 +376,11 @@ struct Ringbatch<T: Item> {
 }
 
 impl<T: Item> Ringbatch<T> {
-    fn with_lanes(lanes: usize, consumed: Counter, placement: Placement) -> Self {
+    fn with_lanes(lanes: usize, exclusive: usize, consumed: Counter, placement: Placement) -> Self {
         let counter = Arc::clone(&consumed);
         let mut builder = Batcher::builder()
             .lanes(lanes)
+            .exclusive_lanes(exclusive)
             .capacity(CAPACITY)
             .max_batch(MAX_BATCH);
         if let Some(core) = placement.consumer_core() {
@@ -402,7 +403,7 @@ impl<T: Item> System<T> for Ringbatch<T> {
 
     fn start(producers: usize, consumed: Counter, placement: Placement) -> Self {
         let cores = thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_lanes(producers.min(cores), consumed, placement)
+        Self::with_lanes(producers.min(cores), 0, consumed, placement)
     }
 
     fn sender(&self) -> Self::Tx {
@@ -425,14 +426,20 @@ impl<T: Item> System<T> for Ringbatch<T> {
 }
 
 /// ringbatch with one exclusive producer per producer thread (a lane each,
-/// plus the lane that stays open to shared producers).
+/// laid out for exclusive producers with `exclusive_lanes`, plus the lane
+/// that stays open to shared producers).
 struct RingbatchExclusive<T: Item>(Ringbatch<T>);
 
 impl<T: Item> System<T> for RingbatchExclusive<T> {
     type Tx = ringbatch::Producer<T>;
 
     fn start(producers: usize, consumed: Counter, placement: Placement) -> Self {
-        Self(Ringbatch::with_lanes(producers + 1, consumed, placement))
+        Self(Ringbatch::with_lanes(
+            producers + 1,
+            producers,
+            consumed,
+            placement,
+        ))
     }
 
     fn sender(&self) -> Self::Tx {
