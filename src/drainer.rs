@@ -55,6 +55,9 @@ pub(crate) struct Drainer<T, R> {
     max_batch: usize,
     /// The lane the next sweep starts at (rotates, so that no lane starves).
     start: usize,
+    /// The last sweep found items: a sweep that finds some more, but less
+    /// than a batch, is followed by a short spin ([`SLIP_SPINS`]).
+    streaming: bool,
     /// The last flush request completed.
     flush_done: u64,
     tally: DrainerTally,
@@ -110,6 +113,15 @@ pub(crate) type InlineCell<T, R> = crate::sync::Mutex<Option<Drainer<T, R>>>;
 /// Most sweep-dispatch-announce passes of one inline turn before it wakes
 /// the drainer thread instead (producers keep publishing into the lanes).
 const INLINE_PASSES: usize = 4;
+
+/// Spin-loop hints the drainer waits after a sweep that found less than a
+/// batch while items keep coming (see `Drainer::streaming`): about 1.6 µs
+/// where a hint takes 25 ns, as on the reference machine. A producer
+/// streaming at 100 M items/s fills a batch of 160 in that time, and the
+/// drainer reads lines it has finished writing instead of pulling each
+/// line over while it is still being written. An item that arrives alone
+/// is not held: the sweep after it finds nothing and dispatches.
+const SLIP_SPINS: usize = 64;
 
 /// The submitter's side of `inline_when_idle`: after a claim that took a
 /// park announcement off its lane (so it must see the drainer woken), runs
@@ -229,6 +241,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             buf,
             max_batch,
             start: 0,
+            streaming: false,
             flush_done: 0,
             tally: DrainerTally::default(),
             #[cfg(feature = "tokio")]
@@ -363,10 +376,21 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             }
             return Step::Continue;
         }
-        if self.sweep() > 0 {
+        let found = self.sweep();
+        if found > 0 {
             backoff.reset();
+            if self.streaming && found < self.max_batch {
+                // Items keep coming, a few at a time: the sweep read slots
+                // the producers are still writing, pulling each line back
+                // and forth between the cores. Let a run build up first.
+                for _ in 0..SLIP_SPINS {
+                    crate::sync::spin_loop();
+                }
+            }
+            self.streaming = true;
             return Step::Continue;
         }
+        self.streaming = false;
         if !self.buf.is_empty() {
             self.dispatch(DispatchReason::LanesIdle);
             backoff.reset();
