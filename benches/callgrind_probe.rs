@@ -4,7 +4,7 @@
 //!   default 2^19) `u64` items into a one-lane batcher whose handler sums
 //!   each batch, then flushes.
 //! - `push_exclusive`: the same from an exclusive producer (a batcher of
-//!   two lanes).
+//!   two lanes, one laid out for exclusive producers).
 //! - `inline` (second argument): `N` round trips, `submit(x)` then `wait`,
 //!   on a one-lane batcher with `inline_when_idle` whose handler completes
 //!   each item with `x + 1`; after the first, each runs on the calling
@@ -38,7 +38,7 @@ fn main() {
 }
 
 fn push(n: u64) {
-    let batcher = push_batcher(1);
+    let batcher = push_batcher(1, 0);
     let producer = batcher.producer_on_lane(0).expect("lane 0 exists");
     for i in 0..n {
         producer.push(std::hint::black_box(i)).expect("accepted");
@@ -47,7 +47,7 @@ fn push(n: u64) {
 }
 
 fn push_exclusive(n: u64) {
-    let batcher = push_batcher(2);
+    let batcher = push_batcher(2, 1);
     let producer = batcher.exclusive_producer().expect("a free lane");
     for i in 0..n {
         producer.push(std::hint::black_box(i)).expect("accepted");
@@ -55,10 +55,12 @@ fn push_exclusive(n: u64) {
     batcher.flush();
 }
 
-/// A batcher of `lanes` lanes whose handler sums each batch.
-fn push_batcher(lanes: usize) -> Batcher<u64> {
+/// A batcher of `lanes` lanes (the last `exclusive` laid out for exclusive
+/// producers) whose handler sums each batch.
+fn push_batcher(lanes: usize, exclusive: usize) -> Batcher<u64> {
     Batcher::builder()
         .lanes(lanes)
+        .exclusive_lanes(exclusive)
         .capacity(1 << 20)
         .max_batch(256)
         .handler_fn(|batch: &mut Batch<'_, u64, ()>| {

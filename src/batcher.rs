@@ -1081,6 +1081,10 @@ fn normal_ring<T, R>(shared: &Shared<T, R>, lane: usize) -> usize {
     normal_class(shared.classes) * shared.lane_count + lane
 }
 
+/// Largest item a lane laid out for exclusive producers keeps apart from
+/// its stamps; larger items sit beside their stamps on every lane.
+const SPLIT_MAX_ITEM: usize = 16;
+
 /// The index of the Normal class among `classes` priority classes.
 fn normal_class(classes: usize) -> usize {
     if classes > 1 {
@@ -1194,17 +1198,19 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// most `lanes - 1`: one lane stays open to shared producers.
     ///
     /// [`Batcher::exclusive_producer`] takes these lanes first, and
-    /// [`Batcher::producer`] leaves them out of its lane assignment. On such
-    /// a lane the items are kept apart from the slots' stamps, and the
-    /// owner also publishes through a cursor of its own: the drainer reads
-    /// the owner's fire-and-forget items without their stamps, so it pulls
-    /// half as many cache lines from the producer's core for `u64` items.
-    /// Shared producers still work on these lanes (through
-    /// [`producer_on_lane`](Batcher::producer_on_lane), or when exclusive
-    /// producers hold every other lane), a little slower than on the
-    /// others, whose stamps sit beside their items. With
-    /// [`Backpressure::DropOldest`], whose lanes cannot be owned, the
-    /// setting changes nothing.
+    /// [`Batcher::producer`] leaves them out of its lane assignment.
+    ///
+    /// For items of at most 16 bytes, such a lane keeps the items apart from
+    /// the slots' stamps, and its owner also publishes through a cursor of
+    /// its own: the drainer reads the owner's fire-and-forget items without
+    /// their stamps, so it pulls half as many cache lines from the
+    /// producer's core for `u64` items. Larger items sit beside their
+    /// stamps as on every other lane (64-byte items ran at about half the
+    /// rate apart from them). Shared producers still work on these lanes
+    /// (through [`producer_on_lane`](Batcher::producer_on_lane), or when
+    /// exclusive producers hold every other lane), a little slower than on
+    /// the others. With [`Backpressure::DropOldest`], whose lanes cannot be
+    /// owned, the setting changes nothing.
     ///
     /// ```
     /// use ringbatch::{Batch, Batcher};
@@ -1882,6 +1888,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                         Ring::with_eviction(config.capacity)
                     } else if ring / lane_count == normal_class(classes)
                         && ring % lane_count >= lane_count - config.exclusive_lanes
+                        && core::mem::size_of::<T>() <= SPLIT_MAX_ITEM
                     {
                         Ring::new_split(config.capacity)
                     } else {
