@@ -81,6 +81,9 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Lanes laid out for exclusive producers (the last ones; default 0).
     pub exclusive_lanes: usize,
+    /// The drainer spins briefly between short runs while items keep coming
+    /// (default false).
+    pub spin_between_short_runs: bool,
 }
 
 impl Default for Config {
@@ -98,6 +101,7 @@ impl Default for Config {
             thread_name: "ringbatch-drainer".to_owned(),
             max_in_flight: 4,
             exclusive_lanes: 0,
+            spin_between_short_runs: false,
         }
     }
 }

@@ -55,9 +55,12 @@ pub(crate) struct Drainer<T, R> {
     max_batch: usize,
     /// The lane the next sweep starts at (rotates, so that no lane starves).
     start: usize,
-    /// The last sweep found items: a sweep that finds some more, but less
-    /// than a batch, is followed by a short spin ([`SLIP_SPINS`]).
+    /// The last sweep found items: with `slip`, a sweep that finds some
+    /// more, but less than a batch, is followed by a short spin
+    /// ([`SLIP_SPINS`]).
     streaming: bool,
+    /// `spin_between_short_runs` is set.
+    slip: bool,
     /// The last flush request completed.
     flush_done: u64,
     tally: DrainerTally,
@@ -120,7 +123,9 @@ const INLINE_PASSES: usize = 4;
 /// streaming at 100 M items/s fills a batch of 160 in that time, and the
 /// drainer reads lines it has finished writing instead of pulling each
 /// line over while it is still being written. An item that arrives alone
-/// is not held: the sweep after it finds nothing and dispatches.
+/// is not held (the sweep after it finds nothing and dispatches), but at a
+/// steady moderate rate every sweep finds a few, and batches wait to fill:
+/// hence a setting (`spin_between_short_runs`), off by default.
 const SLIP_SPINS: usize = 64;
 
 /// The submitter's side of `inline_when_idle`: after a claim that took a
@@ -215,6 +220,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         let lanes = shared.lanes.len();
         let max_batch = shared.config.max_batch;
         let recording = shared.recorder.is_some();
+        let slip = shared.config.spin_between_short_runs;
         let buf = shared.pool.take().unwrap_or_else(|| {
             let buf = BatchBuf::with_capacity(max_batch);
             if recording { buf.with_runs() } else { buf }
@@ -242,6 +248,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             max_batch,
             start: 0,
             streaming: false,
+            slip,
             flush_done: 0,
             tally: DrainerTally::default(),
             #[cfg(feature = "tokio")]
@@ -379,7 +386,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         let found = self.sweep();
         if found > 0 {
             backoff.reset();
-            if self.streaming && found < self.max_batch {
+            if self.slip && self.streaming && found < self.max_batch {
                 // Items keep coming, a few at a time: the sweep read slots
                 // the producers are still writing, pulling each line back
                 // and forth between the cores. Let a run build up first.

@@ -381,6 +381,7 @@ impl<T: Item> Ringbatch<T> {
         let mut builder = Batcher::builder()
             .lanes(lanes)
             .exclusive_lanes(exclusive)
+            .spin_between_short_runs(exclusive > 0)
             .capacity(CAPACITY)
             .max_batch(MAX_BATCH);
         if let Some(core) = placement.consumer_core() {
