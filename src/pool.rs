@@ -248,10 +248,10 @@ impl<T> Appender<'_, T> {
         if self.len == self.room {
             appender_full();
         }
-        // SAFETY: `len < room`, and `room` is at most the spare capacity of
-        // both vectors when the appender was made; the appender borrows the
-        // buffer mutably, so nothing else changed them since. The places
-        // `len..` are uninitialised spare room (the lengths are set on drop).
+        // `room` is at most the spare capacity of both vectors when the
+        // appender was made, and the appender borrows the buffer mutably,
+        // so nothing changed them since; the lengths are set on drop.
+        // SAFETY: `len < room`: places `len` of the spare room, uninitialised.
         unsafe {
             self.items.add(self.len).write(item);
             self.origins.add(self.len).write(origin);

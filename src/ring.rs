@@ -1005,10 +1005,10 @@ impl<T> Ring<T> {
         for _ in 0..n {
             // SAFETY: masked by `capacity - 1`.
             let slot = unsafe { cells.slot(seq & mask) };
-            // SAFETY: the owner wrote this item before moving its cursor past
-            // it with a Release store, which `owner_cursor` loaded with
-            // Acquire; no producer touches the slot until `head` moves past
-            // it; we move it out exactly once.
+            // The owner wrote this item before its Release store moved the
+            // cursor past it, which `owner_cursor` loaded with Acquire; no
+            // producer touches the slot until `head` moves past it.
+            // SAFETY: initialised (above); we move it out exactly once.
             let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
             sink(value, seq, None);
             seq = seq_add(seq, 1);
