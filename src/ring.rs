@@ -219,15 +219,15 @@ enum Storage<T> {
     /// line, and a drainer that reads an item as soon as it is published
     /// (and so pulls the line the producer is writing) moves one line per
     /// item, not two. Shared rings.
-    Interleaved(Box<[Cell<T>]>),
+    Interleaved(Vec<Cell<T>>),
     /// Stamps and items in two arrays. The plain items an owner publishes
     /// through its cursor are read without their stamps, so the drainer
     /// pulls only the lines of the items: eight `u64` items a line, where
     /// interleaved stamps make it four. Rings laid out for exclusive
     /// producers ([`Ring::new_split`]).
     Split {
-        stamps: Box<[AtomicUsize]>,
-        values: Box<[UnsafeCell<MaybeUninit<T>>]>,
+        stamps: Vec<AtomicUsize>,
+        values: Vec<UnsafeCell<MaybeUninit<T>>>,
     },
 }
 
@@ -318,8 +318,17 @@ pub(crate) struct Ring<T> {
     /// it reads). Bit 0 ([`HEAD_WAITERS`]): a producer sleeps waiting for
     /// room.
     head: CachePadded<AtomicUsize>,
-    /// The slots.
+    /// The slots (`Vec`s, not boxes, so that moving the ring keeps the
+    /// pointers below valid).
     storage: Storage<T>,
+    /// Slot 0's stamp and item in `storage`, and the bytes from one slot's
+    /// to the next's: [`slot`](Self::slot) finds a slot of either layout
+    /// without matching on it (a match per publish cost the shared
+    /// producer about 7 % of its rate).
+    stamp_base: *const AtomicUsize,
+    value_base: *const UnsafeCell<MaybeUninit<T>>,
+    stamp_stride: usize,
+    value_stride: usize,
     mask: usize,
     /// Producers may evict (see the module notes): consumers claim by CAS and
     /// mark slots taken; producers wait for the mark.
@@ -333,6 +342,7 @@ pub(crate) struct Ring<T> {
 // serialised by the claim/publish/drain protocol: a producer writes a slot
 // only after claiming its sequence and seeing `head` past the slot's previous
 // lap; the drainer reads it only after an Acquire load of its published stamp.
+// The raw base pointers point into the ring's own storage.
 // SAFETY: `T: Send`, and slot access is serialised as described above.
 unsafe impl<T: Send> Send for Ring<T> {}
 // SAFETY: see the `Send` impl; `&Ring` only exposes the protocol operations.
@@ -365,10 +375,37 @@ impl<T> Ring<T> {
     }
 
     fn with_storage(storage: Storage<T>, capacity: usize) -> Self {
+        let (stamp_base, value_base, stamp_stride, value_stride) = match &storage {
+            Storage::Interleaved(cells) => {
+                let first = cells.as_ptr();
+                // Pointers to the fields of slot 0, without a reference:
+                // `addr_of!` on a place inside the vector's allocation.
+                // SAFETY: `cells` holds `capacity >= 1` cells, so `first`
+                // points to an allocated cell.
+                let (stamp, value) = unsafe {
+                    (
+                        core::ptr::addr_of!((*first).stamp),
+                        core::ptr::addr_of!((*first).value),
+                    )
+                };
+                let stride = core::mem::size_of::<Cell<T>>();
+                (stamp, value, stride, stride)
+            }
+            Storage::Split { stamps, values } => (
+                stamps.as_ptr(),
+                values.as_ptr(),
+                core::mem::size_of::<AtomicUsize>(),
+                core::mem::size_of::<UnsafeCell<MaybeUninit<T>>>(),
+            ),
+        };
         Self {
             tail: CachePadded::new(AtomicUsize::new(0)),
             head: CachePadded::new(AtomicUsize::new(0)),
             storage,
+            stamp_base,
+            value_base,
+            stamp_stride,
+            value_stride,
             mask: capacity - 1,
             evicts: false,
             owner: CachePadded::new(OwnerWords {
@@ -425,12 +462,13 @@ impl<T> Ring<T> {
     #[inline(always)]
     fn slot(&self, seq: usize) -> Slot<'_, T> {
         let index = seq & self.mask;
-        // SAFETY: `index` is masked by `capacity - 1`, and the storage holds
-        // `capacity` slots.
+        // The bases and strides describe `storage`, which owns its memory
+        // for as long as the ring lives and never reallocates.
+        // SAFETY: `index < capacity`, so both offsets land on slot `index`.
         unsafe {
-            match &self.storage {
-                Storage::Interleaved(cells) => (&**cells).slot(index),
-                Storage::Split { stamps, values } => SplitCells { stamps, values }.slot(index),
+            Slot {
+                stamp: &*self.stamp_base.byte_add(index * self.stamp_stride),
+                value: &*self.value_base.byte_add(index * self.value_stride),
             }
         }
     }
@@ -888,7 +926,15 @@ impl<T> Ring<T> {
             },
             // SAFETY: the caller's contract.
             Storage::Split { stamps, values } => unsafe {
-                self.drain_split(SplitCells { stamps, values }, head, max, &mut sink)
+                self.drain_split(
+                    SplitCells {
+                        stamps: stamps.as_slice(),
+                        values: values.as_slice(),
+                    },
+                    head,
+                    max,
+                    &mut sink,
+                )
             },
         }
     }
