@@ -59,6 +59,9 @@ pub(crate) struct Drainer<T, R> {
     /// more, but less than a batch, is followed by a short spin
     /// ([`SLIP_SPINS`]).
     streaming: bool,
+    /// The last turn found every lane empty and nothing in the batch, and
+    /// waited: the next items come after a quiet spell.
+    quiet: bool,
     /// `spin_between_short_runs` is set.
     slip: bool,
     /// The last flush request completed.
@@ -248,6 +251,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             max_batch,
             start: 0,
             streaming: false,
+            quiet: false,
             slip,
             flush_done: 0,
             tally: DrainerTally::default(),
@@ -386,6 +390,17 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         let found = self.sweep();
         if found > 0 {
             backoff.reset();
+            if core::mem::replace(&mut self.quiet, false) && !self.buf.is_empty() {
+                // The first items after a quiet spell, and every lane was
+                // caught up when the sweep left it (a lane that filled the
+                // batch dispatched it within the sweep): dispatch now,
+                // rather than sweep once more to see the lanes empty. A
+                // lone request's result comes back that much sooner; under
+                // a steady stream the drainer is never quiet, and batches
+                // form as before.
+                self.dispatch(DispatchReason::LanesIdle);
+                return Step::Continue;
+            }
             if self.slip && self.streaming && found < self.max_batch {
                 // Items keep coming, a few at a time: the sweep read slots
                 // the producers are still writing, pulling each line back
@@ -403,6 +418,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             backoff.reset();
             return Step::Continue;
         }
+        self.quiet = true;
         if backoff.snooze() {
             Step::Park
         } else {
