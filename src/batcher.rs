@@ -306,7 +306,7 @@ impl<T, R> Shared<T, R> {
             .iter()
             .zip(self.high_water.iter())
             .map(|(lane, high_water)| {
-                let (tail, _) = lane.ring.tail();
+                let tail = lane.ring.claimed();
                 // Sequences published empty: by a producer that panicked
                 // filling a slice, or by an owner that found the lane closed.
                 let skipped =

@@ -303,9 +303,19 @@ struct OwnerWords {
     /// by [`Ring::own`] to the first sequence the owner claims.
     plain_from: AtomicUsize,
     /// Sequences an owner claimed and gave up because the lane had closed
-    /// (published empty; see [`Ring::given_up`]).
+    /// although the close counted them (published empty; see
+    /// [`Ring::given_up`]).
     given_up: AtomicUsize,
+    /// The final tail found by the first [`close`](Ring::close), or
+    /// [`NO_FINAL`] until then. On an owned ring a claim the close did not
+    /// count ends above it, and the claim cursor (the tail word) counts it
+    /// too until the owner sees the close; [`Ring::claimed`] stops here.
+    final_tail: AtomicUsize,
 }
+
+/// [`OwnerWords::final_tail`] of a ring not yet closed (no sequence is this
+/// large).
+const NO_FINAL: usize = usize::MAX;
 
 /// A bounded MPSC ring of `capacity` slots (a power of two).
 pub(crate) struct Ring<T> {
@@ -413,6 +423,7 @@ impl<T> Ring<T> {
                 published: AtomicUsize::new(0),
                 plain_from: AtomicUsize::new(0),
                 given_up: AtomicUsize::new(0),
+                final_tail: AtomicUsize::new(NO_FINAL),
             }),
         }
     }
@@ -657,12 +668,23 @@ impl<T> Ring<T> {
         if flags & FLAG_CLOSED != 0 {
             // Later claims see `CLOSED` and take the CAS path, which refuses.
             self.tail.fetch_or(CLOSED, Ordering::AcqRel);
+            if distance(seq, self.final_tail()) >= n {
+                // The close counted the claim (the final tail is above it),
+                // and the drainer's final drain waits for these slots.
+                // Counted before they are published as empty: the drain
+                // reads their stamps (Acquire, pairing with the Release
+                // stamp stores of `publish_skip`), so once it has stepped
+                // over them the count includes them, and statistics taken
+                // after the shutdown do not count them as accepted items.
+                // Relaxed: ordered by those stamp stores. (A claim the close
+                // did not count lies above the final tail, where
+                // [`claimed`](Self::claimed) stops, and is not counted.)
+                self.owner.given_up.fetch_add(n, Ordering::Relaxed);
+            }
             for i in 0..n {
                 // SAFETY: claimed by the caller, published once, as empty.
                 unsafe { self.publish_skip(seq_add(seq, i), true) };
             }
-            // Relaxed: a statistic.
-            self.owner.given_up.fetch_add(n, Ordering::Relaxed);
             return Err(ClaimError::Closed);
         }
         // Whoever clears the flag wakes the drainer (it may also be cleared
@@ -676,11 +698,46 @@ impl<T> Ring<T> {
         })
     }
 
-    /// Sequences claimed by an owner and given up because the lane had
-    /// closed: the claim cursor counts them, but they carry no item.
+    /// Sequences below the final tail that an owner claimed and gave up
+    /// because the lane had closed: [`claimed`](Self::claimed) counts them,
+    /// but they carry no item. Exact once the drainer has stepped over the
+    /// slots up to the final tail.
     pub(crate) fn given_up(&self) -> usize {
-        // Relaxed: a statistic.
+        // Relaxed: a statistic; the count is made before the empty slots are
+        // published (see `exclusive_flags`).
         self.owner.given_up.load(Ordering::Relaxed)
+    }
+
+    /// The final tail, once [`close`](Self::close) has found it; waits for
+    /// it (the closer publishes it right after its heavy fence) when the
+    /// flags already say closed.
+    fn final_tail(&self) -> usize {
+        loop {
+            // Acquire pairs with the Release store in `close`.
+            let tail = self.owner.final_tail.load(Ordering::Acquire);
+            if tail != NO_FINAL {
+                return tail;
+            }
+            crate::sync::thread::yield_now();
+        }
+    }
+
+    /// The claim cursor for the statistics: every sequence below it was
+    /// claimed and either accepted or given up (see
+    /// [`given_up`](Self::given_up)). Once the ring is closed, the final
+    /// tail: a claim above it was refused, even while the tail word still
+    /// counts it.
+    pub(crate) fn claimed(&self) -> usize {
+        let (tail, _) = self.tail();
+        // Acquire pairs with the Release store in `close`.
+        let last = self.owner.final_tail.load(Ordering::Acquire);
+        if last != NO_FINAL && distance(last, tail) <= self.capacity() {
+            // Closed, and the tail word is at or above the final tail (an
+            // owner's refused claim may still be counted there).
+            last
+        } else {
+            tail
+        }
     }
 
     /// Marks the ring owned by an exclusive producer, which may then claim
@@ -1371,15 +1428,25 @@ impl<T> Ring<T> {
     /// owner's claims are plain stores: after the heavy fence, each is
     /// either seen by the load here or sees `FLAG_CLOSED` and gives its
     /// slots up (see [`try_claim_exclusive`](Self::try_claim_exclusive)).
+    ///
+    /// The first close publishes the final tail (see
+    /// [`claimed`](Self::claimed)); a later one returns it.
     pub(crate) fn close(&self) -> usize {
         let flags = self.owner.flags.fetch_or(FLAG_CLOSED, Ordering::AcqRel);
-        if flags & FLAG_OWNED == 0 {
-            return self.tail.fetch_or(CLOSED, Ordering::AcqRel) >> SEQ_SHIFT;
+        if flags & FLAG_CLOSED != 0 {
+            return self.final_tail();
         }
-        while !crate::sync::asymmetric::heavy() {
-            crate::sync::thread::yield_now();
-        }
-        self.tail.load(Ordering::Acquire) >> SEQ_SHIFT
+        let last = if flags & FLAG_OWNED == 0 {
+            self.tail.fetch_or(CLOSED, Ordering::AcqRel) >> SEQ_SHIFT
+        } else {
+            while !crate::sync::asymmetric::heavy() {
+                crate::sync::thread::yield_now();
+            }
+            self.tail.load(Ordering::Acquire) >> SEQ_SHIFT
+        };
+        // Release pairs with the Acquire loads in `final_tail` and `claimed`.
+        self.owner.final_tail.store(last, Ordering::Release);
+        last
     }
 
     /// Whether [`close`](Self::close) has run.
