@@ -126,9 +126,9 @@ const INLINE_PASSES: usize = 4;
 /// streaming at 100 M items/s fills a batch of 160 in that time, and the
 /// drainer reads lines it has finished writing instead of pulling each
 /// line over while it is still being written. An item that arrives alone
-/// is not held (the sweep after it finds nothing and dispatches), but at a
-/// steady moderate rate every sweep finds a few, and batches wait to fill:
-/// hence a setting (`spin_between_short_runs`), off by default.
+/// is not held (it comes after a quiet spell and is dispatched at once),
+/// but at a steady moderate rate every sweep finds a few, and batches wait
+/// to fill: hence a setting (`spin_between_short_runs`), off by default.
 const SLIP_SPINS: usize = 64;
 
 /// The submitter's side of `inline_when_idle`: after a claim that took a
