@@ -18,7 +18,10 @@ pub enum DispatchReason {
     Bytes,
     /// The batch's oldest item waited out the linger.
     Linger,
-    /// A sweep over every lane found nothing new (natural batching).
+    /// Every lane was caught up (natural batching): a sweep over them found
+    /// nothing new, or the drainer had been idle and its first sweep took
+    /// everything there was (it then dispatches at once, rather than sweep
+    /// again first).
     LanesIdle,
     /// A Critical item was staged.
     Priority,
