@@ -55,13 +55,11 @@ pub(crate) struct Drainer<T, R> {
     max_batch: usize,
     /// The lane the next sweep starts at (rotates, so that no lane starves).
     start: usize,
-    /// The last sweep found items: with `slip`, a sweep that finds some
-    /// more, but less than a batch, is followed by a short spin
-    /// ([`SLIP_SPINS`]).
-    streaming: bool,
-    /// The last turn found every lane empty and nothing in the batch, and
-    /// waited: the next items come after a quiet spell.
-    quiet: bool,
+    /// What the last plain turn (sweep, dispatch, wait) came to: after
+    /// [`LastTurn::Waited`] the first items are dispatched at once; after
+    /// [`LastTurn::Found`], with `slip`, a sweep that finds some more, but
+    /// less than a batch, is followed by a short spin ([`SLIP_SPINS`]).
+    last_turn: LastTurn,
     /// `spin_between_short_runs` is set.
     slip: bool,
     /// The last flush request completed.
@@ -120,8 +118,21 @@ pub(crate) type InlineCell<T, R> = crate::sync::Mutex<Option<Drainer<T, R>>>;
 /// the drainer thread instead (producers keep publishing into the lanes).
 const INLINE_PASSES: usize = 4;
 
+/// What a drainer's last plain turn came to (see `Drainer::last_turn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LastTurn {
+    /// Its sweep found items: they keep coming.
+    Found,
+    /// Its sweep found nothing new, or it dispatched the first items after
+    /// a wait: the lanes were caught up.
+    Emptied,
+    /// It found every lane empty and nothing in the batch, and waited: the
+    /// next items come after a quiet spell.
+    Waited,
+}
+
 /// Spin-loop hints the drainer waits after a sweep that found less than a
-/// batch while items keep coming (see `Drainer::streaming`): about 1.6 µs
+/// batch while items keep coming (see `Drainer::last_turn`): about 1.6 µs
 /// where a hint takes 25 ns, as on the reference machine. A producer
 /// streaming at 100 M items/s fills a batch of 160 in that time, and the
 /// drainer reads lines it has finished writing instead of pulling each
@@ -250,8 +261,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             buf,
             max_batch,
             start: 0,
-            streaming: false,
-            quiet: false,
+            last_turn: LastTurn::Emptied,
             slip,
             flush_done: 0,
             tally: DrainerTally::default(),
@@ -390,7 +400,8 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         let found = self.sweep();
         if found > 0 {
             backoff.reset();
-            if core::mem::replace(&mut self.quiet, false) && !self.buf.is_empty() {
+            let last = core::mem::replace(&mut self.last_turn, LastTurn::Found);
+            if last == LastTurn::Waited && !self.buf.is_empty() {
                 // The first items after a quiet spell, and every lane was
                 // caught up when the sweep left it (a lane that filled the
                 // batch dispatched it within the sweep): dispatch now,
@@ -399,9 +410,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 // a steady stream the drainer is never quiet, and batches
                 // form as before.
                 self.dispatch(DispatchReason::LanesIdle);
+                self.last_turn = LastTurn::Emptied;
                 return Step::Continue;
             }
-            if self.slip && self.streaming && found < self.max_batch {
+            if self.slip && last == LastTurn::Found && found < self.max_batch {
                 // Items keep coming, a few at a time: the sweep read slots
                 // the producers are still writing, pulling each line back
                 // and forth between the cores. Let a run build up first.
@@ -409,16 +421,15 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                     crate::sync::spin_loop();
                 }
             }
-            self.streaming = true;
             return Step::Continue;
         }
-        self.streaming = false;
+        self.last_turn = LastTurn::Emptied;
         if !self.buf.is_empty() {
             self.dispatch(DispatchReason::LanesIdle);
             backoff.reset();
             return Step::Continue;
         }
-        self.quiet = true;
+        self.last_turn = LastTurn::Waited;
         if backoff.snooze() {
             Step::Park
         } else {
