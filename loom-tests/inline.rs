@@ -100,7 +100,7 @@ impl Model {
                     inline_passes(
                         state,
                         |state| self.pass(state),
-                        |state| announce_park_all(self.lanes(state)).1,
+                        |state| announce_park_all(self.lanes(state)).empty,
                     )
                 },
                 || drainer.unpark(),

@@ -480,7 +480,11 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                     .iter()
                     .map(|lane| &lane.ring)
                     .zip(drainer.heads.iter().copied());
-                announce_park_all(lanes).1
+                let found = announce_park_all(lanes);
+                // Not a park of the drainer's (it sleeps on), but a fence
+                // run on this submitter's thread.
+                drainer.shared.counters.note_park(false, found.fenced);
+                found.empty
             },
         );
         idle && !self.requested()
@@ -877,15 +881,17 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 .map(|lane| &lane.ring)
                 .zip(self.heads.iter().copied())
         };
-        let (announced, empty) = announce_park_all(lanes());
+        let found = announce_park_all(lanes());
         // Acquire, as in `park`.
         let requested = control.closing.load(Ordering::Acquire)
             || control.flush_requested.load(Ordering::Acquire) != flush_done
             || control.flush_now.load(Ordering::Acquire) != flush_now_done;
-        if empty && !requested {
+        let sleep = found.empty && !requested;
+        shared.counters.note_park(sleep, found.fenced);
+        if sleep {
             crate::sync::thread::park_timeout(timeout);
         }
-        withdraw_park(lanes(), announced);
+        withdraw_park(lanes(), found.announced);
     }
 
     /// Sends the current batch to the sink and starts a new one: runs the
@@ -1245,7 +1251,9 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             .map(|lane| &lane.ring)
             .zip(self.heads.iter().copied());
         // A request posted after this check unparks us (park token).
-        prepare_park(lanes, || self.requested(), timeout)
+        let plan = prepare_park(lanes, || self.requested(), timeout);
+        shared.counters.note_park(plan.sleeps(), plan.fenced());
+        plan
     }
 
     /// Withdraws the announcements of `plan` (after the sleep).
@@ -1458,18 +1466,20 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             if let Some(task) = &shared.drainer_task {
                 task.register(cx.waker());
             }
-            let (count, empty) = announce_park_all(lanes());
+            let found = announce_park_all(lanes());
             let control = &shared.control;
             // Acquire, as in `park`; a request posted after this check wakes
             // the waker stored above.
             let requested = control.closing.load(Ordering::Acquire)
                 || control.flush_requested.load(Ordering::Acquire) != flush_done
                 || control.flush_now.load(Ordering::Acquire) != flush_now_done;
-            if empty && !requested {
-                announced = Some(count);
+            let sleep = found.empty && !requested;
+            shared.counters.note_park(sleep, found.fenced);
+            if sleep {
+                announced = Some(found.announced);
                 return core::task::Poll::Pending;
             }
-            withdraw_park(lanes(), count);
+            withdraw_park(lanes(), found.announced);
             core::task::Poll::Ready(())
         })
         .await;

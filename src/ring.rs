@@ -1505,6 +1505,8 @@ pub(crate) fn park_drainer<'a, T: 'a>(
 pub(crate) struct ParkPlan {
     /// Lanes announced (each is withdrawn by [`end`](Self::end)).
     announced: usize,
+    /// The announcement ran the heavy fence (a lane is owned).
+    fenced: bool,
     /// `None`: do not sleep (a lane is not empty or a request is pending);
     /// `Some(None)`: park until woken; `Some(Some(d))`: at most `d`.
     sleep: Option<Option<core::time::Duration>>,
@@ -1518,10 +1520,11 @@ pub(crate) fn prepare_park<'a, T: 'a>(
     requested: impl FnOnce() -> bool,
     timeout: Option<core::time::Duration>,
 ) -> ParkPlan {
-    let (announced, empty) = announce_park_all(lanes);
+    let found = announce_park_all(lanes);
     ParkPlan {
-        announced,
-        sleep: (empty && !requested()).then_some(timeout),
+        announced: found.announced,
+        fenced: found.fenced,
+        sleep: (found.empty && !requested()).then_some(timeout),
     }
 }
 
@@ -1529,8 +1532,19 @@ impl ParkPlan {
     /// No announcement and no sleep (a retry is due now).
     pub(crate) const AWAKE: ParkPlan = ParkPlan {
         announced: 0,
+        fenced: false,
         sleep: None,
     };
+
+    /// Whether the plan is to sleep.
+    pub(crate) fn sleeps(&self) -> bool {
+        self.sleep.is_some()
+    }
+
+    /// Whether the announcement ran the heavy fence.
+    pub(crate) fn fenced(&self) -> bool {
+        self.fenced
+    }
 
     /// Sleeps as planned: returns at once if the plan says not to sleep,
     /// when a producer or requester unparks the drainer, or at the timeout
@@ -1551,7 +1565,7 @@ impl ParkPlan {
 
 /// The first half of [`park_drainer`]: announces the park on every lane,
 /// stopping at the first that is not empty. Returns how many lanes were
-/// announced and whether all were empty.
+/// announced, whether all were empty and whether the heavy fence ran.
 ///
 /// When a ring is owned by an exclusive producer, the announcements are followed
 /// by the heavy fence and a re-check of every lane (the drainer's half of
@@ -1559,26 +1573,45 @@ impl ParkPlan {
 /// run, the lanes count as not empty (the drainer stays awake).
 pub(crate) fn announce_park_all<'a, T: 'a>(
     lanes: impl Iterator<Item = (&'a Ring<T>, usize)> + Clone,
-) -> (usize, bool) {
-    let mut announced = 0;
+) -> ParkAnnouncement {
+    let mut found = ParkAnnouncement {
+        announced: 0,
+        empty: false,
+        fenced: false,
+    };
     let mut fence = false;
     for (ring, head) in lanes.clone() {
-        announced += 1;
-        let found = ring.announce_park(head);
-        fence |= found.owned;
-        if !found.empty {
-            return (announced, false);
+        found.announced += 1;
+        let lane = ring.announce_park(head);
+        fence |= lane.owned;
+        if !lane.empty {
+            return found;
         }
     }
     if fence {
         if !crate::sync::asymmetric::heavy() {
-            return (announced, false);
+            return found;
         }
+        found.fenced = true;
         if !lanes.into_iter().all(|(ring, head)| ring.still_empty(head)) {
-            return (announced, false);
+            return found;
         }
     }
-    (announced, true)
+    found.empty = true;
+    found
+}
+
+/// What [`announce_park_all`] did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ParkAnnouncement {
+    /// Lanes announced (to withdraw with [`withdraw_park`]).
+    pub(crate) announced: usize,
+    /// Every lane was empty: the caller may sleep.
+    pub(crate) empty: bool,
+    /// The heavy fence ran (a lane is owned by an exclusive producer): on
+    /// Linux, a `membarrier` that interrupts every other CPU running a
+    /// thread of this process.
+    pub(crate) fenced: bool,
 }
 
 /// What [`Ring::announce_park`] found.

@@ -194,6 +194,91 @@ fn pushes_wake_a_parking_drainer(exclusive: usize) {
     assert_eq!(batcher.shutdown().items_handled, n + 3_500);
 }
 
+/// Polls the statistics until `done` holds, failing the test after
+/// [`BOUND`] with `what` was expected.
+fn wait_stats(
+    batcher: &Batcher<u64, u64>,
+    what: &str,
+    done: impl Fn(&ringbatch::Stats) -> bool,
+) -> ringbatch::Stats {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let stats = batcher.stats();
+        if done(&stats) {
+            return stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {what} within {BOUND:?}; parks {}, park fences {}",
+            stats.parks,
+            stats.park_fences
+        );
+        thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Whether this process may run `membarrier`'s expedited private barrier,
+/// which an exclusive producer's plain-store claims need (without it they
+/// claim with the CAS, and the drainer's parks run no fence).
+fn membarrier_works() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+        // SAFETY: `membarrier` takes two integers and touches no memory of
+        // ours; registering again is harmless.
+        unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                REGISTER_PRIVATE_EXPEDITED,
+                0 as libc::c_long,
+            ) == 0
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+/// `Stats::parks` counts the drainer's sleeps, and `Stats::park_fences`
+/// the parks that ran the asymmetric fence: none while only shared
+/// producers are on the lanes, and every park while an exclusive producer
+/// owns a lane (where the fence works).
+#[test]
+fn parks_and_their_fences_are_counted() {
+    let (batcher, tally) = tallying(2, 0, 2, WaitStrategy::Park);
+    let shared = batcher.producer_on_lane(0).expect("lane 0");
+    shared.push(encode(0, 0)).expect("accepted");
+    wait_seen(&tally, 1);
+    let stats = wait_stats(&batcher, "a park", |s| s.parks >= 1);
+    assert_eq!(
+        stats.park_fences, 0,
+        "no lane is owned, so no park runs the fence"
+    );
+    drop(shared);
+
+    let owner = batcher.exclusive_producer().expect("a free lane");
+    let before = batcher.stats();
+    owner.push(encode(1, 0)).expect("accepted");
+    wait_seen(&tally, 2);
+    if membarrier_works() {
+        // The park after the owner's item announces on an owned lane.
+        wait_stats(&batcher, "a park that runs the fence", |s| {
+            s.park_fences > before.park_fences && s.parks > before.parks
+        });
+    } else {
+        // Two parks: at least one announced after the lane was owned.
+        let after = wait_stats(&batcher, "two more parks", |s| s.parks >= before.parks + 2);
+        assert_eq!(
+            after.park_fences, 0,
+            "no fence runs where membarrier does not work"
+        );
+    }
+    drop(owner);
+    let last = batcher.shutdown();
+    assert_eq!(last.items_handled, 2);
+}
+
 /// Shutdown while an exclusive producer pushes flat out: each push is either
 /// accepted (and then handled exactly once) or refused as closed with its
 /// item given back; no item is lost and none arrives after the refusals.
