@@ -459,7 +459,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// other CPU for about 5.3 µs (`cargo bench --bench fence`). A stream
     /// with pauses longer than the drainer's spin and yield phase pays it
     /// once per pause; [`Stats::park_fences`](crate::Stats::park_fences)
-    /// counts them. A drainer that never parks
+    /// counts them. A drainer thread that never parks
     /// ([`WaitStrategy::BusySpin`](crate::WaitStrategy::BusySpin) or
     /// [`Yield`](crate::WaitStrategy::Yield), without
     /// [`inline_when_idle`](BatcherBuilder::inline_when_idle)) runs none.
