@@ -261,9 +261,11 @@ pub struct Stats {
     pub memory_bytes: usize,
     /// Times the drainer went to sleep with every lane empty. The first
     /// item after each sleep pays for waking it (its producer unparks the
-    /// drainer); a drainer whose
+    /// drainer); a drainer thread whose
     /// [`wait_strategy`](crate::BatcherBuilder::wait_strategy) never parks
-    /// (`BusySpin`, `Yield`) counts none.
+    /// (`BusySpin`, `Yield`, without
+    /// [`inline_when_idle`](crate::BatcherBuilder::inline_when_idle))
+    /// counts none.
     pub parks: u64,
     /// Park announcements that ran the asymmetric fence, because a lane was
     /// owned by an [`exclusive_producer`](crate::Batcher::exclusive_producer)
@@ -272,7 +274,7 @@ pub struct Stats {
     /// On Linux the fence is a `membarrier`, which interrupts every other
     /// CPU running a thread of this process: on the reference machine (a
     /// 2-vCPU virtual machine) it took 9 µs and stalled a thread spinning
-    /// on the other CPU for about 5.5 µs each time (`cargo bench --bench
+    /// on the other CPU for about 5.3 µs each time (`cargo bench --bench
     /// fence`). Batchers without exclusive producers count none.
     pub park_fences: u64,
 }
