@@ -83,10 +83,9 @@ fn awaited_and_waited_tickets_race_their_completions() {
         let completer = {
             let owner = Arc::clone(&owner);
             thread::spawn(move || {
-                let lane = owner.lane(0);
                 for (index, value) in indexes.into_iter().zip([10, 11]) {
                     // SAFETY: armed, and this is each slot's one completion.
-                    unsafe { lane.slot(index).complete(Ok(value), lane, owner.get()) };
+                    unsafe { owner.complete(0, index, Ok(value)) };
                 }
             })
         };
@@ -113,12 +112,8 @@ fn awaited_ticket_dropped_before_its_result() {
         let completer = {
             let owner = Arc::clone(&owner);
             thread::spawn(move || {
-                let lane = owner.lane(0);
                 // SAFETY: armed; its one completion.
-                unsafe {
-                    lane.slot(index[0])
-                        .complete(Err(Error::NotCompleted), lane, owner.get())
-                };
+                unsafe { owner.complete(0, index[0], Err(Error::NotCompleted)) };
             })
         };
         // One poll (registers the waker unless the result is there), then

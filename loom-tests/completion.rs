@@ -21,9 +21,8 @@ fn armed<R>(wait: WaitStrategy) -> (Arc<TableOwner<R>>, crate::completion::Ticke
 
 /// Completes slot 0 with `result` (the drainer's side).
 fn complete<R>(owner: &TableOwner<R>, result: Result<R, Error>) {
-    let lane = owner.lane(0);
     // SAFETY: slot 0 is armed and this is its one completion.
-    unsafe { lane.slot(0).complete(result, lane, owner.get()) };
+    unsafe { owner.complete(0, 0, result) };
 }
 
 /// (c) A ticket waiting (registered waker, parked) while the drainer writes
@@ -126,5 +125,49 @@ fn uncompleted_ticket_gets_closed_when_the_batcher_is_dropped() {
         let waiter = thread::spawn(move || ticket.wait());
         drop(owner);
         assert!(matches!(waiter.join().unwrap(), Err(Error::Closed)));
+    });
+}
+
+/// Marks slot 0 as waited for, as a producer that found every slot held
+/// does before it sleeps (it may have given up since: a timed-out submit or
+/// a dropped async one leaves the mark behind).
+fn flag_waiter<R>(owner: &TableOwner<R>) {
+    assert!(
+        owner.lane(0).slot(0).arm_waiter(),
+        "slot 0 is held, so the mark is set"
+    );
+}
+
+/// The last handle on the batcher drops its completion table while a ticket
+/// takes its result from a slot marked as waited for: the ticket frees the
+/// slot, then notifies the lane's producers through the table. The table
+/// must outlive that notify (the model fails on a use after free, or on a
+/// free not ordered before such a use), and be freed once (loom fails a
+/// leak).
+#[test]
+fn owner_dropped_while_a_ticket_frees_a_waited_for_slot() {
+    loom::model(|| {
+        let (owner, ticket) = armed::<u32>(WaitStrategy::Park);
+        flag_waiter(&owner);
+        // The waiter registers its waker (a CAS loop over the mark) and
+        // parks, or takes the result at once.
+        let waiter = thread::spawn(move || ticket.wait());
+        complete(&owner, Ok(3));
+        drop(owner);
+        assert_eq!(waiter.join().unwrap().unwrap(), 3);
+    });
+}
+
+/// As above, with the ticket dropped instead of waited on and no drainer
+/// left to complete it: the owner's drop completes it with `Closed` and
+/// frees the slot itself, or leaves that to the ticket's drop.
+#[test]
+fn owner_dropped_while_a_ticket_is_dropped_from_a_waited_for_slot() {
+    loom::model(|| {
+        let (owner, ticket) = armed::<u32>(WaitStrategy::Park);
+        flag_waiter(&owner);
+        let dropper = thread::spawn(move || drop(ticket));
+        drop(owner);
+        dropper.join().unwrap();
     });
 }

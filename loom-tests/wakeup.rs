@@ -148,8 +148,7 @@ fn submitter_waits_for_a_completion_slot_held_by_a_ticket() {
         let first = acquire_one(&owner, &mut 0);
         // SAFETY: armed above; one ticket, one completion.
         let mut ticket = unsafe {
-            let lane = owner.lane(0);
-            lane.slot(first).complete(Ok(40), lane, owner.get());
+            owner.complete(0, first, Ok(40));
             owner.ticket(0, first, 0)
         };
         let taker = thread::spawn(move || ticket.try_take().expect("completed").unwrap());
@@ -158,8 +157,7 @@ fn submitter_waits_for_a_completion_slot_held_by_a_ticket() {
         assert_eq!(taker.join().unwrap(), 40);
         // SAFETY: armed by `acquire_one`; one ticket, one completion.
         let mut ticket = unsafe {
-            let lane = owner.lane(0);
-            lane.slot(second).complete(Ok(41), lane, owner.get());
+            owner.complete(0, second, Ok(41));
             owner.ticket(0, second, 1)
         };
         assert_eq!(ticket.try_take().unwrap().unwrap(), 41);
@@ -177,8 +175,7 @@ fn two_submitters_race_for_completion_slots() {
         let held = acquire_one(&owner, &mut 0);
         // SAFETY: armed above; one ticket, one completion.
         let ticket = unsafe {
-            let lane = owner.lane(0);
-            lane.slot(held).complete(Ok(0), lane, owner.get());
+            owner.complete(0, held, Ok(0));
             owner.ticket(0, held, 0)
         };
         let dropper = thread::spawn(move || drop(ticket));
@@ -190,11 +187,10 @@ fn two_submitters_race_for_completion_slots() {
         let theirs = other.join().unwrap();
         dropper.join().unwrap();
         assert_ne!(mine, theirs, "one slot went to two submitters");
-        let lane = owner.lane(0);
         for index in [mine, theirs] {
             // SAFETY: each armed by `acquire_one`; one ticket, one completion.
             let mut ticket = unsafe {
-                lane.slot(index).complete(Ok(1), lane, owner.get());
+                owner.complete(0, index, Ok(1));
                 owner.ticket(0, index, 0)
             };
             assert_eq!(ticket.try_take().unwrap().unwrap(), 1);

@@ -146,8 +146,8 @@ impl<T, R> AsyncProducer<T, R> {
     /// back).
     pub async fn submit(&mut self, item: T) -> Result<R, Error> {
         // `inline_when_idle`'s direct path, without a ticket in between.
-        let item = match self.inner.try_direct(item, crate::shape::NEVER) {
-            Ok(ticket) => return ticket.await,
+        let item = match self.inner.try_direct_result(item, crate::shape::NEVER) {
+            Ok(result) => return result,
             Err(item) => item,
         };
         match self.enqueue(item).await {

@@ -20,7 +20,7 @@ use crate::shape::{
     Adaptive, Assembler, Controller, ExpiryStamps, GroupLimits, KeyPolicy, Linger, NEVER, Oversize,
     Priority, Shaping,
 };
-use crate::stats::{DrainerCounters, LaneCounters, LaneStats, Stats};
+use crate::stats::{ContainedPanics, DrainerCounters, LaneCounters, LaneStats, Stats};
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, thread};
 use crate::wait::{Progress, WaitStrategy, retry_until_room};
 
@@ -148,6 +148,9 @@ pub(crate) struct Shared<T, R> {
     pub(crate) progress: Progress,
     pub(crate) counters: CachePadded<DrainerCounters>,
     pub(crate) pool: Pool<T>,
+    /// Contained panics of user code other than the handler (rare; plain
+    /// data, so the standard `Arc`, shared with the pool and the assembler).
+    pub(crate) panics: std::sync::Arc<ContainedPanics>,
     /// The drainer's thread, set before any producer exists.
     pub(crate) drainer: OnceLock<thread::Thread>,
     pub(crate) config: Config,
@@ -280,6 +283,8 @@ impl<T, R> Shared<T, R> {
             ..Stats::default()
         };
         self.counters.fill(&mut stats);
+        self.panics.fill(&mut stats);
+        stats.drop_panics += self.table.get().result_drop_panics();
         // Relaxed: a statistic.
         stats.effective_max_batch = self.control.effective_max.load(Ordering::Relaxed) as u64;
         stats.histograms = self
@@ -291,6 +296,8 @@ impl<T, R> Shared<T, R> {
             stats.retried = failure.tally.retried;
             stats.dead_lettered = failure.tally.dead_lettered;
             stats.circuit_rejected = failure.tally.circuit_rejected;
+            stats.callback_panics += failure.tally.callback_panics;
+            stats.drop_panics += failure.tally.drop_panics;
             stats.breaker = failure.breaker_state();
         }
         #[cfg(feature = "tokio")]
@@ -746,8 +753,15 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// [`ConfigError::Invalid`] (field `linger`) if the batcher was built
     /// without any shaping policy (its drainer has no staging area; build
     /// with a linger, even `Linger::Fixed(Duration::ZERO)`, to change it
-    /// later).
+    /// later); [`ConfigError::TooLong`] for a linger above
+    /// [`MAX_DURATION`](crate::MAX_DURATION).
     pub fn set_linger(&self, linger: Linger) -> Result<(), ConfigError> {
+        match linger {
+            Linger::None => {}
+            Linger::Fixed(d) | Linger::Adaptive { target: d } => {
+                crate::config::duration_at_most_max("linger", d)?;
+            }
+        }
         if !self.shared.shaping {
             return Err(ConfigError::Invalid {
                 field: "linger",
@@ -817,13 +831,11 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// # Errors
     ///
     /// [`ConfigError::Invalid`] if the batcher was built without failure
-    /// policies; [`ConfigError::Zero`] for a zero threshold.
+    /// policies; [`ConfigError::Zero`] for a zero threshold;
+    /// [`ConfigError::TooLong`] for a recovery timeout above
+    /// [`MAX_DURATION`](crate::MAX_DURATION).
     pub fn set_circuit_breaker(&self, breaker: crate::CircuitBreaker) -> Result<(), ConfigError> {
-        if breaker.failure_threshold == 0 {
-            return Err(ConfigError::Zero {
-                field: "failure_threshold",
-            });
-        }
+        breaker.validate()?;
         self.failure_state("circuit_breaker")?.settings.breaker = Some(breaker);
         Ok(())
     }
@@ -1842,12 +1854,8 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                 self.config.pool_size = self.config.pool_size.max(8);
             }
         }
-        if let Some(breaker) = &self.failure.breaker
-            && breaker.failure_threshold == 0
-        {
-            return Err(ConfigError::Zero {
-                field: "failure_threshold",
-            });
+        if let Some(breaker) = &self.failure.breaker {
+            breaker.validate()?;
         }
         let handler = self.handler.ok_or(ConfigError::MissingHandler)?;
         if is_async && self.config.pool_size <= self.config.max_in_flight {
@@ -1914,9 +1922,15 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         let effective_max = controller
             .as_ref()
             .map_or(config.max_batch, Controller::size);
-        let assembler = shaping
-            .is_active()
-            .then(|| Assembler::new(shaping_for_drainer(&mut shaping), config.max_batch, epoch));
+        let panics = std::sync::Arc::new(ContainedPanics::default());
+        let assembler = shaping.is_active().then(|| {
+            Assembler::new(
+                shaping_for_drainer(&mut shaping),
+                config.max_batch,
+                epoch,
+                std::sync::Arc::clone(&panics),
+            )
+        });
         let shared = Arc::new(Shared {
             lanes: (0..rings)
                 .map(|ring| Lane {
@@ -1959,7 +1973,9 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                 config.max_batch,
                 histograms,
                 failure.is_active(),
+                std::sync::Arc::clone(&panics),
             ),
+            panics,
             epoch,
             recorder: histograms
                 .then(|| Mutex::new(crate::metrics::Recorder::new(config.max_batch))),
@@ -2398,12 +2414,24 @@ impl<T, R> Producer<T, R> {
         self.spill(item);
     }
 
-    /// An item a drop policy discards: to the spill callback, if any.
+    /// An item a drop policy discards: to the spill callback, if any, else
+    /// dropped. Either runs user code on this producer's thread: a panic
+    /// is contained and counted, so that the submission still returns (its
+    /// item is the new one, accepted or dropped as the policy says).
     #[cold]
     fn spill(&self, item: T) {
+        let panics = &self.shared.panics;
         match &self.shared.spill {
-            Some(spill) => spill(item),
-            None => drop(item),
+            Some(spill) => {
+                if crate::contain::call(|| spill(item)).is_err() {
+                    panics.callback();
+                }
+            }
+            None => {
+                if !crate::contain::drop_value(item) {
+                    panics.drops(1);
+                }
+            }
         }
     }
 
@@ -2596,13 +2624,19 @@ impl<T, R> Producer<T, R> {
     /// with an expiry take the lane.
     #[inline(always)]
     pub(crate) fn try_direct(&self, item: T, expires: u64) -> Result<Ticket<R>, T> {
+        self.try_direct_result(item, expires).map(Ticket::ready)
+    }
+
+    /// [`try_direct`](Self::try_direct), returning the result itself.
+    #[inline(always)]
+    pub(crate) fn try_direct_result(&self, item: T, expires: u64) -> Result<Result<R, Error>, T> {
         match &self.shared.inline {
             Some(Inline {
                 cell,
                 direct: Some(direct),
                 ..
             }) if expires == NEVER && self.lane_ref().ring.looks_parked(self.plain_claims) => {
-                direct(cell, self.lane, item).map(Ticket::ready)
+                direct(cell, self.lane, item)
             }
             _ => Err(item),
         }

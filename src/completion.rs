@@ -29,7 +29,7 @@ use core::task::Waker;
 use std::time::Instant;
 
 use crate::error::Error;
-use crate::sync::{AtomicUsize, Ordering, UnsafeCell, thread};
+use crate::sync::{AtomicU64, AtomicUsize, Ordering, UnsafeCell, thread};
 use crate::wait::{Backoff, Notifier, WaitStrategy};
 
 /// A ticket owns the slot (set by the producer that claimed the sequence).
@@ -152,35 +152,80 @@ impl<R> CompletionSlot<R> {
         }
     }
 
-    /// Completer side: stores the result and wakes the ticket.
+    /// The slot's state word, reached through a raw pointer: no reference to
+    /// the slot (or to the lane and table around it) outlives the call that
+    /// may free the table.
     ///
     /// # Safety
     ///
-    /// The slot is armed, and this is the one completion of its sequence.
-    pub(crate) unsafe fn complete(
-        &self,
-        result: Result<R, Error>,
-        lane: &LaneCompletions<R>,
-        table: &Table<R>,
-    ) {
+    /// `this` points to a live slot; the reference is used only while the
+    /// table is alive.
+    #[inline(always)]
+    unsafe fn state_of<'a>(this: NonNull<Self>) -> &'a AtomicUsize {
+        // SAFETY: the caller's contract; a reference to the atomic alone
+        // (an `UnsafeCell`), not to the slot.
+        unsafe { &(*this.as_ptr()).state }
+    }
+
+    /// The slot's lane and table (back pointers set when the table was built).
+    ///
+    /// # Safety
+    ///
+    /// `this` points to a slot of a live table.
+    #[inline(always)]
+    unsafe fn owners(this: NonNull<Self>) -> (NonNull<LaneCompletions<R>>, NonNull<Table<R>>) {
+        // SAFETY: the caller's contract; the back pointers are set once,
+        // before the table is shared, and the references made here end with
+        // this expression.
+        unsafe {
+            let lane = (*this.as_ptr()).lane;
+            (lane, (*lane.as_ptr()).table)
+        }
+    }
+
+    /// Completer side: stores the result and wakes the ticket. A result whose
+    /// ticket is gone is dropped here, after the slot is freed; if its `Drop`
+    /// panics, the panic is contained and counted
+    /// ([`Table::result_drop_panics`]).
+    ///
+    /// # Safety
+    ///
+    /// `this` is an armed slot of a live table (its owner, or the ticket,
+    /// keeps it alive for the whole call), and this is the one completion
+    /// of its sequence.
+    pub(crate) unsafe fn complete(this: NonNull<Self>, result: Result<R, Error>) {
+        // SAFETY: the caller's contract.
+        let (_, table) = unsafe { Self::owners(this) };
+        Table::assert_alive(table);
         // SAFETY: until `READY` is set the result cell belongs to the completer.
-        self.result.with_mut(|p| unsafe { (*p).write(result) });
+        unsafe { this.as_ref() }
+            .result
+            .with_mut(|p| unsafe { (*p).write(result) });
         // Release publishes the result to the ticket's Acquire load of `READY`;
         // Acquire makes the ticket's waker write (before its `WAKER` CAS, or its
         // `RELEASED` CAS) visible here. `READY` is clear (one completion per
-        // arm), so adding it sets it: one `lock xadd`, where a `fetch_or`
-        // that returns the old state is a load and a CAS loop, two coherence
-        // transactions on a line the ticket's side last wrote.
-        let prev = self.state.fetch_add(READY, Ordering::AcqRel);
+        // arm), so adding it sets it: one `lock xadd` instead of a CAS loop.
+        // SAFETY: the slot is alive (the caller's contract).
+        let state = unsafe { Self::state_of(this) };
+        let prev = state.fetch_add(READY, Ordering::AcqRel);
         debug_assert!(prev & READY == 0, "a slot completed twice");
         if prev & RELEASED != 0 {
-            // The ticket left before the result came: drop it and free.
+            // The ticket left before the result came: take the result back,
+            // free the slot, then drop the result (user code, last).
             // SAFETY: just written, and the ticket will never read it.
-            self.result.with_mut(|p| unsafe { (*p).assume_init_drop() });
-            // SAFETY: the ticket is gone; the completer owns the slot.
-            unsafe { self.free(lane, table) };
+            let result = unsafe { this.as_ref() }
+                .result
+                .with(|p| unsafe { (*p).assume_init_read() });
+            // SAFETY: the ticket is gone; the completer owns the slot, and
+            // its result cell is empty again.
+            unsafe { Self::free(this, prev | READY) };
+            if !crate::contain::drop_value(result) {
+                // The caller keeps the table alive for the whole call.
+                Table::note_result_drop_panic(table);
+            }
         } else if prev & WAKER != 0 {
-            self.waker.with(|w| {
+            // SAFETY: as above.
+            unsafe { this.as_ref() }.waker.with(|w| {
                 // SAFETY: `WAKER` was set before `READY`, so the ticket does not
                 // touch the waker cell again until it sees `DONE` (shared reads
                 // only).
@@ -191,10 +236,10 @@ impl<R> CompletionSlot<R> {
             // AcqRel: Release hands the waker cell back; Acquire sees the
             // ticket's `RELEASED` (and its read of the result) if it came first.
             // `DONE` is set only here, once: adding sets it (as `READY` above).
-            let prev = self.state.fetch_add(DONE, Ordering::AcqRel);
+            let prev = state.fetch_add(DONE, Ordering::AcqRel);
             if prev & RELEASED != 0 {
                 // SAFETY: the ticket took the result and left the freeing to us.
-                unsafe { self.free(lane, table) };
+                unsafe { Self::free(this, prev | DONE) };
             }
         }
     }
@@ -203,24 +248,24 @@ impl<R> CompletionSlot<R> {
     ///
     /// # Safety
     ///
-    /// Called by the ticket that owns this slot, which must stop using the slot
-    /// once this returns `Some`.
+    /// Called by the ticket that owns the slot `this`, which must stop using
+    /// the slot once this returns `Some` (the table may be gone then).
     #[inline]
-    pub(crate) unsafe fn try_take(
-        &self,
-        lane: &LaneCompletions<R>,
-        table: &Table<R>,
-    ) -> Option<Result<R, Error>> {
+    pub(crate) unsafe fn try_take(this: NonNull<Self>) -> Option<Result<R, Error>> {
+        // SAFETY: the ticket owns the slot, so the table is alive.
+        let state = unsafe { Self::state_of(this) };
         // Acquire pairs with the completer's `fetch_add(READY)`.
-        let state = self.state.load(Ordering::Acquire);
+        let state = state.load(Ordering::Acquire);
         if state & READY == 0 {
             return None;
         }
         // SAFETY: `READY` is set, so the result is initialised, and only the
         // ticket reads it, once.
-        let result = self.result.with(|p| unsafe { (*p).assume_init_read() });
+        let result = unsafe { this.as_ref() }
+            .result
+            .with(|p| unsafe { (*p).assume_init_read() });
         // SAFETY: the ticket owns the slot and has taken the result.
-        unsafe { self.finish(state, lane, table) };
+        unsafe { Self::finish(this, state) };
         Some(result)
     }
 
@@ -236,21 +281,21 @@ impl<R> CompletionSlot<R> {
     ///
     /// `state` is the state in which the ticket saw `READY`; the ticket has
     /// taken the result and does not touch the slot afterwards.
-    unsafe fn finish(&self, state: usize, lane: &LaneCompletions<R>, table: &Table<R>) {
+    unsafe fn finish(this: NonNull<Self>, state: usize) {
         if state & WAKER == 0 {
             // The completer saw no waker and is done with the slot.
             // SAFETY: the ticket owns the slot.
-            unsafe { self.free(lane, table) };
+            unsafe { Self::free(this, state) };
         } else {
             // AcqRel: Acquire sees `DONE` (the completer is finished with the
             // waker); Release orders our read of the result before a free by
-            // the completer.
-            // `RELEASED` is clear: the ticket sets it once, here or in
-            // `release`. Adding sets it (see `complete`).
-            let prev = self.state.fetch_add(RELEASED, Ordering::AcqRel);
+            // the completer. `RELEASED` is clear: the ticket sets it once,
+            // here or in `release`. Adding sets it (see `complete`).
+            // SAFETY: the ticket still owns the slot.
+            let prev = unsafe { Self::state_of(this) }.fetch_add(RELEASED, Ordering::AcqRel);
             if prev & DONE != 0 {
                 // SAFETY: both sides are finished; we are the last.
-                unsafe { self.free(lane, table) };
+                unsafe { Self::free(this, prev | RELEASED) };
             }
         }
     }
@@ -317,23 +362,32 @@ impl<R> CompletionSlot<R> {
     }
 
     /// Ticket side: the ticket is dropped without having taken the result.
+    /// A result already there is dropped after the slot is freed, so that a
+    /// panicking `Drop` of `R` unwinds into the ticket's owner with the slot
+    /// already given back.
     ///
     /// # Safety
     ///
-    /// Called once, by the ticket that owns this slot, which then stops using it.
-    pub(crate) unsafe fn release(&self, lane: &LaneCompletions<R>, table: &Table<R>) {
-        let mut state = self.state.load(Ordering::Acquire);
+    /// Called once, by the ticket that owns the slot `this`, which then stops
+    /// using it.
+    pub(crate) unsafe fn release(this: NonNull<Self>) {
+        // SAFETY: the ticket owns the slot, so the table is alive.
+        let word = unsafe { Self::state_of(this) };
+        let mut state = word.load(Ordering::Acquire);
         loop {
             if state & READY != 0 {
                 // SAFETY: `READY` is set, the result is ours to take (and drop).
-                drop(self.result.with(|p| unsafe { (*p).assume_init_read() }));
+                let result = unsafe { this.as_ref() }
+                    .result
+                    .with(|p| unsafe { (*p).assume_init_read() });
                 // SAFETY: as in `try_take`.
-                unsafe { self.finish(state, lane, table) };
+                unsafe { Self::finish(this, state) };
+                drop(result);
                 return;
             }
             // AcqRel: Release hands the waker cell to the completer, which will
             // free the slot; Acquire on failure sees the result if it came.
-            match self.state.compare_exchange_weak(
+            match word.compare_exchange_weak(
                 state,
                 state | RELEASED,
                 Ordering::AcqRel,
@@ -345,28 +399,86 @@ impl<R> CompletionSlot<R> {
         }
     }
 
-    /// Frees the slot for the next claim of its index.
+    /// Frees the slot for the next claim of its index. `seen` is the state
+    /// the caller's last RMW left (only [`SLOT_WAITER`] and [`ORPHANED`] can
+    /// have been added since).
     ///
     /// # Safety
     ///
     /// The caller is the last of ticket and completer to use the slot; the
     /// result cell is empty. The slot must not be touched afterwards (it may be
     /// reused at once, or the whole table may be freed).
-    unsafe fn free(&self, lane: &LaneCompletions<R>, table: &Table<R>) {
-        // SAFETY: the caller owns the slot exclusively.
-        self.waker.with_mut(|w| drop(unsafe { (*w).take() }));
-        // AcqRel swap: Release makes the slot reusable (pairs with the
-        // claimer's Acquire `is_free`); being an RMW it sees a `SLOT_WAITER`
-        // or `ORPHANED` mark set at any moment before it.
-        let prev = self.state.swap(FREE, Ordering::AcqRel);
-        if prev & ORPHANED != 0 {
-            // No producer is left to notify.
-            // SAFETY: this slot was counted once in `orphans` and is released
-            // once, here.
-            unsafe { Table::release_orphan(NonNull::from(table)) };
-        } else if prev & SLOT_WAITER != 0 {
-            lane.notifier.notify_all();
+    unsafe fn free(this: NonNull<Self>, seen: usize) {
+        // SAFETY: the caller owns the slot exclusively, so the table is alive.
+        unsafe { this.as_ref() }
+            .waker
+            .with_mut(|w| drop(unsafe { (*w).take() }));
+        if seen & (SLOT_WAITER | ORPHANED) == 0 {
+            // AcqRel: Release makes the slot reusable (pairs with the
+            // claimer's Acquire `try_arm`); Acquire on failure sees a mark
+            // added since.
+            // SAFETY: as above.
+            match unsafe { Self::state_of(this) }.compare_exchange(
+                seen,
+                FREE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => {
+                    // SAFETY: still ours; passed on.
+                    return unsafe { Self::free_marked(this, actual) };
+                }
+            }
         }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { Self::free_marked(this, seen) }
+    }
+
+    /// [`free`](Self::free) of a slot marked by a waiting producer or by
+    /// the table owner's drop.
+    ///
+    /// With [`SLOT_WAITER`], the notifier lives in the table, and the owner
+    /// may drop the table between our swap to `FREE` (after which its scan
+    /// skips the slot) and our notify: a reference taken first keeps the
+    /// table alive until the notify is done. With [`ORPHANED`] no producer is
+    /// left to notify, and the swap gives up the reference the owner counted
+    /// for this slot.
+    ///
+    /// # Safety
+    ///
+    /// As for `free`, with the waker cell already emptied.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_marked(this: NonNull<Self>, seen: usize) {
+        // SAFETY: the slot is ours (not `FREE`), so the table is alive: its
+        // owner has not scanned the slot yet, or counted a reference for it.
+        let (lane, table) = unsafe { Self::owners(this) };
+        // SAFETY: as above.
+        let state = unsafe { Self::state_of(this) };
+        if seen & ORPHANED != 0 {
+            // AcqRel, as in `free`. `ORPHANED` is never taken off but here.
+            state.swap(FREE, Ordering::AcqRel);
+            // SAFETY: the reference counted for this slot, given up once.
+            unsafe { Table::release(table) };
+            return;
+        }
+        // SAFETY: the table is alive (above); this reference is given up
+        // below, after the last use of the table.
+        unsafe { Table::acquire(table) };
+        // AcqRel, as in `free`; the swap sees an `ORPHANED` mark set since.
+        let prev = state.swap(FREE, Ordering::AcqRel);
+        if prev & ORPHANED != 0 {
+            // SAFETY: the owner counted this slot; our own reference keeps
+            // the table alive, so this is not the last.
+            unsafe { Table::release(table) };
+        } else if prev & SLOT_WAITER != 0 {
+            Table::assert_alive(table);
+            // SAFETY: our reference keeps the table, and the lane in it, alive.
+            unsafe { lane.as_ref() }.notifier.notify_all();
+        }
+        // SAFETY: ours, taken above; the table is not used after this.
+        unsafe { Table::release(table) };
     }
 }
 
@@ -450,14 +562,22 @@ impl<R> LaneCompletions<R> {
 /// it outlives the batcher.
 pub(crate) struct Table<R> {
     lanes: Box<[LaneCompletions<R>]>,
-    /// References held on the table once it is orphaned: one per slot still
-    /// owned by a ticket, plus one while the orphaning scan runs.
-    orphans: AtomicUsize,
+    /// References to the table: one held by its owner (the batcher's state)
+    /// until it is dropped, one per slot still held by a ticket when that
+    /// happened ([`ORPHANED`]), and one per freer that notifies a waiting
+    /// producer after freeing its slot (see [`CompletionSlot::free_marked`]).
+    /// Whoever gives up the last frees the table.
+    refs: AtomicUsize,
+    /// Results whose `Drop` panicked (contained) on the drainer.
+    result_drop_panics: AtomicU64,
     wait: WaitStrategy,
     /// Under loom, a tracked allocation: loom fails a model in which the table
     /// is never freed ("Arc leaked").
     #[cfg(loom)]
     _leak_probe: crate::sync::Arc<()>,
+    /// Under loom, set when the table is freed (see `Table::dealloc`).
+    #[cfg(loom)]
+    freed: UnsafeCell<bool>,
 }
 
 // SAFETY: the table moves `R` values from the drainer to ticket holders, so it
@@ -472,24 +592,101 @@ unsafe impl<R: Send> Sync for LaneCompletions<R> {}
 unsafe impl<R: Send> Send for LaneCompletions<R> {}
 
 impl<R> Table<R> {
-    /// Frees the table if this was the last orphan reference.
+    /// Takes one more reference to the table.
     ///
     /// # Safety
     ///
-    /// The caller holds one orphan reference and gives it up; `table` is not
-    /// used by the caller afterwards.
-    unsafe fn release_orphan(table: NonNull<Table<R>>) {
-        // SAFETY: the table is alive while the caller's reference is counted.
-        let last = unsafe { table.as_ref() }
-            .orphans
-            .fetch_sub(1, Ordering::AcqRel)
-            == 1;
-        if last {
-            // SAFETY: AcqRel above: every other holder's accesses happened before
-            // its decrement, which we read; no references remain. The table was
-            // allocated by `Box::new` in `TableOwner::new`.
-            drop(unsafe { Box::from_raw(table.as_ptr()) });
+    /// The table is alive: the caller holds a reference, or a slot that the
+    /// owner's drop has not yet scanned or has counted a reference for.
+    unsafe fn acquire(table: NonNull<Table<R>>) {
+        // Relaxed: a new reference is made from one held (as `Arc::clone`);
+        // the decrements order the accesses.
+        // SAFETY: the caller's contract; a reference to the atomic alone.
+        unsafe { &(*table.as_ptr()).refs }.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Gives up one reference, and frees the table if it was the last.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds one reference and gives it up; `table` is not used by
+    /// the caller afterwards.
+    unsafe fn release(table: NonNull<Table<R>>) {
+        // Release: our accesses to the table come before the free; the
+        // Acquire fence of the last one makes every holder's come before it.
+        // SAFETY: the table is alive while the caller's reference is counted;
+        // the reference made here is to the atomic alone.
+        if unsafe { &(*table.as_ptr()).refs }.fetch_sub(1, Ordering::Release) != 1 {
+            return;
         }
+        crate::sync::fence(Ordering::Acquire);
+        // SAFETY: no references remain (above).
+        unsafe { Self::dealloc(table) };
+    }
+
+    /// Frees the table (allocated by `Box::new` in [`TableOwner::new`]).
+    ///
+    /// # Safety
+    ///
+    /// The last reference was just given up.
+    #[cfg(not(loom))]
+    unsafe fn dealloc(table: NonNull<Table<R>>) {
+        // SAFETY: the caller's contract.
+        drop(unsafe { Box::from_raw(table.as_ptr()) });
+    }
+
+    /// Under loom, freeing marks the table freed (a write loom's cell
+    /// tracking orders against every later [`assert_alive`](Self::assert_alive))
+    /// and defers the real free to the end of the model's execution, so that
+    /// a use after free is reported by the model instead of being one.
+    ///
+    /// # Safety
+    ///
+    /// As above.
+    #[cfg(loom)]
+    unsafe fn dealloc(table: NonNull<Table<R>>) {
+        // SAFETY: the caller's contract: nobody else uses the table now.
+        unsafe { table.as_ref() }
+            .freed
+            .with_mut(|freed| unsafe { *freed = true });
+        /// Drops a table given to the graveyard.
+        unsafe fn bury<R>(address: usize) {
+            // SAFETY: `address` is a table that was freed in the model.
+            drop(unsafe { Box::from_raw(address as *mut Table<R>) });
+        }
+        crate::sync::graveyard::bury(table.as_ptr() as usize, bury::<R>);
+    }
+
+    /// Under loom, fails the model if `table` was freed (or if its free is
+    /// not ordered before this access); nothing otherwise.
+    #[inline(always)]
+    fn assert_alive(table: NonNull<Table<R>>) {
+        #[cfg(loom)]
+        // SAFETY: under loom a freed table's memory stays valid until the
+        // execution ends (see `dealloc`).
+        unsafe { table.as_ref() }.freed.with(|freed| {
+            // SAFETY: a read of the cell, ordered by loom's tracking.
+            let freed = unsafe { *freed };
+            assert!(!freed, "the completion table was used after it was freed");
+        });
+        #[cfg(not(loom))]
+        let _ = table;
+    }
+
+    /// Counts a result whose `Drop` panicked (contained) after its ticket
+    /// was gone.
+    fn note_result_drop_panic(table: NonNull<Table<R>>) {
+        // Relaxed: a statistic.
+        // SAFETY: called while the table is alive (see `complete`); a
+        // reference to the atomic alone.
+        unsafe { &(*table.as_ptr()).result_drop_panics }.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Results whose `Drop` panicked on the drainer (a ticket dropped before
+    /// its result came); each was contained.
+    pub(crate) fn result_drop_panics(&self) -> u64 {
+        // Relaxed: a statistic.
+        self.result_drop_panics.load(Ordering::Relaxed)
     }
 
     /// Bytes of one completion slot, for the memory report.
@@ -524,10 +721,14 @@ impl<R> TableOwner<R> {
             .collect();
         let table = NonNull::from(Box::leak(Box::new(Table {
             lanes,
-            orphans: AtomicUsize::new(0),
+            // The owner's reference.
+            refs: AtomicUsize::new(1),
+            result_drop_panics: AtomicU64::new(0),
             wait,
             #[cfg(loom)]
             _leak_probe: crate::sync::Arc::new(()),
+            #[cfg(loom)]
+            freed: UnsafeCell::new(false),
         })));
         // The back pointers from slots to lanes and from lanes to the table,
         // which let a ticket be one pointer. The lanes and slots live in
@@ -559,6 +760,20 @@ impl<R> TableOwner<R> {
         unsafe { lanes.get_unchecked(index) }
     }
 
+    /// Completes the armed slot `index` of lane `lane` with `result` (the
+    /// drainer's side; see [`CompletionSlot::complete`]).
+    ///
+    /// # Safety
+    ///
+    /// The slot is armed, and this is the one completion of its sequence.
+    #[inline(always)]
+    pub(crate) unsafe fn complete(&self, lane: usize, index: usize, result: Result<R, Error>) {
+        let slot = NonNull::from(self.lane(lane).slot(index));
+        // SAFETY: the caller's contract; this owner keeps the table alive
+        // for the whole call.
+        unsafe { CompletionSlot::complete(slot, result) };
+    }
+
     /// Makes a ticket for the armed slot `index` of lane `lane`, whose item
     /// has sequence `seq`.
     ///
@@ -587,26 +802,27 @@ impl<R> TableOwner<R> {
 
 impl<R> Drop for TableOwner<R> {
     fn drop(&mut self) {
+        // The owner's reference, held until the scan is done, keeps the
+        // table alive under the tickets that free their slots meanwhile.
         let table = self.get();
-        // Our own reference while scanning, so that no ticket frees the table
-        // under us.
-        table.orphans.store(1, Ordering::Relaxed);
         for lane in table.lanes.iter() {
             for slot in lane.slots.iter() {
                 let state = slot.state.load(Ordering::Acquire);
                 if state & ARMED != 0 && state & READY == 0 {
                     // No drainer is left to complete this item.
-                    // SAFETY: armed and never completed; we are the only completer.
-                    unsafe { slot.complete(Err(Error::Closed), lane, table) };
+                    // SAFETY: armed and never completed; we are the only
+                    // completer, and our reference keeps the table alive.
+                    unsafe { CompletionSlot::complete(NonNull::from(slot), Err(Error::Closed)) };
                 }
                 loop {
                     let state = slot.state.load(Ordering::Acquire);
                     if state == FREE {
                         break;
                     }
-                    // Count first, so the ticket's release can never see a count
-                    // that misses its slot.
-                    table.orphans.fetch_add(1, Ordering::Relaxed);
+                    // Count first, so that the ticket's free can never give up
+                    // a reference that was not counted.
+                    // SAFETY: we hold the owner's reference.
+                    unsafe { Table::acquire(self.table) };
                     // AcqRel: the ticket's `free` swap reads this mark.
                     match slot.state.compare_exchange(
                         state,
@@ -616,16 +832,18 @@ impl<R> Drop for TableOwner<R> {
                     ) {
                         Ok(_) => break,
                         Err(_) => {
-                            // Relaxed: undoes our own increment above; the
-                            // count is published by the CAS that succeeds.
-                            table.orphans.fetch_sub(1, Ordering::Relaxed);
+                            // Undoes our own increment above (not the last:
+                            // the owner's reference is still held).
+                            // SAFETY: the reference taken just above.
+                            unsafe { Table::release(self.table) };
                         }
                     }
                 }
             }
         }
-        // SAFETY: gives up the scan's own reference.
-        unsafe { Table::release_orphan(self.table) };
+        // SAFETY: gives up the owner's reference; the table is not used by
+        // us afterwards.
+        unsafe { Table::release(self.table) };
     }
 }
 
@@ -642,11 +860,13 @@ impl<R> SlotRef<R> {
         // ticket's own `try_take`/`release`, after which the `SlotRef` is gone.
         // SAFETY: as just said; the back pointers were set when the table was
         // built and point into that same live allocation.
-        unsafe {
+        let parts = unsafe {
             let slot = self.0.as_ref();
             let lane = slot.lane.as_ref();
             (slot, lane, lane.table.as_ref())
-        }
+        };
+        Table::assert_alive(NonNull::from(parts.2));
+        parts
     }
 
     /// The ticket's own state in the slot, for one access.
@@ -755,9 +975,8 @@ impl<R> Ticket<R> {
     pub fn try_take(&mut self) -> Option<Result<R, Error>> {
         match &self.inner {
             Inner::Pending(slot) => {
-                let (slot, lane, table) = slot.parts();
                 // SAFETY: this ticket owns the slot; on `Some` we stop using it.
-                let result = unsafe { slot.try_take(lane, table) }?;
+                let result = unsafe { CompletionSlot::try_take(slot.0) }?;
                 self.inner = Inner::Taken;
                 Some(result)
             }
@@ -954,9 +1173,8 @@ const TASK_YIELDS: u8 = 64;
 impl<R> Drop for Ticket<R> {
     fn drop(&mut self) {
         if let Inner::Pending(slot) = &self.inner {
-            let (slot, lane, table) = slot.parts();
             // SAFETY: this ticket owns the slot and never uses it again.
-            unsafe { slot.release(lane, table) };
+            unsafe { CompletionSlot::release(slot.0) };
         }
     }
 }

@@ -52,6 +52,30 @@ pub const MAX_LANES: usize = 1 << 16;
 /// Largest lane capacity and result-slot count per lane.
 pub const MAX_CAPACITY: usize = 1 << 30;
 
+/// Longest duration any setting takes (a linger, an age, a retry delay, a
+/// breaker's recovery time...): 365 days. Longer values are refused with
+/// [`ConfigError::TooLong`], so that no deadline the batcher computes from
+/// one can overflow the clock. Durations given to calls (`push_timeout`,
+/// `wait_timeout`, `shutdown_timeout`...) are not limited: one beyond what
+/// the clock can represent means no deadline.
+pub const MAX_DURATION: core::time::Duration = core::time::Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Refuses a duration setting above [`MAX_DURATION`].
+pub(crate) fn duration_at_most_max(
+    field: &'static str,
+    value: core::time::Duration,
+) -> Result<(), ConfigError> {
+    if value > MAX_DURATION {
+        Err(ConfigError::TooLong {
+            field,
+            value,
+            max: MAX_DURATION,
+        })
+    } else {
+        Ok(())
+    }
+}
+
 /// The settings a batcher is built with; see [`BatcherBuilder`](crate::BatcherBuilder)
 /// for what each means.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +247,15 @@ pub enum ConfigError {
         /// The largest value allowed.
         max: usize,
     },
+    /// A duration setting is above [`MAX_DURATION`].
+    TooLong {
+        /// The setting.
+        field: &'static str,
+        /// The value given.
+        value: core::time::Duration,
+        /// The longest value allowed.
+        max: core::time::Duration,
+    },
     /// `max_batch` is larger than the lane `capacity`.
     MaxBatchAboveCapacity {
         /// The `max_batch` given.
@@ -309,7 +342,8 @@ impl ConfigError {
         match self {
             ConfigError::Zero { field }
             | ConfigError::NotPowerOfTwo { field, .. }
-            | ConfigError::TooLarge { field, .. } => field,
+            | ConfigError::TooLarge { field, .. }
+            | ConfigError::TooLong { field, .. } => field,
             ConfigError::MaxBatchAboveCapacity { .. } => "max_batch",
             ConfigError::NoSuchCore { .. }
             | ConfigError::PinningUnsupported { .. }
@@ -336,6 +370,9 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::TooLarge { field, value, max } => {
                 write!(f, "{field} must be at most {max}, got {value}")
+            }
+            ConfigError::TooLong { field, value, max } => {
+                write!(f, "{field} must be at most {max:?}, got {value:?}")
             }
             ConfigError::MaxBatchAboveCapacity {
                 max_batch,

@@ -74,6 +74,9 @@ pub(crate) struct Drainer<T, R> {
     need_buffer: bool,
     /// The loop ended normally (shutdown), not by the runtime dropping it.
     finished: bool,
+    /// The loop panicked and [`fail_fatally`](Self::fail_fatally) closed
+    /// the batcher: no more turns.
+    failed: bool,
     /// The staging area and its rules, when a shaping policy is on.
     asm: Option<Box<Assembler<T>>>,
     /// The last `flush_now` request acted on.
@@ -270,11 +273,22 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             #[cfg(feature = "tokio")]
             need_buffer: false,
             finished: false,
+            failed: false,
         }
     }
 
-    /// The drainer thread's body.
+    /// The drainer thread's body. A panic of the loop (a bug of ours: user
+    /// code is contained where it is called) closes the batcher instead of
+    /// ending the thread silently (see [`fail_fatally`](Self::fail_fatally)).
     pub(crate) fn run(mut self) {
+        if let Err(message) = crate::contain::call(|| self.run_loop()) {
+            self.fail_fatally(message);
+        }
+        self.finish();
+    }
+
+    /// The drainer thread's loop, until shutdown.
+    fn run_loop(&mut self) {
         let mut backoff = Backoff::new(self.shared.config.wait);
         loop {
             match self.step(&mut backoff) {
@@ -289,7 +303,6 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 Step::Exit => break,
             }
         }
-        self.finish();
     }
 
     /// The drainer thread's body with `inline_when_idle`: the drainer's state
@@ -312,6 +325,19 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             }
         }
         let _evict = Evict(cell);
+        let outcome = crate::contain::call(|| Self::run_shared_loop(cell));
+        let taken = lock(cell).take();
+        if let Some(mut drainer) = taken {
+            if let Err(message) = outcome {
+                drainer.fail_fatally(message);
+            }
+            drainer.finish();
+        }
+    }
+
+    /// [`run_shared`](Self::run_shared)'s loop, until shutdown (or a
+    /// submitter's turn failed fatally).
+    fn run_shared_loop(cell: &InlineCell<T, R>) {
         // Sleep as soon as the lanes are empty, whatever the strategy: at low
         // load the submitters serve themselves, and only a sleeping drainer
         // lets them (a drainer spinning through its backoff would hold the
@@ -322,6 +348,9 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             let drainer = guard
                 .as_mut()
                 .expect("only this thread takes the state out");
+            if drainer.failed {
+                break;
+            }
             match drainer.step(&mut backoff) {
                 Step::Continue => {}
                 Step::Park => {
@@ -339,10 +368,6 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 }
                 Step::Exit => break,
             }
-        }
-        if let Some(mut drainer) = guard.take() {
-            drop(guard);
-            drainer.finish();
         }
     }
 
@@ -457,9 +482,22 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     /// is pending (flush, shutdown, pause, an open breaker), or the lanes
     /// kept filling for [`INLINE_PASSES`] passes.
     pub(crate) fn inline_turn(&mut self) -> bool {
-        if self.requested() || self.held().is_some() {
+        if self.failed || self.requested() || self.held().is_some() {
             return false;
         }
+        match crate::contain::call(|| self.inline_passes()) {
+            Ok(idle) => idle,
+            Err(message) => {
+                // As in `run`; the drainer thread, woken by our caller,
+                // sees `failed` and exits.
+                self.fail_fatally(message);
+                false
+            }
+        }
+    }
+
+    /// [`inline_turn`](Self::inline_turn)'s passes.
+    fn inline_passes(&mut self) -> bool {
         self.refresh_settings();
         self.woke();
         let idle = inline_passes(
@@ -514,7 +552,8 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     pub(crate) fn run_direct(&mut self, lane: usize, item: T) -> Result<Result<R, Error>, T> {
         let shared = &*self.shared;
         let lane_state = &shared.lanes[lane];
-        if !self.buf.is_empty()
+        if self.failed
+            || !self.buf.is_empty()
             || !lane_state.ring.caught_up(self.heads[lane])
             || self.requested()
             // Acquire pairs with the Release stores of `pause` and `resume`.
@@ -917,7 +956,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                     self.retries.push(retry);
                     self.buf = self.free_buffer();
                 } else {
-                    buf.clear();
+                    self.shared.pool.recycle(&mut buf);
                     self.buf = buf;
                 }
             }
@@ -971,7 +1010,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         };
         batch.fail_remaining(leftover);
         self.tally.items_failed += self.buf.failed as u64;
-        self.buf.clear();
+        shared.pool.recycle(&mut self.buf);
     }
 
     /// Counts a dispatched batch of `len` items and publishes the tally.
@@ -1033,7 +1072,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         match settled {
             Settled::Done => None,
             Settled::Retry { delay } => Some(Retry {
-                due: Instant::now() + delay,
+                due: crate::failure::later(Instant::now(), delay),
                 attempt: attempt + 1,
                 buf: core::mem::replace(buf, BatchBuf::with_capacity(0)),
             }),
@@ -1091,30 +1130,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     /// lanes, which are closed) to the batcher's leftovers and fails their
     /// tickets with `Closed`.
     fn give_back_leftovers(&mut self) {
-        let shared = Arc::clone(&self.shared);
-        let mut out = lock(&shared.leftovers);
-        let mut keep = |item: T, origin: Origin| {
-            if let Some((lane, index)) = origin.pending() {
-                deliver(&shared.table, lane, index, Err(Error::Closed));
-            }
-            out.push(item);
-        };
-        let buf = &mut self.buf;
-        for (item, origin) in buf.items.drain(..).zip(buf.origins.drain(..)) {
-            keep(item, origin);
-        }
-        buf.clear();
-        if let Some(asm) = self.asm.as_deref_mut() {
-            asm.take_all(&mut keep);
-        }
-        for mut retry in self.retries.drain(..) {
-            let buf = &mut retry.buf;
-            for (item, origin) in buf.items.drain(..).zip(buf.origins.drain(..)) {
-                keep(item, origin);
-            }
-            shared.pool.put(retry.buf);
-        }
-        self.take_lanes(&mut keep);
+        self.give_back(&Error::Closed);
     }
 
     /// Whether the drainer must hold off, and until when if known: paused
@@ -1280,6 +1296,25 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     /// Where the thread spins, the task yields to the executor; where the
     /// thread parks, the task stores its waker and returns `Pending`.
     pub(crate) async fn run_async(mut self) {
+        let outcome = {
+            let run = core::pin::pin!(self.run_async_loop());
+            crate::contain::CatchUnwind(run).await
+        };
+        if let Err(message) = outcome {
+            // As in `run`.
+            self.fail_fatally(message);
+        }
+        if !self.need_buffer {
+            self.shared.pool.put(core::mem::replace(
+                &mut self.buf,
+                BatchBuf::with_capacity(0),
+            ));
+        }
+        self.finished = true;
+    }
+
+    /// [`run_async`](Self::run_async)'s loop, until shutdown.
+    async fn run_async_loop(&mut self) {
         loop {
             if self.need_buffer {
                 self.await_buffer().await;
@@ -1347,13 +1382,6 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 self.woke();
             }
         }
-        if !self.need_buffer {
-            self.shared.pool.put(core::mem::replace(
-                &mut self.buf,
-                BatchBuf::with_capacity(0),
-            ));
-        }
-        self.finished = true;
     }
 
     /// `drain_all` for the task: yields while a producer finishes
@@ -1502,32 +1530,94 @@ impl<T, R> Drainer<T, R> {
             .all(|(&head, &target)| distance(target, head) <= SEQ_MASK / 2)
     }
 
-    /// Takes every item in the lanes up to their tails as they are now
-    /// (waiting for claimed slots to be published), handing each to `each`
-    /// with its origin: the end of the drainer's life (closed lanes).
-    fn take_lanes(&mut self, each: &mut impl FnMut(T, Origin)) {
+    /// Moves every item not handled to the batcher's leftovers (for
+    /// `shutdown_timeout` to return), failing their tickets with `error`.
+    fn give_back(&mut self, error: &Error) {
         let shared = Arc::clone(&self.shared);
-        let capacity = shared.config.capacity;
+        let mut out = lock(&shared.leftovers);
+        self.take_unhandled(&mut |item, origin| {
+            if let Some((lane, index)) = origin.pending() {
+                deliver(&shared.table, lane, index, Err(error.clone()));
+            }
+            out.push(item);
+        });
+    }
+
+    /// Hands every item not handled to `each` with its origin: the batch
+    /// being filled, the staging area, the retry queue, then the lanes up
+    /// to their tails (which must be closed). `each` runs outside the lane
+    /// runs, so what it does (a drop, a ticket's wake-up) cannot leave a
+    /// ring half taken.
+    fn take_unhandled(&mut self, each: &mut dyn FnMut(T, Origin)) {
+        let buf = &mut self.buf;
+        for (item, origin) in buf.items.drain(..).zip(buf.origins.drain(..)) {
+            each(item, origin);
+        }
+        let _ = buf.clear();
+        if let Some(asm) = self.asm.as_deref_mut() {
+            asm.take_all(&mut *each);
+        }
+        for mut retry in self.retries.drain(..) {
+            let buf = &mut retry.buf;
+            for (item, origin) in buf.items.drain(..).zip(buf.origins.drain(..)) {
+                each(item, origin);
+            }
+            self.shared.pool.put(retry.buf);
+        }
+        self.take_lanes(&mut |buf| {
+            for (item, origin) in buf.items.drain(..).zip(buf.origins.drain(..)) {
+                each(item, origin);
+            }
+            let _ = buf.clear();
+        });
+    }
+
+    /// Takes every item in the lanes up to their tails as they are now
+    /// (waiting for claimed slots to be published), a run at a time into a
+    /// batch buffer that `each` then empties: the end of the drainer's life
+    /// (closed lanes). No code but the buffer's runs into it runs inside a
+    /// lane run.
+    fn take_lanes(&mut self, each: &mut dyn FnMut(&mut BatchBuf<T>)) {
+        let shared = Arc::clone(&self.shared);
+        debug_assert!(self.buf.is_empty(), "the batch is emptied first");
+        // The batch buffer, or a new one while every pooled one is out (a
+        // drainer task awaiting one): the end of the batcher's life, where
+        // one allocation does no harm.
+        let own = self.buf.items.capacity() > 0;
+        let mut buf = if own {
+            core::mem::replace(&mut self.buf, BatchBuf::with_capacity(0))
+        } else {
+            BatchBuf::with_capacity(shared.config.max_batch)
+        };
         for (index, lane) in shared.lanes.iter().enumerate() {
             let target = lane.ring.tail().0;
             let mut head = self.heads[index];
             while head != target {
-                // SAFETY: the drainer, and `head` is the head it last
-                // published.
-                let run = unsafe {
-                    lane.ring.take_run(head, capacity, |item, _, ticket| {
-                        let origin = match ticket {
-                            Some(slot) => Origin::ticket(index, slot),
-                            None => Origin::NONE,
-                        };
-                        each(item, origin);
-                    })
+                let run = {
+                    let mut out = buf.appender(usize::MAX);
+                    let room = out.room();
+                    // SAFETY: the drainer, and `head` is the head it last
+                    // published.
+                    unsafe {
+                        lane.ring.take_run(head, room, |item, _, ticket| {
+                            let origin = match ticket {
+                                Some(slot) => Origin::ticket(index, slot),
+                                None => Origin::NONE,
+                            };
+                            // At most `room` calls, as in `drain_lane`.
+                            out.push(item, origin);
+                        })
+                    }
                 };
                 if run.notify {
                     shared.table.lane(index).notifier.notify_all();
                 }
                 // (On an evicting ring the head may have moved on without us.)
                 head = run.end;
+                if !buf.is_empty() {
+                    each(&mut buf);
+                    debug_assert!(buf.is_empty(), "`each` empties the buffer");
+                }
                 if run.start == run.end {
                     // A producer is still publishing a claimed slot.
                     crate::sync::thread::yield_now();
@@ -1535,53 +1625,98 @@ impl<T, R> Drainer<T, R> {
             }
             self.heads[index] = head;
         }
+        if own {
+            self.buf = buf;
+        }
     }
 
-    /// The drainer will never run again: closes every lane and fails the
-    /// tickets of every item still in the batch or the lanes with `error`.
+    /// The drainer will never run again: closes every lane, fails the
+    /// tickets of every item still in the batch, the staging area, the
+    /// retry queue or the lanes with `error`, and drops the items (each
+    /// drop contained).
     #[cfg(feature = "tokio")]
     fn abandon(&mut self, error: Error) {
         let shared = Arc::clone(&self.shared);
+        self.close_lanes();
+        let mut dropped_badly = 0;
+        self.take_unhandled(&mut |item, origin| {
+            if let Some((lane, slot)) = origin.pending() {
+                deliver(&shared.table, lane, slot, Err(error.clone()));
+            }
+            dropped_badly += usize::from(!crate::contain::drop_value(item));
+        });
+        shared.panics.drops(dropped_badly);
+        if !self.need_buffer {
+            shared.pool.put(core::mem::replace(
+                &mut self.buf,
+                BatchBuf::with_capacity(0),
+            ));
+            self.need_buffer = true;
+        }
+    }
+
+    /// Closes every lane to producers and wakes those waiting for room, so
+    /// that they see the close.
+    fn close_lanes(&self) {
+        let shared = &*self.shared;
         for lane in shared.lanes.iter() {
             lane.ring.close();
         }
         for index in 0..shared.lanes.len() {
             shared.table.lane(index).notifier.notify_all();
         }
-        Batch::new(&mut self.buf, &shared.table).fail_remaining(error.clone());
-        self.buf.clear();
-        if let Some(asm) = self.asm.as_deref_mut() {
-            asm.fail_all(&error, &mut |origin, error| {
-                if let Some((lane, index)) = origin.pending() {
-                    deliver(&shared.table, lane, index, Err(error));
-                }
-            });
+    }
+
+    /// The drainer's loop panicked (a bug of the batcher's: user code is
+    /// contained where it is called): closes every lane at once, fails the
+    /// ticket of every item not handled with [`Error::DrainerPanicked`] and
+    /// gives the items back (to `shutdown_timeout`, or to be dropped with
+    /// the batcher), so that producers get `Closed` and shutdown returns.
+    #[cold]
+    fn fail_fatally(&mut self, message: crate::error::PanicMessage) {
+        self.failed = true;
+        let shared = Arc::clone(&self.shared);
+        // Whatever the panic interrupted, the rings' heads are where the
+        // runs taken so far left them (their guards commit on unwinding).
+        for (head, lane) in self.heads.iter_mut().zip(shared.lanes.iter()) {
+            *head = lane.ring.head();
         }
-        self.take_lanes(&mut |item, origin| {
-            drop(item);
-            if let Some((lane, slot)) = origin.pending() {
-                deliver(&shared.table, lane, slot, Err(error.clone()));
-            }
-        });
-        if !self.need_buffer {
-            shared.pool.put(core::mem::replace(
-                &mut self.buf,
-                BatchBuf::with_capacity(0),
-            ));
+        self.close_lanes();
+        // Release, as in `Batcher::begin_stop`: requests and waits end.
+        shared.control.closing.store(true, Ordering::Release);
+        let error = Error::DrainerPanicked { message };
+        if self.buf.completed > 0 {
+            // The handler had this batch: its items are not given back.
+            Batch::new(&mut self.buf, &shared.table).fail_remaining(error.clone());
+            shared.pool.recycle(&mut self.buf);
         }
+        let outcome = crate::contain::call(|| self.give_back(&error));
+        debug_assert!(outcome.is_ok(), "giving back after a failure panicked");
+        #[cfg(feature = "tokio")]
+        if matches!(self.sink, Sink::Async) {
+            crate::runtime::close(&shared);
+        }
+        shared.progress.flushed(u64::MAX);
     }
 }
 
 impl<T, R> Drop for Drainer<T, R> {
     fn drop(&mut self) {
+        /// Reports the exit however this drop ends, panics included.
+        struct ReportExit<T, R>(Arc<Shared<T, R>>);
+        impl<T, R> Drop for ReportExit<T, R> {
+            fn drop(&mut self) {
+                // Flush and shutdown waiters must not wait for us any longer.
+                self.0.progress.exited();
+            }
+        }
+        let _exit = ReportExit(Arc::clone(&self.shared));
         #[cfg(feature = "tokio")]
         if !self.finished && self.on_runtime {
             // The runtime dropped the drainer task (it shut down): nobody
             // will drain the lanes. Close them and fail every item in them.
             self.abandon(Error::RuntimeShutdown);
         }
-        // Normal exit or not, flush waiters must not wait for us any longer.
-        self.shared.progress.exited();
     }
 }
 

@@ -243,6 +243,19 @@ pub enum Error {
     Superseded,
     /// The circuit breaker was open: the item's batch was not tried.
     CircuitOpen,
+    /// A callback other than the handler (a key function, the weigher, the
+    /// group limits) panicked on this item: the panic was contained, and the
+    /// item never reached the handler. See the crate docs, "When user code
+    /// panics".
+    CallbackPanicked(CallbackPanic),
+    /// The drainer failed (a panic in the batcher itself, not in user
+    /// code): it closed every lane and failed every item it held; this one
+    /// was not handled. A bug of the batcher's; the message says where.
+    DrainerPanicked {
+        /// The panic message (one pointer wide, as for
+        /// [`HandlerPanicked`](Error::HandlerPanicked)).
+        message: Arc<String>,
+    },
     /// The item weighs more than the batcher's byte limit on its own.
     TooLarge {
         /// The item's weight, by the batcher's weigher (`u32::MAX` for a
@@ -286,6 +299,13 @@ impl fmt::Debug for Error {
             Error::Expired => f.write_str("Expired"),
             Error::Superseded => f.write_str("Superseded"),
             Error::CircuitOpen => f.write_str("CircuitOpen"),
+            Error::CallbackPanicked(panic) => {
+                f.debug_tuple("CallbackPanicked").field(panic).finish()
+            }
+            Error::DrainerPanicked { message } => f
+                .debug_struct("DrainerPanicked")
+                .field("message", message)
+                .finish(),
             Error::TooLarge { weight, limit } => f
                 .debug_struct("TooLarge")
                 .field("weight", weight)
@@ -316,6 +336,15 @@ impl fmt::Display for Error {
             Error::CircuitOpen => {
                 f.write_str("the circuit breaker was open: the item's batch was not tried")
             }
+            Error::CallbackPanicked(panic) => write!(
+                f,
+                "the {} panicked on the item: {}",
+                panic.callback(),
+                panic.message()
+            ),
+            Error::DrainerPanicked { message } => {
+                write!(f, "the drainer failed and closed the batcher: {message}")
+            }
             Error::TooLarge { weight, limit } => write!(
                 f,
                 "the item weighs {weight} bytes, more than the batch limit of {limit}"
@@ -334,5 +363,63 @@ impl std::error::Error for Error {
             Error::Failed(e) | Error::BatchFailed(e) => Some(&**e),
             _ => None,
         }
+    }
+}
+
+/// Which callback panicked (see [`Error::CallbackPanicked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Callback {
+    /// The weigher ([`BatcherBuilder::weigher`](crate::BatcherBuilder::weigher)).
+    Weigher,
+    /// The key function of
+    /// [`group_by`](crate::BatcherBuilder::group_by).
+    GroupBy,
+    /// The function of [`group_limits`](crate::BatcherBuilder::group_limits).
+    GroupLimits,
+    /// The key function of
+    /// [`conflate_by`](crate::BatcherBuilder::conflate_by).
+    ConflateBy,
+}
+
+impl fmt::Display for Callback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Callback::Weigher => "weigher",
+            Callback::GroupBy => "group_by key function",
+            Callback::GroupLimits => "group_limits function",
+            Callback::ConflateBy => "conflate_by key function",
+        })
+    }
+}
+
+/// A contained panic of a callback: which one, and its message (shared by
+/// the clones of the error; one pointer wide, so that [`Error`] stays two
+/// words).
+#[derive(Clone)]
+pub struct CallbackPanic(Arc<(Callback, String)>);
+
+impl CallbackPanic {
+    pub(crate) fn new(callback: Callback, message: &str) -> Self {
+        Self(Arc::new((callback, message.to_owned())))
+    }
+
+    /// The callback that panicked.
+    pub fn callback(&self) -> Callback {
+        self.0.0
+    }
+
+    /// The panic message, when it was a string.
+    pub fn message(&self) -> &str {
+        &self.0.1
+    }
+}
+
+impl fmt::Debug for CallbackPanic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallbackPanic")
+            .field("callback", &self.callback())
+            .field("message", &self.message())
+            .finish()
     }
 }

@@ -63,7 +63,9 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// The delay before retry number `retry` (0 for the first), with
-    /// `unit` a number in `[0, 1)` choosing the jitter.
+    /// `unit` a number in `[0, 1)` choosing the jitter. Never more than
+    /// `max_delay`, whatever the settings (a delay that is not a number
+    /// counts as `max_delay`).
     pub fn delay(&self, retry: u32, rate_limited: bool, unit: f64) -> Duration {
         let max = self.max_delay.as_secs_f64();
         let base = if rate_limited {
@@ -72,7 +74,8 @@ impl RetryPolicy {
             (self.initial_delay.as_secs_f64() * self.multiplier.powi(retry as i32)).min(max)
         };
         let jitter = base * self.jitter * (2.0 * unit - 1.0);
-        Duration::from_secs_f64((base + jitter).clamp(0.0, max))
+        Duration::try_from_secs_f64((base + jitter).clamp(0.0, max))
+            .map_or(self.max_delay, |delay| delay.min(self.max_delay))
     }
 
     pub(crate) fn validate(&self) -> Result<(), crate::ConfigError> {
@@ -88,6 +91,8 @@ impl RetryPolicy {
         if !(self.jitter.is_finite() && (0.0..=1.0).contains(&self.jitter)) {
             return invalid("jitter must be between 0 and 1");
         }
+        crate::config::duration_at_most_max("initial_delay", self.initial_delay)?;
+        crate::config::duration_at_most_max("max_delay", self.max_delay)?;
         if self.initial_delay > self.max_delay {
             return invalid("initial_delay must not exceed max_delay");
         }
@@ -186,6 +191,17 @@ pub struct CircuitBreaker {
     pub hold_while_open: bool,
 }
 
+impl CircuitBreaker {
+    pub(crate) fn validate(&self) -> Result<(), crate::ConfigError> {
+        if self.failure_threshold == 0 {
+            return Err(crate::ConfigError::Zero {
+                field: "failure_threshold",
+            });
+        }
+        crate::config::duration_at_most_max("recovery_timeout", self.recovery_timeout)
+    }
+}
+
 impl Default for CircuitBreaker {
     fn default() -> Self {
         Self {
@@ -244,6 +260,27 @@ impl<T> FailureSettings<T> {
     }
 }
 
+/// A seed for a batcher's retry jitter, different for every batcher and
+/// every process: from the standard library's randomly keyed hasher (seeded
+/// from the operating system's randomness once per thread, and moved on for
+/// every hasher made), so that batchers that failed together after a shared
+/// outage do not retry in lockstep. Never zero (a xorshift state must not be).
+fn jitter_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0x2545_F491_4F6C_DD1D);
+    hasher.finish() | 1
+}
+
+/// `now + delay`, or as late as the clock allows (the settings keep delays
+/// within [`MAX_DURATION`](crate::MAX_DURATION), so this does not happen
+/// with validated ones).
+pub(crate) fn later(now: Instant, delay: Duration) -> Instant {
+    now.checked_add(delay)
+        .or_else(|| now.checked_add(crate::MAX_DURATION))
+        .unwrap_or(now)
+}
+
 /// Per-item marks kept in a batch buffer while failure policies are on.
 pub(crate) mod mark {
     /// Nothing special: pending, or completed through its origin.
@@ -263,6 +300,10 @@ pub(crate) struct FailureTally {
     pub(crate) retried: u64,
     pub(crate) dead_lettered: u64,
     pub(crate) circuit_rejected: u64,
+    /// Dead-letter callbacks that panicked (contained).
+    pub(crate) callback_panics: u64,
+    /// Items whose `Drop` panicked when the policies dropped them.
+    pub(crate) drop_panics: u64,
 }
 
 /// How a batch's handler call ended.
@@ -305,7 +346,7 @@ impl<T> FailureState<T> {
             open_until: None,
             trial: false,
             tally: FailureTally::default(),
-            seed: 0x2545_F491_4F6C_DD1D,
+            seed: jitter_seed(),
         }
     }
 
@@ -321,6 +362,7 @@ impl<T> FailureState<T> {
         }
     }
 
+    /// The next jitter unit in `[0, 1)`.
     fn unit(&mut self) -> f64 {
         let mut x = self.seed;
         x ^= x << 13;
@@ -379,7 +421,7 @@ impl<T> FailureState<T> {
                 || self.consecutive >= breaker.failure_threshold
             {
                 self.breaker = BreakerState::Open;
-                self.open_until = Some(now + breaker.recovery_timeout);
+                self.open_until = Some(later(now, breaker.recovery_timeout));
             }
         }
         self.trial = false;
@@ -527,15 +569,24 @@ impl<T> FailureState<T> {
             .zip(marks.drain(kept..))
             .zip(errors.drain(kept..))
         {
+            // User code (the callback, the item's `Drop`), each contained:
+            // a panic ends that call only.
             if m == mark::DEAD {
                 self.tally.dead_lettered += 1;
                 if let Some(dead_letter) = &mut self.settings.dead_letter {
-                    dead_letter(DeadLetter {
+                    let letter = DeadLetter {
                         item,
                         error: error.unwrap_or(Error::NotCompleted),
                         attempts,
-                    });
+                    };
+                    if crate::contain::call(|| dead_letter(letter)).is_err() {
+                        self.tally.callback_panics += 1;
+                    }
+                    continue;
                 }
+            }
+            if !crate::contain::drop_value(item) {
+                self.tally.drop_panics += 1;
             }
         }
         for m in marks.iter_mut() {

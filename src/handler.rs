@@ -379,10 +379,12 @@ impl<'a, T, R> Batch<'a, T, R> {
     }
 
     /// Fails every item not completed yet with `error` (drainer side).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn fail_remaining(&mut self, error: Error) {
         if self.buf.completed == self.len() && matches!(error, Error::NotCompleted) {
-            // The handler completed everything (the common case).
+            // The handler completed everything (the common case). The error
+            // owns nothing: forgetting it saves the call to its drop glue.
+            core::mem::forget(error);
             return;
         }
         self.fail_left(error);
@@ -444,14 +446,9 @@ pub(crate) fn deliver<R>(
     index: usize,
     result: Result<R, Error>,
 ) {
-    let lane_table = table.lane(lane);
     // SAFETY: the origin was pending, so the slot is armed for this item and
     // this is its one completion (the origin is marked done by the caller).
-    unsafe {
-        lane_table
-            .slot(index)
-            .complete(result, lane_table, table.get())
-    };
+    unsafe { table.complete(lane, index, result) };
 }
 
 /// Turns a whole-batch error into the ticket error.

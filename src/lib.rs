@@ -69,6 +69,7 @@ mod async_producer;
 mod batcher;
 mod completion;
 mod config;
+mod contain;
 mod drainer;
 mod error;
 pub mod failure;
@@ -94,9 +95,11 @@ pub use batcher::{Batcher, BatcherBuilder, Producer, Producers};
 pub use completion::Ticket;
 pub use config::{
     Backpressure, Config, ConfigError, DEFAULT_RESULT_SLOTS, LaneAssignment, MAX_CAPACITY,
-    MAX_LANES,
+    MAX_DURATION, MAX_LANES,
 };
-pub use error::{Error, RefusedKind, SharedError, SliceError, SubmitError};
+pub use error::{
+    Callback, CallbackPanic, Error, RefusedKind, SharedError, SliceError, SubmitError,
+};
 pub use failure::{BreakerState, CircuitBreaker, DeadLetter, Failure, FailureKind, RetryPolicy};
 pub use handler::{Batch, BatchError, CompleteError, Handler};
 #[cfg(feature = "tokio")]

@@ -145,9 +145,14 @@ impl<T> BatchBuf<T> {
         (old_item, old_origin)
     }
 
-    /// Empties the buffer, keeping its allocation.
-    pub(crate) fn clear(&mut self) {
-        self.items.clear();
+    /// Empties the buffer, keeping its allocation. Returns how many items'
+    /// `Drop` panicked (each contained: see [`contain::clear_vec`]).
+    ///
+    /// [`contain::clear_vec`]: crate::contain::clear_vec
+    #[must_use = "drop panics are counted in the statistics"]
+    #[inline]
+    pub(crate) fn clear(&mut self) -> usize {
+        let panics = crate::contain::clear_vec(&mut self.items);
         self.origins.clear();
         self.tickets = 0;
         self.completed = 0;
@@ -163,6 +168,7 @@ impl<T> BatchBuf<T> {
         if !self.errors.is_empty() {
             self.errors.clear();
         }
+        panics
     }
 
     /// With failure policies: makes room for the marks (at build time).
@@ -240,9 +246,11 @@ impl<T> Appender<'_, T> {
 
     /// Appends `item`, whose result goes to `origin`.
     ///
-    /// # Panics
-    ///
-    /// If [`room`](Self::room) items were appended already.
+    /// More than [`room`](Self::room) items is a bug of the caller's (a
+    /// lane run takes at most `room`): it aborts the process rather than
+    /// unwind, so that a lane run appending through here calls nothing
+    /// that can unwind (its guard then costs nothing: see
+    /// `ring::CommitOnUnwind`).
     #[inline(always)]
     pub(crate) fn push(&mut self, item: T, origin: Origin) {
         if self.len == self.room {
@@ -278,7 +286,9 @@ impl<T> Drop for Appender<'_, T> {
 #[cold]
 #[inline(never)]
 fn appender_full() -> ! {
-    panic!("a batch appender was given more items than its room")
+    // An invariant of ours broken: no unwinding through a lane run.
+    eprintln!("ringbatch: a batch appender was given more items than its room; aborting");
+    std::process::abort()
 }
 
 /// The pool of batch buffers.
@@ -287,12 +297,21 @@ pub(crate) struct Pool<T> {
     free: ArrayQueue<BatchBuf<T>>,
     size: usize,
     buffer_capacity: usize,
+    /// Where the drops of items cleared from returned buffers that panicked
+    /// are counted (plain data, so the standard `Arc`).
+    panics: std::sync::Arc<crate::stats::ContainedPanics>,
 }
 
 impl<T> Pool<T> {
     /// `size` buffers of `buffer_capacity` items each, allocated now, with
     /// room for histogram runs when `runs` is set.
-    pub(crate) fn new(size: usize, buffer_capacity: usize, runs: bool, marks: bool) -> Self {
+    pub(crate) fn new(
+        size: usize,
+        buffer_capacity: usize,
+        runs: bool,
+        marks: bool,
+        panics: std::sync::Arc<crate::stats::ContainedPanics>,
+    ) -> Self {
         let free = ArrayQueue::new(size);
         for _ in 0..size {
             let mut buf = BatchBuf::with_capacity(buffer_capacity);
@@ -309,6 +328,7 @@ impl<T> Pool<T> {
             free,
             size,
             buffer_capacity,
+            panics,
         }
     }
 
@@ -321,10 +341,16 @@ impl<T> Pool<T> {
     /// Returns an emptied buffer.
     #[inline]
     pub(crate) fn put(&self, mut buf: BatchBuf<T>) {
-        buf.clear();
+        self.recycle(&mut buf);
         // The pool only ever holds buffers it handed out, so it cannot be full.
         let returned = self.free.push(buf);
         debug_assert!(returned.is_ok(), "a buffer came back twice");
+    }
+
+    /// Empties `buf` for reuse, counting the drops that panicked.
+    #[inline]
+    pub(crate) fn recycle(&self, buf: &mut BatchBuf<T>) {
+        self.panics.drops(buf.clear());
     }
 
     /// Buffers currently in the pool (not in use).

@@ -976,10 +976,14 @@ impl<T> Ring<T> {
         mut sink: impl FnMut(T, usize, Option<usize>),
     ) -> usize {
         debug_assert!(!self.evicts, "an evicting ring is drained by take_run");
-        match &self.storage {
+        let mut taken = CommitOnUnwind {
+            ring: self,
+            next: head,
+        };
+        let end = match &self.storage {
             // SAFETY: the caller's contract.
             Storage::Interleaved(cells) => unsafe {
-                self.drain_stamped(&**cells, head, max, &mut sink)
+                self.drain_stamped(&**cells, head, max, &mut sink, &mut taken.next)
             },
             // SAFETY: the caller's contract.
             Storage::Split { stamps, values } => unsafe {
@@ -991,9 +995,13 @@ impl<T> Ring<T> {
                     head,
                     max,
                     &mut sink,
+                    &mut taken.next,
                 )
             },
-        }
+        };
+        // No unwinding: the caller moves the head.
+        core::mem::forget(taken);
+        end
     }
 
     /// [`drain_run`](Self::drain_run) on a split ring: through the owner's
@@ -1010,6 +1018,7 @@ impl<T> Ring<T> {
         head: usize,
         max: usize,
         sink: &mut impl FnMut(T, usize, Option<usize>),
+        taken: &mut usize,
     ) -> usize {
         let mut seq = head;
         let mut left = max;
@@ -1019,7 +1028,7 @@ impl<T> Ring<T> {
             // say which hold tickets or nothing.
             let stamped = distance(head, plain).min(left);
             // SAFETY: the caller's contract.
-            let end = unsafe { self.drain_stamped(cells, seq, stamped, sink) };
+            let end = unsafe { self.drain_stamped(cells, seq, stamped, sink, taken) };
             if end != seq_add(seq, stamped) {
                 // Not published after all (a stamp not yet visible): stop.
                 return end;
@@ -1029,7 +1038,7 @@ impl<T> Ring<T> {
             let plain_run = distance(seq, published).min(left);
             // SAFETY: the caller's contract; `seq..seq + plain_run` lies in
             // the cursor's plain run.
-            seq = unsafe { self.drain_plain(cells, seq, plain_run, sink) };
+            seq = unsafe { self.drain_plain(cells, seq, plain_run, sink, taken) };
             left -= plain_run;
             if left == 0 {
                 return seq;
@@ -1041,12 +1050,13 @@ impl<T> Ring<T> {
             return seq;
         }
         // SAFETY: the caller's contract.
-        unsafe { self.drain_stamped(cells, seq, left, sink) }
+        unsafe { self.drain_stamped(cells, seq, left, sink, taken) }
     }
 
     /// [`drain_run`](Self::drain_run) by stamp: up to `max` published items
     /// from `seq`, stopping at the first slot not published. Returns the
-    /// next sequence.
+    /// next sequence; `taken` follows the sequence after the last item
+    /// moved out, for the run's guard (see [`CommitOnUnwind`]).
     ///
     /// # Safety
     ///
@@ -1059,6 +1069,7 @@ impl<T> Ring<T> {
         mut seq: usize,
         max: usize,
         sink: &mut impl FnMut(T, usize, Option<usize>),
+        taken: &mut usize,
     ) -> usize
     where
         T: 'a,
@@ -1079,8 +1090,14 @@ impl<T> Ring<T> {
                 // holds an initialised value that no producer touches until
                 // `head` moves past it; we move it out exactly once.
                 let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
-                let ticket = (stamp & STAMP_TICKET != 0).then_some(stamp >> STAMP_SLOT_SHIFT);
-                sink(value, seq, ticket);
+                *taken = seq_add(seq, 1);
+                // Two calls, so that the plain item's (the common case)
+                // is inlined with its origin known.
+                if stamp & STAMP_TICKET == 0 {
+                    sink(value, seq, None);
+                } else {
+                    sink(value, seq, Some(stamp >> STAMP_SLOT_SHIFT));
+                }
             }
             seq = seq_add(seq, 1);
         }
@@ -1103,6 +1120,7 @@ impl<T> Ring<T> {
         mut seq: usize,
         n: usize,
         sink: &mut impl FnMut(T, usize, Option<usize>),
+        taken: &mut usize,
     ) -> usize {
         let mask = self.mask;
         for _ in 0..n {
@@ -1113,6 +1131,7 @@ impl<T> Ring<T> {
             // producer touches the slot until `head` moves past it.
             // SAFETY: initialised (above); we move it out exactly once.
             let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
+            *taken = seq_add(seq, 1);
             sink(value, seq, None);
             seq = seq_add(seq, 1);
         }
@@ -1210,8 +1229,13 @@ impl<T> Ring<T> {
                 Err(actual) => word = actual,
             }
         };
-        let mut seq = start;
-        while seq != end {
+        let mut marks = MarkTakenOnUnwind {
+            ring: self,
+            next: start,
+            end,
+        };
+        while marks.next != end {
+            let seq = marks.next;
             let slot = self.slot(seq);
             // Relaxed: the stamp is the one loaded with Acquire above (only the
             // consumer that claimed `seq`, we, changes it now).
@@ -1228,8 +1252,9 @@ impl<T> Ring<T> {
             // Release pairs with the Acquire load in `await_taken`: our read of
             // the slot happens before the next lap's producer writes it.
             slot.stamp.store(taken_stamp(seq), Ordering::Release);
-            seq = seq_add(seq, 1);
+            marks.next = seq_add(seq, 1);
         }
+        core::mem::forget(marks);
         Run { start, end, notify }
     }
 
@@ -1280,6 +1305,12 @@ impl<T> Ring<T> {
         // Release: as in `take_run_shared`.
         slot.stamp.store(taken_stamp(head), Ordering::Release);
         evicted
+    }
+
+    /// The ring's head: the next sequence to consume (the drainer's copy is
+    /// re-read from here after a failure).
+    pub(crate) fn head(&self) -> usize {
+        self.head_seq()
     }
 
     /// The drainer's cursor. Acquire pairs with the swap in `finish_run`: the
@@ -1457,6 +1488,49 @@ impl<T> Ring<T> {
     }
 }
 
+/// The drainer's run on a plain ring, should the code it calls per item
+/// unwind (it runs none of the user's; this is for a bug of ours): moves the
+/// head past every item already moved out, so that none is read, or dropped
+/// by [`Ring`]'s drop, a second time. Forgotten when the run ends normally
+/// (the drainer then moves the head itself).
+struct CommitOnUnwind<'a, T> {
+    ring: &'a Ring<T>,
+    /// The sequence after the last item moved out.
+    next: usize,
+}
+
+impl<T> Drop for CommitOnUnwind<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        let _ = self.ring.finish_run(self.next);
+    }
+}
+
+/// The drainer's run on an evicting ring, should the code it calls per item
+/// unwind: marks every slot it claimed and has not marked yet as taken (the
+/// item being handed over was moved out; later ones are leaked, not read),
+/// so that producers waiting for those slots do not wait for ever.
+/// Forgotten when the run ends normally.
+struct MarkTakenOnUnwind<'a, T> {
+    ring: &'a Ring<T>,
+    next: usize,
+    end: usize,
+}
+
+impl<T> Drop for MarkTakenOnUnwind<'_, T> {
+    #[cold]
+    fn drop(&mut self) {
+        while self.next != self.end {
+            // Release, as in `take_run_shared`.
+            self.ring
+                .slot(self.next)
+                .stamp
+                .store(taken_stamp(self.next), Ordering::Release);
+            self.next = seq_add(self.next, 1);
+        }
+    }
+}
+
 impl<T> Drop for Ring<T> {
     fn drop(&mut self) {
         // With `&mut self` no producer or drainer is running; drop the items
@@ -1469,8 +1543,12 @@ impl<T> Drop for Ring<T> {
             let stamp = slot.stamp.load(Ordering::Acquire);
             if publishes(stamp, seq) && stamp & STAMP_SKIP == 0 {
                 // SAFETY: published for `seq` and never drained (it is at or
-                // above `head`), so the value is initialised and owned here.
-                slot.value.with_mut(|p| unsafe { (*p).assume_init_drop() });
+                // above `head`), so the value is initialised and owned here;
+                // moved out once.
+                let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
+                // A panicking `Drop` ends that drop only (and is not counted:
+                // the batcher's statistics are gone with it).
+                let _ = crate::contain::drop_value(value);
             }
             seq = seq_add(seq, 1);
         }

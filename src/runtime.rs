@@ -17,9 +17,8 @@
 
 use core::fmt;
 use core::future::{Future, poll_fn};
-use core::pin::{Pin, pin};
+use core::pin::pin;
 use core::task::{Context, Poll, Waker};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
@@ -27,7 +26,7 @@ use tokio::sync::Notify;
 
 use crate::batcher::Shared;
 use crate::completion::TableOwner;
-use crate::drainer::{lock, panic_message};
+use crate::drainer::lock;
 use crate::error::Error;
 use crate::failure::{Outcome, Settled};
 use crate::handler::deliver;
@@ -561,10 +560,7 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
             let shared = &*self.shared;
             let started =
                 (shared.controller.is_some() || shared.recorder.is_some()).then(Instant::now);
-            let outcome = {
-                let future = pin!(handler.handle(batch));
-                CatchUnwind(future).await
-            };
+            let outcome = self.handle(handler.handle(batch)).await;
             let pipeline = self.shared.pipeline();
             let leftover = match outcome {
                 Ok(Ok(())) => Error::NotCompleted,
@@ -617,10 +613,7 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
                 slot: Arc::clone(&self.slot),
             };
             let started = Instant::now();
-            let outcome = {
-                let future = pin!(handler.handle(batch));
-                CatchUnwind(future).await
-            };
+            let outcome = self.handle(handler.handle(batch)).await;
             buf = poll_fn(|cx| self.slot.poll_take(cx)).await;
             let elapsed = started.elapsed();
             shared.observe_batch(elapsed, buf.feedback.take());
@@ -656,6 +649,19 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
             }
         }
         finish(shared, buf, Error::NotCompleted);
+    }
+
+    /// Runs a handler's future to the end, then drops it, each with its
+    /// panics contained (a panicking drop is counted; the batch the future
+    /// held still comes back, as the rest of the future is dropped while
+    /// that panic unwinds).
+    async fn handle<F: Future>(&self, future: F) -> Result<F::Output, crate::error::PanicMessage> {
+        let mut future = pin!(crate::contain::Contained::new(future));
+        let outcome = future.as_mut().await;
+        if !future.as_mut().drop_future() {
+            self.shared.panics.drops(1);
+        }
+        outcome
     }
 
     /// The next full buffer, or `None` once the batcher is closing.
@@ -697,22 +703,5 @@ impl<T, R> Drop for Worker<T, R> {
             fail_queued(&self.shared);
         }
         pipeline.wake_drainer(&self.shared);
-    }
-}
-
-/// Runs a future, turning a panic in its `poll` into an error carrying the
-/// panic message.
-struct CatchUnwind<F>(F);
-
-impl<F: Future + Unpin> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, crate::error::PanicMessage>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = &mut self.0;
-        match catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => Poll::Ready(Err(panic_message(&*payload))),
-        }
     }
 }

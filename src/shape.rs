@@ -31,9 +31,9 @@ use std::sync::Arc as StdArc;
 use std::time::{Duration, Instant};
 
 use crate::config::ConfigError;
-use crate::error::Error;
+use crate::error::{Callback, CallbackPanic, Error, PanicMessage};
 use crate::pool::{BatchBuf, Origin};
-use crate::stats::DispatchReason;
+use crate::stats::{ContainedPanics, DispatchReason};
 use crate::sync::{AtomicU64, Ordering};
 
 /// An expiry stamp that never expires.
@@ -384,6 +384,12 @@ impl Adaptive {
             AdaptiveMode::Latency { target } if target.is_zero() => {
                 invalid("the latency target must be above zero")
             }
+            AdaptiveMode::Latency { target } if target > crate::MAX_DURATION => {
+                crate::config::duration_at_most_max("adaptive", target)
+            }
+            AdaptiveMode::Load { interval, .. } if interval > crate::MAX_DURATION => {
+                crate::config::duration_at_most_max("adaptive", interval)
+            }
             AdaptiveMode::Load { weights, .. }
                 if [
                     weights.cpu,
@@ -518,6 +524,20 @@ impl<T: 'static> KeyPolicy<T> {
             }),
             eq: Box::new(move |a, b| for_eq(a) == for_eq(b)),
         }
+    }
+}
+
+impl<T> KeyPolicy<T> {
+    /// The hash of `item`'s key; `Err` if the key function panicked
+    /// (contained).
+    fn key_hash(&self, item: &T) -> Result<u64, PanicMessage> {
+        crate::contain::call(|| (self.hash)(item))
+    }
+
+    /// Whether `a` and `b` have the same key; `Err` if the key function
+    /// panicked (contained).
+    fn same_key(&self, a: &T, b: &T) -> Result<bool, PanicMessage> {
+        crate::contain::call(|| (self.eq)(a, b))
     }
 }
 
@@ -751,6 +771,21 @@ impl<T> Shaping<T> {
         if self.max_age == Some(Duration::ZERO) {
             return Err(ConfigError::Zero { field: "max_age" });
         }
+        // Every duration within `MAX_DURATION`, so that no deadline made
+        // from one overflows the clock.
+        let long = crate::config::duration_at_most_max;
+        match self.linger {
+            Linger::None => {}
+            Linger::Fixed(linger) => long("linger", linger)?,
+            Linger::Adaptive { target } => long("linger", target)?,
+        }
+        if let Some(interval) = self.min_interval {
+            long("min_interval", interval)?;
+        }
+        long("starvation_age", self.starvation_age)?;
+        if let Some(age) = self.max_age {
+            long("max_age", age)?;
+        }
         if let Some(staging) = self.staging {
             if staging < max_batch {
                 return Err(ConfigError::Invalid {
@@ -933,6 +968,8 @@ pub(crate) struct Assembler<T> {
     /// Items taken so far (their `order`).
     taken: u64,
     pub(crate) tally: ShapeTally,
+    /// Where contained panics of the callbacks and drops are counted.
+    panics: StdArc<ContainedPanics>,
 }
 
 impl<T> fmt::Debug for Assembler<T> {
@@ -953,7 +990,12 @@ struct Pick {
 }
 
 impl<T> Assembler<T> {
-    pub(crate) fn new(policy: Shaping<T>, max_batch: usize, epoch: Instant) -> Self {
+    pub(crate) fn new(
+        policy: Shaping<T>,
+        max_batch: usize,
+        epoch: Instant,
+        panics: StdArc<ContainedPanics>,
+    ) -> Self {
         let classes = policy.classes();
         let capacity = policy.staging.unwrap_or(max_batch.saturating_mul(4));
         let grouped = policy.group.is_some();
@@ -997,6 +1039,7 @@ impl<T> Assembler<T> {
             last_dispatch: None,
             taken: 0,
             tally: ShapeTally::default(),
+            panics,
             policy,
         }
     }
@@ -1125,7 +1168,13 @@ impl<T> Assembler<T> {
                 continue;
             }
             if let (Some(limit), Some(weigher)) = (self.policy.max_bytes, &self.policy.weigher) {
-                staged.weight = weigher(&staged.item);
+                staged.weight = match crate::contain::call(|| weigher(&staged.item)) {
+                    Ok(weight) => weight,
+                    Err(message) => {
+                        self.panicked(staged, Callback::Weigher, &message, complete);
+                        continue;
+                    }
+                };
                 if staged.weight > limit && self.policy.oversize == Oversize::Fail {
                     self.tally.too_large += 1;
                     complete(
@@ -1137,35 +1186,60 @@ impl<T> Assembler<T> {
                             limit: u32::try_from(limit).unwrap_or(u32::MAX),
                         },
                     );
+                    self.drop_item(staged.item);
                     continue;
                 }
             }
             let group = match &self.policy.group {
                 None => staged.class as usize,
                 Some(keys) => {
-                    let key = (keys.hash)(&staged.item) ^ (u64::from(staged.class) << 61);
+                    let key = match keys.key_hash(&staged.item) {
+                        Ok(hash) => hash ^ (u64::from(staged.class) << 61),
+                        Err(message) => {
+                            self.panicked(staged, Callback::GroupBy, &message, complete);
+                            continue;
+                        }
+                    };
                     match self.index.get(&key).copied() {
                         Some(g) => {
                             let head = self.groups[g].head as usize;
-                            let same = self.slab[head]
-                                .staged
-                                .as_ref()
-                                .is_some_and(|h| (keys.eq)(&h.item, &staged.item));
-                            if !same {
-                                // Two keys with one hash: dispatch the group
-                                // in the way first.
-                                self.intake.push_front(staged);
-                                return Some(g);
+                            let same = match &self.slab[head].staged {
+                                Some(h) => keys.same_key(&h.item, &staged.item),
+                                None => Ok(false),
+                            };
+                            match same {
+                                Ok(true) => g,
+                                Ok(false) => {
+                                    // Two keys with one hash: dispatch the
+                                    // group in the way first.
+                                    self.intake.push_front(staged);
+                                    return Some(g);
+                                }
+                                Err(message) => {
+                                    self.panicked(staged, Callback::GroupBy, &message, complete);
+                                    continue;
+                                }
                             }
-                            g
                         }
                         None => match self.free_groups.pop() {
                             Some(g) => {
-                                let limits = self
-                                    .policy
-                                    .group_limits
-                                    .as_ref()
-                                    .map_or_else(GroupLimits::default, |f| f(&staged.item));
+                                let limits = match &self.policy.group_limits {
+                                    None => Ok(GroupLimits::default()),
+                                    Some(f) => crate::contain::call(|| f(&staged.item)),
+                                };
+                                let limits = match limits {
+                                    Ok(limits) => limits,
+                                    Err(message) => {
+                                        self.free_groups.push(g);
+                                        self.panicked(
+                                            staged,
+                                            Callback::GroupLimits,
+                                            &message,
+                                            complete,
+                                        );
+                                        continue;
+                                    }
+                                };
                                 let group = &mut self.groups[g];
                                 *group = Group::empty(staged.class);
                                 group.key = key;
@@ -1185,6 +1259,34 @@ impl<T> Assembler<T> {
             self.append(group, staged);
         }
         None
+    }
+
+    /// A callback panicked on `staged` (contained): its ticket fails with
+    /// [`Error::CallbackPanicked`] and the item is dropped.
+    #[cold]
+    #[inline(never)]
+    fn panicked(
+        &mut self,
+        staged: Staged<T>,
+        callback: Callback,
+        message: &str,
+        complete: &mut dyn FnMut(Origin, Error),
+    ) {
+        self.panics.callback();
+        complete(
+            staged.origin,
+            Error::CallbackPanicked(CallbackPanic::new(callback, message)),
+        );
+        self.drop_item(staged.item);
+    }
+
+    /// Drops an item that leaves the staging area without reaching the
+    /// handler, containing a panic of its `Drop` (counted).
+    #[inline]
+    fn drop_item(&self, item: T) {
+        if !crate::contain::drop_value(item) {
+            self.panics.drops(1);
+        }
     }
 
     /// The open key group whose head is oldest.
@@ -1257,6 +1359,7 @@ impl<T> Assembler<T> {
     fn expire(&mut self, staged: Staged<T>, complete: &mut dyn FnMut(Origin, Error)) {
         self.tally.expired += 1;
         complete(staged.origin, Error::Expired);
+        self.drop_item(staged.item);
     }
 
     /// The earliest expiry among a group's items.
@@ -1567,11 +1670,24 @@ impl<T> Assembler<T> {
             // Conflation: the same key earlier in this batch is replaced.
             let mut conflation_key = None;
             if let Some(keys) = &self.policy.conflate {
-                let key = (keys.hash)(&head.item);
-                conflation_key = Some(key);
-                if let Some(&pos) = self.positions.get(&key)
-                    && (keys.eq)(&buf.items[pos], &head.item)
-                {
+                let same = keys.key_hash(&head.item).and_then(|key| {
+                    conflation_key = Some(key);
+                    match self.positions.get(&key) {
+                        Some(&pos) => keys
+                            .same_key(&buf.items[pos], &head.item)
+                            .map(|same| same.then_some(pos)),
+                        None => Ok(None),
+                    }
+                });
+                let pos = match same {
+                    Ok(pos) => pos,
+                    Err(message) => {
+                        let staged = self.pop(g).expect("a head exists");
+                        self.panicked(staged, Callback::ConflateBy, &message, complete);
+                        continue;
+                    }
+                };
+                if let Some(pos) = pos {
                     // The superseded item's weight stays counted: the byte
                     // total errs on the safe side.
                     if max_bytes.is_some_and(|max| *bytes + head.weight > max) {
@@ -1579,9 +1695,10 @@ impl<T> Assembler<T> {
                     }
                     let staged = self.pop(g).expect("a head exists");
                     *bytes += staged.weight;
-                    let (_, old_origin) = buf.replace(pos, staged.item, staged.origin);
+                    let (old_item, old_origin) = buf.replace(pos, staged.item, staged.origin);
                     self.tally.superseded += 1;
                     complete(old_origin, Error::Superseded);
+                    self.drop_item(old_item);
                     continue;
                 }
             }
@@ -1627,16 +1744,6 @@ impl<T> Assembler<T> {
             }
         }
         self.index.clear();
-    }
-
-    /// Fails every staged item with `error` (the drainer will never run
-    /// again).
-    #[cfg(feature = "tokio")]
-    pub(crate) fn fail_all(&mut self, error: &Error, complete: &mut dyn FnMut(Origin, Error)) {
-        self.take_all(|item, origin| {
-            drop(item);
-            complete(origin, error.clone());
-        });
     }
 
     /// Replaces the linger (a live setting).

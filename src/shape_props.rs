@@ -176,7 +176,7 @@ impl Harness {
         shaping.validate(policy.max_batch).expect("valid policy");
         let epoch = Instant::now();
         Self {
-            asm: Assembler::new(shaping, policy.max_batch, epoch),
+            asm: Assembler::new(shaping, policy.max_batch, epoch, Default::default()),
             buf: BatchBuf::with_capacity(policy.max_batch),
             policy,
             now: 0,
@@ -226,7 +226,7 @@ impl Harness {
             for origin in origins {
                 self.end(origin, End::Handled)?;
             }
-            self.buf.clear();
+            let _ = self.buf.clear();
             self.last_dispatch = Some(self.now);
         }
     }

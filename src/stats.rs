@@ -277,6 +277,17 @@ pub struct Stats {
     /// on the other CPU for about 5.3 µs each time (`cargo bench --bench
     /// fence`). Batchers without exclusive producers count none.
     pub park_fences: u64,
+    /// Panics in user code other than the handler, each contained: a key
+    /// function, weigher or group-limits function (the item it ran on
+    /// failed with [`Error::CallbackPanicked`](crate::Error::CallbackPanicked)),
+    /// a dead-letter or spill callback (the item went to it, and is gone).
+    /// See the crate docs, "When user code panics".
+    pub callback_panics: u64,
+    /// Items and results whose `Drop` panicked while the batcher dropped
+    /// them (after their batch, or when they were expired, superseded,
+    /// evicted or cleared away); each panic was contained, and whatever
+    /// the drop had not freed yet is leaked.
+    pub drop_panics: u64,
 }
 
 impl Stats {
@@ -434,5 +445,36 @@ impl LaneCounters {
     /// Reads `counter` (Relaxed, as `add`).
     pub(crate) fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Panics in user code that the batcher contained (other than the
+/// handler's, which count per batch), added where they happen: on the
+/// drainer, a worker task or a producer's slow path. Relaxed: statistics.
+#[derive(Debug, Default)]
+pub(crate) struct ContainedPanics {
+    callbacks: AtomicU64,
+    drops: AtomicU64,
+}
+
+impl ContainedPanics {
+    /// A callback (key, weigher, limits, dead letter, spill) panicked.
+    #[cold]
+    pub(crate) fn callback(&self) {
+        self.callbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` drops of items or results panicked.
+    #[inline]
+    pub(crate) fn drops(&self, n: usize) {
+        if n > 0 {
+            self.drops.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds the counts to `stats`.
+    pub(crate) fn fill(&self, stats: &mut Stats) {
+        stats.callback_panics += self.callbacks.load(Ordering::Relaxed);
+        stats.drop_panics += self.drops.load(Ordering::Relaxed);
     }
 }

@@ -176,6 +176,40 @@ pub(crate) mod asymmetric {
     }
 }
 
+/// Under loom: memory that the code under test frees is kept until the end
+/// of the model's execution, so that a model can check that nothing uses it
+/// after the free (see `Table::dealloc`) without that use being one.
+#[cfg(loom)]
+pub(crate) mod graveyard {
+    /// Freed allocations, each with the function that really frees it.
+    struct Graves(Vec<(usize, unsafe fn(usize))>);
+
+    impl Drop for Graves {
+        fn drop(&mut self) {
+            for (address, bury) in self.0.drain(..) {
+                // SAFETY: each entry was given by `bury` below with the
+                // function that frees exactly that allocation, once.
+                unsafe { bury(address) };
+            }
+        }
+    }
+
+    loom::lazy_static! {
+        // Dropped by loom at the end of each execution, before its leak check.
+        static ref GRAVES: std::sync::Mutex<Graves> = std::sync::Mutex::new(Graves(Vec::new()));
+    }
+
+    /// Keeps the allocation at `address` until the execution ends, then
+    /// frees it with `free`.
+    pub(crate) fn bury(address: usize, free: unsafe fn(usize)) {
+        GRAVES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .push((address, free));
+    }
+}
+
 /// Once-initialised cell for values written before they are shared (the
 /// drainer's thread handle). It holds no atomic protocol of ours, so it is the
 /// standard library's under loom too.
