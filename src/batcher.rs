@@ -237,6 +237,21 @@ impl<T, R> Shared<T, R> {
         }
     }
 
+    /// This batcher's identity, for [`scope`](crate::scope): the address
+    /// of its shared state.
+    #[inline(always)]
+    pub(crate) fn id(&self) -> usize {
+        core::ptr::from_ref(self).cast::<()>() as usize
+    }
+
+    /// Whether the current thread runs this batcher's handler, or is its
+    /// drainer thread (which runs the dead-letter callback too): a wait
+    /// for the drainer from here would never end.
+    pub(crate) fn called_back(&self) -> bool {
+        crate::scope::running(self.id())
+            || self.drainer.get().map(|t| t.id()) == Some(thread::current().id())
+    }
+
     /// Nanoseconds since the epoch.
     #[inline]
     pub(crate) fn clock(&self) -> u64 {
@@ -636,22 +651,23 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// Blocks until every item submitted before the call (by any producer) has
     /// been handled and its result delivered.
     ///
-    /// Called from the handler itself (the drainer thread) it returns at once,
-    /// since waiting there could never end.
+    /// Called from this batcher's own handler (or a dead-letter callback) it
+    /// returns at once, since the flush would wait for that very call to
+    /// end (see the crate docs, "What a handler may call").
     pub fn flush(&self) {
         self.flush_until(None);
     }
 
     /// [`flush`](Self::flush), waiting at most `timeout`. Returns whether the
-    /// flush completed.
+    /// flush completed (false at once from this batcher's own handler).
     pub fn flush_timeout(&self, timeout: Duration) -> bool {
         self.flush_until(Instant::now().checked_add(timeout))
     }
 
     fn flush_until(&self, deadline: Option<Instant>) -> bool {
         let shared = &*self.shared;
-        if shared.drainer.get().map(|t| t.id()) == Some(thread::current().id()) {
-            return true;
+        if shared.called_back() {
+            return false;
         }
         let control = &shared.control;
         // AcqRel: Release makes this thread's earlier claims visible to the
@@ -677,6 +693,12 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// [`Error::Closed`]. A batch already in the handler at the deadline is
     /// finished first (a handler cannot be interrupted), and so are batches
     /// an async handler has started.
+    ///
+    /// Called from this batcher's own handler it starts the shutdown and
+    /// returns at once, as [`shutdown`](Self::shutdown) does; the items it
+    /// gives back then are those the drainer has given back so far (none,
+    /// usually): the rest are dropped with the batcher, their tickets
+    /// failed with [`Error::Closed`].
     ///
     /// ```
     /// use std::time::Duration;
@@ -859,6 +881,11 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     ///
     /// Producers still held elsewhere get [`SubmitError::Closed`] from then on;
     /// tickets still held can be waited on.
+    ///
+    /// Called from this batcher's own handler (or a dead-letter callback)
+    /// it closes the lanes and returns at once, with the statistics of that
+    /// moment: the drainer drains, dispatches and exits once the handler
+    /// has returned (waiting for that here could never end).
     pub fn shutdown(mut self) -> Stats {
         self.stop();
         self.shared.stats()
@@ -891,6 +918,14 @@ impl<T, R> Batcher<T, R> {
 
     fn stop(&mut self) {
         let was_stopping = self.stopping;
+        if self.shared.called_back() {
+            // From this batcher's own handler: the drainer finishes the
+            // drain once the handler returns; waiting for it here (or
+            // joining its thread from itself) could never end. A drainer
+            // thread's handle is dropped: it exits on its own.
+            drop(self.begin_stop());
+            return;
+        }
         match self.begin_stop() {
             // The drainer catches handler panics; a panic here would be a bug
             // of ours, and its tickets still complete (with `Error::Closed`)
@@ -915,9 +950,15 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// submitted before the call has been handled and its result delivered,
     /// without blocking the thread.
     ///
+    /// Called from this batcher's own handler it resolves at once, as
+    /// [`flush`](Self::flush) returns.
+    ///
     /// Cancel safety: dropping the future abandons the wait, not the flush.
     pub async fn flush_async(&self) {
         let shared = &*self.shared;
+        if shared.called_back() {
+            return;
+        }
         // AcqRel, as in `flush_until`.
         let request = shared
             .control
@@ -932,12 +973,19 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// every lane, lets every batch in flight finish, completes every ticket
     /// and returns the final stats, without blocking the thread while it
     /// waits. Use it to shut down a batcher with an async handler from
-    /// inside its runtime.
+    /// inside its runtime. Awaited in this batcher's own (async) handler it
+    /// starts the shutdown and resolves at once, as [`shutdown`](Self::shutdown)
+    /// returns there.
     ///
     /// Cancel safety: dropping the future does not stop the shutdown, which
     /// goes on by itself.
     pub async fn shutdown_async(mut self) -> Stats {
         let drainer = self.begin_stop();
+        if self.shared.called_back() {
+            // As in `stop`.
+            drop(drainer);
+            return self.shared.stats();
+        }
         let shared = Arc::clone(&self.shared);
         core::future::poll_fn(|cx| shared.progress.poll_progress(None, cx.waker()).map(|_| ()))
             .await;
@@ -2460,6 +2508,10 @@ impl<T, R> Producer<T, R> {
     #[cold]
     #[inline(never)]
     fn claim_slow(&self, n: usize, deadline: Option<Instant>) -> Result<Claim, RefusedKind> {
+        if self.shared.called_back() {
+            // Room comes from the drainer, which waits for this handler.
+            return Err(RefusedKind::Full);
+        }
         let ring = &self.lane_ref().ring;
         retry_until_room(
             self.shared.config.wait,
@@ -2502,6 +2554,11 @@ impl<T, R> Producer<T, R> {
         out: &mut [usize],
         deadline: Option<Instant>,
     ) -> Result<(), RefusedKind> {
+        if self.shared.called_back() {
+            // Slots come back when results do, from the drainer, which
+            // waits for this handler.
+            return Err(RefusedKind::Full);
+        }
         let ring = &self.lane_ref().ring;
         let slots = self.shared.table.lane(self.lane);
         retry_until_room(
@@ -3071,6 +3128,11 @@ impl<T, R> Producer<T, R> {
                     return Poll::Ready(Ok(()));
                 }
                 Some(kind) => return Poll::Ready(Err(refused(self.refuse(kind, 1), value))),
+                // Room comes from the drainer, which waits for this handler.
+                None if self.shared.called_back() => {
+                    let kind = self.refuse(RefusedKind::Full, 1);
+                    return Poll::Ready(Err(refused(kind, value)));
+                }
                 None => {}
             }
             *item = Some(value);
@@ -3103,6 +3165,11 @@ impl<T, R> Producer<T, R> {
                     return Poll::Ready(Ok(Ticket::ready(Err(Error::Dropped))));
                 }
                 Some(kind) => return Poll::Ready(Err(refused(self.refuse(kind, 1), value))),
+                // Room comes from the drainer, which waits for this handler.
+                None if self.shared.called_back() => {
+                    let kind = self.refuse(RefusedKind::Full, 1);
+                    return Poll::Ready(Err(refused(kind, value)));
+                }
                 None => {}
             }
             *item = Some(value);

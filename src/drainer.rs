@@ -988,7 +988,9 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         let shared = &*self.shared;
         let started = (shared.controller.is_some() || shared.recorder.is_some()).then(Instant::now);
         let mut batch = Batch::with_direct(&mut self.buf, &shared.table, &mut self.direct);
+        let running = crate::scope::Running::enter(shared.id());
         let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(&mut batch)));
+        drop(running);
         if let Some(started) = started {
             let elapsed = started.elapsed();
             shared.observe_batch(elapsed, self.buf.feedback.take());
@@ -1050,7 +1052,9 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         buf.prepare_marks();
         let started = Instant::now();
         let mut batch = Batch::new(buf, &shared.table);
+        let running = crate::scope::Running::enter(shared.id());
         let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(&mut batch)));
+        drop(running);
         let elapsed = started.elapsed();
         shared.observe_batch(elapsed, buf.feedback.take());
         shared.record_finished(elapsed, buf);

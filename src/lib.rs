@@ -81,6 +81,7 @@ mod pool;
 mod ring;
 #[cfg(feature = "tokio")]
 mod runtime;
+mod scope;
 mod shape;
 #[cfg(all(test, not(loom)))]
 mod shape_props;

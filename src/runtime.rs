@@ -631,8 +631,11 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
                     Outcome::Panicked(message)
                 }
             };
+            // The dead-letter callback runs here: marked as the handler.
+            let running = crate::scope::Running::enter(shared.id());
             let settled =
                 lock(failure).settle(&mut buf, outcome, attempt, Instant::now(), &mut deliver_to);
+            drop(running);
             if buf.failed > 0 {
                 // Relaxed: a statistic.
                 pipeline
@@ -656,8 +659,16 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
     /// held still comes back, as the rest of the future is dropped while
     /// that panic unwinds).
     async fn handle<F: Future>(&self, future: F) -> Result<F::Output, crate::error::PanicMessage> {
+        let id = self.shared.id();
         let mut future = pin!(crate::contain::Contained::new(future));
-        let outcome = future.as_mut().await;
+        // Marked as the handler for each poll (the task may change threads
+        // between polls), and while it is dropped.
+        let outcome = poll_fn(|cx| {
+            let _running = crate::scope::Running::enter(id);
+            future.as_mut().poll(cx)
+        })
+        .await;
+        let _running = crate::scope::Running::enter(id);
         if !future.as_mut().drop_future() {
             self.shared.panics.drops(1);
         }
