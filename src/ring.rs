@@ -1470,8 +1470,8 @@ impl<T> Ring<T> {
         let last = if flags & FLAG_OWNED == 0 {
             self.tail.fetch_or(CLOSED, Ordering::AcqRel) >> SEQ_SHIFT
         } else {
-            while !crate::sync::asymmetric::heavy() {
-                crate::sync::thread::yield_now();
+            if !crate::sync::asymmetric::heavy() {
+                fence_failed();
             }
             self.tail.load(Ordering::Acquire) >> SEQ_SHIFT
         };
@@ -1486,6 +1486,21 @@ impl<T> Ring<T> {
         // is marked first, and never loses `FLAG_CLOSED`).
         self.owner.flags.load(Ordering::Acquire) & FLAG_CLOSED != 0
     }
+}
+
+/// [`Ring::close`] on an owned ring when no barrier can run (`membarrier`
+/// refused after it was accepted, and no fallback): the owner's claims are
+/// plain stores, so the final tail cannot be known, and any guess would
+/// lose items or read slots never written. Retrying could spin for ever.
+#[cold]
+#[inline(never)]
+fn fence_failed() -> ! {
+    std::eprintln!(
+        "ringbatch: closing a lane owned by an exclusive producer needs the \
+         asymmetric fence (membarrier), which the kernel now refuses, and no \
+         fallback barrier ran; aborting rather than lose items"
+    );
+    std::process::abort()
 }
 
 /// The drainer's run on a plain ring, should the code it calls per item
@@ -1711,5 +1726,37 @@ pub(crate) fn withdraw_park<'a, T: 'a>(
 ) {
     for (ring, _) in lanes.take(announced) {
         ring.clear_park();
+    }
+}
+
+#[cfg(all(test, not(loom), target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// A close of an owned ring whose `membarrier` fails (a lost
+    /// registration) still counts every claim the owner made, through the
+    /// retry or the fallback barrier, instead of spinning.
+    #[test]
+    fn closing_an_owned_ring_survives_a_failing_membarrier() {
+        for failures in [1, u32::MAX] {
+            let ring = Ring::<u32>::new(4);
+            if !crate::sync::asymmetric::available() || !ring.own() {
+                return;
+            }
+            let mut head = 0;
+            for value in 0..3 {
+                // SAFETY: this thread owns the ring and is its only producer.
+                let claim = unsafe { ring.try_claim_exclusive(1, &mut head) }.unwrap();
+                // SAFETY: just claimed, published once, by the owner.
+                unsafe { ring.publish(claim.seq, value, None, true) };
+            }
+            crate::sync::asymmetric::fail_next(failures, false);
+            let last = ring.close();
+            crate::sync::asymmetric::fail_next(0, false);
+            assert_eq!(
+                last, 3,
+                "the final tail counts the owner's claims ({failures} failures)"
+            );
+        }
     }
 }
