@@ -3,15 +3,13 @@
 //! fire-and-forget pushes and slices) go through a batcher after warm-up,
 //! from a shared producer and then from an exclusive one.
 //!
-//! This file holds one test so that no other test allocates while it counts.
+//! It runs without the test harness (see `counting`), so that no thread
+//! but the test's and the batcher's allocates while it counts.
 
 mod counting;
 
 use counting::allocations;
 use ringbatch::{Batch, Batcher, Error, Ticket};
-
-/// An item the handler takes its time over.
-const SLOW: u64 = 1 << 40;
 
 /// Runs the mixed workload: `n` submissions waited for one by one, `n` pushes,
 /// and `n / 16` slices of 16 submitted with tickets into a reused vector.
@@ -31,15 +29,10 @@ fn workload(producer: &ringbatch::Producer<u64, u64>, n: u64, tickets: &mut Vec<
     }
 }
 
-#[test]
 fn a_million_submissions_with_results_make_no_allocation() {
     let batcher = Batcher::builder()
         .lanes(2)
         .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
-            if batch.items().contains(&SLOW) {
-                // Slow enough that the waiting thread reaches its park phase.
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
             batch.complete_with(|&x| Ok::<_, Error>(x + 1));
             Ok(())
         })
@@ -49,10 +42,9 @@ fn a_million_submissions_with_results_make_no_allocation() {
     let mut tickets = Vec::with_capacity(16);
 
     // Warm-up: every path of the workload, lazily initialised std state,
-    // and the waiting thread's waker, built once per thread the first time a
-    // wait goes as far as parking (forced here with a slow batch).
+    // and the waiting thread's waker.
+    counting::build_thread_waker();
     workload(&producer, 20_000, &mut tickets);
-    assert_eq!(producer.submit(SLOW).unwrap().wait().unwrap(), SLOW + 1);
     batcher.flush();
 
     let before = allocations();
@@ -82,5 +74,12 @@ fn a_million_submissions_with_results_make_no_allocation() {
         made, 0,
         "expected no heap allocation for the same workload from an exclusive \
          producer after warm-up, counted {made}"
+    );
+}
+
+fn main() {
+    counting::run(
+        "a_million_submissions_with_results_make_no_allocation",
+        a_million_submissions_with_results_make_no_allocation,
     );
 }

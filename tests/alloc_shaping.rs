@@ -2,7 +2,8 @@
 //! global allocator watches submissions go through a batcher that weighs,
 //! groups, conflates, sorts by priority and checks deadlines, after warm-up.
 //!
-//! This file holds one test so that no other test allocates while it counts.
+//! It runs without the test harness (see `counting`), so that no thread
+//! but the test's and the batcher's allocates while it counts.
 
 mod counting;
 
@@ -10,9 +11,6 @@ use std::time::{Duration, Instant};
 
 use counting::allocations;
 use ringbatch::{Adaptive, Batch, Batcher, Error, GroupLimits, Priority, Producer, Ticket};
-
-/// An item the handler takes its time over.
-const SLOW: u64 = 1 << 40;
 
 /// `n` submissions in each of two classes, each with a deadline, waited for
 /// in windows of 32; items repeat keys, so conflation replaces some.
@@ -44,7 +42,6 @@ fn workload(
     (handled, superseded)
 }
 
-#[test]
 fn shaping_policies_make_no_allocation_per_item() {
     let batcher = Batcher::builder()
         .lanes(1)
@@ -62,10 +59,6 @@ fn shaping_policies_make_no_allocation_per_item() {
         .conflate_by(|x: &u64| x % 16)
         .adaptive(Adaptive::latency(Duration::from_millis(1)).bounds(8, 64))
         .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
-            if batch.items().contains(&SLOW) {
-                // Slow enough that the waiting thread reaches its park phase.
-                std::thread::sleep(Duration::from_millis(50));
-            }
             batch.complete_with(|&x| Ok::<_, Error>(x + 1));
             Ok(())
         })
@@ -77,11 +70,10 @@ fn shaping_policies_make_no_allocation_per_item() {
         .expect("priorities are on");
 
     // Warm-up: every path, lazily initialised std state, and the waiting
-    // thread's waker, built the first time a wait parks (forced here with a
-    // slow batch).
+    // thread's waker.
+    counting::build_thread_waker();
     let mut tickets = Vec::with_capacity(64);
     workload(&normal, &critical, 20_000, &mut tickets);
-    assert_eq!(normal.submit(SLOW).unwrap().wait().unwrap(), SLOW + 1);
     batcher.flush();
 
     let before = allocations();
@@ -93,5 +85,12 @@ fn shaping_policies_make_no_allocation_per_item() {
     assert_eq!(
         made, 0,
         "expected no heap allocation for 200,000 shaped submissions after warm-up, counted {made}"
+    );
+}
+
+fn main() {
+    counting::run(
+        "shaping_policies_make_no_allocation_per_item",
+        shaping_policies_make_no_allocation_per_item,
     );
 }
