@@ -774,6 +774,21 @@ impl<R> TableOwner<R> {
         unsafe { CompletionSlot::complete(slot, result) };
     }
 
+    /// Drops the result of an item nobody waits for (pushed without a
+    /// ticket), contained: a panicking `Drop` is counted as for a result
+    /// whose ticket left.
+    #[inline(always)]
+    pub(crate) fn discard(&self, result: Result<R, Error>) {
+        // Split, so that an `Ok` of a type without `Drop` costs nothing.
+        let dropped = match result {
+            Ok(value) => crate::contain::drop_value(value),
+            Err(error) => crate::contain::drop_value(error),
+        };
+        if !dropped {
+            Table::note_result_drop_panic(self.table);
+        }
+    }
+
     /// Makes a ticket for the armed slot `index` of lane `lane`, whose item
     /// has sequence `seq`.
     ///

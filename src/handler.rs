@@ -432,10 +432,11 @@ fn send<R>(
 ) {
     if let Some((lane, index)) = origin.pending() {
         deliver(table, lane, index, result);
-    } else if origin == Origin::DIRECT {
-        if let Some(cell) = direct {
-            **cell = Some(result);
-        }
+    } else if let (true, Some(cell)) = (origin == Origin::DIRECT, direct) {
+        **cell = Some(result);
+    } else {
+        // The user's `Drop`, contained like every other drop of ours.
+        table.discard(result);
     }
 }
 
