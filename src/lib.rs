@@ -60,6 +60,49 @@
 //!   dead letters, `pause`/`resume`, live settings, `shutdown_timeout`.
 //! - Metrics ([`metrics`]): histograms in [`Stats`] and
 //!   [`Stats::prometheus`].
+//!
+//! # When user code panics
+//!
+//! Every piece of your code that the batcher calls may panic. No panic
+//! stops the drainer, loses an item, answers an item twice or leaves a
+//! ticket or a `shutdown` waiting for ever. What happens to the item:
+//!
+//! | Your code that panics | What happens |
+//! |---|---|
+//! | The handler (blocking or async) | Every item of the batch it had not completed fails with [`Error::HandlerPanicked`] (its message); counted in [`Stats::handler_panics`]. A panic is a permanent failure: not retried; with a dead-letter callback, those items go to it. The next batch goes on. |
+//! | The weigher, a `group_by` / `conflate_by` key function, the group limits | That item fails with [`Error::CallbackPanicked`] (naming the [`Callback`]) and never reaches the handler; the other items go on; counted in [`Stats::callback_panics`]. |
+//! | The dead-letter callback | The letter's item is gone (it was failing for good anyway); counted in `callback_panics`. |
+//! | The spill callback (on the producer's thread) | The spilled item is gone; the submission that evicted it still returns as its policy says; counted in `callback_panics`. |
+//! | `Drop` of an item or a result that the batcher drops | Contained; counted in [`Stats::drop_panics`]; what that `Drop` had not freed yet is leaked. Never dropped twice. |
+//! | `Drop` of a result in a [`Ticket`] you drop | Panics on your thread, from the ticket's drop, after the ticket's slot was freed: the batcher is not affected. |
+//! | The batcher itself (a bug of ours) | The drainer closes every lane, fails every item it holds and every pending ticket with [`Error::DrainerPanicked`], producers get [`SubmitError::Closed`] with their item, and `shutdown` / `shutdown_timeout` return at once with what was not handled. |
+//!
+//! A callback that panics on an item fails that item alone.
+//!
+//! # What a handler may call on its own batcher
+//!
+//! A handler runs on the drainer (or a runtime task the drainer waits
+//! for), so a call that waits for the drainer would wait for itself. The
+//! batcher knows when it is called from its own handler (or dead-letter
+//! callback) and never waits there:
+//!
+//! - Submissions that do not wait (`try_push`, `try_submit`, and `push` /
+//!   `submit` when the lane has room) work as anywhere else; the items go
+//!   into a later batch.
+//! - A submission that would wait for room (`push` / `submit` on a full
+//!   lane under [`Backpressure::Block`], `push_timeout`, the async
+//!   `enqueue` and `submit`) returns [`SubmitError::Full`] with the item at
+//!   once.
+//! - [`Batcher::flush`] returns at once, [`Batcher::flush_timeout`]
+//!   returns `false` at once and [`Batcher::flush_async`] resolves at once.
+//! - [`Batcher::shutdown`], [`Batcher::shutdown_timeout`],
+//!   [`Batcher::shutdown_async`] and dropping the last [`Batcher`] close
+//!   the lanes and return at once; the drainer drains what is queued and
+//!   exits once the handler returns.
+//! - Do not wait on a ticket of an item submitted from the handler to its
+//!   own batcher: its result comes from the next batch, which waits for
+//!   this one. Take it later with [`Ticket::try_take`], or from another
+//!   thread.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
