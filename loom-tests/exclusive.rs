@@ -257,3 +257,82 @@ fn a_split_ring_changes_hands_under_the_drainer() {
         assert_eq!(got, vec![(1, Some(7)), (2, None), (3, None), (4, None)]);
     });
 }
+
+/// A shared producer's last step on a ring that changed hands: releases
+/// ownership as `Producer`'s drop does (waking the drainer when it
+/// announced a park in the flags word only, which shared claims do not
+/// read), then pushes `value` as a shared producer (CAS claim).
+fn disown_then_push_shared(
+    lane: &Lane<u8>,
+    cached_head: &mut usize,
+    value: u8,
+    drainer: &thread::Thread,
+) {
+    if lane.ring.disown() {
+        drainer.unpark();
+    }
+    let claim = lane.claim_by(1, cached_head, |head| lane.ring.try_claim(1, head));
+    lane.publish_claimed(claim, value, false, drainer);
+}
+
+/// A ring is owned and given back while the drainer drains and parks on
+/// it: `Ring::own` and the wake-up `Producer::owner` sends race a park
+/// announced in shared mode (tail word), the drainer's next announcement
+/// goes to the flags word (owned mode), and `Ring::disown` with the
+/// wake-up it asks for races that one; then a shared producer pushes. No
+/// wake-up is lost (a park announced in the flags word only would never
+/// be seen by the shared claim) and the item arrives once.
+///
+/// The owner makes no plain-store claim here: an owner's store racing the
+/// drainer's shared-mode RMWs on the tail word is what loom 0.7 cannot
+/// model (tokio-rs/loom#282, see the module notes; a later load of the
+/// word may read the RMW's older value back). This model and the next one
+/// are the smallest equivalent that loom checks: ownership against a
+/// shared-mode park here, the plain-store claim against owned-mode parks
+/// and the hand-back there.
+#[test]
+fn a_ring_is_owned_and_given_back_while_the_drainer_parks() {
+    loom::model(|| {
+        let lane = Lane::with_ring(Ring::new(2));
+        let drainer = thread::current();
+        let producer = {
+            let lane = Arc::clone(&lane);
+            thread::spawn(move || {
+                assert!(lane.ring.own(), "no producer is on the ring");
+                // A park announced before the mark ends now.
+                drainer.unpark();
+                // Holds the ring a while: the drainer may announce in the
+                // flags word and sleep before the ring is given back.
+                thread::yield_now();
+                disown_then_push_shared(&lane, &mut 0, 1, &drainer);
+            })
+        };
+        let got = drain_to(&lane, 1);
+        producer.join().unwrap();
+        assert_eq!(got, vec![1], "the item arrives once");
+    });
+}
+
+/// An exclusive producer pushes an item by a plain-store claim on a ring it
+/// owns (owned before the drainer runs, see the previous model), gives the
+/// ring back and pushes another as a shared producer, while the drainer
+/// drains and parks in owned mode, then in shared mode. No wake-up is lost
+/// and both items arrive once, in order.
+#[test]
+fn an_owner_gives_its_ring_back_under_a_parking_drainer() {
+    loom::model(|| {
+        let lane = owned_lane(2);
+        let drainer = thread::current();
+        let producer = {
+            let lane = Arc::clone(&lane);
+            thread::spawn(move || {
+                let mut head = 0;
+                push(&lane, &mut head, 1, &drainer);
+                disown_then_push_shared(&lane, &mut head, 2, &drainer);
+            })
+        };
+        let got = drain_to(&lane, 2);
+        producer.join().unwrap();
+        assert_eq!(got, vec![1, 2], "each item once, in order");
+    });
+}

@@ -24,6 +24,9 @@ struct State {
 
 struct Model {
     rings: Vec<Ring<u8>>,
+    /// Per lane: owned by its one submitter, which claims with plain stores
+    /// (`Ring::try_claim_exclusive`).
+    owned: Vec<bool>,
     cell: Mutex<Option<State>>,
     /// Per value: taken by a drainer turn (on either side); submitters
     /// sleep on `taken_cv` until theirs is.
@@ -36,8 +39,18 @@ struct Model {
 
 impl Model {
     fn new(lanes: usize) -> Arc<Self> {
+        Self::with_owned(lanes, None)
+    }
+
+    /// A model whose lane `owned` (if any) is owned by its submitter.
+    fn with_owned(lanes: usize, owned: Option<usize>) -> Arc<Self> {
+        let rings: Vec<Ring<u8>> = (0..lanes).map(|_| Ring::new(2)).collect();
+        if let Some(lane) = owned {
+            assert!(rings[lane].own(), "a fresh ring can be owned");
+        }
         Arc::new(Self {
-            rings: (0..lanes).map(|_| Ring::new(2)).collect(),
+            rings,
+            owned: (0..lanes).map(|lane| owned == Some(lane)).collect(),
             cell: Mutex::new(Some(State {
                 heads: vec![0; lanes],
                 got: Vec::new(),
@@ -90,9 +103,16 @@ impl Model {
     fn send(&self, lane: usize, value: u8, drainer: &thread::Thread) {
         let ring = &self.rings[lane];
         let mut head = 0;
-        let claim = ring.try_claim(1, &mut head).expect("room");
-        // SAFETY: claimed, published once.
-        unsafe { ring.publish(claim.seq, value, None, false) };
+        let owner = self.owned[lane];
+        let claim = if owner {
+            // SAFETY: an owned lane has one submitter, its owner.
+            unsafe { ring.try_claim_exclusive(1, &mut head) }
+        } else {
+            ring.try_claim(1, &mut head)
+        }
+        .expect("room");
+        // SAFETY: claimed, published once (by the owner, in order).
+        unsafe { ring.publish(claim.seq, value, None, owner) };
         if claim.wake_drainer {
             run_or_wake(
                 &self.cell,
@@ -113,7 +133,7 @@ impl Model {
     /// handles `value` at once without the lane; otherwise sends it.
     fn send_direct(&self, lane: usize, value: u8, drainer: &thread::Thread) {
         let ring = &self.rings[lane];
-        let refused = if ring.looks_parked(false) {
+        let refused = if ring.looks_parked(self.owned[lane]) {
             run_direct(&self.cell, value, |state, value| {
                 if !ring.caught_up(state.heads[lane]) {
                     return Err(value);
@@ -178,8 +198,13 @@ impl Model {
 /// of `lanes` (submitter `i` sends value `i` on lane `lanes[i]`); every
 /// value is taken exactly once.
 fn run(lane_count: usize, lanes: [usize; ITEMS]) {
+    run_owned(lane_count, lanes, None);
+}
+
+/// [`run`], with lane `owned` (if any) owned by its one submitter.
+fn run_owned(lane_count: usize, lanes: [usize; ITEMS], owned: Option<usize>) {
     loom::model(move || {
-        let model = Model::new(lane_count);
+        let model = Model::with_owned(lane_count, owned);
         let drainer = thread::current();
         let submitters: Vec<_> = lanes
             .iter()
@@ -227,6 +252,45 @@ fn direct_path_keeps_the_producers_order() {
     builder.preemption_bound = Some(builder.preemption_bound.unwrap_or(3).max(3));
     builder.check(|| {
         let model = Model::new(1);
+        let drainer = thread::current();
+        let producer = {
+            let (model, drainer) = (Arc::clone(&model), drainer.clone());
+            thread::spawn(move || {
+                model.send(0, 0, &drainer);
+                model.send_direct(0, 1, &drainer);
+                model.wait_taken(0);
+                model.wait_taken(1);
+                model.finish(2, &drainer);
+            })
+        };
+        let got = model.drain();
+        producer.join().unwrap();
+        assert_eq!(got, vec![0, 1], "taken once each, in the producer's order");
+    });
+}
+
+/// Inline turns on an owned lane: submitter 0 owns lane 0 and claims with
+/// plain stores, submitter 1 shares lane 1. The announcements of a turn
+/// (run by either submitter on the drainer's state) and of the sleeping
+/// drainer go to lane 0's flags word, and meet the owner's claim through
+/// the asymmetric fences (the heavy one run by whoever announces, on the
+/// submitter's thread for a turn) and the re-check after them; a claim
+/// that takes an announcement runs a turn or wakes the drainer. No wake-up
+/// is lost and each item is taken once.
+#[test]
+fn inline_turns_on_an_owned_lane() {
+    run_owned(2, [0, 1], Some(0));
+}
+
+/// The direct path of an owner (`looks_parked` reads its flags word): one
+/// producer owns lane 0, sends 0 through the lane, then 1 by the direct
+/// path, while the drainer works, announces in the flags word, sleeps or
+/// withdraws. 1 skips the lane only once 0 was taken, and no wake-up is
+/// lost.
+#[test]
+fn direct_path_of_an_owner_keeps_its_order() {
+    loom::model(|| {
+        let model = Model::with_owned(1, Some(0));
         let drainer = thread::current();
         let producer = {
             let (model, drainer) = (Arc::clone(&model), drainer.clone());

@@ -7,7 +7,9 @@ mod asynch;
 mod completion;
 mod exclusive;
 mod inline;
+mod requests;
 mod ring;
+mod shutdown;
 mod wakeup;
 
 use crate::sync::{Arc, AtomicUsize, Ordering};

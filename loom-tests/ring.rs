@@ -309,6 +309,73 @@ fn expiry_stamps_are_seen_with_their_items() {
     });
 }
 
+/// The eviction models' wait loops: how far loom follows them.
+///
+/// A helper that waits (the drainer finding nothing to take, an evictor
+/// finding the oldest slot claimed but not yet published, a producer in the
+/// ring's `await_taken`) spins with yields. A switch at a yield costs no
+/// preemption, so loom may let two waiting threads take turns for as long as
+/// it likes while the thread they wait for, runnable, is never scheduled: an
+/// unfair schedule, not a livelock (scheduling that thread ends the wait).
+/// Each longer turn-taking is a new execution. In the 2 + 2 model at two
+/// preemptions they keep growing: the first producer is preempted
+/// between its claim and its publication, and the drainer ("nothing at 1")
+/// and the second producer ("oldest busy") take turns, 193 rounds each in
+/// an execution found after about 1.5 million iterations, one more round
+/// every few thousand iterations, until an execution passes loom's branch
+/// limit (`LOOM_MAX_BRANCHES`): the earlier failure.
+///
+/// A round in which the waiter sees nothing new changes nothing (an
+/// evictor's and `await_taken`'s rounds only load; the drainer's sets and
+/// clears its park flag, the same each round), so an execution that spins
+/// longer reaches no state that one spinning less does not. Once one loop
+/// has spun more than [`IDLE_ROUNDS`] rounds with no progress anywhere (a
+/// helper's claim, publication, eviction or run), loom explores the
+/// execution no further (`loom::skip_branch`: it still runs to its end, by
+/// loom's default schedule, and is checked).
+const IDLE_ROUNDS: usize = 8;
+
+/// Progress in one execution of an eviction model (see [`IDLE_ROUNDS`]).
+#[derive(Default)]
+struct Pace {
+    /// Progress events so far: the model's bookkeeping, a `std` atomic that
+    /// loom does not see.
+    progress: std::sync::atomic::AtomicUsize,
+}
+
+/// One wait loop's idle rounds since the last progress anywhere.
+#[derive(Default)]
+struct Idle {
+    seen: usize,
+    rounds: usize,
+}
+
+impl Pace {
+    fn progress(&self, event: impl FnOnce() -> String) {
+        self.progress
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        probe::note(event);
+    }
+
+    /// An idle round of a wait loop: past [`IDLE_ROUNDS`] of them with no
+    /// progress anywhere, loom explores this execution no further.
+    fn idle(&self, idle: &mut Idle, event: impl FnOnce() -> String) {
+        probe::note(event);
+        let now = self.progress.load(std::sync::atomic::Ordering::Relaxed);
+        if now != idle.seen {
+            *idle = Idle {
+                seen: now,
+                rounds: 0,
+            };
+        }
+        idle.rounds += 1;
+        if idle.rounds == probe::idle_rounds(IDLE_ROUNDS) + 1 {
+            probe::pruned();
+            loom::skip_branch();
+        }
+    }
+}
+
 /// The producer side of `DropOldest` on an evicting ring, by the real calls:
 /// claim; while the lane is full, evict its oldest item (kept in `evicted`,
 /// and counted in `count`) and claim again; publish.
@@ -318,25 +385,35 @@ fn push_evicting(
     value: u8,
     evicted: &mut Vec<u8>,
     count: &AtomicUsize,
+    pace: &Pace,
     drainer: &thread::Thread,
 ) {
     use crate::ring::Evicted;
+    let mut idle = Idle::default();
     let claim = loop {
         match ring.try_claim(1, cached_head) {
             Ok(claim) => break claim,
             Err(ClaimError::Full) => match ring.evict_oldest(1) {
                 Evicted::Item(item, _) => {
+                    pace.progress(|| format!("{value}: evicted {item}"));
                     evicted.push(item);
                     count.fetch_add(1, Ordering::SeqCst);
                 }
-                Evicted::Busy => thread::yield_now(),
-                Evicted::Skip | Evicted::Room => {}
+                Evicted::Busy => {
+                    pace.idle(&mut idle, || format!("{value}: full, oldest busy"));
+                    thread::yield_now();
+                }
+                Evicted::Skip => pace.progress(|| format!("{value}: evicted a skip")),
+                // The head moved since the claim looked: claim again.
+                Evicted::Room => {}
             },
             Err(ClaimError::Closed) => panic!("the lane is never closed in this model"),
         }
     };
+    pace.progress(|| format!("{value}: claimed {}", claim.seq));
     // SAFETY: just claimed, published once.
     unsafe { ring.publish(claim.seq, value, None, false) };
+    pace.progress(|| format!("{value}: published {}", claim.seq));
     if claim.wake_drainer {
         drainer.unpark();
     }
@@ -345,17 +422,27 @@ fn push_evicting(
 /// The drainer of an evicting ring: runs of up to `max_run` by the real
 /// `take_run`, parking by the real announce/park step when the lane is
 /// empty, until the items drained and the `evicted` count reach `total`.
-fn drain_evicting(ring: &Ring<u8>, max_run: usize, total: usize, evicted: &AtomicUsize) -> Vec<u8> {
+fn drain_evicting(
+    ring: &Ring<u8>,
+    max_run: usize,
+    total: usize,
+    evicted: &AtomicUsize,
+    pace: &Pace,
+) -> Vec<u8> {
     let mut head = 0;
     let mut got = Vec::new();
+    let mut idle = Idle::default();
     while got.len() + evicted.load(Ordering::SeqCst) < total {
         // SAFETY: this thread is the drainer; `head` is its last copy.
         let run = unsafe { ring.take_run(head, max_run, |v, _, _| got.push(v)) };
         assert!(!run.notify, "no producer waits for room in this model");
         head = run.end;
         if run.start == run.end {
+            pace.idle(&mut idle, || format!("D: nothing at {head}"));
             park_drainer(std::iter::once((ring, head)), || false);
             thread::yield_now();
+        } else {
+            pace.progress(|| format!("D: took {}..{}", run.start, run.end));
         }
     }
     got
@@ -386,19 +473,28 @@ fn eviction_races_the_drainers_run() {
     loom::model(|| {
         let ring = Arc::new(Ring::<u8>::with_eviction(2));
         let count = Arc::new(AtomicUsize::new(0));
+        let pace = std::sync::Arc::new(Pace::default());
         let drainer = thread::current();
         let producer = {
-            let (ring, count) = (Arc::clone(&ring), Arc::clone(&count));
+            let (ring, count, pace) = (Arc::clone(&ring), Arc::clone(&count), pace.clone());
             thread::spawn(move || {
                 let mut head = 0;
                 let mut evicted = Vec::new();
                 for value in 0..3u8 {
-                    push_evicting(&ring, &mut head, value, &mut evicted, &count, &drainer);
+                    push_evicting(
+                        &ring,
+                        &mut head,
+                        value,
+                        &mut evicted,
+                        &count,
+                        &pace,
+                        &drainer,
+                    );
                 }
                 evicted
             })
         };
-        let got = drain_evicting(&ring, 2, 3, &count);
+        let got = drain_evicting(&ring, 2, 3, &count, &pace);
         let evicted = producer.join().unwrap();
         assert_each_once(&got, &evicted, 3);
     });
@@ -411,23 +507,32 @@ fn eviction_races_the_drainers_run() {
 fn two_evicting_producers(total: u8) {
     let ring = Arc::new(Ring::<u8>::with_eviction(2));
     let count = Arc::new(AtomicUsize::new(0));
+    let pace = std::sync::Arc::new(Pace::default());
     let drainer = thread::current();
     let producers: Vec<_> = [0..2u8, 2..total]
         .into_iter()
         .map(|values| {
-            let (ring, count) = (Arc::clone(&ring), Arc::clone(&count));
+            let (ring, count, pace) = (Arc::clone(&ring), Arc::clone(&count), pace.clone());
             let drainer = drainer.clone();
             thread::spawn(move || {
                 let mut head = 0;
                 let mut evicted = Vec::new();
                 for value in values {
-                    push_evicting(&ring, &mut head, value, &mut evicted, &count, &drainer);
+                    push_evicting(
+                        &ring,
+                        &mut head,
+                        value,
+                        &mut evicted,
+                        &count,
+                        &pace,
+                        &drainer,
+                    );
                 }
                 evicted
             })
         })
         .collect();
-    let got = drain_evicting(&ring, 1, usize::from(total), &count);
+    let got = drain_evicting(&ring, 1, usize::from(total), &count, &pace);
     let mut evicted = Vec::new();
     for producer in producers {
         evicted.extend(producer.join().unwrap());
@@ -451,10 +556,305 @@ fn two_evicting_producers_and_the_drainer() {
 
 /// (h) As (g) with two items from each producer, so that both evict and
 /// both are evicted from. Its state space is large: it runs with at most one
-/// preemption (it passes; at two it does not finish in 13 minutes).
+/// preemption here (about 25 s). At two preemptions, see
+/// [`two_evicting_producers_two_items_each_deep`]: without the idle-round
+/// cut of [`IDLE_ROUNDS`] its executions grow until one passes loom's branch
+/// limit (an unfair schedule, not a bug); with it, no execution failed in
+/// 61 million iterations (59 min, cut at 8 rounds) nor in 26 million
+/// (21 min, cut at 2), the longest 34 and 22 helper steps, but neither
+/// search was run to its end.
 #[test]
 fn two_evicting_producers_two_items_each() {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = Some(1);
     builder.check(|| two_evicting_producers(4));
+}
+
+/// Off-CI probe for the long paths of the eviction models: the helpers note
+/// what they did, per execution, and an execution with more than `limit`
+/// notes panics with them (the interleaving at the helpers' level). A panic
+/// from loom itself (such as its branch limit) prints them too.
+mod probe {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+    static ITERATIONS: AtomicUsize = AtomicUsize::new(0);
+    static MOST: AtomicUsize = AtomicUsize::new(0);
+    static EVENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static START: Mutex<Option<Instant>> = Mutex::new(None);
+
+    /// Notes `event` if the probe is on.
+    pub(super) fn note(event: impl FnOnce() -> String) {
+        if !ON.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut events = EVENTS.lock().unwrap_or_else(|e| e.into_inner());
+        events.push(event());
+        if events.len() > LIMIT.load(Ordering::Relaxed) {
+            let dump = events.join("\n");
+            drop(events);
+            panic!(
+                "more than {} helper steps in one execution:\n{dump}",
+                LIMIT.load(Ordering::Relaxed)
+            );
+        }
+    }
+
+    /// Turns the probe on, with a step limit per execution, and prints the
+    /// notes of the execution that panics.
+    pub(super) fn arm(limit: usize) {
+        ON.store(true, Ordering::Relaxed);
+        LIMIT.store(limit, Ordering::Relaxed);
+        *START.lock().unwrap() = Some(Instant::now());
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Ok(events) = EVENTS.try_lock() {
+                let n = events.len();
+                let tail = events[n.saturating_sub(400)..].join("\n");
+                eprintln!(
+                    "probe: iteration {}, {n} helper steps in this execution, the last:\n{tail}",
+                    ITERATIONS.load(Ordering::Relaxed)
+                );
+            }
+            previous(info);
+        }));
+    }
+
+    /// Starts an execution: clears the notes, counts it, reports progress.
+    pub(super) fn start_execution() {
+        let i = ITERATIONS.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut events = EVENTS.lock().unwrap_or_else(|e| e.into_inner());
+        let n = events.len();
+        if n > MOST.load(Ordering::Relaxed) {
+            MOST.store(n, Ordering::Relaxed);
+            if n > 30 {
+                let start = START.lock().unwrap().expect("armed");
+                eprintln!(
+                    "probe: new longest at iteration {}, {:.0} s: {n} helper steps",
+                    i - 1,
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        }
+        events.clear();
+        drop(events);
+        if i % 200_000 == 0 {
+            let start = START.lock().unwrap().expect("armed");
+            eprintln!(
+                "probe: {i} iterations, {:.0} s, at most {} helper steps in one execution, \
+                 {} explored no further",
+                start.elapsed().as_secs_f64(),
+                MOST.load(Ordering::Relaxed),
+                PRUNED.load(Ordering::Relaxed)
+            );
+        }
+    }
+
+    static PRUNED: AtomicUsize = AtomicUsize::new(0);
+    static IDLE_ROUNDS: AtomicUsize = AtomicUsize::new(0);
+
+    /// Counts an execution explored no further (see `IDLE_ROUNDS`).
+    pub(super) fn pruned() {
+        if ON.load(Ordering::Relaxed) {
+            PRUNED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `IDLE_ROUNDS`, or the probe's own (`LOOM_EVICT_IDLE_ROUNDS`) while
+    /// it is on.
+    pub(super) fn idle_rounds(default: usize) -> usize {
+        match IDLE_ROUNDS.load(Ordering::Relaxed) {
+            0 => default,
+            n => n,
+        }
+    }
+
+    /// Sets the probe's idle-round limit.
+    pub(super) fn set_idle_rounds(n: usize) {
+        IDLE_ROUNDS.store(n, Ordering::Relaxed);
+    }
+
+    /// Iterations run, the most helper steps in one execution, and the
+    /// executions explored no further.
+    pub(super) fn summary() -> (usize, usize, usize) {
+        (
+            ITERATIONS.load(Ordering::Relaxed),
+            MOST.load(Ordering::Relaxed),
+            PRUNED.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// (h) at the preemption bound `LOOM_EVICT_PREEMPTIONS` (default 2), with
+/// the probe on (`LOOM_EVICT_PROBE_STEPS`: helper steps allowed in one
+/// execution; `LOOM_EVICT_IDLE_ROUNDS`: the idle-round cut, default
+/// [`IDLE_ROUNDS`], a huge value turning it off). Off CI:
+///
+/// ```text
+/// LOOM_MAX_BRANCHES=20000 LOOM_CHECKPOINT_FILE=/tmp/h2.json \
+///     bin/loom two_evicting_producers_two_items_each_deep --ignored --nocapture
+/// ```
+///
+/// (the checkpoint file lets a stopped run resume where it was).
+#[test]
+#[ignore = "long: run by hand"]
+fn two_evicting_producers_two_items_each_deep() {
+    let env = |name: &str, default: usize| {
+        std::env::var(name).map_or(default, |v| v.parse().expect("a number"))
+    };
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(env("LOOM_EVICT_PREEMPTIONS", 2));
+    probe::arm(env("LOOM_EVICT_PROBE_STEPS", usize::MAX));
+    probe::set_idle_rounds(env("LOOM_EVICT_IDLE_ROUNDS", IDLE_ROUNDS));
+    let start = std::time::Instant::now();
+    builder.check(|| {
+        probe::start_execution();
+        two_evicting_producers(4);
+    });
+    let (iterations, most, pruned) = probe::summary();
+    eprintln!(
+        "probe: done, {iterations} iterations in {:.0} s, at most {most} helper steps in one \
+         execution, {pruned} explored no further",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// (i) `DropOldest` with tickets and expiry stamps: a producer pushes three
+/// ticketed items (ticket index = value, expiry stamp = value + 100) into
+/// an evicting lane of two slots, evicting the oldest whenever it is full,
+/// while the drainer takes runs of two and reads each item's expiry stamp
+/// in its run (as the shaping drainer does). Each item ends once, drained
+/// or evicted, with its own ticket (`Evicted::Item(value, ticket)` and the
+/// run's ticket) and, when drained, its own expiry: a consumer marks a slot
+/// taken only after it read the sequence's stamp, so the next lap's
+/// producer cannot overwrite it first.
+#[test]
+fn eviction_keeps_tickets_and_expiry_stamps_with_their_items() {
+    use crate::ring::Evicted;
+    use crate::shape::ExpiryStamps;
+    loom::model(|| {
+        let ring = Arc::new(Ring::<u8>::with_eviction(2));
+        let stamps = Arc::new(ExpiryStamps::new(2, std::time::Instant::now(), None));
+        let count = Arc::new(AtomicUsize::new(0));
+        let drainer = thread::current();
+        let producer = {
+            let (ring, stamps, count) =
+                (Arc::clone(&ring), Arc::clone(&stamps), Arc::clone(&count));
+            thread::spawn(move || {
+                let mut head = 0;
+                let mut evicted = Vec::new();
+                for value in 0..3u8 {
+                    let claim = loop {
+                        match ring.try_claim(1, &mut head) {
+                            Ok(claim) => break claim,
+                            Err(ClaimError::Full) => match ring.evict_oldest(1) {
+                                Evicted::Item(item, ticket) => {
+                                    assert_eq!(ticket, Some(usize::from(item)), "its own ticket");
+                                    evicted.push(item);
+                                    count.fetch_add(1, Ordering::SeqCst);
+                                }
+                                Evicted::Busy => thread::yield_now(),
+                                Evicted::Skip | Evicted::Room => {}
+                            },
+                            Err(ClaimError::Closed) => panic!("never closed in this model"),
+                        }
+                    };
+                    stamps.stamp(claim.seq, u64::from(value) + 100);
+                    // SAFETY: just claimed, published once.
+                    unsafe { ring.publish(claim.seq, value, Some(usize::from(value)), false) };
+                    if claim.wake_drainer {
+                        drainer.unpark();
+                    }
+                }
+                evicted
+            })
+        };
+        let mut head = 0;
+        let mut got = Vec::new();
+        while got.len() + count.load(Ordering::SeqCst) < 3 {
+            // SAFETY: this thread is the drainer; `head` is its last copy.
+            let run = unsafe {
+                ring.take_run(head, 2, |value, seq, ticket| {
+                    assert_eq!(ticket, Some(usize::from(value)), "its own ticket");
+                    assert_eq!(stamps.get(seq), u64::from(value) + 100, "its own expiry");
+                    got.push(value);
+                })
+            };
+            head = run.end;
+            if run.start == run.end {
+                park_drainer(std::iter::once((&*ring, head)), || false);
+                thread::yield_now();
+            }
+        }
+        let evicted = producer.join().unwrap();
+        assert_each_once(&got, &evicted, 3);
+    });
+}
+
+/// (j) A producer waits for room (`retry_until_room` with the real
+/// `arm_room_waiter`, sleeping on the lane's notifier: a blocking push on a
+/// `DropOldest` lane) in a one-slot evicting lane that starts full, while
+/// another producer evicts the oldest item to push its own and the drainer
+/// takes runs. An eviction moves the head but keeps the waiter flag, so the
+/// drainer's next run still notifies: the waiter is always woken, and every
+/// item ends once, drained or evicted.
+///
+/// Four threads with spin-and-yield loops (the evictor's retries, the wait
+/// for a taken stamp): at two preemptions it exceeds the branch limit after
+/// 18 minutes, so it runs with one (16 s). At one it catches a run that
+/// does not notify the waiter; an eviction that drops the waiter flag is
+/// not caught at this bound.
+#[test]
+fn a_producer_waiting_for_room_is_woken_while_another_evicts() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(1);
+    builder.check(|| {
+        let lane = Lane::<u8>::with_ring(Ring::with_eviction(1));
+        let count = Arc::new(AtomicUsize::new(0));
+        let pace = Arc::new(Pace::default());
+        {
+            // The lane starts full with item 0.
+            let claim = lane.ring.try_claim(1, &mut 0).expect("empty lane");
+            // SAFETY: just claimed, published once.
+            unsafe { lane.ring.publish(claim.seq, 0, None, false) };
+        }
+        let drainer = thread::current();
+        let waiter = {
+            let (lane, drainer) = (Arc::clone(&lane), drainer.clone());
+            thread::spawn(move || lane.push(&mut 0, 1, &drainer))
+        };
+        let evictor = {
+            let (lane, count, pace) = (Arc::clone(&lane), Arc::clone(&count), Arc::clone(&pace));
+            thread::spawn(move || {
+                let mut evicted = Vec::new();
+                push_evicting(&lane.ring, &mut 0, 2, &mut evicted, &count, &pace, &drainer);
+                evicted
+            })
+        };
+        let mut head = 0;
+        let mut got = Vec::new();
+        while got.len() + count.load(Ordering::SeqCst) < 3 {
+            // SAFETY: this thread is the drainer; `head` is its last copy.
+            let run = unsafe { lane.ring.take_run(head, 1, |v, _, _| got.push(v)) };
+            if run.notify {
+                lane.notifier.notify_all();
+            }
+            head = run.end;
+            if run.start == run.end {
+                park_drainer(std::iter::once((&lane.ring, head)), || false);
+                thread::yield_now();
+            } else {
+                // Lets the evictor's idle-round cut see the drainer move.
+                pace.progress(|| format!("D: took {}..{}", run.start, run.end));
+            }
+        }
+        waiter.join().unwrap();
+        let evicted = evictor.join().unwrap();
+        let mut all: Vec<u8> = got.iter().chain(&evicted).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, vec![0, 1, 2], "drained {got:?}, evicted {evicted:?}");
+    });
 }
