@@ -2,9 +2,10 @@
 
 use loom::thread;
 
+use crate::producer::retry_until_room;
 use crate::ring::{Claim, ClaimError, Ring, park_drainer};
 use crate::sync::{Arc, AtomicUsize, Ordering};
-use crate::wait::{Notifier, WaitStrategy, retry_until_room};
+use crate::wait::{Notifier, WaitStrategy};
 
 /// A lane as the models use it: the ring, and the notifier its producers
 /// sleep on while it is full.

@@ -4,9 +4,10 @@
 use loom::thread;
 
 use crate::completion::TableOwner;
+use crate::producer::retry_until_room;
 use crate::ring::{ClaimError, Ring, park_drainer};
 use crate::sync::Arc;
-use crate::wait::{Notifier, Progress, WaitStrategy, retry_until_room};
+use crate::wait::{Notifier, Progress, WaitStrategy};
 
 /// The drainer's loop over `rings`: drain what is published, park (by the
 /// real announce/park/withdraw step) when every lane is empty, until `count`

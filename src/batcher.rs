@@ -15,6 +15,7 @@ use crate::drainer::{Drainer, Sink};
 use crate::error::{Error, RefusedKind, SliceError, SubmitError};
 use crate::handler::{Batch, BatchError, FnHandler, Handler, deliver};
 use crate::pool::Pool;
+use crate::producer::retry_until_room;
 use crate::ring::{Claim, ClaimError, Evicted, Ring, distance};
 use crate::shape::{
     Adaptive, Assembler, Controller, ExpiryStamps, GroupLimits, KeyPolicy, Linger, NEVER, Oversize,
@@ -22,7 +23,7 @@ use crate::shape::{
 };
 use crate::stats::{ContainedPanics, DrainerCounters, LaneCounters, LaneStats, Stats};
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, thread};
-use crate::wait::{Progress, WaitStrategy, retry_until_room};
+use crate::wait::{Progress, WaitStrategy};
 
 /// Most tickets one claim of [`Producer::submit_many`] covers: their
 /// completion slot indexes are kept on the stack between claim and publish.

@@ -121,6 +121,7 @@ pub mod metrics;
 #[cfg(feature = "metrics")]
 mod metrics_facade;
 mod pool;
+mod producer;
 mod ring;
 #[cfg(feature = "tokio")]
 mod runtime;
