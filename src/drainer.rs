@@ -671,7 +671,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         let buf = &mut self.buf;
         // SAFETY: this thread is the drainer.
         let run = unsafe {
-            ring.take_run_shared(room, |item, _seq, ticket| {
+            ring.take_run_evicting(room, |item, _seq, ticket| {
                 let origin = match ticket {
                     Some(index) => Origin::ticket(lane, index),
                     None => Origin::NONE,

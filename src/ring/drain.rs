@@ -53,7 +53,7 @@ impl<T> Drop for MarkTakenOnUnwind<'_, T> {
     #[cold]
     fn drop(&mut self) {
         while self.next != self.end {
-            // Release, as in `take_run_shared`.
+            // Release, as in `take_run_evicting`.
             self.ring
                 .slot(self.next)
                 .stamp
@@ -269,7 +269,7 @@ impl<T> Ring<T> {
     /// each passed to `sink(item, seq, ticket)` as in
     /// [`drain_run`](Self::drain_run), then the head moved on. On a plain
     /// ring this is `drain_run` and `finish_run` from `head`; on an evicting
-    /// ring, [`take_run_shared`](Self::take_run_shared) from the ring's
+    /// ring, [`take_run_evicting`](Self::take_run_evicting) from the ring's
     /// current head (`head` is ignored).
     ///
     /// # Safety
@@ -284,7 +284,7 @@ impl<T> Ring<T> {
     ) -> Run {
         if self.evicts {
             // SAFETY: the caller is the drainer.
-            return unsafe { self.take_run_shared(max, sink) };
+            return unsafe { self.take_run_evicting(max, sink) };
         }
         // SAFETY: the caller's contract.
         let end = unsafe { self.drain_run(head, max, sink) };

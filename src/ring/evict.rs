@@ -78,7 +78,7 @@ impl<T> Ring<T> {
             let seq = seq_add(seq, k);
             let free = taken_stamp(previous_lap(seq, capacity));
             // Acquire pairs with the Release store of the taken stamp in
-            // `take_run_shared` / `evict_oldest`: the consumer's reads of
+            // `take_run_evicting` / `evict_oldest`: the consumer's reads of
             // the slot (and of the sequence's expiry stamp) happen before
             // our writes. The stamp is the previous lap's, published or
             // taken: our claim saw `head` past it, and consumers move `head`
@@ -99,7 +99,7 @@ impl<T> Ring<T> {
     /// # Safety
     ///
     /// Only the drainer calls this (producers consume by `evict_oldest`).
-    pub(crate) unsafe fn take_run_shared(
+    pub(crate) unsafe fn take_run_evicting(
         &self,
         max: usize,
         mut sink: impl FnMut(T, usize, Option<usize>),
@@ -187,7 +187,7 @@ impl<T> Ring<T> {
             // Claimed and not yet published (or taken since we read `head`).
             return Evicted::Busy;
         }
-        // AcqRel, as in `take_run_shared`. Failure: another consumer moved the
+        // AcqRel, as in `take_run_evicting`. Failure: another consumer moved the
         // head; Relaxed, since we start over from a fresh load.
         if self
             .head
@@ -202,7 +202,7 @@ impl<T> Ring<T> {
             return Evicted::Busy;
         }
         let evicted = if stamp & STAMP_SKIP == 0 {
-            // SAFETY: as in `take_run_shared`: our CAS claimed `head`, its
+            // SAFETY: as in `take_run_evicting`: our CAS claimed `head`, its
             // stamp shows an initialised item, moved out once, here.
             let value = slot.value.with(|p| unsafe { (*p).assume_init_read() });
             let ticket = (stamp & STAMP_TICKET != 0).then_some(stamp >> STAMP_SLOT_SHIFT);
@@ -210,7 +210,7 @@ impl<T> Ring<T> {
         } else {
             Evicted::Skip
         };
-        // Release: as in `take_run_shared`.
+        // Release: as in `take_run_evicting`.
         slot.stamp.store(taken_stamp(head), Ordering::Release);
         evicted
     }

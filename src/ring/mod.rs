@@ -72,7 +72,7 @@ pub(crate) use stamp::{CLOSED, PARKED, SEQ_MASK, STAMP_SKIP, distance, seq_add};
 
 use owned::{NO_FINAL, OwnerWords, fence_failed};
 use stamp::*;
-use storage::{Cell, Slot, Storage};
+use storage::{Slot, SlotCell, Storage};
 
 /// A bounded MPSC ring of `capacity` slots (a power of two).
 pub(crate) struct Ring<T> {
@@ -145,7 +145,7 @@ impl<T> Ring<T> {
     pub(crate) fn new(capacity: usize) -> Self {
         debug_assert!(capacity.is_power_of_two());
         let cells = (0..capacity)
-            .map(|_| Cell {
+            .map(|_| SlotCell {
                 stamp: AtomicUsize::new(0),
                 value: UnsafeCell::new(MaybeUninit::uninit()),
             })
@@ -179,7 +179,7 @@ impl<T> Ring<T> {
                         core::ptr::addr_of!((*first).value),
                     )
                 };
-                let stride = core::mem::size_of::<Cell<T>>();
+                let stride = core::mem::size_of::<SlotCell<T>>();
                 (stamp, value, stride, stride)
             }
             Storage::Split { stamps, values } => (
@@ -248,7 +248,7 @@ impl<T> Ring<T> {
     /// Bytes of one slot (stamp and item), for the memory report.
     pub(crate) const fn slot_bytes() -> usize {
         // The interleaved layout's (a split ring's slots are no larger).
-        core::mem::size_of::<Cell<T>>()
+        core::mem::size_of::<SlotCell<T>>()
     }
 
     #[inline(always)]

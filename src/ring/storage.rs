@@ -13,7 +13,7 @@ pub(super) struct Slot<'a, T> {
 }
 
 /// A slot of an interleaved ring: its stamp beside its item.
-pub(super) struct Cell<T> {
+pub(super) struct SlotCell<T> {
     pub(super) stamp: AtomicUsize,
     pub(super) value: UnsafeCell<MaybeUninit<T>>,
 }
@@ -24,7 +24,7 @@ pub(super) enum Storage<T> {
     /// line, and a drainer that reads an item as soon as it is published
     /// (and so pulls the line the producer is writing) moves one line per
     /// item, not two. Shared rings.
-    Interleaved(Vec<Cell<T>>),
+    Interleaved(Vec<SlotCell<T>>),
     /// Stamps and items in two arrays. The plain items an owner publishes
     /// through its cursor are read without their stamps, so the drainer
     /// pulls only the lines of the items: eight `u64` items a line, where
@@ -47,7 +47,7 @@ pub(super) trait Cells<'a, T: 'a>: Copy {
     unsafe fn slot(self, index: usize) -> Slot<'a, T>;
 }
 
-impl<'a, T: 'a> Cells<'a, T> for &'a [Cell<T>] {
+impl<'a, T: 'a> Cells<'a, T> for &'a [SlotCell<T>] {
     #[inline(always)]
     unsafe fn slot(self, index: usize) -> Slot<'a, T> {
         debug_assert!(index < self.len());
