@@ -10,7 +10,7 @@
 
 use loom::thread;
 
-use crate::batcher::Control;
+use crate::engine::Control;
 use crate::ring::{Ring, prepare_park};
 use crate::shape::NEVER;
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -9,7 +9,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use crate::batcher::Shared;
+use crate::engine::Shared;
 use crate::error::Error;
 use crate::failure::{Outcome, Settled};
 use crate::handler::{Batch, Handler, batch_failed, deliver};

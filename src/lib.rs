@@ -108,12 +108,12 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs, missing_debug_implementations)]
 
-mod async_producer;
 mod batcher;
 mod completion;
 mod config;
 mod contain;
 mod drainer;
+mod engine;
 mod error;
 pub mod failure;
 mod handler;
@@ -135,8 +135,7 @@ mod stats;
 mod sync;
 mod wait;
 
-pub use async_producer::AsyncProducer;
-pub use batcher::{Batcher, BatcherBuilder, Producer, Producers};
+pub use batcher::{Batcher, BatcherBuilder, Producers};
 pub use completion::Ticket;
 pub use config::{
     Backpressure, Config, ConfigError, DEFAULT_RESULT_SLOTS, LaneAssignment, MAX_CAPACITY,
@@ -147,6 +146,7 @@ pub use error::{
 };
 pub use failure::{BreakerState, CircuitBreaker, DeadLetter, Failure, FailureKind, RetryPolicy};
 pub use handler::{Batch, BatchError, CompleteError, Handler};
+pub use producer::{AsyncProducer, Producer};
 #[cfg(feature = "tokio")]
 pub use runtime::{AsyncBatch, AsyncHandler};
 pub use shape::{

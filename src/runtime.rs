@@ -24,9 +24,9 @@ use std::time::Instant;
 use crossbeam_queue::ArrayQueue;
 use tokio::sync::Notify;
 
-use crate::batcher::Shared;
 use crate::completion::TableOwner;
 use crate::drainer::lock;
+use crate::engine::Shared;
 use crate::error::Error;
 use crate::failure::{Outcome, Settled};
 use crate::handler::deliver;

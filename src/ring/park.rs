@@ -41,7 +41,7 @@ pub(crate) struct ParkPlan {
     pub(super) sleep: Option<Option<core::time::Duration>>,
 }
 
-/// The first step of [`park_drainer`]: announces the park on every lane and
+/// The first step of `park_drainer`: announces the park on every lane and
 /// decides whether to sleep (all lanes empty and no request pending), for
 /// at most `timeout` if given.
 pub(crate) fn prepare_park<'a, T: 'a>(
@@ -92,7 +92,7 @@ impl ParkPlan {
     }
 }
 
-/// The first half of [`park_drainer`]: announces the park on every lane,
+/// The first half of `park_drainer`: announces the park on every lane,
 /// stopping at the first that is not empty. Returns how many lanes were
 /// announced, whether all were empty and whether the heavy fence ran.
 ///

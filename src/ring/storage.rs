@@ -29,7 +29,7 @@ pub(super) enum Storage<T> {
     /// through its cursor are read without their stamps, so the drainer
     /// pulls only the lines of the items: eight `u64` items a line, where
     /// interleaved stamps make it four. Rings laid out for exclusive
-    /// producers ([`Ring::new_split`]).
+    /// producers ([`Ring::new_split`](crate::ring::Ring::new_split)).
     Split {
         stamps: Vec<AtomicUsize>,
         values: Vec<UnsafeCell<MaybeUninit<T>>>,

@@ -10,9 +10,9 @@
 use core::fmt;
 use core::future::poll_fn;
 
-use crate::batcher::Producer;
 use crate::completion::Ticket;
 use crate::error::{Error, SubmitError};
+use crate::producer::Producer;
 
 /// A producer for async tasks: `push(item).await`, `submit(item).await`,
 /// `enqueue(item).await`.

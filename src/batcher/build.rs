@@ -1,0 +1,298 @@
+//! `BatcherBuilder::build`: the settings resolved and checked, the shared
+//! state made, the drainer started.
+
+use std::time::Instant;
+
+use crossbeam_utils::CachePadded;
+
+use crate::batcher::builder::HandlerKind;
+use crate::batcher::{SPLIT_MAX_ITEM, normal_class};
+use crate::completion::TableOwner;
+use crate::config::{Backpressure, ConfigError};
+use crate::drainer::{Drainer, Sink};
+use crate::engine::{Control, DirectFn, Inline, Lane, Shared};
+use crate::pool::Pool;
+use crate::ring::Ring;
+use crate::shape::{Assembler, Controller, ExpiryStamps, NEVER, Shaping};
+use crate::stats::{ContainedPanics, DrainerCounters, LaneCounters};
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, OnceLock, thread};
+use crate::wait::Progress;
+use crate::{Batcher, BatcherBuilder};
+
+impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
+    /// Checks the settings, allocates every lane, slot and batch buffer, and
+    /// starts the drainer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first invalid setting, or saying why the
+    /// drainer could not start.
+    pub fn build(mut self) -> Result<Batcher<T, R>, ConfigError> {
+        if !self.max_batch_set && self.config.capacity > 0 {
+            self.config.max_batch = self.config.max_batch.min(self.config.capacity);
+        }
+        let is_async = !matches!(self.handler, Some(HandlerKind::Sync(_)) | None);
+        if is_async && !self.pool_size_set {
+            let needed = self.config.max_in_flight.saturating_add(1);
+            self.config.pool_size = self.config.pool_size.max(needed);
+        }
+        self.config.validate()?;
+        let mut shaping = self.shaping;
+        shaping.validate(self.config.max_batch)?;
+        if let Some(policy) = &self.failure.retry {
+            policy.validate()?;
+            // Batches waiting to retry hold buffers: keep some for new ones.
+            if !self.pool_size_set {
+                self.config.pool_size = self.config.pool_size.max(8);
+            }
+        }
+        if let Some(breaker) = &self.failure.breaker {
+            breaker.validate()?;
+        }
+        let handler = self.handler.ok_or(ConfigError::MissingHandler)?;
+        if is_async && self.config.pool_size <= self.config.max_in_flight {
+            return Err(ConfigError::PoolTooSmall {
+                pool_size: self.config.pool_size,
+                needed: self.config.max_in_flight + 1,
+            });
+        }
+        #[cfg(feature = "tokio")]
+        let drain_on_runtime = self.drain_on_runtime;
+        #[cfg(feature = "tokio")]
+        if let (true, Some(core)) = (drain_on_runtime, self.config.pin_drainer) {
+            return Err(ConfigError::PinOnRuntime { core });
+        }
+        #[cfg(feature = "tokio")]
+        if drain_on_runtime && !is_async && self.failure.retry.is_some() {
+            return Err(ConfigError::Invalid {
+                field: "retry_policy",
+                reason: "a drainer on the runtime retries only with an async handler \
+                         (a blocking handler's retries would sleep on a worker thread)",
+            });
+        }
+        if self.inline_when_idle {
+            let reason = if is_async {
+                Some("runs a blocking handler on the submitting thread, not an async one")
+            } else if shaping.is_active() {
+                Some(
+                    "runs no shaping policy (linger, priorities, groups, bytes, deadlines, adaptive sizing)",
+                )
+            } else if self.failure.retry.is_some() {
+                Some("runs no retry policy (retries wait in the drainer thread's timer queue)")
+            } else {
+                None
+            };
+            #[cfg(feature = "tokio")]
+            let reason = reason.or(drain_on_runtime
+                .then_some("needs the drainer on a thread of its own, not drain_on_runtime"));
+            if let Some(reason) = reason {
+                return Err(ConfigError::Invalid {
+                    field: "inline_when_idle",
+                    reason,
+                });
+            }
+        }
+        #[cfg(feature = "tokio")]
+        let runtime = match (is_async || drain_on_runtime, self.runtime) {
+            (true, Some(handle)) => Some(handle),
+            (true, None) => {
+                Some(tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?)
+            }
+            (false, _) => None,
+        };
+        let config = self.config;
+        let lane_count = config.lane_count();
+        let classes = shaping.classes();
+        let rings = lane_count * classes;
+        let epoch = Instant::now();
+        let histograms = self.histograms;
+        let failure = self.failure;
+        let direct_ok = !histograms && !failure.is_active();
+        let controller = shaping
+            .adaptive
+            .map(|adaptive| Controller::new(adaptive, config.max_batch));
+        let effective_max = controller
+            .as_ref()
+            .map_or(config.max_batch, Controller::size);
+        let panics = std::sync::Arc::new(ContainedPanics::default());
+        let assembler = shaping.is_active().then(|| {
+            Assembler::new(
+                shaping_for_drainer(&mut shaping),
+                config.max_batch,
+                epoch,
+                std::sync::Arc::clone(&panics),
+            )
+        });
+        let shared = Arc::new(Shared {
+            lanes: (0..rings)
+                .map(|ring| Lane {
+                    ring: if config.backpressure == Backpressure::DropOldest {
+                        Ring::with_eviction(config.capacity)
+                    } else if ring / lane_count == normal_class(classes)
+                        && ring % lane_count >= lane_count - config.exclusive_lanes
+                        && core::mem::size_of::<T>() <= SPLIT_MAX_ITEM
+                    {
+                        Ring::new_split(config.capacity)
+                    } else {
+                        Ring::new(config.capacity)
+                    },
+                    expiry: shaping
+                        .stamps_expiry()
+                        .then(|| ExpiryStamps::new(config.capacity, epoch, shaping.max_age)),
+                    counters: CachePadded::new(LaneCounters::default()),
+                    producers: AtomicUsize::new(0),
+                })
+                .collect(),
+            lane_count,
+            classes,
+            controller: controller.map(Mutex::new),
+            staging_bytes: assembler.as_ref().map_or(0, Assembler::footprint),
+            table: TableOwner::new(rings, config.result_slot_count(), config.wait),
+            control: CachePadded::new(Control {
+                closing: AtomicBool::new(false),
+                flush_requested: AtomicU64::new(0),
+                flush_now: AtomicU64::new(0),
+                paused: AtomicBool::new(false),
+                give_back_at: AtomicU64::new(NEVER),
+                max_batch: AtomicUsize::new(config.max_batch),
+                settings_version: AtomicU64::new(0),
+                effective_max: AtomicUsize::new(effective_max),
+            }),
+            progress: Progress::default(),
+            counters: CachePadded::new(DrainerCounters::default()),
+            pool: Pool::new(
+                config.pool_size,
+                config.max_batch,
+                histograms,
+                failure.is_active(),
+                std::sync::Arc::clone(&panics),
+            ),
+            panics,
+            epoch,
+            recorder: histograms
+                .then(|| Mutex::new(crate::metrics::Recorder::new(config.max_batch))),
+            high_water: (0..rings).map(|_| AtomicU64::new(0)).collect(),
+            failure: failure
+                .is_active()
+                .then(|| Mutex::new(crate::failure::FailureState::new(failure))),
+            leftovers: Mutex::new(Vec::new()),
+            new_linger: Mutex::new(None),
+            shaping: assembler.is_some(),
+            drainer: OnceLock::new(),
+            spill: self.spill,
+            next_lane: AtomicUsize::new(0),
+            exclusive_lanes: AtomicUsize::new(0),
+            producers_made: AtomicUsize::new(0),
+            #[cfg(feature = "tokio")]
+            pipeline: CachePadded::new(
+                is_async.then(|| crate::runtime::Pipeline::new(config.pool_size)),
+            ),
+            #[cfg(feature = "tokio")]
+            drainer_task: drain_on_runtime.then(crate::runtime::TaskWake::default),
+            // The direct path skips the lane, so it runs only where a batch
+            // of one needs nothing more than the handler: no failure
+            // policies (a breaker, dead letters) and no histograms.
+            inline: self.inline_when_idle.then(|| Inline {
+                cell: Box::new(Mutex::new(None)),
+                turn: Drainer::inline_turn,
+                direct: direct_ok.then_some(Drainer::direct as DirectFn<T, R>),
+            }),
+            config,
+        });
+
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let sink = match handler {
+            HandlerKind::Sync(handler) => Sink::Sync(handler),
+            #[cfg(feature = "tokio")]
+            HandlerKind::Async(start) => {
+                let runtime = runtime
+                    .as_ref()
+                    .expect("resolved above for an async handler");
+                start(&shared, shared.config.max_in_flight, runtime);
+                Sink::Async
+            }
+        };
+        let drainer = Drainer::new(Arc::clone(&shared), sink, assembler);
+        #[cfg(feature = "tokio")]
+        if drain_on_runtime {
+            let runtime = runtime.as_ref().expect("resolved above");
+            runtime.spawn(drainer.on_runtime().run_async());
+            return Ok(Batcher {
+                shared,
+                drainer: None,
+                stopping: false,
+            });
+        }
+        // With `inline_when_idle` the state lives in the shared cell, and the
+        // thread works on it there.
+        let drainer = match &shared.inline {
+            Some(inline) => {
+                *crate::drainer::lock(&inline.cell) = Some(drainer);
+                Err(Arc::clone(&shared))
+            }
+            None => Ok(drainer),
+        };
+        let pin = shared.config.pin_drainer;
+        let handle = thread::Builder::new()
+            .name(shared.config.thread_name.clone())
+            .spawn(move || {
+                if let Some(core) = pin {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                        let _ = started_tx.send(Err(ConfigError::PinFailed { core }));
+                        return;
+                    }
+                }
+                let _ = started_tx.send(Ok(()));
+                match drainer {
+                    Ok(drainer) => drainer.run(),
+                    Err(shared) => Drainer::run_shared(&shared),
+                }
+            })
+            .map_err(|e| ConfigError::Spawn {
+                message: e.to_string(),
+            })?;
+        let _ = shared.drainer.set(handle.thread().clone());
+        match started_rx.recv() {
+            Ok(Ok(())) => Ok(Batcher {
+                shared,
+                drainer: Some(handle),
+                stopping: false,
+            }),
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = handle.join();
+                Err(ConfigError::Spawn {
+                    message: "the drainer thread ended before it started".to_owned(),
+                })
+            }
+        }
+    }
+}
+
+/// The core the calling thread runs on, if the platform says.
+pub(crate) fn current_cpu() -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `sched_getcpu` takes no arguments and only reads the
+        // calling thread's state; it returns -1 on failure.
+        let cpu = unsafe { libc::sched_getcpu() };
+        usize::try_from(cpu).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// Moves the settings the drainer's assembler owns out of `shaping`, keeping
+/// the few the builder still reads (classes, expiry stamps).
+pub(crate) fn shaping_for_drainer<T>(shaping: &mut Shaping<T>) -> Shaping<T> {
+    let taken = core::mem::take(shaping);
+    shaping.priorities = taken.priorities;
+    shaping.deadlines = taken.deadlines;
+    shaping.max_age = taken.max_age;
+    taken
+}

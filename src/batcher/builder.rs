@@ -1,0 +1,678 @@
+//! [`BatcherBuilder`]: every setting, validated when the batcher is built.
+
+use core::fmt;
+use std::time::Duration;
+
+use crate::config::{Backpressure, Config, LaneAssignment};
+#[cfg(feature = "tokio")]
+use crate::engine::Shared;
+use crate::engine::Spill;
+use crate::handler::{Batch, BatchError, FnHandler, Handler};
+use crate::shape::{Adaptive, GroupLimits, KeyPolicy, Linger, Oversize, Shaping};
+#[cfg(feature = "tokio")]
+use crate::sync::Arc;
+use crate::wait::WaitStrategy;
+
+/// Builds a [`Batcher`](crate::Batcher); every setting is checked by [`build`](Self::build).
+pub struct BatcherBuilder<T, R> {
+    pub(crate) config: Config,
+    /// Whether `max_batch` was set (if not, it follows a smaller capacity).
+    pub(crate) max_batch_set: bool,
+    /// Whether `pool_size` was set (if not, it grows to fit `max_in_flight`).
+    pub(crate) pool_size_set: bool,
+    pub(crate) handler: Option<HandlerKind<T, R>>,
+    #[cfg(feature = "tokio")]
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
+    /// Run the drainer as a task on the runtime.
+    #[cfg(feature = "tokio")]
+    pub(crate) drain_on_runtime: bool,
+    /// Batch shaping policies (all off by default).
+    pub(crate) shaping: Shaping<T>,
+    /// Record histograms.
+    pub(crate) histograms: bool,
+    /// Retries, circuit breaker, dead letters (all off by default).
+    pub(crate) failure: crate::failure::FailureSettings<T>,
+    /// Receives the items a drop policy discards.
+    pub(crate) spill: Option<Spill<T>>,
+    /// A submitter that finds the drainer asleep runs the batch itself.
+    pub(crate) inline_when_idle: bool,
+}
+
+/// The handler given to the builder.
+pub(crate) enum HandlerKind<T, R> {
+    Sync(Box<dyn Handler<T, R>>),
+    /// Starts the async workers for the batcher's shared state.
+    #[cfg(feature = "tokio")]
+    Async(StartWorkers<T, R>),
+}
+
+/// Starts `n` async worker tasks for a batcher on a runtime.
+#[cfg(feature = "tokio")]
+pub(crate) type StartWorkers<T, R> =
+    Box<dyn FnOnce(&Arc<Shared<T, R>>, usize, &tokio::runtime::Handle) + Send>;
+
+impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
+    /// Number of lanes (default: one per core).
+    pub fn lanes(mut self, lanes: usize) -> Self {
+        self.config.lanes = Some(lanes);
+        self
+    }
+
+    /// Lays out the last `n` lanes for exclusive producers (default 0), at
+    /// most `lanes - 1`: one lane stays open to shared producers.
+    ///
+    /// [`Batcher::exclusive_producer`](crate::Batcher::exclusive_producer) takes these lanes first, and
+    /// [`Batcher::producer`](crate::Batcher::producer) leaves them out of its lane assignment.
+    ///
+    /// For items of at most 16 bytes, such a lane keeps the items apart from
+    /// the slots' stamps, and its owner also publishes through a cursor of
+    /// its own: the drainer reads the owner's fire-and-forget items without
+    /// their stamps, so it pulls half as many cache lines from the
+    /// producer's core for `u64` items. Larger items sit beside their
+    /// stamps as on every other lane (64-byte items ran at about half the
+    /// rate apart from them). Shared producers still work on these lanes
+    /// (through [`producer_on_lane`](crate::Batcher::producer_on_lane), or when
+    /// exclusive producers hold every other lane), a little slower than on
+    /// the others. With [`Backpressure::DropOldest`], whose lanes cannot be
+    /// owned, the setting changes nothing.
+    ///
+    /// ```
+    /// use ringbatch::{Batch, Batcher};
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .lanes(2)
+    ///     .exclusive_lanes(1)
+    ///     .handler_fn(|batch: &mut Batch<'_, u64, ()>| {
+    ///         let _sum: u64 = batch.items().iter().sum();
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let feed = batcher.exclusive_producer().unwrap();
+    /// for tick in 0..1000 {
+    ///     feed.push(tick).unwrap();
+    /// }
+    /// drop(feed);
+    /// assert_eq!(batcher.shutdown().items_handled, 1000);
+    /// ```
+    ///
+    /// [`Backpressure::DropOldest`]: crate::Backpressure::DropOldest
+    pub fn exclusive_lanes(mut self, n: usize) -> Self {
+        self.config.exclusive_lanes = n;
+        self
+    }
+
+    /// Whether the drainer spins briefly (64 spin-loop hints, about 1.6 µs
+    /// on the reference machine) after a sweep that found fewer items than
+    /// `max_batch` while items keep coming (default false): a throughput
+    /// setting.
+    ///
+    /// A drainer that takes every item as soon as it is published reads the
+    /// cache lines a streaming producer is still writing, and each line
+    /// crosses between the two cores several times. Spinning between short
+    /// runs lets runs build up, so that the drainer reads finished lines:
+    /// with one exclusive producer on a lane laid out for it
+    /// ([`exclusive_lanes`](Self::exclusive_lanes)), `u64` items moved at
+    /// 1.4 to 1.6 times the rate without it (BENCHMARKS.md). The cost is
+    /// latency at moderate rates: when every sweep finds a few items, a
+    /// batch is dispatched only once it is full or a sweep finds nothing,
+    /// and at a tenth of the drainer's maximum rate the median item waited
+    /// 42 µs where it waits 0.15 µs without. An item that arrives alone is
+    /// not held. Applies to a drainer on its own thread (not with
+    /// [`drain_on_runtime`](Self::drain_on_runtime)).
+    pub fn spin_between_short_runs(mut self, spin: bool) -> Self {
+        self.config.spin_between_short_runs = spin;
+        self
+    }
+
+    /// Slots per lane, a power of two (default 1024).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.config.capacity = capacity;
+        self
+    }
+
+    /// Most items per batch, at most `capacity` (default 256, or the
+    /// capacity if that is smaller).
+    pub fn max_batch(mut self, max_batch: usize) -> Self {
+        self.config.max_batch = max_batch;
+        self.max_batch_set = true;
+        self
+    }
+
+    /// Batch buffers allocated at build time (default 2; with an async
+    /// handler, `max_in_flight + 1` unless set).
+    pub fn pool_size(mut self, pool_size: usize) -> Self {
+        self.config.pool_size = pool_size;
+        self.pool_size_set = true;
+        self
+    }
+
+    /// Completion slots per lane, a power of two (default: `capacity` or
+    /// [`DEFAULT_RESULT_SLOTS`](crate::DEFAULT_RESULT_SLOTS), whichever is
+    /// larger).
+    ///
+    /// Each submission with a ticket takes a free completion slot of its lane
+    /// and holds it until its ticket takes the result or is dropped, so at
+    /// most this many tickets per lane can be outstanding at once; beyond
+    /// that, submissions with tickets meet the backpressure policy until
+    /// tickets are given up (fire-and-forget pushes are not affected). Size it
+    /// for the tickets the producers of one lane hold before waiting on them:
+    /// under [`Backpressure::Block`], producers that hold every slot of a lane
+    /// between them and all wait for one more would wait for ever.
+    pub fn result_slots(mut self, slots: usize) -> Self {
+        self.config.result_slots = Some(slots);
+        self
+    }
+
+    /// How waiting threads wait (default [`WaitStrategy::Backoff`]).
+    pub fn wait_strategy(mut self, wait: WaitStrategy) -> Self {
+        self.config.wait = wait;
+        self
+    }
+
+    /// What producers do when their lane is full (default [`Backpressure::Block`]).
+    pub fn backpressure(mut self, backpressure: Backpressure) -> Self {
+        self.config.backpressure = backpressure;
+        self
+    }
+
+    /// Hands every item a drop policy discards to `spill` instead of
+    /// dropping it: the new item [`Backpressure::DropNewest`] refuses, and
+    /// the queued item [`Backpressure::DropOldest`] evicts (both still count
+    /// in [`Stats::dropped`](crate::Stats::dropped), and their tickets still resolve to
+    /// [`Error::Dropped`](crate::Error::Dropped)).
+    ///
+    /// `spill` runs on the submitting producer's thread (or the task polling
+    /// an async submission), inside the submission call, after the item was
+    /// counted and its ticket completed; keep it short. It may submit to the
+    /// batcher again (no lock is held), though into a full lane that drops
+    /// again.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use ringbatch::{Backpressure, Batch, Batcher};
+    ///
+    /// let kept = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = Arc::clone(&kept);
+    /// let batcher = Batcher::builder()
+    ///     .lanes(1)
+    ///     .capacity(2)
+    ///     .backpressure(Backpressure::DropOldest)
+    ///     .spill(move |item: u32| sink.lock().unwrap().push(item))
+    ///     .handler_fn(|batch: &mut Batch<'_, u32, ()>| {
+    ///         batch.ok_with(|_| ());
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let producer = batcher.producer();
+    /// for i in 0..100 {
+    ///     producer.push(i).unwrap();
+    /// }
+    /// let stats = batcher.shutdown();
+    /// assert_eq!(stats.items_handled + stats.dropped, 100);
+    /// assert_eq!(kept.lock().unwrap().len() as u64, stats.dropped);
+    /// ```
+    pub fn spill(mut self, spill: impl Fn(T) + Send + Sync + 'static) -> Self {
+        self.spill = Some(Box::new(spill));
+        self
+    }
+
+    /// Lets a ticketed submission that finds the drainer asleep run the
+    /// batch on the submitting thread (or task) instead of waking the
+    /// drainer (default: off).
+    ///
+    /// For request/response use where each submitter waits for its result
+    /// and the handler is quick (an in-memory book, a non-blocking send):
+    /// at low load the round trip then has no thread hand-off at all, since
+    /// the submitter sweeps the lanes, runs the handler and completes the
+    /// tickets, its own among them, before `submit` returns. Waking a
+    /// parked drainer costs more than most such handlers.
+    ///
+    /// When nothing submitted before on its lane is still waiting (the
+    /// drainer has handled the lane up to its end), the submission takes a
+    /// shorter path: its item skips the lane and the completion slot and
+    /// runs as a batch of one, and the returned ticket already holds the
+    /// result ([`Ticket::sequence`](crate::Ticket::sequence) is `None`); the stats count it as
+    /// accepted on its lane and as a batch dispatched for
+    /// [`DispatchReason::LanesIdle`](crate::DispatchReason::LanesIdle).
+    /// Items with a deadline, and batchers with
+    /// [`histograms`](Self::histograms) or failure policies
+    /// ([`circuit_breaker`](Self::circuit_breaker),
+    /// [`dead_letter`](Self::dead_letter)), always take the lane.
+    ///
+    /// Only [`submit`](crate::Producer::submit) and its variants (`try_submit`,
+    /// `submit_timeout`, `submit_with_deadline`, and the async `enqueue` and
+    /// `submit`) run a turn, and only when the drainer is asleep and its
+    /// state is free at once: a submitter never waits for it. With this
+    /// option the drainer thread goes to sleep as soon as it finds the lanes
+    /// empty, whatever the [`wait_strategy`](Self::wait_strategy) (which
+    /// still says how threads wait for room and for results): a drainer
+    /// spinning through its backoff would take every item itself. `push`
+    /// and the slice methods always wake the drainer, so hot
+    /// fire-and-forget loops never run the handler. The drainer
+    /// thread handles everything else (flush, shutdown, pause) and takes
+    /// over whenever it is awake. Batches keep the per-producer order, and
+    /// the handler still runs one batch at a time, but on whichever thread
+    /// runs the turn: it must not block for long or call back into the
+    /// batcher's blocking methods.
+    ///
+    /// Needs a blocking handler on the drainer thread: `build` refuses it
+    /// with an async handler, `drain_on_runtime`, a shaping policy or a
+    /// retry policy.
+    ///
+    /// ```
+    /// use ringbatch::{Batch, Batcher};
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .lanes(1)
+    ///     .inline_when_idle(true)
+    ///     .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+    ///         batch.ok_with(|price| price * 2);
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let producer = batcher.producer();
+    /// for price in 0..1_000 {
+    ///     assert_eq!(producer.submit(price).unwrap().wait().unwrap(), price * 2);
+    /// }
+    /// assert_eq!(batcher.shutdown().items_handled, 1_000);
+    /// ```
+    pub fn inline_when_idle(mut self, inline: bool) -> Self {
+        self.inline_when_idle = inline;
+        self
+    }
+
+    /// Pins the drainer thread to core `core` (checked at build).
+    pub fn pin_drainer(mut self, core: usize) -> Self {
+        self.config.pin_drainer = Some(core);
+        self
+    }
+
+    /// How producers pick lanes (default [`LaneAssignment::CurrentCore`]).
+    pub fn lane_assignment(mut self, assignment: LaneAssignment) -> Self {
+        self.config.lane_assignment = assignment;
+        self
+    }
+
+    /// The drainer thread's name (default `ringbatch-drainer`).
+    pub fn thread_name(mut self, name: impl Into<String>) -> Self {
+        self.config.thread_name = name.into();
+        self
+    }
+
+    /// Replaces every setting at once.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self.max_batch_set = true;
+        self.pool_size_set = true;
+        self
+    }
+
+    /// The sink, as a [`Handler`].
+    pub fn handler(mut self, handler: impl Handler<T, R>) -> Self {
+        self.handler = Some(HandlerKind::Sync(Box::new(handler)));
+        self
+    }
+
+    /// The sink, as an [`AsyncHandler`](crate::AsyncHandler) run on a tokio
+    /// runtime, at most [`max_in_flight`](Self::max_in_flight) batches at
+    /// once. The runtime is the one `build` is called in, or the one set
+    /// with [`runtime`](Self::runtime).
+    #[cfg(feature = "tokio")]
+    pub fn async_handler(mut self, handler: impl crate::AsyncHandler<T, R>) -> Self {
+        self.handler = Some(HandlerKind::Async(Box::new(
+            move |shared, workers, runtime| {
+                crate::runtime::spawn_workers(shared, handler, workers, runtime);
+            },
+        )));
+        self
+    }
+
+    /// The sink, as a closure returning a future (see
+    /// [`async_handler`](Self::async_handler)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use ringbatch::{AsyncBatch, Batcher};
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .max_in_flight(2)
+    ///     .async_handler_fn(|mut batch: AsyncBatch<u64, u64>| async move {
+    ///         batch.complete_with(|x| Ok::<_, ringbatch::Error>(x + 1));
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(batcher.async_producer().submit(1).await.unwrap(), 2);
+    /// # }
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub fn async_handler_fn<F, Fut>(self, f: F) -> Self
+    where
+        F: Fn(crate::AsyncBatch<T, R>) -> Fut + Send + Sync + 'static,
+        Fut: core::future::Future<Output = Result<(), BatchError>> + Send,
+    {
+        self.async_handler(crate::runtime::FnAsyncHandler(f))
+    }
+
+    /// Most batches an async handler runs at once (default 4). While they
+    /// run, the drainer assembles the next batch; when every buffer is in
+    /// flight it waits, and producers meet backpressure.
+    pub fn max_in_flight(mut self, batches: usize) -> Self {
+        self.config.max_in_flight = batches;
+        self
+    }
+
+    /// Runs the drainer as a task on the tokio runtime instead of a thread
+    /// of its own (default: a thread).
+    ///
+    /// For async code whose round trips matter: a task that submits, the
+    /// drainer and the task that awaits the result can then all run on one
+    /// worker thread, with no thread to wake between them. The drainer no
+    /// longer has a core to itself: it yields to other tasks while idle (by
+    /// the wait strategy) and a blocking handler runs on the runtime's
+    /// worker thread, so use it with async handlers or short blocking ones.
+    /// Shut down with `shutdown_async().await` from inside the runtime; a
+    /// blocking `shutdown()` (or a drop) outside it waits for the drainer
+    /// task, so the runtime must still be running its tasks then. If the
+    /// runtime shuts down first, items still in the lanes fail with
+    /// [`Error::RuntimeShutdown`](crate::Error::RuntimeShutdown).
+    ///
+    /// The runtime is the one `build` is called in, or the one set with
+    /// [`runtime`](Self::runtime); `pin_drainer` cannot be combined with it.
+    #[cfg(feature = "tokio")]
+    pub fn drain_on_runtime(mut self, on_runtime: bool) -> Self {
+        self.drain_on_runtime = on_runtime;
+        self
+    }
+
+    /// The tokio runtime that runs an async handler's batches (default: the
+    /// runtime `build` is called in).
+    #[cfg(feature = "tokio")]
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
+        self
+    }
+
+    /// A byte limit per batch, measured by the [`weigher`](Self::weigher)
+    /// (which must be set too): a batch is dispatched before an item would
+    /// take it over the limit. An item heavier than the limit on its own
+    /// follows [`oversize`](Self::oversize). Default: 1 MiB once a weigher is
+    /// set, no limit otherwise. At most `u32::MAX` (4 GiB): `build` refuses
+    /// more with [`ConfigError::TooLarge`](crate::ConfigError::TooLarge) (field `"max_bytes"`).
+    pub fn max_bytes(mut self, limit: usize) -> Self {
+        self.shaping.max_bytes = Some(limit);
+        self
+    }
+
+    /// How many bytes an item adds to its batch: what the sink will really
+    /// send (its encoded size). Called once per item, on the drainer.
+    ///
+    /// ```
+    /// use ringbatch::{Batch, Batcher, DispatchReason};
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .weigher(|line: &String| line.len())
+    ///     .max_bytes(64)
+    ///     .linger(ringbatch::Linger::Fixed(std::time::Duration::from_secs(5)))
+    ///     .handler_fn(|batch: &mut Batch<'_, String, ()>| {
+    ///         assert!(batch.iter().map(String::len).sum::<usize>() <= 64);
+    ///         batch.ok_with(|_| ());
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let producer = batcher.producer();
+    /// for _ in 0..4 {
+    ///     producer.push("x".repeat(30)).unwrap();
+    /// }
+    /// let stats = batcher.shutdown();
+    /// assert!(stats.batches >= 2, "two 30-byte items at most per batch");
+    /// ```
+    pub fn weigher(mut self, weigher: impl Fn(&T) -> usize + Send + 'static) -> Self {
+        self.shaping.weigher = Some(Box::new(weigher));
+        self
+    }
+
+    /// What happens to an item heavier than `max_bytes` on its own
+    /// (default [`Oversize::Fail`]: its ticket fails with
+    /// [`Error::TooLarge`](crate::Error::TooLarge)).
+    pub fn oversize(mut self, oversize: Oversize) -> Self {
+        self.shaping.oversize = oversize;
+        self
+    }
+
+    /// How long a batch may wait for more items (default [`Linger::None`],
+    /// natural batching).
+    pub fn linger(mut self, linger: Linger) -> Self {
+        self.shaping.linger = linger;
+        self
+    }
+
+    /// The shortest time between the starts of two batches (a flush,
+    /// shutdown or Critical item does not wait for it).
+    pub fn min_interval(mut self, interval: Duration) -> Self {
+        self.shaping.min_interval = Some(interval);
+        self
+    }
+
+    /// Priority classes: each lane gets one ring per [`Priority`](crate::Priority), and the
+    /// drainer takes higher classes first. Producers pick a class with
+    /// [`Batcher::producer_with_priority`](crate::Batcher::producer_with_priority); plain producers are `Normal`.
+    pub fn priorities(mut self, on: bool) -> Self {
+        self.shaping.priorities = on;
+        self
+    }
+
+    /// With priority classes: a lower class whose oldest staged item has
+    /// waited this long is taken before higher classes (default 10 ms).
+    pub fn starvation_age(mut self, age: Duration) -> Self {
+        self.shaping.starvation_age = age;
+        self
+    }
+
+    /// Key groups: every batch holds items of a single key (and class).
+    /// Each group follows its [`group_limits`](Self::group_limits); the
+    /// number of groups open at once is bounded by
+    /// [`max_open_groups`](Self::max_open_groups) (when a new key finds no
+    /// free group, the group with the oldest item is dispatched first).
+    pub fn group_by<K, F>(mut self, key: F) -> Self
+    where
+        T: 'static,
+        K: core::hash::Hash + Eq,
+        F: Fn(&T) -> K + Send + Sync + 'static,
+    {
+        self.shaping.group = Some(KeyPolicy::new(key));
+        self
+    }
+
+    /// The limits of each key group, from an item of the group (called once
+    /// when the group opens).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ringbatch::{Batch, Batcher, GroupLimits, Linger};
+    ///
+    /// #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+    /// enum Op { Add, Get, Pin, PubSub, Dht }
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .max_batch(100)
+    ///     .linger(Linger::Fixed(Duration::from_millis(5)))
+    ///     .group_by(|op: &(Op, u64)| op.0)
+    ///     .group_limits(|op: &(Op, u64)| match op.0 {
+    ///         Op::Add => GroupLimits::share(0.25),
+    ///         Op::Get => GroupLimits::share(0.5),
+    ///         Op::Pin => GroupLimits::share(0.33),
+    ///         Op::PubSub | Op::Dht => GroupLimits::immediate(),
+    ///     })
+    ///     .handler_fn(|batch: &mut Batch<'_, (Op, u64), ()>| {
+    ///         let op = batch.items()[0].0;
+    ///         assert!(batch.iter().all(|item| item.0 == op), "one key per batch");
+    ///         batch.ok_with(|_| ());
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// batcher.producer().submit((Op::Dht, 1)).unwrap().wait().unwrap();
+    /// ```
+    pub fn group_limits(mut self, limits: impl Fn(&T) -> GroupLimits + Send + 'static) -> Self {
+        self.shaping.group_limits = Some(Box::new(limits));
+        self
+    }
+
+    /// The most key groups open at once (default 64).
+    pub fn max_open_groups(mut self, groups: usize) -> Self {
+        self.shaping.max_open_groups = groups;
+        self
+    }
+
+    /// Conflation: within a batch only the latest item per key is kept, in
+    /// the order of each key's first arrival; a replaced item's ticket
+    /// fails with [`Error::Superseded`](crate::Error::Superseded) and is counted in
+    /// [`Stats::superseded`](crate::Stats::superseded).
+    ///
+    /// "Latest" is the order the drainer takes items in: for one producer
+    /// in one class, the order of submission. Items of different lanes or
+    /// classes have no common order (the drainer takes higher classes first
+    /// in each sweep), so a key updated from several producers or classes
+    /// keeps the one taken last; submit each key from one producer and class
+    /// where the latest must win.
+    ///
+    /// ```
+    /// use ringbatch::{Batch, Batcher, Linger};
+    /// use std::time::Duration;
+    ///
+    /// // (symbol, price): the sink wants the latest price per symbol.
+    /// let batcher = Batcher::builder()
+    ///     .conflate_by(|quote: &(&str, u32)| quote.0)
+    ///     .linger(Linger::Fixed(Duration::from_secs(5)))
+    ///     .handler_fn(|batch: &mut Batch<'_, (&'static str, u32), ()>| {
+    ///         assert_eq!(batch.items(), &[("AAPL", 3), ("MSFT", 2)]);
+    ///         batch.ok_with(|_| ());
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let producer = batcher.producer();
+    /// for quote in [("AAPL", 1), ("MSFT", 2), ("AAPL", 3)] {
+    ///     producer.push(quote).unwrap();
+    /// }
+    /// batcher.flush();
+    /// assert_eq!(batcher.stats().superseded, 1);
+    /// ```
+    pub fn conflate_by<K, F>(mut self, key: F) -> Self
+    where
+        T: 'static,
+        K: core::hash::Hash + Eq,
+        F: Fn(&T) -> K + Send + Sync + 'static,
+    {
+        self.shaping.conflate = Some(KeyPolicy::new(key));
+        self
+    }
+
+    /// Per-item deadlines ([`Producer::submit_with_deadline`](crate::Producer::submit_with_deadline)): producers
+    /// stamp each item's expiry (one store per item), and expired items
+    /// never reach the handler.
+    pub fn deadlines(mut self, on: bool) -> Self {
+        self.shaping.deadlines = on;
+        self
+    }
+
+    /// The longest an item may wait between its submission and its
+    /// dispatch; older items never reach the handler, their tickets fail
+    /// with [`Error::Expired`](crate::Error::Expired). Turns on [`deadlines`](Self::deadlines), and
+    /// producers read the clock once per item.
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.shaping.max_age = Some(age);
+        self
+    }
+
+    /// Adaptive batch sizing; see [`Adaptive`].
+    pub fn adaptive(mut self, adaptive: Adaptive) -> Self {
+        self.shaping.adaptive = Some(adaptive);
+        self
+    }
+
+    /// Items the drainer's staging area holds (with shaping policies on):
+    /// default four times `max_batch`. When it is full the drainer stops
+    /// taking items from the lanes, so producers feel backpressure.
+    pub fn staging(mut self, items: usize) -> Self {
+        self.shaping.staging = Some(items);
+        self
+    }
+
+    /// Retries failed items under `policy` (see [`failure`](crate::failure)):
+    /// the handler classifies each failure with [`Failure`](crate::Failure)
+    /// or [`Batch::retry`](crate::Batch::retry).
+    pub fn retry_policy(mut self, policy: crate::RetryPolicy) -> Self {
+        self.failure.retry = Some(policy);
+        self
+    }
+
+    /// A circuit breaker in front of the handler (see
+    /// [`CircuitBreaker`](crate::CircuitBreaker)).
+    pub fn circuit_breaker(mut self, breaker: crate::CircuitBreaker) -> Self {
+        self.failure.breaker = Some(breaker);
+        self
+    }
+
+    /// Receives every item that failed for good (retries spent, a permanent
+    /// failure, an open breaker), with its last error; called on the
+    /// drainer thread (or an async worker task), one item at a time.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use ringbatch::{Batch, Batcher, Failure};
+    ///
+    /// let dead = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = Arc::clone(&dead);
+    /// let batcher = Batcher::builder()
+    ///     .dead_letter(move |letter: ringbatch::DeadLetter<u32>| {
+    ///         sink.lock().unwrap().push(letter.item);
+    ///     })
+    ///     .handler_fn(|_: &mut Batch<'_, u32, ()>| Err(Failure::permanent("bad rows").into()))
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(batcher.producer().submit(7).unwrap().wait().is_err());
+    /// batcher.shutdown();
+    /// assert_eq!(*dead.lock().unwrap(), [7]);
+    /// ```
+    pub fn dead_letter(
+        mut self,
+        handler: impl FnMut(crate::DeadLetter<T>) + Send + 'static,
+    ) -> Self {
+        self.failure.dead_letter = Some(Box::new(handler));
+        self
+    }
+
+    /// Records HDR histograms of batch size, queue wait, handler time and
+    /// end-to-end time, read with [`Batcher::stats`](crate::Batcher::stats) (see
+    /// [`metrics`](crate::metrics)). The drainer pays for them, once per
+    /// batch plus a clock read per sweep; producers pay nothing. Off by
+    /// default.
+    pub fn histograms(mut self, on: bool) -> Self {
+        self.histograms = on;
+        self
+    }
+
+    /// The sink, as a closure called with each batch.
+    pub fn handler_fn<F>(self, f: F) -> Self
+    where
+        F: FnMut(&mut Batch<'_, T, R>) -> Result<(), BatchError> + Send + 'static,
+    {
+        self.handler(FnHandler(f))
+    }
+}
+
+impl<T, R> fmt::Debug for BatcherBuilder<T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatcherBuilder")
+            .field("config", &self.config)
+            .field("handler", &self.handler.is_some())
+            .finish()
+    }
+}
