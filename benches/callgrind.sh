@@ -12,7 +12,7 @@ cargo build --release --bench callgrind_probe >/dev/null 2>&1
 probe=$(ls -t target/release/deps/callgrind_probe-* | grep -v '\.d$' | head -1)
 out=$(mktemp -d)
 total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'; }
-drain() { callgrind_annotate --inclusive=yes "$1" 2>/dev/null | awk '/Drainer<T,R>::sweep \[/ { gsub(",", "", $1); print $1; exit }'; }
+drain() { callgrind_annotate --inclusive=yes "$1" 2>/dev/null | awk '/Drainer<T,R>>?::sweep \[/ { gsub(",", "", $1); print $1; exit }'; }
 # per_item MODE LABEL: pushes per item and drain per item of probe mode MODE.
 per_item() {
     for n in 262144 524288; do

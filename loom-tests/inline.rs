@@ -9,7 +9,8 @@
 
 use loom::thread;
 
-use crate::drainer::{inline_passes, lock, run_direct, run_or_wake, sleep_unlocked};
+use crate::contain::lock;
+use crate::engine::drainer::{inline_passes, run_direct, run_or_wake, sleep_unlocked};
 use crate::ring::{Ring, announce_park_all, prepare_park};
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
 

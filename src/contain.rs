@@ -50,7 +50,7 @@ fn clear_slow<T>(items: &mut Vec<T>) -> usize {
 /// Runs `f` (user code); `Err` with the panic's message if it panicked.
 #[inline]
 pub(crate) fn call<R>(f: impl FnOnce() -> R) -> Result<R, PanicMessage> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| crate::drainer::panic_message(&*payload))
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| crate::contain::panic_message(&*payload))
 }
 
 /// Runs a future, turning a panic in its `poll` into an error carrying the
@@ -145,4 +145,22 @@ impl<F> Drop for Contained<F> {
             unsafe { core::mem::ManuallyDrop::drop(&mut self.future) };
         }
     }
+}
+
+/// Locks `mutex`, going on after a panic of another holder (the data it
+/// guards stays consistent: every update is a single assignment).
+pub(crate) fn lock<T>(mutex: &crate::sync::Mutex<T>) -> crate::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The message of a panic payload, when it is a string.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> crate::error::PanicMessage {
+    let text: &str = if let Some(s) = payload.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "a non-string panic payload"
+    };
+    std::sync::Arc::new(text.to_owned())
 }

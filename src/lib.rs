@@ -112,7 +112,6 @@ mod batcher;
 mod completion;
 mod config;
 mod contain;
-mod drainer;
 mod engine;
 mod error;
 pub mod failure;

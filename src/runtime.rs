@@ -25,14 +25,12 @@ use crossbeam_queue::ArrayQueue;
 use tokio::sync::Notify;
 
 use crate::completion::TableOwner;
-use crate::drainer::lock;
+use crate::contain::lock;
 use crate::engine::Shared;
 use crate::error::Error;
 use crate::failure::{Outcome, Settled};
-use crate::handler::deliver;
-use crate::handler::{Batch, BatchError, CompleteError, batch_failed};
-use crate::pool::BatchBuf;
-use crate::pool::Origin;
+use crate::handler::{Batch, BatchError, CompleteError, batch_failed, deliver};
+use crate::pool::{BatchBuf, Origin};
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, fence};
 
 /// An async sink: receives each batch as an owned [`AsyncBatch`] and returns

@@ -9,7 +9,7 @@ use crate::batcher::builder::HandlerKind;
 use crate::batcher::{SPLIT_MAX_ITEM, normal_class};
 use crate::completion::TableOwner;
 use crate::config::{Backpressure, ConfigError};
-use crate::drainer::{Drainer, Sink};
+use crate::engine::drainer::{Drainer, Sink};
 use crate::engine::{Control, DirectFn, Inline, Lane, Shared};
 use crate::pool::Pool;
 use crate::ring::Ring;
@@ -227,7 +227,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         // thread works on it there.
         let drainer = match &shared.inline {
             Some(inline) => {
-                *crate::drainer::lock(&inline.cell) = Some(drainer);
+                *crate::contain::lock(&inline.cell) = Some(drainer);
                 Err(Arc::clone(&shared))
             }
             None => Ok(drainer),

@@ -391,7 +391,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             .give_back_at
             .store(at, Ordering::Release);
         self.stop();
-        let leftovers = core::mem::take(&mut *crate::drainer::lock(&self.shared.leftovers));
+        let leftovers = core::mem::take(&mut *crate::contain::lock(&self.shared.leftovers));
         (self.shared.stats(), leftovers)
     }
 
@@ -420,7 +420,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         // Relaxed: tuning values the drainer reads on its next turn.
         control.max_batch.store(max_batch, Ordering::Relaxed);
         let effective = match &self.shared.controller {
-            Some(controller) => crate::drainer::lock(controller).set_bounds(None, Some(max_batch)),
+            Some(controller) => crate::contain::lock(controller).set_bounds(None, Some(max_batch)),
             None => max_batch,
         };
         control.effective_max.store(effective, Ordering::Relaxed);
@@ -449,7 +449,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                 reason: "the batcher was built without shaping policies",
             });
         }
-        *crate::drainer::lock(&self.shared.new_linger) = Some(linger);
+        *crate::contain::lock(&self.shared.new_linger) = Some(linger);
         // Release pairs with the drainer's Acquire load of the version.
         self.shared
             .control
@@ -486,7 +486,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                 max: self.shared.config.max_batch,
             });
         }
-        let effective = crate::drainer::lock(controller).set_bounds(Some(min), Some(max));
+        let effective = crate::contain::lock(controller).set_bounds(Some(min), Some(max));
         // Relaxed: a tuning value.
         self.shared
             .control
@@ -526,7 +526,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         field: &'static str,
     ) -> Result<crate::sync::MutexGuard<'_, crate::failure::FailureState<T>>, ConfigError> {
         match &self.shared.failure {
-            Some(failure) => Ok(crate::drainer::lock(failure)),
+            Some(failure) => Ok(crate::contain::lock(failure)),
             None => Err(ConfigError::Invalid {
                 field,
                 reason: "the batcher was built without failure policies \
@@ -673,7 +673,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             .store(at, Ordering::Release);
         let shared = Arc::clone(&self.shared);
         let stats = self.shutdown_async().await;
-        let leftovers = core::mem::take(&mut *crate::drainer::lock(&shared.leftovers));
+        let leftovers = core::mem::take(&mut *crate::contain::lock(&shared.leftovers));
         (stats, leftovers)
     }
 }

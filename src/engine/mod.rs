@@ -1,6 +1,7 @@
-//! The engine: the state that producers and the drainer share, and the
-//! lanes it is made of.
+//! The engine: the state that producers and the drainer share, the lanes
+//! it is made of, and the drainer.
 
+pub(crate) mod drainer;
 mod lane;
 mod shared;
 

@@ -7,8 +7,8 @@ use crossbeam_utils::CachePadded;
 
 use crate::completion::TableOwner;
 use crate::config::Config;
-use crate::drainer::Drainer;
 use crate::engine::Lane;
+use crate::engine::drainer::Drainer;
 use crate::error::Error;
 use crate::pool::Pool;
 use crate::ring::Ring;
@@ -108,7 +108,7 @@ pub(crate) struct Shared<T, R> {
 
 /// The drainer's state shared with submitters, and the turn they run.
 pub(crate) struct Inline<T, R> {
-    pub(crate) cell: Box<crate::drainer::InlineCell<T, R>>,
+    pub(crate) cell: Box<crate::engine::drainer::InlineCell<T, R>>,
     /// [`Drainer::inline_turn`], named here where its bounds are known.
     pub(crate) turn: fn(&mut Drainer<T, R>) -> bool,
     /// [`Drainer::direct`], when the configuration allows the direct path
@@ -118,7 +118,7 @@ pub(crate) struct Inline<T, R> {
 
 /// [`Drainer::direct`]'s type.
 pub(crate) type DirectFn<T, R> =
-    fn(&crate::drainer::InlineCell<T, R>, usize, T) -> Result<Result<R, Error>, T>;
+    fn(&crate::engine::drainer::InlineCell<T, R>, usize, T) -> Result<Result<R, Error>, T>;
 
 impl<T, R> Shared<T, R> {
     /// The async hand-off (only called in async mode).
@@ -149,7 +149,9 @@ impl<T, R> Shared<T, R> {
     pub(crate) fn wake_for_ticket(&self) {
         match &self.inline {
             Some(inline) => {
-                crate::drainer::run_or_wake(&inline.cell, inline.turn, || self.unpark_drainer());
+                crate::engine::drainer::run_or_wake(&inline.cell, inline.turn, || {
+                    self.unpark_drainer()
+                });
             }
             None => self.unpark_drainer(),
         }
@@ -164,7 +166,7 @@ impl<T, R> Shared<T, R> {
     ) {
         if let Some(controller) = &self.controller {
             let size =
-                crate::drainer::lock(controller).observe(handler_time, feedback, Instant::now());
+                crate::contain::lock(controller).observe(handler_time, feedback, Instant::now());
             // Relaxed: a tuning value, read by the drainer for its next batch.
             self.control.effective_max.store(size, Ordering::Relaxed);
         }
@@ -196,7 +198,7 @@ impl<T, R> Shared<T, R> {
     pub(crate) fn record_finished(&self, handler: Duration, buf: &crate::pool::BatchBuf<T>) {
         if let Some(recorder) = &self.recorder {
             let now = self.clock();
-            crate::drainer::lock(recorder).finished(
+            crate::contain::lock(recorder).finished(
                 handler,
                 buf.runs
                     .iter()
@@ -220,7 +222,7 @@ impl<T, R> Shared<T, R> {
             + self
                 .recorder
                 .as_ref()
-                .map_or(0, |r| crate::drainer::lock(r).footprint())
+                .map_or(0, |r| crate::contain::lock(r).footprint())
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -238,9 +240,9 @@ impl<T, R> Shared<T, R> {
         stats.histograms = self
             .recorder
             .as_ref()
-            .map(|r| crate::drainer::lock(r).snapshot());
+            .map(|r| crate::contain::lock(r).snapshot());
         if let Some(failure) = &self.failure {
-            let failure = crate::drainer::lock(failure);
+            let failure = crate::contain::lock(failure);
             stats.retried = failure.tally.retried;
             stats.dead_lettered = failure.tally.dead_lettered;
             stats.circuit_rejected = failure.tally.circuit_rejected;
