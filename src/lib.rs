@@ -126,8 +126,6 @@ mod ring;
 mod runtime;
 mod scope;
 mod shape;
-#[cfg(all(test, not(loom)))]
-mod shape_props;
 #[cfg(any(feature = "postgres", feature = "nats"))]
 pub mod sinks;
 mod stats;
