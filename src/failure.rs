@@ -28,9 +28,10 @@
 use core::fmt;
 use std::time::{Duration, Instant};
 
+use crate::batch::{BatchBuf, Origin, mark};
 use crate::error::{Error, SharedError};
 use crate::handler::BatchError;
-use crate::pool::{BatchBuf, Origin};
+pub use crate::stats::BreakerState;
 
 /// How failed items are retried.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -212,18 +213,6 @@ impl Default for CircuitBreaker {
     }
 }
 
-/// Where the circuit breaker stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BreakerState {
-    /// Batches go to the handler (also: no breaker).
-    #[default]
-    Closed,
-    /// Batches fail at once (or wait) until the recovery timeout ends.
-    Open,
-    /// One trial batch decides.
-    HalfOpen,
-}
-
 /// An item that failed for good, handed to the dead-letter handler.
 #[derive(Debug)]
 pub struct DeadLetter<T> {
@@ -279,19 +268,6 @@ pub(crate) fn later(now: Instant, delay: Duration) -> Instant {
     now.checked_add(delay)
         .or_else(|| now.checked_add(crate::MAX_DURATION))
         .unwrap_or(now)
-}
-
-/// Per-item marks kept in a batch buffer while failure policies are on.
-pub(crate) mod mark {
-    /// Nothing special: pending, or completed through its origin.
-    pub(crate) const NONE: u8 = 0;
-    /// To be retried.
-    pub(crate) const RETRY: u8 = 1;
-    /// To be retried after the maximum delay.
-    pub(crate) const RATE_LIMITED: u8 = 2;
-    /// Failed for good: its ticket has its error; the item goes to the
-    /// dead-letter handler.
-    pub(crate) const DEAD: u8 = 3;
 }
 
 /// Counts the failure policies keep.

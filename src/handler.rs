@@ -2,9 +2,9 @@
 
 use core::fmt;
 
+use crate::batch::{BatchBuf, Origin};
 use crate::completion::TableOwner;
 use crate::error::{Error, SharedError};
-use crate::pool::{BatchBuf, Origin};
 
 /// An error a handler returns for a whole batch: every item of the batch that
 /// it has not completed fails with [`Error::BatchFailed`] carrying it.
@@ -222,7 +222,7 @@ impl<'a, T, R> Batch<'a, T, R> {
             self.buf.failed += 1;
             if self.buf.marking() {
                 // Failed for good: to the dead-letter handler afterwards.
-                self.buf.marks[index] = crate::failure::mark::DEAD;
+                self.buf.marks[index] = crate::batch::mark::DEAD;
                 self.buf.errors[index] = Some(error.clone());
             }
         }
@@ -294,8 +294,7 @@ impl<'a, T, R> Batch<'a, T, R> {
             .zip(self.buf.origins.iter_mut())
             .enumerate()
         {
-            if *origin == Origin::DONE
-                || (marking && self.buf.marks[i] != crate::failure::mark::NONE)
+            if *origin == Origin::DONE || (marking && self.buf.marks[i] != crate::batch::mark::NONE)
             {
                 continue;
             }
@@ -303,7 +302,7 @@ impl<'a, T, R> Batch<'a, T, R> {
             if let Err(error) = &result {
                 failed += 1;
                 if marking {
-                    self.buf.marks[i] = crate::failure::mark::DEAD;
+                    self.buf.marks[i] = crate::batch::mark::DEAD;
                     self.buf.errors[i] = Some(error.clone());
                 }
             }
@@ -330,7 +329,7 @@ impl<'a, T, R> Batch<'a, T, R> {
         index: usize,
         error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Result<(), CompleteError> {
-        self.mark_retry(index, error.into(), crate::failure::mark::RETRY)
+        self.mark_retry(index, error.into(), crate::batch::mark::RETRY)
     }
 
     /// [`retry`](Self::retry), after the policy's maximum delay: the sink
@@ -344,7 +343,7 @@ impl<'a, T, R> Batch<'a, T, R> {
         index: usize,
         error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Result<(), CompleteError> {
-        self.mark_retry(index, error.into(), crate::failure::mark::RATE_LIMITED)
+        self.mark_retry(index, error.into(), crate::batch::mark::RATE_LIMITED)
     }
 
     fn mark_retry(
@@ -360,7 +359,7 @@ impl<'a, T, R> Batch<'a, T, R> {
         match self.buf.origins.get(index) {
             None => return Err(CompleteError::OutOfRange { index, len }),
             Some(&Origin::DONE) => return Err(CompleteError::AlreadyCompleted { index }),
-            Some(_) if self.buf.marks[index] != crate::failure::mark::NONE => {
+            Some(_) if self.buf.marks[index] != crate::batch::mark::NONE => {
                 return Err(CompleteError::AlreadyCompleted { index });
             }
             Some(_) => {}

@@ -108,6 +108,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod batch;
 mod batcher;
 mod completion;
 mod config;
@@ -119,7 +120,6 @@ mod handler;
 pub mod metrics;
 #[cfg(feature = "metrics")]
 mod metrics_facade;
-mod pool;
 mod producer;
 mod ring;
 #[cfg(feature = "tokio")]
@@ -132,6 +132,7 @@ mod stats;
 mod sync;
 mod wait;
 
+pub use batch::LoadFeedback;
 pub use batcher::{Batcher, BatcherBuilder, Producers};
 pub use completion::Ticket;
 pub use config::{
@@ -148,7 +149,7 @@ pub use producer::{AsyncProducer, Producer};
 pub use runtime::{AsyncBatch, AsyncHandler};
 pub use shape::{
     Adaptive, AdaptiveMode, DEFAULT_MAX_BYTES, DEFAULT_MAX_OPEN_GROUPS, DEFAULT_STARVATION_AGE,
-    GroupLimits, GroupSize, Linger, LoadFeedback, LoadWeights, Oversize, Priority,
+    GroupLimits, GroupSize, Linger, LoadWeights, Oversize, Priority,
 };
 pub use stats::{DispatchCounts, DispatchReason, LaneStats, Stats};
 pub use wait::WaitStrategy;

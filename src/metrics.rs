@@ -22,29 +22,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 use crate::stats::{DispatchReason, Stats};
-
-/// Percentiles of one distribution: nanoseconds for times, items for sizes.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Percentiles {
-    /// Values recorded.
-    pub count: u64,
-    /// The smallest value.
-    pub min: u64,
-    /// The mean.
-    pub mean: f64,
-    /// The median.
-    pub p50: u64,
-    /// The 90th percentile.
-    pub p90: u64,
-    /// The 99th percentile.
-    pub p99: u64,
-    /// The 99.9th percentile.
-    pub p999: u64,
-    /// The 99.99th percentile.
-    pub p9999: u64,
-    /// The largest value.
-    pub max: u64,
-}
+pub use crate::stats::{Histograms, Percentiles};
 
 impl Percentiles {
     fn of(h: &Histogram<u64>) -> Self {
@@ -63,30 +41,6 @@ impl Percentiles {
             max: h.max(),
         }
     }
-
-    /// The quantiles and their values, for exporters.
-    pub fn quantiles(&self) -> [(f64, u64); 5] {
-        [
-            (0.5, self.p50),
-            (0.9, self.p90),
-            (0.99, self.p99),
-            (0.999, self.p999),
-            (0.9999, self.p9999),
-        ]
-    }
-}
-
-/// The histograms of a [`Stats`] snapshot (see the [module](self) docs).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Histograms {
-    /// Items per batch.
-    pub batch_size: Percentiles,
-    /// Submission to dispatch, per item, in nanoseconds.
-    pub queue_wait_ns: Percentiles,
-    /// Handler time per batch, in nanoseconds.
-    pub handler_ns: Percentiles,
-    /// Submission to completion, per item, in nanoseconds.
-    pub end_to_end_ns: Percentiles,
 }
 
 impl Histograms {

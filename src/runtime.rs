@@ -24,13 +24,13 @@ use std::time::Instant;
 use crossbeam_queue::ArrayQueue;
 use tokio::sync::Notify;
 
+use crate::batch::{BatchBuf, Origin};
 use crate::completion::TableOwner;
 use crate::contain::lock;
 use crate::engine::Shared;
 use crate::error::Error;
 use crate::failure::{Outcome, Settled};
 use crate::handler::{Batch, BatchError, CompleteError, batch_failed, deliver};
-use crate::pool::{BatchBuf, Origin};
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, fence};
 
 /// An async sink: receives each batch as an owned [`AsyncBatch`] and returns

@@ -244,11 +244,11 @@ pub struct Stats {
     /// Items failed with `CircuitOpen` because the breaker was open.
     pub circuit_rejected: u64,
     /// The circuit breaker's state.
-    pub breaker: crate::failure::BreakerState,
+    pub breaker: BreakerState,
     /// Percentiles of batch size, queue wait, handler time and end-to-end
     /// time, when the batcher records them
     /// ([`BatcherBuilder::histograms`](crate::BatcherBuilder::histograms)).
-    pub histograms: Option<crate::metrics::Histograms>,
+    pub histograms: Option<Histograms>,
     /// Per-lane counters: one entry per lane, or with priority classes one
     /// per lane and class, class by class (every lane's Critical ring
     /// first).
@@ -477,4 +477,65 @@ impl ContainedPanics {
         stats.callback_panics += self.callbacks.load(Ordering::Relaxed);
         stats.drop_panics += self.drops.load(Ordering::Relaxed);
     }
+}
+
+/// Where the circuit breaker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BreakerState {
+    /// Batches go to the handler (also: no breaker).
+    #[default]
+    Closed,
+    /// Batches fail at once (or wait) until the recovery timeout ends.
+    Open,
+    /// One trial batch decides.
+    HalfOpen,
+}
+
+/// Percentiles of one distribution: nanoseconds for times, items for sizes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Percentiles {
+    /// Values recorded.
+    pub count: u64,
+    /// The smallest value.
+    pub min: u64,
+    /// The mean.
+    pub mean: f64,
+    /// The median.
+    pub p50: u64,
+    /// The 90th percentile.
+    pub p90: u64,
+    /// The 99th percentile.
+    pub p99: u64,
+    /// The 99.9th percentile.
+    pub p999: u64,
+    /// The 99.99th percentile.
+    pub p9999: u64,
+    /// The largest value.
+    pub max: u64,
+}
+
+impl Percentiles {
+    /// The quantiles and their values, for exporters.
+    pub fn quantiles(&self) -> [(f64, u64); 5] {
+        [
+            (0.5, self.p50),
+            (0.9, self.p90),
+            (0.99, self.p99),
+            (0.999, self.p999),
+            (0.9999, self.p9999),
+        ]
+    }
+}
+
+/// The histograms of a [`Stats`] snapshot (see the [`metrics`](crate::metrics) docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Histograms {
+    /// Items per batch.
+    pub batch_size: Percentiles,
+    /// Submission to dispatch, per item, in nanoseconds.
+    pub queue_wait_ns: Percentiles,
+    /// Handler time per batch, in nanoseconds.
+    pub handler_ns: Percentiles,
+    /// Submission to completion, per item, in nanoseconds.
+    pub end_to_end_ns: Percentiles,
 }

@@ -5,13 +5,13 @@ use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
+use crate::batch::Pool;
 use crate::batcher::builder::HandlerKind;
 use crate::batcher::{SPLIT_MAX_ITEM, normal_class};
 use crate::completion::TableOwner;
 use crate::config::{Backpressure, ConfigError};
 use crate::engine::drainer::{Drainer, Sink};
 use crate::engine::{Control, DirectFn, Inline, Lane, Shared};
-use crate::pool::Pool;
 use crate::ring::Ring;
 use crate::shape::{Assembler, Controller, ExpiryStamps, NEVER, Shaping};
 use crate::stats::{ContainedPanics, DrainerCounters, LaneCounters};

@@ -5,12 +5,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
+use crate::batch::Pool;
 use crate::completion::TableOwner;
 use crate::config::Config;
 use crate::engine::Lane;
 use crate::engine::drainer::Drainer;
 use crate::error::Error;
-use crate::pool::Pool;
 use crate::ring::Ring;
 use crate::shape::{Controller, ExpiryStamps, Linger};
 use crate::stats::{ContainedPanics, DrainerCounters, LaneCounters, LaneStats, Stats};
@@ -162,7 +162,7 @@ impl<T, R> Shared<T, R> {
     pub(crate) fn observe_batch(
         &self,
         handler_time: Duration,
-        feedback: Option<crate::shape::LoadFeedback>,
+        feedback: Option<crate::batch::LoadFeedback>,
     ) {
         if let Some(controller) = &self.controller {
             let size =
@@ -195,7 +195,7 @@ impl<T, R> Shared<T, R> {
 
     /// With histograms: records a finished batch (its handler time and its
     /// items' end-to-end times).
-    pub(crate) fn record_finished(&self, handler: Duration, buf: &crate::pool::BatchBuf<T>) {
+    pub(crate) fn record_finished(&self, handler: Duration, buf: &crate::batch::BatchBuf<T>) {
         if let Some(recorder) = &self.recorder {
             let now = self.clock();
             crate::contain::lock(recorder).finished(

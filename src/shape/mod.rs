@@ -34,7 +34,7 @@ mod props;
 mod settings;
 
 pub(crate) use adaptive::Controller;
-pub use adaptive::{Adaptive, AdaptiveMode, LoadFeedback, LoadWeights};
+pub use adaptive::{Adaptive, AdaptiveMode, LoadWeights};
 pub(crate) use assembler::{Assembler, Force};
 pub(crate) use expiry::{ExpiryStamps, NEVER, duration_ns};
 pub(crate) use keys::KeyPolicy;
@@ -47,6 +47,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::batch::LoadFeedback;
 
     #[test]
     fn group_limits_resolve_against_the_effective_size() {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
+use crate::batch::{BatchBuf, Origin};
 use crate::error::Error;
-use crate::pool::{BatchBuf, Origin};
 use crate::shape::{Assembler, Force, GroupLimits, KeyPolicy, Linger, NEVER, Oversize, Shaping};
 use crate::stats::DispatchReason;
 

@@ -5,12 +5,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use super::Sink;
+use crate::batch::{BatchBuf, Origin};
 use crate::contain::{lock, panic_message};
 use crate::engine::drainer::{Drainer, Retry};
 use crate::error::Error;
 use crate::failure::{Outcome, Settled};
 use crate::handler::{Batch, Handler, batch_failed, deliver};
-use crate::pool::{BatchBuf, Origin};
 use crate::shape::NEVER;
 use crate::stats::DispatchReason;
 use crate::sync::Ordering;

@@ -1,11 +1,11 @@
 //! Inline turns (`inline_when_idle`): a submitting thread that finds the
 //! drainer idle runs its batch itself, and the direct path for a batch of one.
 
+use crate::batch::Origin;
 use crate::contain::lock;
 use crate::engine::Shared;
 use crate::engine::drainer::{Drainer, Step};
 use crate::error::Error;
-use crate::pool::Origin;
 use crate::ring::{ParkPlan, announce_park_all};
 use crate::stats::DispatchReason;
 use crate::sync::Ordering;

@@ -20,12 +20,12 @@ pub(crate) use inline::{inline_passes, run_direct, sleep_unlocked};
 
 use std::time::{Duration, Instant};
 
+use crate::batch::BatchBuf;
 use crate::contain::lock;
 use crate::engine::Shared;
 use crate::engine::drainer::inline::{LastTurn, SLIP_SPINS};
 use crate::error::Error;
 use crate::handler::Handler;
-use crate::pool::BatchBuf;
 use crate::shape::Assembler;
 use crate::stats::{DispatchReason, DrainerTally};
 use crate::sync::{Arc, Ordering};

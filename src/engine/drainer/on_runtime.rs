@@ -1,8 +1,8 @@
 //! The drainer as a task on the runtime (`drain_on_runtime`).
 
 use super::Sink;
+use crate::batch::BatchBuf;
 use crate::engine::drainer::Drainer;
-use crate::pool::BatchBuf;
 use crate::ring::{announce_park_all, withdraw_park};
 use crate::shape::Force;
 use crate::stats::DispatchReason;

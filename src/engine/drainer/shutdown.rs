@@ -4,11 +4,11 @@
 
 #[cfg(feature = "tokio")]
 use super::Sink;
+use crate::batch::{BatchBuf, Origin};
 use crate::contain::lock;
 use crate::engine::drainer::Drainer;
 use crate::error::Error;
 use crate::handler::{Batch, deliver};
-use crate::pool::{BatchBuf, Origin};
 use crate::ring::{SEQ_MASK, distance};
 use crate::shape::NEVER;
 use crate::sync::{Arc, Ordering};

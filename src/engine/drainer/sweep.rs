@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
+use crate::batch::Origin;
 use crate::engine::drainer::Drainer;
 use crate::handler::deliver;
-use crate::pool::Origin;
 use crate::ring::distance;
 use crate::shape::{Force, NEVER};
 use crate::stats::DispatchReason;

@@ -1,8 +1,8 @@
 //! Filling the batch buffer from the chosen group (or everything, on
 //! flush and shutdown).
 
+use crate::batch::{BatchBuf, Origin};
 use crate::error::{Callback, Error};
-use crate::pool::{BatchBuf, Origin};
 use crate::shape::{Assembler, NEVER};
 
 impl<T> Assembler<T> {

@@ -1,8 +1,8 @@
 //! Intake: routing items from the lanes into their groups, contained key
 //! and weigher panics, expiry, and the group lists.
 
+use crate::batch::Origin;
 use crate::error::{Callback, CallbackPanic, Error};
-use crate::pool::Origin;
 use crate::shape::assembler::{Entry, Group, NIL, Staged};
 use crate::shape::{Assembler, NEVER};
 use crate::{GroupLimits, Oversize};

@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::sync::Arc as StdArc;
 use std::time::Instant;
 
+use crate::batch::{BatchBuf, Origin};
 use crate::error::Error;
-use crate::pool::{BatchBuf, Origin};
 use crate::shape::keys::HashIndex;
 use crate::shape::{Shaping, duration_ns};
 use crate::stats::{ContainedPanics, DispatchReason};

@@ -1,10 +1,6 @@
-//! Batch buffers, allocated at build time and recycled.
-//!
-//! The drainer takes a buffer from the pool, fills it, hands it to the
-//! handler and puts it back. The return path is a lock-free `ArrayQueue`, so a
-//! buffer can come back from another thread (a task running an async sink).
-
-use crossbeam_queue::ArrayQueue;
+//! One batch buffer: the items, where each result goes, and what the
+//! handler and the policies note per batch and per item; the appender that
+//! fills it.
 
 /// Where an item's result goes: packed `(lane, completion slot index)`, or
 /// one of the two sentinels.
@@ -60,14 +56,14 @@ pub(crate) struct BatchBuf<T> {
     /// Items the handler has completed (tickets or not).
     pub(crate) completed: usize,
     /// Load feedback the handler reported for this batch.
-    pub(crate) feedback: Option<crate::shape::LoadFeedback>,
+    pub(crate) feedback: Option<crate::batch::LoadFeedback>,
     /// Items completed with an error (counted in `Stats::items_failed`).
     pub(crate) failed: usize,
     /// With histograms: `(since, count)` runs, `since` being the time (ns
     /// since the batcher's epoch) each run's items were known to be
     /// published after.
     pub(crate) runs: Vec<(u64, u64)>,
-    /// With failure policies: per-item marks (`failure::mark`) and errors,
+    /// With failure policies: per-item marks (`batch::mark`) and errors,
     /// sized to the batch just before the handler runs.
     pub(crate) marks: Vec<u8>,
     pub(crate) errors: Vec<Option<crate::error::Error>>,
@@ -183,7 +179,7 @@ impl<T> BatchBuf<T> {
     pub(crate) fn prepare_marks(&mut self) {
         self.marks.clear();
         self.marks
-            .resize(self.items.len(), crate::failure::mark::NONE);
+            .resize(self.items.len(), crate::batch::mark::NONE);
         self.errors.clear();
         self.errors.resize_with(self.items.len(), || None);
     }
@@ -289,84 +285,4 @@ fn appender_full() -> ! {
     // An invariant of ours broken: no unwinding through a lane run.
     eprintln!("ringbatch: a batch appender was given more items than its room; aborting");
     std::process::abort()
-}
-
-/// The pool of batch buffers.
-#[derive(Debug)]
-pub(crate) struct Pool<T> {
-    free: ArrayQueue<BatchBuf<T>>,
-    size: usize,
-    buffer_capacity: usize,
-    /// Where the drops of items cleared from returned buffers that panicked
-    /// are counted (plain data, so the standard `Arc`).
-    panics: std::sync::Arc<crate::stats::ContainedPanics>,
-}
-
-impl<T> Pool<T> {
-    /// `size` buffers of `buffer_capacity` items each, allocated now, with
-    /// room for histogram runs when `runs` is set.
-    pub(crate) fn new(
-        size: usize,
-        buffer_capacity: usize,
-        runs: bool,
-        marks: bool,
-        panics: std::sync::Arc<crate::stats::ContainedPanics>,
-    ) -> Self {
-        let free = ArrayQueue::new(size);
-        for _ in 0..size {
-            let mut buf = BatchBuf::with_capacity(buffer_capacity);
-            if runs {
-                buf = buf.with_runs();
-            }
-            if marks {
-                buf = buf.with_marks();
-            }
-            let pushed = free.push(buf);
-            debug_assert!(pushed.is_ok(), "the queue holds exactly `size` buffers");
-        }
-        Self {
-            free,
-            size,
-            buffer_capacity,
-            panics,
-        }
-    }
-
-    /// Takes a free buffer, if any.
-    #[inline]
-    pub(crate) fn take(&self) -> Option<BatchBuf<T>> {
-        self.free.pop()
-    }
-
-    /// Returns an emptied buffer.
-    #[inline]
-    pub(crate) fn put(&self, mut buf: BatchBuf<T>) {
-        self.recycle(&mut buf);
-        // The pool only ever holds buffers it handed out, so it cannot be full.
-        let returned = self.free.push(buf);
-        debug_assert!(returned.is_ok(), "a buffer came back twice");
-    }
-
-    /// Empties `buf` for reuse, counting the drops that panicked.
-    #[inline]
-    pub(crate) fn recycle(&self, buf: &mut BatchBuf<T>) {
-        self.panics.drops(buf.clear());
-    }
-
-    /// Buffers currently in the pool (not in use).
-    pub(crate) fn available(&self) -> usize {
-        self.free.len()
-    }
-
-    /// Buffers the pool was built with.
-    pub(crate) fn size(&self) -> usize {
-        self.size
-    }
-
-    /// Bytes the pool's buffers hold, for the memory report.
-    pub(crate) fn footprint(&self) -> usize {
-        self.size
-            * self.buffer_capacity
-            * (core::mem::size_of::<T>() + core::mem::size_of::<Origin>())
-    }
 }
