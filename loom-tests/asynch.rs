@@ -134,7 +134,7 @@ fn awaited_ticket_dropped_before_its_result() {
 #[cfg(feature = "tokio")]
 #[test]
 fn drainer_sleeps_until_a_worker_returns_a_buffer() {
-    use crate::runtime::WaitFlag;
+    use crate::engine::runtime::WaitFlag;
     use crate::sync::{AtomicBool, Ordering};
 
     loom::model(|| {

@@ -122,8 +122,6 @@ pub mod metrics;
 mod metrics_facade;
 mod producer;
 mod ring;
-#[cfg(feature = "tokio")]
-mod runtime;
 mod scope;
 mod shape;
 #[cfg(any(feature = "postgres", feature = "nats"))]
@@ -139,14 +137,14 @@ pub use config::{
     Backpressure, Config, ConfigError, DEFAULT_RESULT_SLOTS, LaneAssignment, MAX_CAPACITY,
     MAX_DURATION, MAX_LANES,
 };
+#[cfg(feature = "tokio")]
+pub use engine::runtime::{AsyncBatch, AsyncHandler};
 pub use error::{
     Callback, CallbackPanic, Error, RefusedKind, SharedError, SliceError, SubmitError,
 };
 pub use failure::{BreakerState, CircuitBreaker, DeadLetter, Failure, FailureKind, RetryPolicy};
 pub use handler::{Batch, BatchError, CompleteError, Handler};
 pub use producer::{AsyncProducer, Producer};
-#[cfg(feature = "tokio")]
-pub use runtime::{AsyncBatch, AsyncHandler};
 pub use shape::{
     Adaptive, AdaptiveMode, DEFAULT_MAX_BYTES, DEFAULT_MAX_OPEN_GROUPS, DEFAULT_STARVATION_AGE,
     GroupLimits, GroupSize, Linger, LoadWeights, Oversize, Priority,

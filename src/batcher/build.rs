@@ -185,10 +185,10 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             producers_made: AtomicUsize::new(0),
             #[cfg(feature = "tokio")]
             pipeline: CachePadded::new(
-                is_async.then(|| crate::runtime::Pipeline::new(config.pool_size)),
+                is_async.then(|| crate::engine::runtime::Pipeline::new(config.pool_size)),
             ),
             #[cfg(feature = "tokio")]
-            drainer_task: drain_on_runtime.then(crate::runtime::TaskWake::default),
+            drainer_task: drain_on_runtime.then(crate::engine::runtime::TaskWake::default),
             // The direct path skips the lane, so it runs only where a batch
             // of one needs nothing more than the handler: no failure
             // policies (a breaker, dead letters) and no histograms.

@@ -324,7 +324,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     pub fn async_handler(mut self, handler: impl crate::AsyncHandler<T, R>) -> Self {
         self.handler = Some(HandlerKind::Async(Box::new(
             move |shared, workers, runtime| {
-                crate::runtime::spawn_workers(shared, handler, workers, runtime);
+                crate::engine::runtime::spawn_workers(shared, handler, workers, runtime);
             },
         )));
         self
@@ -355,7 +355,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         F: Fn(crate::AsyncBatch<T, R>) -> Fut + Send + Sync + 'static,
         Fut: core::future::Future<Output = Result<(), BatchError>> + Send,
     {
-        self.async_handler(crate::runtime::FnAsyncHandler(f))
+        self.async_handler(crate::engine::runtime::FnAsyncHandler(f))
     }
 
     /// Most batches an async handler runs at once (default 4). While they

@@ -3,6 +3,8 @@
 
 pub(crate) mod drainer;
 mod lane;
+#[cfg(feature = "tokio")]
+pub(crate) mod runtime;
 mod shared;
 
 pub(crate) use lane::Lane;

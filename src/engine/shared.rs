@@ -97,10 +97,10 @@ pub(crate) struct Shared<T, R> {
     pub(crate) producers_made: AtomicUsize,
     /// The hand-off to async worker tasks, with an async handler.
     #[cfg(feature = "tokio")]
-    pub(crate) pipeline: CachePadded<Option<crate::runtime::Pipeline<T>>>,
+    pub(crate) pipeline: CachePadded<Option<crate::engine::runtime::Pipeline<T>>>,
     /// How to wake the drainer when it runs as a task.
     #[cfg(feature = "tokio")]
-    pub(crate) drainer_task: Option<crate::runtime::TaskWake>,
+    pub(crate) drainer_task: Option<crate::engine::runtime::TaskWake>,
     /// With `inline_when_idle`: the drainer's state, which a submitter that
     /// finds the drainer asleep may lock to run a turn itself.
     pub(crate) inline: Option<Inline<T, R>>,
@@ -123,7 +123,7 @@ pub(crate) type DirectFn<T, R> =
 impl<T, R> Shared<T, R> {
     /// The async hand-off (only called in async mode).
     #[cfg(feature = "tokio")]
-    pub(crate) fn pipeline(&self) -> &crate::runtime::Pipeline<T> {
+    pub(crate) fn pipeline(&self) -> &crate::engine::runtime::Pipeline<T> {
         self.pipeline
             .as_ref()
             .expect("the async pipeline exists with an async handler")
@@ -336,7 +336,8 @@ mod tests {
         #[cfg(feature = "tokio")]
         written.push(lines(
             offset_of!(S, pipeline),
-            size_of::<crossbeam_utils::CachePadded<Option<crate::runtime::Pipeline<u64>>>>(),
+            size_of::<crossbeam_utils::CachePadded<Option<crate::engine::runtime::Pipeline<u64>>>>(
+            ),
         ));
         for w in &written {
             for r in &read {

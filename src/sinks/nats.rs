@@ -51,8 +51,8 @@ use futures_util::future::join_all;
 use super::RetrySettings;
 use crate::error::{Error, SharedError};
 use crate::handler::BatchError;
-use crate::runtime::{AsyncBatch, AsyncHandler};
 use crate::sync::{AtomicU64, Ordering};
+use crate::{AsyncBatch, AsyncHandler};
 
 /// What a [`JetStreamSink`] publishes for one item.
 #[derive(Debug, Clone, PartialEq, Eq)]

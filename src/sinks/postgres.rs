@@ -95,8 +95,8 @@ use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 use super::RetrySettings;
 use crate::error::{Error, SharedError};
 use crate::handler::BatchError;
-use crate::runtime::{AsyncBatch, AsyncHandler};
 use crate::sync::{AtomicU64, Ordering};
+use crate::{AsyncBatch, AsyncHandler};
 
 /// Decodes a result row into an item's result.
 type Decode<R> = Box<dyn Fn(&Row) -> Result<R, tokio_postgres::Error> + Send + Sync>;

@@ -49,7 +49,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             #[cfg(feature = "tokio")]
             Sink::Async => {
                 let full = core::mem::replace(&mut self.buf, BatchBuf::with_capacity(0));
-                crate::runtime::dispatch(&self.shared, full);
+                crate::engine::runtime::dispatch(&self.shared, full);
                 if self.on_runtime {
                     // A task must not block: take a buffer if one is free,
                     // else await one in `run_async`.

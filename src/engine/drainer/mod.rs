@@ -219,7 +219,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             self.wait_for_batches_in_flight();
             #[cfg(feature = "tokio")]
             if matches!(self.sink, Sink::Async) {
-                crate::runtime::close(&self.shared);
+                crate::engine::runtime::close(&self.shared);
             }
             return Step::Exit;
         }

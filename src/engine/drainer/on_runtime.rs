@@ -52,7 +52,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 self.drain_all_async(DispatchReason::Shutdown).await;
                 self.await_in_flight().await;
                 if matches!(self.sink, Sink::Async) {
-                    crate::runtime::close(&self.shared);
+                    crate::engine::runtime::close(&self.shared);
                 }
                 break;
             }

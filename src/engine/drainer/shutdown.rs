@@ -210,7 +210,7 @@ impl<T, R> Drainer<T, R> {
         debug_assert!(outcome.is_ok(), "giving back after a failure panicked");
         #[cfg(feature = "tokio")]
         if matches!(self.sink, Sink::Async) {
-            crate::runtime::close(&shared);
+            crate::engine::runtime::close(&shared);
         }
         shared.progress.flushed(u64::MAX);
     }
