@@ -1,5 +1,5 @@
-//! `BatcherBuilder::build`: the settings resolved and checked, the shared
-//! state made, the drainer started.
+//! `BatcherBuilder::build`, in steps: the settings resolved and checked,
+//! the shared state made, the drainer started.
 
 use std::time::Instant;
 
@@ -9,15 +9,25 @@ use crate::batch::Pool;
 use crate::batcher::builder::HandlerKind;
 use crate::batcher::{SPLIT_MAX_ITEM, normal_class};
 use crate::completion::TableOwner;
-use crate::config::{Backpressure, ConfigError};
+use crate::config::{Backpressure, Config, ConfigError};
 use crate::engine::drainer::{Drainer, Sink};
 use crate::engine::{Control, DirectFn, Inline, Lane, Shared};
+use crate::failure::FailureSettings;
 use crate::ring::Ring;
 use crate::shape::{Assembler, Controller, ExpiryStamps, NEVER, Shaping};
 use crate::stats::{ContainedPanics, DrainerCounters, LaneCounters};
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, OnceLock, thread};
 use crate::wait::Progress;
 use crate::{Batcher, BatcherBuilder};
+
+/// Where the drainer runs, as the settings decide.
+#[derive(Clone, Copy)]
+struct Placement {
+    /// The handler is async: batches go to worker tasks.
+    is_async: bool,
+    /// The drainer is a task on the runtime, not a thread.
+    on_runtime: bool,
+}
 
 impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// Checks the settings, allocates every lane, slot and batch buffer, and
@@ -28,6 +38,44 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// A [`ConfigError`] naming the first invalid setting, or saying why the
     /// drainer could not start.
     pub fn build(mut self) -> Result<Batcher<T, R>, ConfigError> {
+        let placement = self.settle()?;
+        #[cfg(feature = "tokio")]
+        let runtime = self.resolve_runtime(placement)?;
+        let handler = self.handler.take().ok_or(ConfigError::MissingHandler)?;
+        let (shared, assembler) = self.make_shared(placement);
+        let sink = match handler {
+            HandlerKind::Sync(handler) => Sink::Sync(handler),
+            #[cfg(feature = "tokio")]
+            HandlerKind::Async(start) => {
+                let runtime = runtime
+                    .as_ref()
+                    .expect("resolved above for an async handler");
+                start(&shared, shared.config.max_in_flight, runtime);
+                Sink::Async
+            }
+        };
+        let drainer = Drainer::new(Arc::clone(&shared), sink, assembler);
+        #[cfg(feature = "tokio")]
+        if placement.on_runtime {
+            let runtime = runtime.as_ref().expect("resolved above");
+            runtime.spawn(drainer.on_runtime().run_async());
+            return Ok(Batcher {
+                shared,
+                drainer: None,
+                stopping: false,
+            });
+        }
+        let handle = start_drainer_thread(&shared, drainer)?;
+        Ok(Batcher {
+            shared,
+            drainer: Some(handle),
+            stopping: false,
+        })
+    }
+
+    /// Fills in the defaults that follow other settings, then checks every
+    /// setting and every combination: the first problem is the error.
+    fn settle(&mut self) -> Result<Placement, ConfigError> {
         if !self.max_batch_set && self.config.capacity > 0 {
             self.config.max_batch = self.config.max_batch.min(self.config.capacity);
         }
@@ -37,8 +85,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             self.config.pool_size = self.config.pool_size.max(needed);
         }
         self.config.validate()?;
-        let mut shaping = self.shaping;
-        shaping.validate(self.config.max_batch)?;
+        self.shaping.validate(self.config.max_batch)?;
         if let Some(policy) = &self.failure.retry {
             policy.validate()?;
             // Batches waiting to retry hold buffers: keep some for new ones.
@@ -49,7 +96,9 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         if let Some(breaker) = &self.failure.breaker {
             breaker.validate()?;
         }
-        let handler = self.handler.ok_or(ConfigError::MissingHandler)?;
+        if self.handler.is_none() {
+            return Err(ConfigError::MissingHandler);
+        }
         if is_async && self.config.pool_size <= self.config.max_in_flight {
             return Err(ConfigError::PoolTooSmall {
                 pool_size: self.config.pool_size,
@@ -57,57 +106,98 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             });
         }
         #[cfg(feature = "tokio")]
-        let drain_on_runtime = self.drain_on_runtime;
-        #[cfg(feature = "tokio")]
-        if let (true, Some(core)) = (drain_on_runtime, self.config.pin_drainer) {
+        let on_runtime = self.drain_on_runtime;
+        #[cfg(not(feature = "tokio"))]
+        let on_runtime = false;
+        let placement = Placement {
+            is_async,
+            on_runtime,
+        };
+        self.check_placement(placement)?;
+        self.check_inline(placement)?;
+        Ok(placement)
+    }
+
+    /// The settings a drainer on the runtime cannot keep.
+    fn check_placement(&self, placement: Placement) -> Result<(), ConfigError> {
+        if !placement.on_runtime {
+            return Ok(());
+        }
+        if let Some(core) = self.config.pin_drainer {
             return Err(ConfigError::PinOnRuntime { core });
         }
-        #[cfg(feature = "tokio")]
-        if drain_on_runtime && !is_async && self.failure.retry.is_some() {
+        if !placement.is_async && self.failure.retry.is_some() {
             return Err(ConfigError::Invalid {
                 field: "retry_policy",
                 reason: "a drainer on the runtime retries only with an async handler \
                          (a blocking handler's retries would sleep on a worker thread)",
             });
         }
-        if self.inline_when_idle {
-            let reason = if is_async {
-                Some("runs a blocking handler on the submitting thread, not an async one")
-            } else if shaping.is_active() {
-                Some(
-                    "runs no shaping policy (linger, priorities, groups, bytes, deadlines, adaptive sizing)",
-                )
-            } else if self.failure.retry.is_some() {
-                Some("runs no retry policy (retries wait in the drainer thread's timer queue)")
-            } else {
-                None
-            };
-            #[cfg(feature = "tokio")]
-            let reason = reason.or(drain_on_runtime
-                .then_some("needs the drainer on a thread of its own, not drain_on_runtime"));
-            if let Some(reason) = reason {
-                return Err(ConfigError::Invalid {
-                    field: "inline_when_idle",
-                    reason,
-                });
-            }
+        Ok(())
+    }
+
+    /// `inline_when_idle` runs a blocking handler on the submitting thread,
+    /// with nothing between the item and the handler: what it cannot keep.
+    fn check_inline(&self, placement: Placement) -> Result<(), ConfigError> {
+        if !self.inline_when_idle {
+            return Ok(());
         }
-        #[cfg(feature = "tokio")]
-        let runtime = match (is_async || drain_on_runtime, self.runtime) {
-            (true, Some(handle)) => Some(handle),
-            (true, None) => {
-                Some(tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?)
-            }
-            (false, _) => None,
+        let reason = if placement.is_async {
+            Some("runs a blocking handler on the submitting thread, not an async one")
+        } else if self.shaping.is_active() {
+            Some(
+                "runs no shaping policy (linger, priorities, groups, bytes, deadlines, adaptive sizing)",
+            )
+        } else if self.failure.retry.is_some() {
+            Some("runs no retry policy (retries wait in the drainer thread's timer queue)")
+        } else if placement.on_runtime {
+            Some("needs the drainer on a thread of its own, not drain_on_runtime")
+        } else {
+            None
         };
-        let config = self.config;
-        let lane_count = config.lane_count();
+        match reason {
+            Some(reason) => Err(ConfigError::Invalid {
+                field: "inline_when_idle",
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The runtime the workers or the drainer task run on: the one given,
+    /// or the caller's.
+    #[cfg(feature = "tokio")]
+    fn resolve_runtime(
+        &mut self,
+        placement: Placement,
+    ) -> Result<Option<tokio::runtime::Handle>, ConfigError> {
+        match (
+            placement.is_async || placement.on_runtime,
+            self.runtime.take(),
+        ) {
+            (true, Some(handle)) => Ok(Some(handle)),
+            (true, None) => tokio::runtime::Handle::try_current()
+                .map(Some)
+                .map_err(|_| ConfigError::NoRuntime),
+            (false, _) => Ok(None),
+        }
+    }
+
+    /// Allocates the shared state (every lane, completion slot and batch
+    /// buffer) and, with shaping on, the drainer's assembler.
+    fn make_shared(self, placement: Placement) -> (Arc<Shared<T, R>>, Option<Assembler<T>>) {
+        let Self {
+            config,
+            mut shaping,
+            histograms,
+            failure,
+            spill,
+            inline_when_idle,
+            ..
+        } = self;
         let classes = shaping.classes();
-        let rings = lane_count * classes;
+        let rings = config.lane_count() * classes;
         let epoch = Instant::now();
-        let histograms = self.histograms;
-        let failure = self.failure;
-        let direct_ok = !histograms && !failure.is_active();
         let controller = shaping
             .adaptive
             .map(|adaptive| Controller::new(adaptive, config.max_batch));
@@ -115,6 +205,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             .as_ref()
             .map_or(config.max_batch, Controller::size);
         let panics = std::sync::Arc::new(ContainedPanics::default());
+        let lanes = make_lanes(&config, &shaping, epoch);
         let assembler = shaping.is_active().then(|| {
             Assembler::new(
                 shaping_for_drainer(&mut shaping),
@@ -123,41 +214,18 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                 std::sync::Arc::clone(&panics),
             )
         });
+        // The direct path skips the lane, so it runs only where a batch of
+        // one needs nothing more than the handler: no failure policies (a
+        // breaker, dead letters) and no histograms.
+        let direct_ok = !histograms && !failure.is_active();
         let shared = Arc::new(Shared {
-            lanes: (0..rings)
-                .map(|ring| Lane {
-                    ring: if config.backpressure == Backpressure::DropOldest {
-                        Ring::with_eviction(config.capacity)
-                    } else if ring / lane_count == normal_class(classes)
-                        && ring % lane_count >= lane_count - config.exclusive_lanes
-                        && core::mem::size_of::<T>() <= SPLIT_MAX_ITEM
-                    {
-                        Ring::new_split(config.capacity)
-                    } else {
-                        Ring::new(config.capacity)
-                    },
-                    expiry: shaping
-                        .stamps_expiry()
-                        .then(|| ExpiryStamps::new(config.capacity, epoch, shaping.max_age)),
-                    counters: CachePadded::new(LaneCounters::default()),
-                    producers: AtomicUsize::new(0),
-                })
-                .collect(),
-            lane_count,
+            lanes,
+            lane_count: config.lane_count(),
             classes,
             controller: controller.map(Mutex::new),
             staging_bytes: assembler.as_ref().map_or(0, Assembler::footprint),
             table: TableOwner::new(rings, config.result_slot_count(), config.wait),
-            control: CachePadded::new(Control {
-                closing: AtomicBool::new(false),
-                flush_requested: AtomicU64::new(0),
-                flush_now: AtomicU64::new(0),
-                paused: AtomicBool::new(false),
-                give_back_at: AtomicU64::new(NEVER),
-                max_batch: AtomicUsize::new(config.max_batch),
-                settings_version: AtomicU64::new(0),
-                effective_max: AtomicUsize::new(effective_max),
-            }),
+            control: CachePadded::new(make_control(&config, effective_max)),
             progress: Progress::default(),
             counters: CachePadded::new(DrainerCounters::default()),
             pool: Pool::new(
@@ -172,106 +240,138 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             recorder: histograms
                 .then(|| Mutex::new(crate::metrics::Recorder::new(config.max_batch))),
             high_water: (0..rings).map(|_| AtomicU64::new(0)).collect(),
-            failure: failure
-                .is_active()
-                .then(|| Mutex::new(crate::failure::FailureState::new(failure))),
+            failure: make_failure_state(failure),
             leftovers: Mutex::new(Vec::new()),
             new_linger: Mutex::new(None),
             shaping: assembler.is_some(),
             drainer: OnceLock::new(),
-            spill: self.spill,
+            spill,
             next_lane: AtomicUsize::new(0),
             exclusive_lanes: AtomicUsize::new(0),
             producers_made: AtomicUsize::new(0),
             #[cfg(feature = "tokio")]
             pipeline: CachePadded::new(
-                is_async.then(|| crate::engine::runtime::Pipeline::new(config.pool_size)),
+                placement
+                    .is_async
+                    .then(|| crate::engine::runtime::Pipeline::new(config.pool_size)),
             ),
             #[cfg(feature = "tokio")]
-            drainer_task: drain_on_runtime.then(crate::engine::runtime::TaskWake::default),
-            // The direct path skips the lane, so it runs only where a batch
-            // of one needs nothing more than the handler: no failure
-            // policies (a breaker, dead letters) and no histograms.
-            inline: self.inline_when_idle.then(|| Inline {
+            drainer_task: placement
+                .on_runtime
+                .then(crate::engine::runtime::TaskWake::default),
+            inline: inline_when_idle.then(|| Inline {
                 cell: Box::new(Mutex::new(None)),
                 turn: Drainer::inline_turn,
                 direct: direct_ok.then_some(Drainer::direct as DirectFn<T, R>),
             }),
             config,
         });
-
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let sink = match handler {
-            HandlerKind::Sync(handler) => Sink::Sync(handler),
-            #[cfg(feature = "tokio")]
-            HandlerKind::Async(start) => {
-                let runtime = runtime
-                    .as_ref()
-                    .expect("resolved above for an async handler");
-                start(&shared, shared.config.max_in_flight, runtime);
-                Sink::Async
-            }
-        };
-        let drainer = Drainer::new(Arc::clone(&shared), sink, assembler);
-        #[cfg(feature = "tokio")]
-        if drain_on_runtime {
-            let runtime = runtime.as_ref().expect("resolved above");
-            runtime.spawn(drainer.on_runtime().run_async());
-            return Ok(Batcher {
-                shared,
-                drainer: None,
-                stopping: false,
-            });
-        }
-        // With `inline_when_idle` the state lives in the shared cell, and the
-        // thread works on it there.
-        let drainer = match &shared.inline {
-            Some(inline) => {
-                *crate::contain::lock(&inline.cell) = Some(drainer);
-                Err(Arc::clone(&shared))
-            }
-            None => Ok(drainer),
-        };
-        let pin = shared.config.pin_drainer;
-        let handle = thread::Builder::new()
-            .name(shared.config.thread_name.clone())
-            .spawn(move || {
-                if let Some(core) = pin {
-                    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                        let _ = started_tx.send(Err(ConfigError::PinFailed { core }));
-                        return;
-                    }
-                }
-                let _ = started_tx.send(Ok(()));
-                match drainer {
-                    Ok(drainer) => drainer.run(),
-                    Err(shared) => Drainer::run_shared(&shared),
-                }
-            })
-            .map_err(|e| ConfigError::Spawn {
-                message: e.to_string(),
-            })?;
-        let _ = shared.drainer.set(handle.thread().clone());
-        match started_rx.recv() {
-            Ok(Ok(())) => Ok(Batcher {
-                shared,
-                drainer: Some(handle),
-                stopping: false,
-            }),
-            Ok(Err(e)) => {
-                let _ = handle.join();
-                Err(e)
-            }
-            Err(_) => {
-                let _ = handle.join();
-                Err(ConfigError::Spawn {
-                    message: "the drainer thread ended before it started".to_owned(),
-                })
-            }
-        }
+        #[cfg(not(feature = "tokio"))]
+        let _ = placement;
+        (shared, assembler)
     }
 }
 
+/// Every ring of every class, laid out for its producers: evicting under
+/// `DropOldest`, split for the exclusive lanes of small items, interleaved
+/// otherwise.
+fn make_lanes<T>(config: &Config, shaping: &Shaping<T>, epoch: Instant) -> Box<[Lane<T>]> {
+    let lane_count = config.lane_count();
+    let classes = shaping.classes();
+    (0..lane_count * classes)
+        .map(|ring| Lane {
+            ring: if config.backpressure == Backpressure::DropOldest {
+                Ring::with_eviction(config.capacity)
+            } else if ring / lane_count == normal_class(classes)
+                && ring % lane_count >= lane_count - config.exclusive_lanes
+                && core::mem::size_of::<T>() <= SPLIT_MAX_ITEM
+            {
+                Ring::new_split(config.capacity)
+            } else {
+                Ring::new(config.capacity)
+            },
+            expiry: shaping
+                .stamps_expiry()
+                .then(|| ExpiryStamps::new(config.capacity, epoch, shaping.max_age)),
+            counters: CachePadded::new(LaneCounters::default()),
+            producers: AtomicUsize::new(0),
+        })
+        .collect()
+}
+
+/// The control words in their starting state.
+fn make_control(config: &Config, effective_max: usize) -> Control {
+    Control {
+        closing: AtomicBool::new(false),
+        flush_requested: AtomicU64::new(0),
+        flush_now: AtomicU64::new(0),
+        paused: AtomicBool::new(false),
+        give_back_at: AtomicU64::new(NEVER),
+        max_batch: AtomicUsize::new(config.max_batch),
+        settings_version: AtomicU64::new(0),
+        effective_max: AtomicUsize::new(effective_max),
+    }
+}
+
+/// The failure policies' state, when any is on.
+fn make_failure_state<T>(
+    failure: FailureSettings<T>,
+) -> Option<Mutex<crate::failure::FailureState<T>>> {
+    failure
+        .is_active()
+        .then(|| Mutex::new(crate::failure::FailureState::new(failure)))
+}
+
+/// Starts the drainer thread (pinned if asked) and waits until it runs, so
+/// that a pinning failure is the builder's error.
+fn start_drainer_thread<T: Send + 'static, R: Send + 'static>(
+    shared: &Arc<Shared<T, R>>,
+    drainer: Drainer<T, R>,
+) -> Result<thread::JoinHandle<()>, ConfigError> {
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    // With `inline_when_idle` the state lives in the shared cell, and the
+    // thread works on it there.
+    let drainer = match &shared.inline {
+        Some(inline) => {
+            *crate::contain::lock(&inline.cell) = Some(drainer);
+            Err(Arc::clone(shared))
+        }
+        None => Ok(drainer),
+    };
+    let pin = shared.config.pin_drainer;
+    let handle = thread::Builder::new()
+        .name(shared.config.thread_name.clone())
+        .spawn(move || {
+            if let Some(core) = pin {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                    let _ = started_tx.send(Err(ConfigError::PinFailed { core }));
+                    return;
+                }
+            }
+            let _ = started_tx.send(Ok(()));
+            match drainer {
+                Ok(drainer) => drainer.run(),
+                Err(shared) => Drainer::run_shared(&shared),
+            }
+        })
+        .map_err(|e| ConfigError::Spawn {
+            message: e.to_string(),
+        })?;
+    let _ = shared.drainer.set(handle.thread().clone());
+    match started_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = handle.join();
+            Err(ConfigError::Spawn {
+                message: "the drainer thread ended before it started".to_owned(),
+            })
+        }
+    }
+}
 /// The core the calling thread runs on, if the platform says.
 pub(crate) fn current_cpu() -> Option<usize> {
     #[cfg(target_os = "linux")]
