@@ -7,6 +7,16 @@ use crate::shape::assembler::{Entry, Group, NIL, Staged};
 use crate::shape::{Assembler, NEVER};
 use crate::{GroupLimits, Oversize};
 
+/// Where [`Assembler::route`] puts an item.
+enum Placed<T> {
+    /// Into this group.
+    In(usize, Staged<T>),
+    /// Nowhere: a callback panicked on it and it was failed.
+    Gone,
+    /// Back into the intake: this group must be dispatched first.
+    Blocked(usize),
+}
+
 impl<T> Assembler<T> {
     /// Moves the intake into the groups. Returns a group to dispatch when
     /// the next item needs a group slot and none is free.
@@ -15,103 +25,127 @@ impl<T> Assembler<T> {
         now: u64,
         complete: &mut dyn FnMut(Origin, Error),
     ) -> Option<usize> {
-        while let Some(mut staged) = self.intake.pop_front() {
+        while let Some(staged) = self.intake.pop_front() {
             if staged.expires <= now {
                 self.expire(staged, complete);
                 continue;
             }
-            if let (Some(limit), Some(weigher)) = (self.policy.max_bytes, &self.policy.weigher) {
-                staged.weight = match crate::contain::call(|| weigher(&staged.item)) {
-                    Ok(weight) => weight,
-                    Err(message) => {
-                        self.panicked(staged, Callback::Weigher, &message, complete);
-                        continue;
-                    }
-                };
-                if staged.weight > limit && self.policy.oversize == Oversize::Fail {
-                    self.tally.too_large += 1;
-                    complete(
-                        staged.origin,
-                        Error::TooLarge {
-                            // Saturates, as `Error::TooLarge` documents.
-                            weight: u32::try_from(staged.weight).unwrap_or(u32::MAX),
-                            // `validate` refuses limits above `u32::MAX`.
-                            limit: u32::try_from(limit).unwrap_or(u32::MAX),
-                        },
-                    );
-                    self.drop_item(staged.item);
-                    continue;
-                }
-            }
-            let group = match &self.policy.group {
-                None => staged.class as usize,
-                Some(keys) => {
-                    let key = match keys.key_hash(&staged.item) {
-                        Ok(hash) => hash ^ (u64::from(staged.class) << 61),
-                        Err(message) => {
-                            self.panicked(staged, Callback::GroupBy, &message, complete);
-                            continue;
-                        }
-                    };
-                    match self.index.get(&key).copied() {
-                        Some(g) => {
-                            let head = self.groups[g].head as usize;
-                            let same = match &self.slab[head].staged {
-                                Some(h) => keys.same_key(&h.item, &staged.item),
-                                None => Ok(false),
-                            };
-                            match same {
-                                Ok(true) => g,
-                                Ok(false) => {
-                                    // Two keys with one hash: dispatch the
-                                    // group in the way first.
-                                    self.intake.push_front(staged);
-                                    return Some(g);
-                                }
-                                Err(message) => {
-                                    self.panicked(staged, Callback::GroupBy, &message, complete);
-                                    continue;
-                                }
-                            }
-                        }
-                        None => match self.free_groups.pop() {
-                            Some(g) => {
-                                let limits = match &self.policy.group_limits {
-                                    None => Ok(GroupLimits::default()),
-                                    Some(f) => crate::contain::call(|| f(&staged.item)),
-                                };
-                                let limits = match limits {
-                                    Ok(limits) => limits,
-                                    Err(message) => {
-                                        self.free_groups.push(g);
-                                        self.panicked(
-                                            staged,
-                                            Callback::GroupLimits,
-                                            &message,
-                                            complete,
-                                        );
-                                        continue;
-                                    }
-                                };
-                                let group = &mut self.groups[g];
-                                *group = Group::empty(staged.class);
-                                group.key = key;
-                                group.limits = limits;
-                                group.open = true;
-                                self.index.insert(key, g);
-                                g
-                            }
-                            None => {
-                                self.intake.push_front(staged);
-                                return Some(self.oldest_group());
-                            }
-                        },
-                    }
-                }
+            let Some(staged) = self.weigh(staged, complete) else {
+                continue;
             };
-            self.append(group, staged);
+            match self.place(staged, complete) {
+                Placed::In(group, staged) => self.append(group, staged),
+                Placed::Gone => {}
+                Placed::Blocked(group) => return Some(group),
+            }
         }
         None
+    }
+
+    /// With a byte limit: weighs the item (a weigher panic fails it) and
+    /// fails it if it is too large for any batch under `Oversize::Fail`.
+    /// `None` when the item is gone.
+    #[inline(always)]
+    fn weigh(
+        &mut self,
+        mut staged: Staged<T>,
+        complete: &mut dyn FnMut(Origin, Error),
+    ) -> Option<Staged<T>> {
+        let (Some(limit), Some(weigher)) = (self.policy.max_bytes, &self.policy.weigher) else {
+            return Some(staged);
+        };
+        staged.weight = match crate::contain::call(|| weigher(&staged.item)) {
+            Ok(weight) => weight,
+            Err(message) => {
+                self.panicked(staged, Callback::Weigher, &message, complete);
+                return None;
+            }
+        };
+        if staged.weight > limit && self.policy.oversize == Oversize::Fail {
+            self.tally.too_large += 1;
+            complete(
+                staged.origin,
+                Error::TooLarge {
+                    // Saturates, as `Error::TooLarge` documents.
+                    weight: u32::try_from(staged.weight).unwrap_or(u32::MAX),
+                    // `validate` refuses limits above `u32::MAX`.
+                    limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                },
+            );
+            self.drop_item(staged.item);
+            return None;
+        }
+        Some(staged)
+    }
+
+    /// The group `staged` goes to: its class without key groups, else the
+    /// open group of its key, or a new one.
+    #[inline(always)]
+    fn place(&mut self, staged: Staged<T>, complete: &mut dyn FnMut(Origin, Error)) -> Placed<T> {
+        let Some(keys) = &self.policy.group else {
+            return Placed::In(staged.class as usize, staged);
+        };
+        let key = match keys.key_hash(&staged.item) {
+            Ok(hash) => hash ^ (u64::from(staged.class) << 61),
+            Err(message) => {
+                self.panicked(staged, Callback::GroupBy, &message, complete);
+                return Placed::Gone;
+            }
+        };
+        let Some(g) = self.index.get(&key).copied() else {
+            return self.open_group(key, staged, complete);
+        };
+        let head = self.groups[g].head as usize;
+        let same = match &self.slab[head].staged {
+            Some(h) => keys.same_key(&h.item, &staged.item),
+            None => Ok(false),
+        };
+        match same {
+            Ok(true) => Placed::In(g, staged),
+            Ok(false) => {
+                // Two keys with one hash: dispatch the group in the way
+                // first.
+                self.intake.push_front(staged);
+                Placed::Blocked(g)
+            }
+            Err(message) => {
+                self.panicked(staged, Callback::GroupBy, &message, complete);
+                Placed::Gone
+            }
+        }
+    }
+
+    /// Opens a group for `key` with its limits (a limits panic fails the
+    /// item), or, with no group slot free, dispatches the oldest group first.
+    fn open_group(
+        &mut self,
+        key: u64,
+        staged: Staged<T>,
+        complete: &mut dyn FnMut(Origin, Error),
+    ) -> Placed<T> {
+        let Some(g) = self.free_groups.pop() else {
+            self.intake.push_front(staged);
+            return Placed::Blocked(self.oldest_group());
+        };
+        let limits = match &self.policy.group_limits {
+            None => Ok(GroupLimits::default()),
+            Some(f) => crate::contain::call(|| f(&staged.item)),
+        };
+        let limits = match limits {
+            Ok(limits) => limits,
+            Err(message) => {
+                self.free_groups.push(g);
+                self.panicked(staged, Callback::GroupLimits, &message, complete);
+                return Placed::Gone;
+            }
+        };
+        let group = &mut self.groups[g];
+        *group = Group::empty(staged.class);
+        group.key = key;
+        group.limits = limits;
+        group.open = true;
+        self.index.insert(key, g);
+        Placed::In(g, staged)
     }
 
     /// A callback panicked on `staged` (contained): its ticket fails with
