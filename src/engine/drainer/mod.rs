@@ -211,42 +211,8 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     /// dispatch; `Park` when the backoff says to sleep.
     fn step(&mut self, backoff: &mut Backoff) -> Step {
         self.refresh_settings();
-        let control = &self.shared.control;
-        // Acquire pairs with the Release store in `Batcher::stop`: every
-        // lane is closed, and the tails read next are final.
-        if control.closing.load(Ordering::Acquire) {
-            self.drain_all(DispatchReason::Shutdown);
-            self.wait_for_batches_in_flight();
-            #[cfg(feature = "tokio")]
-            if matches!(self.sink, Sink::Async) {
-                crate::engine::runtime::close(&self.shared);
-            }
-            return Step::Exit;
-        }
-        if let Some(until) = self.held() {
-            // Paused, or the breaker is open and holds batches: take
-            // nothing (producers meet backpressure); wake on a request
-            // (the unpark of `resume`, a flush, shutdown) or the end.
-            let wait = until.map_or(HELD_POLL, |u| {
-                u.saturating_duration_since(Instant::now()).min(HELD_POLL)
-            });
-            crate::sync::thread::park_timeout(wait);
-            backoff.reset();
-            return Step::Continue;
-        }
-        // Acquire pairs with the AcqRel increment in `Batcher::flush`.
-        let flush = control.flush_requested.load(Ordering::Acquire);
-        if flush != self.flush_done {
-            self.drain_all(DispatchReason::Flush);
-            self.wait_for_batches_in_flight();
-            self.flush_done = flush;
-            self.shared.progress.flushed(flush);
-            backoff.reset();
-            return Step::Continue;
-        }
-        if !self.retries.is_empty() && self.run_due_retries() {
-            backoff.reset();
-            return Step::Continue;
+        if let Some(step) = self.serve_requests(backoff) {
+            return step;
         }
         if self.asm.is_some() {
             if self.shaped_turn() {
@@ -258,6 +224,57 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             }
             return Step::Continue;
         }
+        self.natural_turn(backoff)
+    }
+
+    /// Shutdown, a pause or an open breaker, a flush, due retries: the turn
+    /// they take, if any is there.
+    #[inline(always)]
+    fn serve_requests(&mut self, backoff: &mut Backoff) -> Option<Step> {
+        let control = &self.shared.control;
+        // Acquire pairs with the Release store in `Batcher::stop`: every
+        // lane is closed, and the tails read next are final.
+        if control.closing.load(Ordering::Acquire) {
+            self.drain_all(DispatchReason::Shutdown);
+            self.wait_for_batches_in_flight();
+            #[cfg(feature = "tokio")]
+            if matches!(self.sink, Sink::Async) {
+                crate::engine::runtime::close(&self.shared);
+            }
+            return Some(Step::Exit);
+        }
+        if let Some(until) = self.held() {
+            // Paused, or the breaker is open and holds batches: take
+            // nothing (producers meet backpressure); wake on a request
+            // (the unpark of `resume`, a flush, shutdown) or the end.
+            let wait = until.map_or(HELD_POLL, |u| {
+                u.saturating_duration_since(Instant::now()).min(HELD_POLL)
+            });
+            crate::sync::thread::park_timeout(wait);
+            backoff.reset();
+            return Some(Step::Continue);
+        }
+        // Acquire pairs with the AcqRel increment in `Batcher::flush`.
+        let flush = control.flush_requested.load(Ordering::Acquire);
+        if flush != self.flush_done {
+            self.drain_all(DispatchReason::Flush);
+            self.wait_for_batches_in_flight();
+            self.flush_done = flush;
+            self.shared.progress.flushed(flush);
+            backoff.reset();
+            return Some(Step::Continue);
+        }
+        if !self.retries.is_empty() && self.run_due_retries() {
+            backoff.reset();
+            return Some(Step::Continue);
+        }
+        None
+    }
+
+    /// A turn of natural batching: sweep, and dispatch once the lanes are
+    /// caught up; `Park` when the backoff says to sleep.
+    #[inline(always)]
+    fn natural_turn(&mut self, backoff: &mut Backoff) -> Step {
         let found = self.sweep();
         if found > 0 {
             backoff.reset();
