@@ -10,7 +10,7 @@ use crate::handler::deliver;
 use crate::producer::{Wait, retry_until_room};
 use crate::ring::{Claim, ClaimError, Evicted};
 use crate::stats::LaneCounters;
-use crate::wait::WaitStrategy;
+use crate::wait::{WaitStrategy, Waits};
 
 impl<T, R> Producer<T, R> {
     /// One claim attempt of `n` ring slots.
@@ -36,8 +36,8 @@ impl<T, R> Producer<T, R> {
             Ok(claim) => Ok(claim),
             Err(ClaimError::Closed) => Err(RefusedKind::Closed),
             Err(ClaimError::Full) => match self.blocks(wait) {
-                None => self.claim_or_evict(n, wait),
-                Some(deadline) => self.claim_slow(n, deadline),
+                Waits::No => self.claim_or_evict(n, wait),
+                waits => self.claim_slow(n, waits.deadline()),
             },
         }
     }
@@ -142,14 +142,16 @@ impl<T, R> Producer<T, R> {
 
     /// Whether a submission with `wait` waits for room, and until when.
     #[inline(always)]
-    pub(crate) fn blocks(&self, wait: Wait) -> Option<Option<Instant>> {
+    pub(crate) fn blocks(&self, wait: Wait) -> Waits {
         match wait {
-            Wait::Never => None,
+            Wait::Never => Waits::No,
             Wait::Policy => match self.shared.config.backpressure {
-                Backpressure::Block => Some(None),
-                Backpressure::Reject | Backpressure::DropNewest | Backpressure::DropOldest => None,
+                Backpressure::Block => Waits::Indefinitely,
+                Backpressure::Reject | Backpressure::DropNewest | Backpressure::DropOldest => {
+                    Waits::No
+                }
             },
-            Wait::Block(deadline) => Some(deadline),
+            Wait::Block(deadline) => Waits::until(deadline),
         }
     }
 
@@ -192,8 +194,8 @@ impl<T, R> Producer<T, R> {
         self.next_slot.set(cursor);
         if !acquired {
             match self.blocks(wait) {
-                None => return Err(RefusedKind::Full),
-                Some(deadline) => self.acquire_slow(out, deadline)?,
+                Waits::No => return Err(RefusedKind::Full),
+                waits => self.acquire_slow(out, waits.deadline())?,
             }
         }
         self.claim(out.len(), wait).inspect_err(|_| {

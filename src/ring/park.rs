@@ -36,9 +36,18 @@ pub(crate) struct ParkPlan {
     pub(super) announced: usize,
     /// The announcement ran the heavy fence (a lane is owned).
     pub(super) fenced: bool,
-    /// `None`: do not sleep (a lane is not empty or a request is pending);
-    /// `Some(None)`: park until woken; `Some(Some(d))`: at most `d`.
-    pub(super) sleep: Option<Option<core::time::Duration>>,
+    pub(super) sleep: Sleep,
+}
+
+/// Whether a [`ParkPlan`] sleeps, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Sleep {
+    /// Not at all: a lane is not empty or a request is pending.
+    No,
+    /// Until woken.
+    UntilWoken,
+    /// Until woken, for at most this long.
+    AtMost(core::time::Duration),
 }
 
 /// The first step of `park_drainer`: announces the park on every lane and
@@ -53,7 +62,11 @@ pub(crate) fn prepare_park<'a, T: 'a>(
     ParkPlan {
         announced: found.announced,
         fenced: found.fenced,
-        sleep: (found.empty && !requested()).then_some(timeout),
+        sleep: match (found.empty && !requested(), timeout) {
+            (false, _) => Sleep::No,
+            (true, None) => Sleep::UntilWoken,
+            (true, Some(timeout)) => Sleep::AtMost(timeout),
+        },
     }
 }
 
@@ -62,12 +75,12 @@ impl ParkPlan {
     pub(crate) const AWAKE: ParkPlan = ParkPlan {
         announced: 0,
         fenced: false,
-        sleep: None,
+        sleep: Sleep::No,
     };
 
     /// Whether the plan is to sleep.
     pub(crate) fn sleeps(&self) -> bool {
-        self.sleep.is_some()
+        !matches!(self.sleep, Sleep::No)
     }
 
     /// Whether the announcement ran the heavy fence.
@@ -80,9 +93,9 @@ impl ParkPlan {
     /// (or spuriously).
     pub(crate) fn sleep(&self) {
         match self.sleep {
-            None => {}
-            Some(None) => crate::sync::thread::park(),
-            Some(Some(timeout)) => crate::sync::thread::park_timeout(timeout),
+            Sleep::No => {}
+            Sleep::UntilWoken => crate::sync::thread::park(),
+            Sleep::AtMost(timeout) => crate::sync::thread::park_timeout(timeout),
         }
     }
 

@@ -16,6 +16,7 @@ use crate::stats::DispatchReason;
 use crate::sync::Ordering;
 #[cfg(feature = "tokio")]
 use crate::wait::Backoff;
+use crate::wait::Waits;
 
 impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     /// Sends the current batch to the sink and starts a new one: runs the
@@ -196,15 +197,21 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
 impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     /// Whether the drainer must hold off, and until when if known: paused
     /// (until resumed), or the breaker is open and holds batches.
-    pub(super) fn held(&self) -> Option<Option<Instant>> {
+    pub(super) fn held(&self) -> Waits {
         let control = &self.shared.control;
         // Acquire pairs with the Release stores of `pause` and `resume`.
         if control.paused.load(Ordering::Acquire) {
-            return Some(None);
+            return Waits::Indefinitely;
         }
-        let failure = self.shared.failure.as_ref()?;
+        let Some(failure) = self.shared.failure.as_ref() else {
+            return Waits::No;
+        };
         let failure = lock(failure);
-        failure.holds(Instant::now()).then(|| failure.open_until())
+        if failure.holds(Instant::now()) {
+            Waits::until(failure.open_until())
+        } else {
+            Waits::No
+        }
     }
 
     /// When the next retry is due, if any.

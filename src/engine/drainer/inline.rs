@@ -200,7 +200,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     /// is pending (flush, shutdown, pause, an open breaker), or the lanes
     /// kept filling for [`INLINE_PASSES`] passes.
     pub(crate) fn inline_turn(&mut self) -> bool {
-        if self.failed || self.requested() || self.held().is_some() {
+        if self.failed || self.requested() || self.held().waits() {
             return false;
         }
         match crate::contain::call(|| self.inline_passes()) {

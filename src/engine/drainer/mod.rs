@@ -243,11 +243,12 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             }
             return Some(Step::Exit);
         }
-        if let Some(until) = self.held() {
+        let held = self.held();
+        if held.waits() {
             // Paused, or the breaker is open and holds batches: take
             // nothing (producers meet backpressure); wake on a request
             // (the unpark of `resume`, a flush, shutdown) or the end.
-            let wait = until.map_or(HELD_POLL, |u| {
+            let wait = held.deadline().map_or(HELD_POLL, |u| {
                 u.saturating_duration_since(Instant::now()).min(HELD_POLL)
             });
             crate::sync::thread::park_timeout(wait);

@@ -56,7 +56,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 }
                 break;
             }
-            if self.held().is_some() {
+            if self.held().waits() {
                 // Paused, or a holding breaker is open: the task yields
                 // until it may go on.
                 tokio::task::yield_now().await;
