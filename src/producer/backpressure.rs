@@ -106,7 +106,7 @@ impl<T, R> Producer<T, R> {
         LaneCounters::add(&counters.evicted, 1);
         LaneCounters::add(&counters.dropped, 1);
         if let Some(index) = ticket {
-            deliver(&self.shared.table, self.lane, index, Err(Error::Dropped));
+            deliver(&self.shared.table, self.ring, index, Err(Error::Dropped));
         }
         self.spill(item);
     }
@@ -170,7 +170,7 @@ impl<T, R> Producer<T, R> {
         let ring = &self.lane_ref().ring;
         retry_until_room(
             self.shared.config.wait,
-            &self.shared.table.lane(self.lane).notifier,
+            &self.shared.table.lane(self.ring).notifier,
             deadline,
             || self.try_claim(n),
             // Under the notifier's lock: flag the head word so that the
@@ -188,7 +188,7 @@ impl<T, R> Producer<T, R> {
         out: &mut [usize],
         wait: Wait,
     ) -> Result<Claim, RefusedKind> {
-        let slots = self.shared.table.lane(self.lane);
+        let slots = self.shared.table.lane(self.ring);
         let mut cursor = self.next_slot.get();
         let acquired = slots.try_acquire(&mut cursor, out);
         self.next_slot.set(cursor);
@@ -219,7 +219,7 @@ impl<T, R> Producer<T, R> {
             return Err(RefusedKind::Full);
         }
         let ring = &self.lane_ref().ring;
-        let slots = self.shared.table.lane(self.lane);
+        let slots = self.shared.table.lane(self.ring);
         retry_until_room(
             self.shared.config.wait,
             &slots.notifier,

@@ -35,9 +35,9 @@ pub struct Producer<T, R = ()> {
     pub(crate) shared: Arc<Shared<T, R>>,
     /// The ring this producer publishes into: its lane, or with priority
     /// classes `class * lane_count + lane` (the completion table is indexed
-    /// the same way).
-    pub(crate) lane: usize,
-    /// `&shared.lanes[lane]`, kept so that a push does not index the lanes
+    /// the same way). [`lane`](Self::lane) is the lane.
+    pub(crate) ring: usize,
+    /// `&shared.lanes[ring]`, kept so that a push does not index the lanes
     /// again (valid as long as `shared`, which this producer holds).
     pub(crate) lane_ptr: core::ptr::NonNull<Lane<T>>,
     /// Where this producer next looks for a free completion slot (private,
@@ -100,7 +100,7 @@ impl<T, R> Producer<T, R> {
 
     /// A producer publishing into ring `lane` (see the field), already
     /// counted on it.
-    pub(crate) fn on_ring(shared: Arc<Shared<T, R>>, lane: usize, owner: bool) -> Self {
+    pub(crate) fn on_ring(shared: Arc<Shared<T, R>>, ring: usize, owner: bool) -> Self {
         Self {
             cached_head: Cell::new(0),
             // Spread producers over the completion slots (Fibonacci hashing
@@ -113,9 +113,9 @@ impl<T, R> Producer<T, R> {
                     .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                     >> 40,
             ),
-            lane_ptr: core::ptr::NonNull::from(&shared.lanes[lane]),
+            lane_ptr: core::ptr::NonNull::from(&shared.lanes[ring]),
             shared,
-            lane,
+            ring,
             owner,
             plain_claims: false,
             _not_sync: PhantomData,
@@ -130,7 +130,7 @@ impl<T, R> Producer<T, R> {
 
     /// The lane this producer is bound to.
     pub fn lane(&self) -> usize {
-        self.lane % self.shared.lane_count
+        self.ring % self.shared.lane_count
     }
 
     /// The priority class this producer submits in (`Normal` without
@@ -139,7 +139,7 @@ impl<T, R> Producer<T, R> {
         if self.shared.classes == 1 {
             Priority::Normal
         } else {
-            Priority::ALL[self.lane / self.shared.lane_count]
+            Priority::ALL[self.ring / self.shared.lane_count]
         }
     }
 
@@ -160,7 +160,7 @@ impl<T, R> Producer<T, R> {
                     reason: "the batcher was built without priority classes",
                 });
             }
-            self.lane
+            self.ring
         } else {
             priority.index() * shared.lane_count + self.lane()
         };
@@ -186,7 +186,7 @@ impl<T, R> Producer<T, R> {
 impl<T, R> fmt::Debug for Producer<T, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Producer")
-            .field("lane", &self.lane)
+            .field("lane", &self.ring)
             .finish_non_exhaustive()
     }
 }

@@ -50,7 +50,7 @@ impl<T, R> Producer<T, R> {
             Err(item) => item,
         };
         let ring = &self.lane_ref().ring;
-        let slots = self.shared.table.lane(self.lane);
+        let slots = self.shared.table.lane(self.ring);
         let mut index = [0usize; 1];
         let mut cursor = self.next_slot.get();
         let acquired = slots.try_acquire(&mut cursor, &mut index);
@@ -91,7 +91,7 @@ impl<T, R> Producer<T, R> {
     /// changed; `Ready` means "retry now" (it changed while arming).
     pub(crate) fn poll_room(&self, blocked: Blocked, cx: &mut Context<'_>) -> Poll<()> {
         let ring = &self.lane_ref().ring;
-        let slots = self.shared.table.lane(self.lane);
+        let slots = self.shared.table.lane(self.ring);
         match blocked {
             // Under the notifier's lock, as in `claim_slow`.
             Blocked::Ring => slots

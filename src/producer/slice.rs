@@ -59,7 +59,7 @@ impl<T, R> Producer<T, R> {
             None => capacity,
             Some(_) => TICKET_CHUNK
                 .min(capacity)
-                .min(self.shared.table.lane(self.lane).len()),
+                .min(self.shared.table.lane(self.ring).len()),
         };
         let mut indexes = [0usize; TICKET_CHUNK];
         let mut accepted = 0;
@@ -142,7 +142,7 @@ impl<T, R> Producer<T, R> {
                     };
                     self.next = crate::ring::seq_add(self.next, 1);
                 }
-                let slots = self.producer.shared.table.lane(self.producer.lane);
+                let slots = self.producer.shared.table.lane(self.producer.ring);
                 // SAFETY: armed by us for items that were never published.
                 unsafe { slots.release_unused(self.unused) };
                 if self.wake {

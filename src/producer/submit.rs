@@ -125,7 +125,7 @@ impl<T, R> Producer<T, R> {
                 direct: Some(direct),
                 ..
             }) if expires == NEVER && self.lane_ref().ring.looks_parked(self.plain_claims) => {
-                direct(cell, self.lane, item)
+                direct(cell, self.ring, item)
             }
             _ => Err(item),
         }
@@ -171,7 +171,7 @@ impl<T, R> Producer<T, R> {
             self.lane_ref()
                 .ring
                 .publish(seq, item, Some(index), self.plain_claims);
-            self.shared.table.ticket(self.lane, index, seq)
+            self.shared.table.ticket(self.ring, index, seq)
         }
     }
 
