@@ -272,10 +272,9 @@ pub struct Stats {
     /// (the drainer's parks, and the announcements a submitter's turn makes
     /// under [`inline_when_idle`](crate::BatcherBuilder::inline_when_idle)).
     /// On Linux the fence is a `membarrier`, which interrupts every other
-    /// CPU running a thread of this process: on the reference machine (a
-    /// 2-vCPU virtual machine) it took 9 µs and stalled a thread spinning
-    /// on the other CPU for about 5.3 µs each time (`cargo bench --bench
-    /// fence`). Batchers without exclusive producers count none.
+    /// CPU running a thread of this process and briefly stalls it (measured
+    /// by `cargo bench --bench fence`; figures in BENCHMARKS.md, "The
+    /// fence's cost"). Batchers without exclusive producers count none.
     pub park_fences: u64,
     /// Panics in user code other than the handler, each contained: a key
     /// function, weigher or group-limits function (the item it ran on

@@ -102,8 +102,8 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         self
     }
 
-    /// Whether the drainer spins briefly (64 spin-loop hints, about 1.6 µs
-    /// on the reference machine) after a sweep that found fewer items than
+    /// Whether the drainer spins briefly (64 spin-loop hints) after a sweep
+    /// that found fewer items than
     /// `max_batch` while items keep coming (default false): a throughput
     /// setting.
     ///
@@ -112,13 +112,12 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// crosses between the two cores several times. Spinning between short
     /// runs lets runs build up, so that the drainer reads finished lines:
     /// with one exclusive producer on a lane laid out for it
-    /// ([`exclusive_lanes`](Self::exclusive_lanes)), `u64` items moved at
-    /// 1.4 to 1.6 times the rate without it (BENCHMARKS.md). The cost is
-    /// latency at moderate rates: when every sweep finds a few items, a
-    /// batch is dispatched only once it is full or a sweep finds nothing,
-    /// and at a tenth of the drainer's maximum rate the median item waited
-    /// 42 µs where it waits 0.15 µs without. An item that arrives alone is
-    /// not held. Applies to a drainer on its own thread (not with
+    /// ([`exclusive_lanes`](Self::exclusive_lanes)), `u64` items moved at a
+    /// markedly higher rate. The cost is latency at moderate rates: when
+    /// every sweep finds a few items, a batch is dispatched only once it is
+    /// full or a sweep finds nothing, so items wait for batches to fill
+    /// (both measured in BENCHMARKS.md, run J). An item that arrives alone
+    /// is not held. Applies to a drainer on its own thread (not with
     /// [`drain_on_runtime`](Self::drain_on_runtime)).
     pub fn spin_between_short_runs(mut self, spin: bool) -> Self {
         self.config.spin_between_short_runs = spin;

@@ -135,9 +135,8 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// The price is paid when the drainer goes to sleep: while a lane is
     /// owned, each park runs the heavy fence, which interrupts every other
     /// CPU that is running a thread of this process, this producer's
-    /// among them. On the reference machine (a 2-vCPU virtual machine) a
-    /// fence took 9 µs on the drainer and stalled a thread spinning on the
-    /// other CPU for about 5.3 µs (`cargo bench --bench fence`). A stream
+    /// among them, for a few microseconds (`cargo bench --bench fence`;
+    /// BENCHMARKS.md, "The fence's cost"). A stream
     /// with pauses longer than the drainer's spin and yield phase pays it
     /// once per pause; [`Stats::park_fences`](crate::Stats::park_fences)
     /// counts them. A drainer thread that never parks

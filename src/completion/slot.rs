@@ -184,7 +184,7 @@ impl<R> CompletionSlot<R> {
         // Release publishes the result to the ticket's Acquire load of `READY`;
         // Acquire makes the ticket's waker write (before its `WAKER` CAS, or its
         // `RELEASED` CAS) visible here. `READY` is clear (one completion per
-        // arm), so adding it sets it: one `lock xadd` instead of a CAS loop.
+        // arm), so adding it sets it: one RMW instead of a CAS loop.
         // SAFETY: the slot is alive (the caller's contract).
         let state = unsafe { Self::state_of(this) };
         let prev = state.fetch_add(READY, Ordering::AcqRel);

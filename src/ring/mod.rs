@@ -90,8 +90,8 @@ pub(crate) struct Ring<T> {
     storage: Storage<T>,
     /// Slot 0's stamp and item in `storage`, and the bytes from one slot's
     /// to the next's: [`slot`](Self::slot) finds a slot of either layout
-    /// without matching on it (a match per publish cost the shared
-    /// producer about 7 % of its rate).
+    /// without matching on it (a match per publish slowed the shared
+    /// producer: BENCHMARKS.md, "Instructions per item").
     stamp_base: *const AtomicUsize,
     value_base: *const UnsafeCell<MaybeUninit<T>>,
     stamp_stride: usize,

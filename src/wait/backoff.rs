@@ -27,11 +27,11 @@ pub enum WaitStrategy {
 }
 
 /// Checks in the spin phase, with one spin-loop hint before each. A waiter
-/// looks again after every hint (about 25 ns on the reference machine), so it
-/// notices a result or an item within one hint; the spin phase as a whole
-/// spends as many hints as steps spinning `1, 2, 4 ... 64` times would, but
-/// those let a result wait up to 64 hints (1.6 µs) before it was seen. Under
-/// loom a shorter phase keeps the models small.
+/// looks again after every hint, so it notices a result or an item within
+/// one hint; the spin phase as a whole spends as many hints as steps
+/// spinning `1, 2, 4 ... 64` times would, but those let a result wait up to
+/// 64 hints before it was seen. Under loom a shorter phase keeps the models
+/// small.
 #[cfg(not(loom))]
 const SPIN_CHECKS: u32 = 127;
 #[cfg(loom)]

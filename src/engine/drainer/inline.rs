@@ -34,11 +34,10 @@ pub(super) enum LastTurn {
 }
 
 /// Spin-loop hints the drainer waits after a sweep that found less than a
-/// batch while items keep coming (see `Drainer::last_turn`): about 1.6 µs
-/// where a hint takes 25 ns, as on the reference machine. A producer
-/// streaming at 100 M items/s fills a batch of 160 in that time, and the
-/// drainer reads lines it has finished writing instead of pulling each
-/// line over while it is still being written. An item that arrives alone
+/// batch while items keep coming (see `Drainer::last_turn`): long enough
+/// for a streaming producer to fill several lines, so that the drainer
+/// reads lines it has finished writing instead of pulling each line over
+/// while it is still being written (BENCHMARKS.md, run J). An item that arrives alone
 /// is not held (it comes after a quiet spell and is dispatched at once),
 /// but at a steady moderate rate every sweep finds a few, and batches wait
 /// to fill: hence a setting (`spin_between_short_runs`), off by default.
