@@ -345,9 +345,9 @@ impl Stats {
     /// The gauges every exporter writes, as [`counter_series`](Self::counter_series).
     pub(crate) fn gauge_series(&self) -> [(&'static str, &'static str, u64); 7] {
         let breaker = match self.breaker {
-            crate::BreakerState::Closed => 0,
-            crate::BreakerState::Open => 1,
-            crate::BreakerState::HalfOpen => 2,
+            crate::stats::BreakerState::Closed => 0,
+            crate::stats::BreakerState::Open => 1,
+            crate::stats::BreakerState::HalfOpen => 2,
         };
         [
             (
