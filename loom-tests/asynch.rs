@@ -11,6 +11,7 @@ use loom::thread;
 
 use crate::completion::TableOwner;
 use crate::error::Error;
+use crate::ring::Claims;
 use crate::ring::Ring;
 use crate::sync::Arc;
 use crate::wait::{Notifier, WaitStrategy};
@@ -27,7 +28,7 @@ fn task_waits_for_room_while_the_drainer_frees_it() {
         let mut head = 0;
         let claim = ring.try_claim(1, &mut head).unwrap();
         // SAFETY: claimed, published once.
-        unsafe { ring.publish(claim.seq, 1, None, false) };
+        unsafe { ring.publish(claim.seq, 1, None, Claims::Cas) };
 
         let drainer = {
             let (ring, notifier) = (Arc::clone(&ring), Arc::clone(&notifier));
@@ -58,7 +59,7 @@ fn task_waits_for_room_while_the_drainer_frees_it() {
         }));
         assert_eq!(claim.seq, 1);
         // SAFETY: claimed, published once (dropped with the ring).
-        unsafe { ring.publish(claim.seq, 2, None, false) };
+        unsafe { ring.publish(claim.seq, 2, None, Claims::Cas) };
         drainer.join().unwrap();
     });
 }

@@ -16,6 +16,7 @@
 use loom::thread;
 
 use super::ring::Lane;
+use crate::ring::Claims;
 use crate::ring::{Claim, ClaimError, Ring};
 use crate::sync::Arc;
 
@@ -208,9 +209,9 @@ fn an_owners_cursor_hands_over_plain_ticketed_and_empty_slots() {
                     // SAFETY: our claim, published once, in order, as the owner.
                     unsafe {
                         match k {
-                            1 => lane.ring.publish(claim.seq, 2, Some(5), true),
-                            2 => lane.ring.publish_skip(claim.seq, true),
-                            _ => lane.ring.publish(claim.seq, k + 1, None, true),
+                            1 => lane.ring.publish(claim.seq, 2, Some(5), Claims::Plain),
+                            2 => lane.ring.publish_skip(claim.seq, Claims::Plain),
+                            _ => lane.ring.publish(claim.seq, k + 1, None, Claims::Plain),
                         }
                     }
                 }
@@ -239,14 +240,14 @@ fn a_split_ring_changes_hands_under_the_drainer() {
                 let shared = |lane: &Lane<u8>, head: &mut usize, value: u8, ticket| {
                     let claim = lane.claim_by(1, head, |head| lane.ring.try_claim(1, head));
                     // SAFETY: our claim, published once, as a shared producer.
-                    unsafe { lane.ring.publish(claim.seq, value, ticket, false) };
+                    unsafe { lane.ring.publish(claim.seq, value, ticket, Claims::Cas) };
                 };
                 shared(&lane, &mut head, 1, Some(7));
                 assert!(lane.ring.own(), "no producer is on the ring");
                 for value in [2, 3] {
                     let claim = lane.claim_by(1, &mut head, |head| try_claim(&lane, head));
                     // SAFETY: our claim, published once, in order, as the owner.
-                    unsafe { lane.ring.publish(claim.seq, value, None, true) };
+                    unsafe { lane.ring.publish(claim.seq, value, None, Claims::Plain) };
                 }
                 lane.ring.disown();
                 shared(&lane, &mut head, 4, None);

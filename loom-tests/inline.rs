@@ -11,6 +11,7 @@ use loom::thread;
 
 use crate::contain::lock;
 use crate::engine::drainer::{inline_passes, run_direct, run_or_wake, sleep_unlocked};
+use crate::ring::Claims;
 use crate::ring::{Ring, announce_park_all, prepare_park};
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
 
@@ -113,7 +114,14 @@ impl Model {
         }
         .expect("room");
         // SAFETY: claimed, published once (by the owner, in order).
-        unsafe { ring.publish(claim.seq, value, None, owner) };
+        unsafe {
+            ring.publish(
+                claim.seq,
+                value,
+                None,
+                if owner { Claims::Plain } else { Claims::Cas },
+            )
+        };
         if claim.wake_drainer {
             run_or_wake(
                 &self.cell,
@@ -134,7 +142,11 @@ impl Model {
     /// handles `value` at once without the lane; otherwise sends it.
     fn send_direct(&self, lane: usize, value: u8, drainer: &thread::Thread) {
         let ring = &self.rings[lane];
-        let refused = if ring.looks_parked(self.owned[lane]) {
+        let refused = if ring.looks_parked(if self.owned[lane] {
+            Claims::Plain
+        } else {
+            Claims::Cas
+        }) {
             run_direct(&self.cell, value, |state, value| {
                 if !ring.caught_up(state.heads[lane]) {
                     return Err(value);

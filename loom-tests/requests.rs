@@ -11,6 +11,7 @@
 use loom::thread;
 
 use crate::engine::Control;
+use crate::ring::Claims;
 use crate::ring::{Ring, prepare_park};
 use crate::shape::NEVER;
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -67,7 +68,7 @@ fn requests_made_while_the_drainer_parks_are_served() {
             thread::spawn(move || {
                 let claim = model.ring.try_claim(1, &mut 0).expect("room");
                 // SAFETY: claimed, published once.
-                unsafe { model.ring.publish(claim.seq, 1, None, false) };
+                unsafe { model.ring.publish(claim.seq, 1, None, Claims::Cas) };
                 if claim.wake_drainer {
                     drainer.unpark();
                 }

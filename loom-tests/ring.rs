@@ -3,6 +3,7 @@
 use loom::thread;
 
 use crate::producer::retry_until_room;
+use crate::ring::Claims;
 use crate::ring::{Claim, ClaimError, Ring, park_drainer};
 use crate::sync::{Arc, AtomicUsize, Ordering};
 use crate::wait::{Notifier, WaitStrategy};
@@ -67,7 +68,14 @@ impl<T> Lane<T> {
         drainer: &thread::Thread,
     ) {
         // SAFETY: the caller's claim, published once.
-        unsafe { self.ring.publish(claim.seq, value, None, owner) };
+        unsafe {
+            self.ring.publish(
+                claim.seq,
+                value,
+                None,
+                if owner { Claims::Plain } else { Claims::Cas },
+            )
+        };
         if claim.wake_drainer {
             drainer.unpark();
         }
@@ -161,9 +169,9 @@ fn slice_claim_with_a_competing_producer() {
                 let claim = lane.claim(2, &mut 0);
                 // SAFETY: both sequences are ours, each published once.
                 unsafe {
-                    lane.ring.publish(claim.seq, 10, None, false);
+                    lane.ring.publish(claim.seq, 10, None, Claims::Cas);
                     lane.ring
-                        .publish(crate::ring::seq_add(claim.seq, 1), 11, None, false);
+                        .publish(crate::ring::seq_add(claim.seq, 1), 11, None, Claims::Cas);
                 }
                 if claim.wake_drainer {
                     drainer.unpark();
@@ -204,9 +212,9 @@ fn skipped_slot_is_stepped_over() {
                 let claim = lane.ring.try_claim(2, &mut head).expect("empty lane");
                 // SAFETY: both sequences are ours, each published once.
                 unsafe {
-                    lane.ring.publish(claim.seq, 1, None, false);
+                    lane.ring.publish(claim.seq, 1, None, Claims::Cas);
                     lane.ring
-                        .publish_skip(crate::ring::seq_add(claim.seq, 1), false);
+                        .publish_skip(crate::ring::seq_add(claim.seq, 1), Claims::Cas);
                 }
                 if claim.wake_drainer {
                     drainer.unpark();
@@ -232,7 +240,7 @@ fn close_races_a_claim() {
             thread::spawn(move || match lane.ring.try_claim(1, &mut 0) {
                 Ok(claim) => {
                     // SAFETY: claimed, published once.
-                    unsafe { lane.ring.publish(claim.seq, 7, None, false) };
+                    unsafe { lane.ring.publish(claim.seq, 7, None, Claims::Cas) };
                     if claim.wake_drainer {
                         drainer.unpark();
                     }
@@ -275,7 +283,7 @@ fn expiry_stamps_are_seen_with_their_items() {
                     // The value's expiry is the value itself: easy to check.
                     stamps.stamp(claim.seq, value);
                     // SAFETY: just claimed, published once.
-                    unsafe { lane.ring.publish(claim.seq, value, None, false) };
+                    unsafe { lane.ring.publish(claim.seq, value, None, Claims::Cas) };
                     if claim.wake_drainer {
                         drainer.unpark();
                     }
@@ -413,7 +421,7 @@ fn push_evicting(
     };
     pace.progress(|| format!("{value}: claimed {}", claim.seq));
     // SAFETY: just claimed, published once.
-    unsafe { ring.publish(claim.seq, value, None, false) };
+    unsafe { ring.publish(claim.seq, value, None, Claims::Cas) };
     pace.progress(|| format!("{value}: published {}", claim.seq));
     if claim.wake_drainer {
         drainer.unpark();
@@ -765,7 +773,9 @@ fn eviction_keeps_tickets_and_expiry_stamps_with_their_items() {
                     };
                     stamps.stamp(claim.seq, u64::from(value) + 100);
                     // SAFETY: just claimed, published once.
-                    unsafe { ring.publish(claim.seq, value, Some(usize::from(value)), false) };
+                    unsafe {
+                        ring.publish(claim.seq, value, Some(usize::from(value)), Claims::Cas)
+                    };
                     if claim.wake_drainer {
                         drainer.unpark();
                     }
@@ -820,7 +830,7 @@ fn a_producer_waiting_for_room_is_woken_while_another_evicts() {
             // The lane starts full with item 0.
             let claim = lane.ring.try_claim(1, &mut 0).expect("empty lane");
             // SAFETY: just claimed, published once.
-            unsafe { lane.ring.publish(claim.seq, 0, None, false) };
+            unsafe { lane.ring.publish(claim.seq, 0, None, Claims::Cas) };
         }
         let drainer = thread::current();
         let waiter = {

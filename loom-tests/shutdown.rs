@@ -13,6 +13,7 @@ use super::Counted;
 use crate::completion::TableOwner;
 use crate::error::Error;
 use crate::handler::deliver;
+use crate::ring::Claims;
 use crate::ring::{ClaimError, Ring};
 use crate::sync::{Arc, AtomicUsize, Ordering};
 use crate::wait::WaitStrategy;
@@ -52,12 +53,13 @@ impl Lane {
             Ok(claim) => {
                 if !ticketed {
                     // SAFETY: claimed, published once.
-                    unsafe { self.ring.publish(claim.seq, item, None, false) };
+                    unsafe { self.ring.publish(claim.seq, item, None, Claims::Cas) };
                     return Fate::Accepted;
                 }
                 // SAFETY: claimed and armed above; each used once, here.
                 let ticket = unsafe {
-                    self.ring.publish(claim.seq, item, Some(index[0]), false);
+                    self.ring
+                        .publish(claim.seq, item, Some(index[0]), Claims::Cas);
                     self.table.ticket(0, index[0], claim.seq)
                 };
                 // The drainer never parks here (`wake_drainer` never set).
@@ -185,7 +187,7 @@ fn shutdown_gives_back_an_evicting_lane_once() {
         let ring = Arc::new(Ring::with_eviction(1));
         let claim = ring.try_claim(1, &mut 0).expect("empty lane");
         // SAFETY: just claimed, published once.
-        unsafe { ring.publish(claim.seq, Counted::new(&drops), None, false) };
+        unsafe { ring.publish(claim.seq, Counted::new(&drops), None, Claims::Cas) };
         let producer = {
             let (ring, drops) = (Arc::clone(&ring), Arc::clone(&drops));
             thread::spawn(move || {
@@ -197,7 +199,9 @@ fn shutdown_gives_back_an_evicting_lane_once() {
                     match ring.try_claim(1, &mut 0) {
                         Ok(claim) => {
                             // SAFETY: just claimed, published once.
-                            unsafe { ring.publish(claim.seq, item.take().unwrap(), None, false) };
+                            unsafe {
+                                ring.publish(claim.seq, item.take().unwrap(), None, Claims::Cas)
+                            };
                             return (evicted, false);
                         }
                         Err(ClaimError::Closed) => {

@@ -5,6 +5,7 @@ use loom::thread;
 
 use crate::completion::TableOwner;
 use crate::producer::retry_until_room;
+use crate::ring::Claims;
 use crate::ring::{ClaimError, Ring, park_drainer};
 use crate::sync::Arc;
 use crate::wait::{Notifier, Progress, WaitStrategy};
@@ -49,7 +50,7 @@ fn publish_one(
 ) -> Result<(), ClaimError> {
     let claim = ring.try_claim(1, cached_head)?;
     // SAFETY: claimed, published once.
-    unsafe { ring.publish(claim.seq, value, None, false) };
+    unsafe { ring.publish(claim.seq, value, None, Claims::Cas) };
     if claim.wake_drainer {
         drainer.unpark();
     }
@@ -102,7 +103,7 @@ fn producer_waits_for_room_while_the_drainer_frees_it() {
                     )
                     .expect("never closed");
                     // SAFETY: claimed, published once.
-                    unsafe { ring.publish(claim.seq, value, None, false) };
+                    unsafe { ring.publish(claim.seq, value, None, Claims::Cas) };
                     if claim.wake_drainer {
                         drainer.unpark();
                     }

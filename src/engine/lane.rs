@@ -3,10 +3,31 @@
 
 use crossbeam_utils::CachePadded;
 
+use crate::ring::Claims;
 use crate::ring::Ring;
 use crate::shape::ExpiryStamps;
 use crate::stats::LaneCounters;
 use crate::sync::{AtomicUsize, Ordering};
+
+/// Whether a producer shares its ring or owns it, and how it claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ownership {
+    /// One of the ring's shared producers.
+    Shared,
+    /// The ring's exclusive producer.
+    Owned(Claims),
+}
+
+impl Ownership {
+    /// How a producer with this ownership claims.
+    #[inline(always)]
+    pub(crate) fn claims(self) -> Claims {
+        match self {
+            Ownership::Owned(claims) => claims,
+            Ownership::Shared => Claims::Cas,
+        }
+    }
+}
 
 /// One lane: its ring and its producer-side counters.
 pub(crate) struct Lane<T> {
@@ -55,14 +76,15 @@ impl<T> Lane<T> {
             .is_ok()
     }
 
-    /// A producer leaves the ring (`owner`: the exclusive one).
-    pub(crate) fn leave(&self, owner: bool) {
+    /// A producer leaves the ring.
+    pub(crate) fn leave(&self, ownership: Ownership) {
         // Release: this producer's claims come before those of the next
         // producer to join or take the ring (Acquire in `join`, `take`).
-        if owner {
-            self.producers.store(0, Ordering::Release);
-        } else {
-            self.producers.fetch_sub(1, Ordering::AcqRel);
+        match ownership {
+            Ownership::Owned(_) => self.producers.store(0, Ordering::Release),
+            Ownership::Shared => {
+                self.producers.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 }

@@ -7,5 +7,5 @@ mod lane;
 pub(crate) mod runtime;
 mod shared;
 
-pub(crate) use lane::Lane;
+pub(crate) use lane::{Lane, Ownership};
 pub(crate) use shared::{Control, DirectFn, Inline, Shared, Spill};

@@ -8,6 +8,7 @@ use crate::config::Backpressure;
 use crate::error::{Error, RefusedKind};
 use crate::handler::deliver;
 use crate::producer::{Wait, retry_until_room};
+use crate::ring::Claims;
 use crate::ring::{Claim, ClaimError, Evicted};
 use crate::stats::LaneCounters;
 use crate::wait::{WaitStrategy, Waits};
@@ -18,7 +19,7 @@ impl<T, R> Producer<T, R> {
     pub(crate) fn try_claim(&self, n: usize) -> Result<Claim, ClaimError> {
         let mut head = self.cached_head.get();
         let ring = &self.lane_ref().ring;
-        let result = if self.plain_claims {
+        let result = if self.claims() == Claims::Plain {
             // SAFETY: this producer owns the ring (`Lane::take`), so no other
             // thread claims on it, and `Ring::own` accepted it.
             unsafe { ring.try_claim_exclusive(n, &mut head) }

@@ -7,8 +7,10 @@ use core::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use crate::config::ConfigError;
+use crate::engine::Ownership;
 use crate::engine::{Lane, Shared};
 use crate::error::{RefusedKind, SubmitError};
+use crate::ring::Claims;
 use crate::shape::Priority;
 use crate::sync::{Arc, Ordering};
 
@@ -46,11 +48,11 @@ pub struct Producer<T, R = ()> {
     /// Private copy of the lane's drainer cursor, reloaded only when the lane
     /// looks full.
     pub(crate) cached_head: Cell<usize>,
-    /// This producer owns its ring ([`Batcher::exclusive_producer`](crate::Batcher::exclusive_producer)).
-    pub(crate) owner: bool,
-    /// It owns its ring and claims with a plain store
-    /// ([`Ring::try_claim_exclusive`](crate::ring::Ring::try_claim_exclusive)): the asymmetric fences work here.
-    pub(crate) plain_claims: bool,
+    /// Whether it owns its ring ([`Batcher::exclusive_producer`](crate::Batcher::exclusive_producer)),
+    /// and with owned rings whether it claims with plain stores
+    /// ([`Ring::try_claim_exclusive`](crate::ring::Ring::try_claim_exclusive)):
+    /// the asymmetric fences work here.
+    pub(crate) ownership: Ownership,
     /// Not `Sync` (the cached cursor is a `Cell`).
     pub(crate) _not_sync: PhantomData<Cell<()>>,
 }
@@ -61,13 +63,13 @@ unsafe impl<T: Send, R: Send> Send for Producer<T, R> {}
 
 impl<T, R> Drop for Producer<T, R> {
     fn drop(&mut self) {
-        if self.plain_claims && self.lane_ref().ring.disown() {
+        if self.claims() == Claims::Plain && self.lane_ref().ring.disown() {
             // A park announced in the flags word only: the drainer's next
             // one goes to the tail word, where shared producers look.
             self.shared.unpark_drainer();
         }
-        self.lane_ref().leave(self.owner);
-        if self.owner {
+        self.lane_ref().leave(self.ownership);
+        if self.is_exclusive() {
             // Relaxed: a counter (see `new_exclusive_producer`).
             self.shared.exclusive_lanes.fetch_sub(1, Ordering::Relaxed);
         }
@@ -80,7 +82,7 @@ impl<T, R> Producer<T, R> {
     pub(crate) fn join(shared: &Arc<Shared<T, R>>, ring: usize) -> Option<Self> {
         shared.lanes[ring]
             .join()
-            .then(|| Self::on_ring(Arc::clone(shared), ring, false))
+            .then(|| Self::on_ring(Arc::clone(shared), ring, Ownership::Shared))
     }
 
     /// The exclusive producer of ring `ring`, which the caller has taken.
@@ -93,14 +95,13 @@ impl<T, R> Producer<T, R> {
             // one goes where this producer looks (see `Ring::own`).
             shared.unpark_drainer();
         }
-        let mut producer = Self::on_ring(shared, ring, true);
-        producer.plain_claims = owned;
-        producer
+        let claims = if owned { Claims::Plain } else { Claims::Cas };
+        Self::on_ring(shared, ring, Ownership::Owned(claims))
     }
 
     /// A producer publishing into ring `lane` (see the field), already
     /// counted on it.
-    pub(crate) fn on_ring(shared: Arc<Shared<T, R>>, ring: usize, owner: bool) -> Self {
+    pub(crate) fn on_ring(shared: Arc<Shared<T, R>>, ring: usize, ownership: Ownership) -> Self {
         Self {
             cached_head: Cell::new(0),
             // Spread producers over the completion slots (Fibonacci hashing
@@ -116,8 +117,7 @@ impl<T, R> Producer<T, R> {
             lane_ptr: core::ptr::NonNull::from(&shared.lanes[ring]),
             shared,
             ring,
-            owner,
-            plain_claims: false,
+            ownership,
             _not_sync: PhantomData,
         }
     }
@@ -125,7 +125,13 @@ impl<T, R> Producer<T, R> {
     /// Whether this producer owns its lane (made by
     /// [`Batcher::exclusive_producer`](crate::Batcher::exclusive_producer)).
     pub fn is_exclusive(&self) -> bool {
-        self.owner
+        matches!(self.ownership, Ownership::Owned(_))
+    }
+
+    /// How this producer claims.
+    #[inline(always)]
+    pub(crate) fn claims(&self) -> Claims {
+        self.ownership.claims()
     }
 
     /// The lane this producer is bound to.

@@ -136,10 +136,7 @@ impl<T, R> Producer<T, R> {
                 while self.next != self.end {
                     // SAFETY: the run `next..end` is claimed by us and not yet
                     // published.
-                    unsafe {
-                        lane.ring
-                            .publish_skip(self.next, self.producer.plain_claims)
-                    };
+                    unsafe { lane.ring.publish_skip(self.next, self.producer.claims()) };
                     self.next = crate::ring::seq_add(self.next, 1);
                 }
                 let slots = self.producer.shared.table.lane(self.producer.ring);

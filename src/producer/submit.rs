@@ -38,11 +38,7 @@ impl<T, R> Producer<T, R> {
     pub(crate) unsafe fn publish_plain(&self, seq: usize, item: T) {
         self.stamp_expiry(seq, NEVER);
         // SAFETY: the caller's contract.
-        unsafe {
-            self.lane_ref()
-                .ring
-                .publish(seq, item, None, self.plain_claims)
-        };
+        unsafe { self.lane_ref().ring.publish(seq, item, None, self.claims()) };
     }
 }
 
@@ -124,7 +120,7 @@ impl<T, R> Producer<T, R> {
                 cell,
                 direct: Some(direct),
                 ..
-            }) if expires == NEVER && self.lane_ref().ring.looks_parked(self.plain_claims) => {
+            }) if expires == NEVER && self.lane_ref().ring.looks_parked(self.claims()) => {
                 direct(cell, self.ring, item)
             }
             _ => Err(item),
@@ -170,7 +166,7 @@ impl<T, R> Producer<T, R> {
         unsafe {
             self.lane_ref()
                 .ring
-                .publish(seq, item, Some(index), self.plain_claims);
+                .publish(seq, item, Some(index), self.claims());
             self.shared.table.ticket(self.ring, index, seq)
         }
     }

@@ -84,17 +84,23 @@ impl<T> Ring<T> {
 
     /// Writes `value` into the claimed slot `seq` and publishes it; `ticket`
     /// is the index of the completion slot its submitter armed, if any.
-    /// `owner`: the caller owns the ring (an exclusive producer), and also
-    /// moves its cursor (see [`OwnerWords::published`]).
+    /// `claims`: how the caller claimed `seq`; an owner claiming with plain
+    /// stores also moves its cursor (see [`OwnerWords::published`]).
     ///
     /// # Safety
     ///
     /// The caller claimed `seq` with [`try_claim`](Self::try_claim) (or, as
     /// the owner, [`try_claim_exclusive`](Self::try_claim_exclusive)) and
     /// has not published it yet. An owner publishes its sequences in order,
-    /// each with `owner` set.
+    /// each with the [`Claims`] it claimed them with.
     #[inline(always)]
-    pub(crate) unsafe fn publish(&self, seq: usize, value: T, ticket: Option<usize>, owner: bool) {
+    pub(crate) unsafe fn publish(
+        &self,
+        seq: usize,
+        value: T,
+        ticket: Option<usize>,
+        claims: Claims,
+    ) {
         let slot = self.slot(seq);
         // SAFETY: the caller owns the claimed slot; the drainer does not read it
         // until the stamp below is stored, and its previous value was moved out
@@ -111,23 +117,23 @@ impl<T> Ring<T> {
         // the value written above (and the completion slot armed before this
         // call) is visible to the drainer.
         slot.stamp.store(stamp_for(seq) | extra, Ordering::Release);
-        if owner && self.is_split() {
+        if claims == Claims::Plain && self.is_split() {
             self.advance_cursor(seq, ticket.is_some());
         }
     }
 
     /// Publishes the claimed slot `seq` as empty: the drainer steps over it.
-    /// `owner` as for [`publish`](Self::publish).
+    /// `claims` as for [`publish`](Self::publish).
     ///
     /// # Safety
     ///
     /// As for [`publish`](Self::publish).
-    pub(crate) unsafe fn publish_skip(&self, seq: usize, owner: bool) {
+    pub(crate) unsafe fn publish_skip(&self, seq: usize, claims: Claims) {
         // Release pairs with the Acquire load in `drain_run`, as in `publish`.
         self.slot(seq)
             .stamp
             .store(stamp_for(seq) | STAMP_SKIP, Ordering::Release);
-        if owner && self.is_split() {
+        if claims == Claims::Plain && self.is_split() {
             self.advance_cursor(seq, true);
         }
     }

@@ -65,6 +65,7 @@ mod storage;
 pub(crate) use claim::{Claim, ClaimError};
 pub(crate) use drain::Run;
 pub(crate) use evict::Evicted;
+pub(crate) use owned::Claims;
 #[cfg(all(loom, test))]
 pub(crate) use park::park_drainer;
 pub(crate) use park::{ParkPlan, announce_park_all, prepare_park, withdraw_park};

@@ -75,7 +75,7 @@ mod tests {
                 // SAFETY: this thread owns the ring and is its only producer.
                 let claim = unsafe { ring.try_claim_exclusive(1, &mut head) }.unwrap();
                 // SAFETY: just claimed, published once, by the owner.
-                unsafe { ring.publish(claim.seq, value, None, true) };
+                unsafe { ring.publish(claim.seq, value, None, Claims::Plain) };
             }
             crate::sync::asymmetric::fail_next(failures, false);
             let last = ring.close();
@@ -86,6 +86,28 @@ mod tests {
             );
         }
     }
+}
+
+/// How a producer claims a ring's sequences, which decides how it
+/// publishes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claims {
+    /// By CAS on the tail word: any shared producer, and an owner where the
+    /// asymmetric fences do not work.
+    Cas,
+    /// By plain stores, as the ring's owner
+    /// ([`try_claim_exclusive`](Ring::try_claim_exclusive)); it also moves
+    /// the owner's cursor when it publishes.
+    Plain,
+}
+
+/// Whether the tail word an owner's claim replaced carried a `PARKED`
+/// announced before the ring was owned (the claim's store takes it off, so
+/// the owner must wake the drainer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TailPark {
+    Clear,
+    Stale,
 }
 
 impl<T> Ring<T> {
@@ -133,13 +155,12 @@ impl<T> Ring<T> {
             return unsafe { self.claim_exclusive_flagged(word, n, cached_head) };
         }
         // SAFETY: the caller's contract; `word` is the current tail word.
-        unsafe { self.claim_exclusive_at(word >> SEQ_SHIFT, n, cached_head, false) }
+        unsafe { self.claim_exclusive_at(word >> SEQ_SHIFT, n, cached_head, TailPark::Clear) }
     }
 
     /// [`try_claim_exclusive`](Self::try_claim_exclusive) from sequence
-    /// `seq`, the current tail; `stale_park`: the tail word also carries a
-    /// `PARKED` announced before the ring was owned, which the store takes
-    /// off (so the owner wakes the drainer).
+    /// `seq`, the current tail; `tail_park` says whether the tail word also
+    /// carries a `PARKED` announced before the ring was owned.
     ///
     /// # Safety
     ///
@@ -150,7 +171,7 @@ impl<T> Ring<T> {
         seq: usize,
         n: usize,
         cached_head: &mut usize,
-        stale_park: bool,
+        tail_park: TailPark,
     ) -> Result<Claim, ClaimError> {
         if distance(*cached_head, seq) > self.capacity() - n {
             *cached_head = self.head_seq();
@@ -164,14 +185,14 @@ impl<T> Ring<T> {
             .store(seq_add(seq, n) << SEQ_SHIFT, Ordering::Relaxed);
         crate::sync::asymmetric::light();
         let flags = self.owner.flags.load(Ordering::Relaxed);
-        if flags & (FLAG_PARKED | FLAG_CLOSED) == 0 && !stale_park {
+        if flags & (FLAG_PARKED | FLAG_CLOSED) == 0 && tail_park == TailPark::Clear {
             return Ok(Claim {
                 seq,
                 wake_drainer: false,
             });
         }
         // SAFETY: we claimed `seq..seq + n` just above.
-        unsafe { self.exclusive_flags(seq, n, flags, stale_park) }
+        unsafe { self.exclusive_flags(seq, n, flags, tail_park) }
     }
 
     /// An owner's claim on a tail word with a flag set: closed or evicting
@@ -193,12 +214,12 @@ impl<T> Ring<T> {
             return self.try_claim(n, cached_head);
         }
         // SAFETY: the caller's contract.
-        unsafe { self.claim_exclusive_at(word >> SEQ_SHIFT, n, cached_head, true) }
+        unsafe { self.claim_exclusive_at(word >> SEQ_SHIFT, n, cached_head, TailPark::Stale) }
     }
 
     /// What an owner's claim saw: a close, or a park to take over (in the
-    /// flags word, or `stale_park`: a `PARKED` announced in the tail word
-    /// before the ring was owned, which the claim's store took off).
+    /// flags word, or a stale `PARKED` in the tail word, which the claim's
+    /// store took off).
     ///
     /// # Safety
     ///
@@ -211,7 +232,7 @@ impl<T> Ring<T> {
         seq: usize,
         n: usize,
         flags: usize,
-        stale_park: bool,
+        tail_park: TailPark,
     ) -> Result<Claim, ClaimError> {
         if flags & FLAG_CLOSED != 0 {
             // Later claims see `CLOSED` and take the CAS path, which refuses.
@@ -231,7 +252,7 @@ impl<T> Ring<T> {
             }
             for i in 0..n {
                 // SAFETY: claimed by the caller, published once, as empty.
-                unsafe { self.publish_skip(seq_add(seq, i), true) };
+                unsafe { self.publish_skip(seq_add(seq, i), Claims::Plain) };
             }
             return Err(ClaimError::Closed);
         }
@@ -242,7 +263,7 @@ impl<T> Ring<T> {
             && self.owner.flags.fetch_and(!FLAG_PARKED, Ordering::Relaxed) & FLAG_PARKED != 0;
         Ok(Claim {
             seq,
-            wake_drainer: parked || stale_park,
+            wake_drainer: parked || tail_park == TailPark::Stale,
         })
     }
 

@@ -181,15 +181,14 @@ pub(crate) fn withdraw_park<'a, T: 'a>(
 impl<T> Ring<T> {
     /// (`inline_when_idle`) Whether the drainer announced a park on this
     /// lane and no claim came since: the hint a submitter reads before it
-    /// tries to take the drainer's state. `owner`: the submitter owns the
-    /// ring (see [`own`](Self::own)), so the announcement may be in the
-    /// flags word; a shared producer's ring is never owned, so it reads
-    /// only the tail word.
+    /// tries to take the drainer's state. With [`Claims::Plain`] the
+    /// submitter owns the ring (see [`own`](Self::own)), so the announcement
+    /// may be in the flags word; otherwise it reads only the tail word.
     #[inline(always)]
-    pub(crate) fn looks_parked(&self, owner: bool) -> bool {
+    pub(crate) fn looks_parked(&self, claims: Claims) -> bool {
         // Relaxed: only a hint; `caught_up` decides, under the state's lock.
         self.tail.load(Ordering::Relaxed) & (PARKED | CLOSED | EVICTS) == PARKED
-            || owner
+            || claims == Claims::Plain
                 && self.owner.flags.load(Ordering::Relaxed) & (FLAG_PARKED | FLAG_CLOSED)
                     == FLAG_PARKED
     }
