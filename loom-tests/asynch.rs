@@ -11,8 +11,7 @@ use loom::thread;
 
 use crate::completion::TableOwner;
 use crate::error::Error;
-use crate::ring::Claims;
-use crate::ring::Ring;
+use crate::ring::{Claims, Ring};
 use crate::sync::Arc;
 use crate::wait::{Notifier, WaitStrategy};
 

@@ -16,8 +16,7 @@
 use loom::thread;
 
 use super::ring::Lane;
-use crate::ring::Claims;
-use crate::ring::{Claim, ClaimError, Ring};
+use crate::ring::{Claim, ClaimError, Claims, Ring};
 use crate::sync::Arc;
 
 /// A lane whose ring is owned (the models' one producer claims on it

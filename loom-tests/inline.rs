@@ -11,8 +11,7 @@ use loom::thread;
 
 use crate::contain::lock;
 use crate::engine::drainer::{inline_passes, run_direct, run_or_wake, sleep_unlocked};
-use crate::ring::Claims;
-use crate::ring::{Ring, announce_park_all, prepare_park};
+use crate::ring::{Claims, Ring, announce_park_all, prepare_park};
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
 
 /// Two items in all (values 0 and 1).

@@ -4,6 +4,7 @@
 //! Run with `bin/loom` (`LOOM_MAX_PREEMPTIONS` defaults to 2).
 
 mod asynch;
+mod batcher;
 mod completion;
 mod exclusive;
 mod inline;

@@ -11,8 +11,7 @@
 use loom::thread;
 
 use crate::engine::Control;
-use crate::ring::Claims;
-use crate::ring::{Ring, prepare_park};
+use crate::ring::{Claims, Ring, prepare_park};
 use crate::shape::NEVER;
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::wait::Progress;

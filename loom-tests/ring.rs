@@ -3,8 +3,7 @@
 use loom::thread;
 
 use crate::producer::retry_until_room;
-use crate::ring::Claims;
-use crate::ring::{Claim, ClaimError, Ring, park_drainer};
+use crate::ring::{Claim, ClaimError, Claims, Ring, park_drainer};
 use crate::sync::{Arc, AtomicUsize, Ordering};
 use crate::wait::{Notifier, WaitStrategy};
 

@@ -13,8 +13,7 @@ use super::Counted;
 use crate::completion::TableOwner;
 use crate::error::Error;
 use crate::handler::deliver;
-use crate::ring::Claims;
-use crate::ring::{ClaimError, Ring};
+use crate::ring::{ClaimError, Claims, Ring};
 use crate::sync::{Arc, AtomicUsize, Ordering};
 use crate::wait::WaitStrategy;
 

@@ -5,8 +5,7 @@ use loom::thread;
 
 use crate::completion::TableOwner;
 use crate::producer::retry_until_room;
-use crate::ring::Claims;
-use crate::ring::{ClaimError, Ring, park_drainer};
+use crate::ring::{ClaimError, Claims, Ring, park_drainer};
 use crate::sync::Arc;
 use crate::wait::{Notifier, Progress, WaitStrategy};
 

@@ -73,6 +73,29 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         })
     }
 
+    /// Under loom: the batcher with its drainer on a loom thread, started
+    /// without `build`'s handshake (a std channel, which loom cannot run).
+    /// Blocking handler, drainer on its own thread, default shaping.
+    #[cfg(all(loom, test))]
+    pub(crate) fn start_modelled(mut self) -> Batcher<T, R> {
+        let placement = self.settle().expect("valid settings");
+        let handler = match self.handler.take() {
+            Some(HandlerKind::Sync(handler)) => handler,
+            _ => panic!("a loom model runs a blocking handler"),
+        };
+        let (shared, assembler) = self.make_shared(placement);
+        let drainer = Drainer::new(Arc::clone(&shared), Sink::Sync(handler), assembler);
+        let handle = thread::Builder::new()
+            .spawn(move || drainer.run())
+            .expect("a loom thread");
+        let _ = shared.drainer.set(handle.thread().clone());
+        Batcher {
+            shared,
+            drainer: Some(handle),
+            stopping: false,
+        }
+    }
+
     /// Fills in the defaults that follow other settings, then checks every
     /// setting and every combination: the first problem is the error.
     fn settle(&mut self) -> Result<Placement, ConfigError> {

@@ -195,6 +195,12 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 Step::Continue => {}
                 Step::Park => {
                     let plan = self.prepare_park();
+                    if !plan.sleeps() {
+                        // A lane holds a claim not yet published (or a
+                        // request came): let its producer run before looking
+                        // again (a hint here; under loom, a yield).
+                        crate::sync::spin_loop();
+                    }
                     plan.sleep();
                     self.end_park(plan);
                     self.woke();
