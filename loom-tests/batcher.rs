@@ -80,3 +80,40 @@ fn a_flush_returns_after_the_real_drainer_handled_what_came_before() {
         batcher.shutdown();
     });
 }
+
+/// `shutdown_timeout` past its deadline at once, racing a submission: the
+/// item is refused with its item, handled (its ticket has the result), or
+/// given back (in the returned items, its ticket failed with `Closed`):
+/// exactly one of the three.
+#[test]
+fn shutdown_past_its_deadline_gives_back_or_handles_each_item_once() {
+    loom::model(|| {
+        let handled = Arc::new(AtomicUsize::new(0));
+        let batcher = batcher(&handled);
+        let producer = batcher.producer();
+        let submitter = thread::spawn(move || match producer.submit(7) {
+            Ok(ticket) => Some(ticket.wait()),
+            Err(SubmitError::Closed(item)) => {
+                assert_eq!(item, 7, "a refused submission gives its item back");
+                None
+            }
+            Err(other) => panic!("expected acceptance or Closed, got {other:?}"),
+        });
+        let (stats, given_back) = batcher.shutdown_timeout(std::time::Duration::ZERO);
+        let outcome = submitter.join().unwrap();
+        let handled = handled.load(Ordering::SeqCst);
+        assert_eq!(stats.items_handled as usize, handled);
+        match outcome {
+            None => assert!(handled == 0 && given_back.is_empty(), "refused, yet seen"),
+            Some(Ok(result)) => {
+                assert_eq!(result, 8, "its own result");
+                assert!(handled == 1 && given_back.is_empty(), "handled once only");
+            }
+            Some(Err(error)) => {
+                assert!(matches!(error, crate::Error::Closed), "got {error:?}");
+                assert_eq!(given_back, [7], "a failed ticket's item is given back");
+                assert_eq!(handled, 0);
+            }
+        }
+    });
+}

@@ -1,12 +1,11 @@
 //! Requests to the drainer (`Control`: flush, pause and resume, live
 //! settings) against its park. A requester posts its request, then wakes
 //! the drainer; the drainer looks at every request before it announces a
-//! park and again (`requested`) before it sleeps. The drainer's loop and
-//! the requesters' calls are private to a batcher, whose drainer thread
-//! loom cannot start, so the model runs them step for step as
-//! `Drainer::step`, `Drainer::prepare_park`, `Batcher::flush`, `pause`,
-//! `resume` and `set_linger` do, on the real `Control`, ring, park steps
-//! and `Progress`.
+//! park and again (`requested`) before it sleeps. This model runs the
+//! steps of `Drainer::step`, `Drainer::prepare_park`, `Batcher::flush`,
+//! `pause`, `resume` and `set_linger` one by one, on the real `Control`,
+//! ring, park steps and `Progress`, so that loom can interleave every
+//! request; `batcher.rs` runs a flush against the real drainer loop.
 
 use loom::thread;
 

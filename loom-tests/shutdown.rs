@@ -2,10 +2,11 @@
 //! `Batcher::begin_stop` and `Drainer::close_lanes` do) while producers
 //! still claim, and the drainer taking what is left to give it back
 //! (`Drainer::give_back`, `take_unhandled`, `take_lanes`; `abandon` takes
-//! the same way after `close_lanes`). The drainer's steps are private to a
-//! drainer built by the batcher, whose thread loom cannot start, so the
-//! models run their protocol pieces as the drainer does: the real ring
-//! runs, the real completion table and `handler::deliver`.
+//! the same way after `close_lanes`). These models run the protocol pieces
+//! as the drainer does, with more producers and items than the whole
+//! batcher allows loom to explore: the real ring runs, the real completion
+//! table and `handler::deliver`. `batcher.rs` runs the real drainer and
+//! `shutdown` / `shutdown_timeout` end to end on a smaller scale.
 
 use loom::thread;
 
