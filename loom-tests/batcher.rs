@@ -6,7 +6,7 @@
 use loom::thread;
 
 use crate::sync::{Arc, AtomicUsize, Ordering};
-use crate::{Batch, Batcher, SubmitError, WaitStrategy};
+use crate::{Batch, Batcher, Error, Producer, SubmitError, WaitStrategy};
 
 /// A batcher of one lane of two slots whose handler answers `x + 1` and
 /// counts the items it saw.
@@ -26,6 +26,19 @@ fn batcher(handled: &Arc<AtomicUsize>) -> Batcher<u8, u8> {
         .start_modelled()
 }
 
+/// Submits 7 and waits for its result; `None` if it was refused as closed
+/// (with its item given back).
+fn submit_seven(producer: &Producer<u8, u8>) -> Option<Result<u8, Error>> {
+    match producer.submit(7) {
+        Ok(ticket) => Some(ticket.wait()),
+        Err(SubmitError::Closed(item)) => {
+            assert_eq!(item, 7, "a refused submission gives its item back");
+            None
+        }
+        Err(other) => panic!("expected acceptance or Closed, got {other:?}"),
+    }
+}
+
 /// A producer submits while the batcher shuts down: the submission is
 /// refused with its item, or accepted and then handled with its result in
 /// the ticket; the drainer exits and `shutdown` returns.
@@ -36,14 +49,7 @@ fn a_submission_racing_shutdown_is_handled_or_refused_by_the_real_drainer() {
         let handled = Arc::new(AtomicUsize::new(0));
         let batcher = batcher(&handled);
         let producer = batcher.producer();
-        let submitter = thread::spawn(move || match producer.submit(7) {
-            Ok(ticket) => Some(ticket.wait()),
-            Err(SubmitError::Closed(item)) => {
-                assert_eq!(item, 7, "a refused submission gives its item back");
-                None
-            }
-            Err(other) => panic!("expected acceptance or Closed, got {other:?}"),
-        });
+        let submitter = thread::spawn(move || submit_seven(&producer));
         let stats = batcher.shutdown();
         let outcome = submitter.join().unwrap();
         match outcome {
@@ -91,14 +97,7 @@ fn shutdown_past_its_deadline_gives_back_or_handles_each_item_once() {
         let handled = Arc::new(AtomicUsize::new(0));
         let batcher = batcher(&handled);
         let producer = batcher.producer();
-        let submitter = thread::spawn(move || match producer.submit(7) {
-            Ok(ticket) => Some(ticket.wait()),
-            Err(SubmitError::Closed(item)) => {
-                assert_eq!(item, 7, "a refused submission gives its item back");
-                None
-            }
-            Err(other) => panic!("expected acceptance or Closed, got {other:?}"),
-        });
+        let submitter = thread::spawn(move || submit_seven(&producer));
         let (stats, given_back) = batcher.shutdown_timeout(std::time::Duration::ZERO);
         let outcome = submitter.join().unwrap();
         let handled = handled.load(Ordering::SeqCst);
@@ -110,7 +109,7 @@ fn shutdown_past_its_deadline_gives_back_or_handles_each_item_once() {
                 assert!(handled == 1 && given_back.is_empty(), "handled once only");
             }
             Some(Err(error)) => {
-                assert!(matches!(error, crate::Error::Closed), "got {error:?}");
+                assert!(matches!(error, Error::Closed), "got {error:?}");
                 assert_eq!(given_back, [7], "a failed ticket's item is given back");
                 assert_eq!(handled, 0);
             }

@@ -137,14 +137,11 @@ enum Kind {
 
 const KINDS: usize = 17;
 
-/// Rates per mille, per kind.
-#[derive(Clone, Copy)]
-struct Rates([u16; KINDS]);
-
-impl fmt::Debug for Rates {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Kind {
+    /// Every kind, in the order of the rates.
+    const ALL: [Kind; KINDS] = {
         use Kind::*;
-        let all = [
+        [
             ItemDrop,
             ResultDrop,
             HandlerPanic,
@@ -162,9 +159,18 @@ impl fmt::Debug for Rates {
             Spill,
             DeadLetter,
             FutureDrop,
-        ];
+        ]
+    };
+}
+
+/// Rates per mille, per kind.
+#[derive(Clone, Copy)]
+struct Rates([u16; KINDS]);
+
+impl fmt::Debug for Rates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut map = f.debug_map();
-        for kind in all {
+        for kind in Kind::ALL {
             let rate = self.0[kind as usize];
             if rate > 0 {
                 map.entry(&kind, &rate);
