@@ -249,6 +249,25 @@ fn inline_turns_on_two_lanes() {
     run(2, [0, 1]);
 }
 
+/// Lane 0's producer sends 0 through the lane, then 1 by the direct path;
+/// the drainer takes both, once each, in that order.
+fn send_then_direct(model: Arc<Model>) {
+    let drainer = thread::current();
+    let producer = {
+        let (model, drainer) = (Arc::clone(&model), drainer.clone());
+        thread::spawn(move || {
+            model.send(0, 0, &drainer);
+            model.send_direct(0, 1, &drainer);
+            model.wait_taken(0);
+            model.wait_taken(1);
+            model.finish(2, &drainer);
+        })
+    };
+    let got = model.drain();
+    producer.join().unwrap();
+    assert_eq!(got, vec![0, 1], "taken once each, in the producer's order");
+}
+
 /// One producer sends 0 through the lane, then 1 by the direct path while
 /// the drainer works, announces, sleeps or withdraws: 1 may skip the lane
 /// only once 0 was taken (the lane caught up), so the drainer's view of
@@ -263,21 +282,7 @@ fn direct_path_keeps_the_producers_order() {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = Some(builder.preemption_bound.unwrap_or(3).max(3));
     builder.check(|| {
-        let model = Model::new(1);
-        let drainer = thread::current();
-        let producer = {
-            let (model, drainer) = (Arc::clone(&model), drainer.clone());
-            thread::spawn(move || {
-                model.send(0, 0, &drainer);
-                model.send_direct(0, 1, &drainer);
-                model.wait_taken(0);
-                model.wait_taken(1);
-                model.finish(2, &drainer);
-            })
-        };
-        let got = model.drain();
-        producer.join().unwrap();
-        assert_eq!(got, vec![0, 1], "taken once each, in the producer's order");
+        send_then_direct(Model::new(1));
     });
 }
 
@@ -302,20 +307,6 @@ fn inline_turns_on_an_owned_lane() {
 #[test]
 fn direct_path_of_an_owner_keeps_its_order() {
     loom::model(|| {
-        let model = Model::with_owned(1, Some(0));
-        let drainer = thread::current();
-        let producer = {
-            let (model, drainer) = (Arc::clone(&model), drainer.clone());
-            thread::spawn(move || {
-                model.send(0, 0, &drainer);
-                model.send_direct(0, 1, &drainer);
-                model.wait_taken(0);
-                model.wait_taken(1);
-                model.finish(2, &drainer);
-            })
-        };
-        let got = model.drain();
-        producer.join().unwrap();
-        assert_eq!(got, vec![0, 1], "taken once each, in the producer's order");
+        send_then_direct(Model::with_owned(1, Some(0)));
     });
 }
