@@ -94,9 +94,10 @@
 //!   `enqueue` and `submit`) returns [`SubmitError::Full`] with the item at
 //!   once.
 //! - [`Batcher::flush`] returns at once, [`Batcher::flush_timeout`]
-//!   returns `false` at once and [`Batcher::flush_async`] resolves at once.
+//!   returns `false` at once and `Batcher::flush_async` (feature `tokio`)
+//!   resolves at once.
 //! - [`Batcher::shutdown`], [`Batcher::shutdown_timeout`],
-//!   [`Batcher::shutdown_async`] and dropping the last [`Batcher`] close
+//!   `Batcher::shutdown_async` and dropping the last [`Batcher`] close
 //!   the lanes and return at once; the drainer drains what is queued and
 //!   exits once the handler returns.
 //! - Do not wait on a ticket of an item submitted from the handler to its
@@ -104,6 +105,7 @@
 //!   this one. Take it later with [`Ticket::try_take`], or from another
 //!   thread.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs, missing_debug_implementations)]

@@ -118,7 +118,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// full or a sweep finds nothing, so items wait for batches to fill
     /// (both measured in BENCHMARKS.md, run J). An item that arrives alone
     /// is not held. Applies to a drainer on its own thread (not with
-    /// [`drain_on_runtime`](Self::drain_on_runtime)).
+    /// `drain_on_runtime`, feature `tokio`).
     pub fn spin_between_short_runs(mut self, spin: bool) -> Self {
         self.config.spin_between_short_runs = spin;
         self
