@@ -179,3 +179,48 @@ fn a_whole_config_is_validated_too() {
         ConfigError::NotPowerOfTwo { .. }
     ));
 }
+
+/// `.config(Config::default())` changes nothing: with an async handler the
+/// pool still grows to fit `max_in_flight` (it failed with `PoolTooSmall`),
+/// and `max_batch` still follows a smaller capacity.
+#[cfg(feature = "tokio")]
+#[test]
+fn a_default_config_changes_nothing() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let batcher = Batcher::builder()
+        .config(Config::default())
+        .runtime(runtime.handle().clone())
+        .async_handler_fn(|mut batch: ringbatch::AsyncBatch<u64, ()>| async move {
+            batch.ok_with(|_| ());
+            Ok(())
+        })
+        .build()
+        .expect("the defaults with an async handler build, as without `.config`");
+    assert!(batcher.config().pool_size > batcher.config().max_in_flight);
+    drop(batcher);
+
+    let small = builder()
+        .config(Config {
+            capacity: 8,
+            ..Config::default()
+        })
+        .build()
+        .expect("valid settings");
+    assert_eq!(
+        small.config().max_batch,
+        8,
+        "max_batch follows the capacity"
+    );
+
+    let explicit = builder()
+        .config(Config {
+            pool_size: 3,
+            ..Config::default()
+        })
+        .build()
+        .expect("valid settings");
+    assert_eq!(explicit.config().pool_size, 3, "a pool size set is kept");
+}

@@ -301,11 +301,16 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         self
     }
 
-    /// Replaces every setting at once.
+    /// Replaces every setting of [`Config`] at once. A `max_batch` or
+    /// `pool_size` left at its default follows the other settings as it
+    /// does when never set (`max_batch` shrinks to a smaller capacity, the
+    /// pool grows to fit `max_in_flight` and retries), so
+    /// `.config(Config::default())` changes nothing.
     pub fn config(mut self, config: Config) -> Self {
+        let defaults = Config::default();
+        self.max_batch_set = config.max_batch != defaults.max_batch;
+        self.pool_size_set = config.pool_size != defaults.pool_size;
         self.config = config;
-        self.max_batch_set = true;
-        self.pool_size_set = true;
         self
     }
 
