@@ -53,6 +53,7 @@ pub(crate) type StartWorkers<T, R> =
 
 impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// Number of lanes (default: one per core).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn lanes(mut self, lanes: usize) -> Self {
         self.config.lanes = Some(lanes);
         self
@@ -97,6 +98,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// ```
     ///
     /// [`Backpressure::DropOldest`]: crate::Backpressure::DropOldest
+    #[must_use = "a builder does nothing until it is built"]
     pub fn exclusive_lanes(mut self, n: usize) -> Self {
         self.config.exclusive_lanes = n;
         self
@@ -119,12 +121,14 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// (both measured in BENCHMARKS.md, run J). An item that arrives alone
     /// is not held. Applies to a drainer on its own thread (not with
     /// `drain_on_runtime`, feature `tokio`).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn spin_between_short_runs(mut self, spin: bool) -> Self {
         self.config.spin_between_short_runs = spin;
         self
     }
 
     /// Slots per lane, a power of two (default 1024).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.config.capacity = capacity;
         self
@@ -132,6 +136,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
 
     /// Most items per batch, at most `capacity` (default 256, or the
     /// capacity if that is smaller).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn max_batch(mut self, max_batch: usize) -> Self {
         self.config.max_batch = max_batch;
         self.max_batch_set = true;
@@ -140,6 +145,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
 
     /// Batch buffers allocated at build time (default 2; with an async
     /// handler, `max_in_flight + 1` unless set).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn pool_size(mut self, pool_size: usize) -> Self {
         self.config.pool_size = pool_size;
         self.pool_size_set = true;
@@ -158,18 +164,21 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// for the tickets the producers of one lane hold before waiting on them:
     /// under [`Backpressure::Block`], producers that hold every slot of a lane
     /// between them and all wait for one more would wait for ever.
+    #[must_use = "a builder does nothing until it is built"]
     pub fn result_slots(mut self, slots: usize) -> Self {
         self.config.result_slots = Some(slots);
         self
     }
 
     /// How waiting threads wait (default [`WaitStrategy::Backoff`]).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn wait_strategy(mut self, wait: WaitStrategy) -> Self {
         self.config.wait = wait;
         self
     }
 
     /// What producers do when their lane is full (default [`Backpressure::Block`]).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn backpressure(mut self, backpressure: Backpressure) -> Self {
         self.config.backpressure = backpressure;
         self
@@ -212,6 +221,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// assert_eq!(stats.items_handled + stats.dropped, 100);
     /// assert_eq!(kept.lock().unwrap().len() as u64, stats.dropped);
     /// ```
+    #[must_use = "a builder does nothing until it is built"]
     pub fn spill(mut self, spill: impl Fn(T) + Send + Sync + 'static) -> Self {
         self.spill = Some(Box::new(spill));
         self
@@ -278,24 +288,28 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// }
     /// assert_eq!(batcher.shutdown().items_handled, 1_000);
     /// ```
+    #[must_use = "a builder does nothing until it is built"]
     pub fn inline_when_idle(mut self, inline: bool) -> Self {
         self.inline_when_idle = inline;
         self
     }
 
     /// Pins the drainer thread to core `core` (checked at build).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn pin_drainer(mut self, core: usize) -> Self {
         self.config.pin_drainer = Some(core);
         self
     }
 
     /// How producers pick lanes (default [`LaneAssignment::CurrentCore`]).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn lane_assignment(mut self, assignment: LaneAssignment) -> Self {
         self.config.lane_assignment = assignment;
         self
     }
 
     /// The drainer thread's name (default `ringbatch-drainer`).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.config.thread_name = name.into();
         self
@@ -306,6 +320,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// does when never set (`max_batch` shrinks to a smaller capacity, the
     /// pool grows to fit `max_in_flight` and retries), so
     /// `.config(Config::default())` changes nothing.
+    #[must_use = "a builder does nothing until it is built"]
     pub fn config(mut self, config: Config) -> Self {
         let defaults = Config::default();
         self.max_batch_set = config.max_batch != defaults.max_batch;
@@ -315,6 +330,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     }
 
     /// The sink, as a [`Handler`].
+    #[must_use = "a builder does nothing until it is built"]
     pub fn handler(mut self, handler: impl Handler<T, R>) -> Self {
         self.handler = Some(HandlerKind::Sync(Box::new(handler)));
         self
@@ -325,6 +341,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// once. The runtime is the one `build` is called in, or the one set
     /// with [`runtime`](Self::runtime).
     #[cfg(feature = "tokio")]
+    #[must_use = "a builder does nothing until it is built"]
     pub fn async_handler(mut self, handler: impl crate::AsyncHandler<T, R>) -> Self {
         self.handler = Some(HandlerKind::Async(Box::new(
             move |shared, workers, runtime| {
@@ -354,6 +371,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// # }
     /// ```
     #[cfg(feature = "tokio")]
+    #[must_use = "a builder does nothing until it is built"]
     pub fn async_handler_fn<F, Fut>(self, f: F) -> Self
     where
         F: Fn(crate::AsyncBatch<T, R>) -> Fut + Send + Sync + 'static,
@@ -365,6 +383,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// Most batches an async handler runs at once (default 4). While they
     /// run, the drainer assembles the next batch; when every buffer is in
     /// flight it waits, and producers meet backpressure.
+    #[must_use = "a builder does nothing until it is built"]
     pub fn max_in_flight(mut self, batches: usize) -> Self {
         self.config.max_in_flight = batches;
         self
@@ -388,6 +407,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// The runtime is the one `build` is called in, or the one set with
     /// [`runtime`](Self::runtime); `pin_drainer` cannot be combined with it.
     #[cfg(feature = "tokio")]
+    #[must_use = "a builder does nothing until it is built"]
     pub fn drain_on_runtime(mut self, on_runtime: bool) -> Self {
         self.drain_on_runtime = on_runtime;
         self
@@ -396,6 +416,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// The tokio runtime that runs an async handler's batches (default: the
     /// runtime `build` is called in).
     #[cfg(feature = "tokio")]
+    #[must_use = "a builder does nothing until it is built"]
     pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
         self.runtime = Some(handle);
         self
@@ -407,6 +428,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// follows [`oversize`](Self::oversize). Default: 1 MiB once a weigher is
     /// set, no limit otherwise. At most `u32::MAX` (4 GiB): `build` refuses
     /// more with [`ConfigError::TooLarge`](crate::ConfigError::TooLarge) (field `"max_bytes"`).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn max_bytes(mut self, limit: usize) -> Self {
         self.shaping.max_bytes = Some(limit);
         self
@@ -436,6 +458,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// let stats = batcher.shutdown();
     /// assert!(stats.batches >= 2, "two 30-byte items at most per batch");
     /// ```
+    #[must_use = "a builder does nothing until it is built"]
     pub fn weigher(mut self, weigher: impl Fn(&T) -> usize + Send + 'static) -> Self {
         self.shaping.weigher = Some(Box::new(weigher));
         self
@@ -444,6 +467,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// What happens to an item heavier than `max_bytes` on its own
     /// (default [`Oversize::Fail`]: its ticket fails with
     /// [`Error::TooLarge`](crate::Error::TooLarge)).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn oversize(mut self, oversize: Oversize) -> Self {
         self.shaping.oversize = oversize;
         self
@@ -451,6 +475,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
 
     /// How long a batch may wait for more items (default [`Linger::None`],
     /// natural batching).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn linger(mut self, linger: Linger) -> Self {
         self.shaping.linger = linger;
         self
@@ -458,6 +483,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
 
     /// The shortest time between the starts of two batches (a flush,
     /// shutdown or Critical item does not wait for it).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn min_interval(mut self, interval: Duration) -> Self {
         self.shaping.min_interval = Some(interval);
         self
@@ -466,6 +492,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// Priority classes: each lane gets one ring per [`Priority`](crate::Priority), and the
     /// drainer takes higher classes first. Producers pick a class with
     /// [`Batcher::producer_with_priority`](crate::Batcher::producer_with_priority); plain producers are `Normal`.
+    #[must_use = "a builder does nothing until it is built"]
     pub fn priorities(mut self, on: bool) -> Self {
         self.shaping.priorities = on;
         self
@@ -473,6 +500,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
 
     /// With priority classes: a lower class whose oldest staged item has
     /// waited this long is taken before higher classes (default 10 ms).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn starvation_age(mut self, age: Duration) -> Self {
         self.shaping.starvation_age = age;
         self
@@ -483,6 +511,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// number of groups open at once is bounded by
     /// [`max_open_groups`](Self::max_open_groups) (when a new key finds no
     /// free group, the group with the oldest item is dispatched first).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn group_by<K, F>(mut self, key: F) -> Self
     where
         T: 'static,
@@ -523,12 +552,14 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     ///     .unwrap();
     /// batcher.producer().submit((Op::Dht, 1)).unwrap().wait().unwrap();
     /// ```
+    #[must_use = "a builder does nothing until it is built"]
     pub fn group_limits(mut self, limits: impl Fn(&T) -> GroupLimits + Send + 'static) -> Self {
         self.shaping.group_limits = Some(Box::new(limits));
         self
     }
 
     /// The most key groups open at once (default 64).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn max_open_groups(mut self, groups: usize) -> Self {
         self.shaping.max_open_groups = groups;
         self
@@ -568,6 +599,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// batcher.flush();
     /// assert_eq!(batcher.stats().superseded, 1);
     /// ```
+    #[must_use = "a builder does nothing until it is built"]
     pub fn conflate_by<K, F>(mut self, key: F) -> Self
     where
         T: 'static,
@@ -581,6 +613,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// Per-item deadlines ([`Producer::submit_with_deadline`](crate::Producer::submit_with_deadline)): producers
     /// stamp each item's expiry (one store per item), and expired items
     /// never reach the handler.
+    #[must_use = "a builder does nothing until it is built"]
     pub fn deadlines(mut self, on: bool) -> Self {
         self.shaping.deadlines = on;
         self
@@ -590,12 +623,14 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// dispatch; older items never reach the handler, their tickets fail
     /// with [`Error::Expired`](crate::Error::Expired). Turns on [`deadlines`](Self::deadlines), and
     /// producers read the clock once per item.
+    #[must_use = "a builder does nothing until it is built"]
     pub fn max_age(mut self, age: Duration) -> Self {
         self.shaping.max_age = Some(age);
         self
     }
 
     /// Adaptive batch sizing; see [`Adaptive`].
+    #[must_use = "a builder does nothing until it is built"]
     pub fn adaptive(mut self, adaptive: Adaptive) -> Self {
         self.shaping.adaptive = Some(adaptive);
         self
@@ -604,6 +639,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// Items the drainer's staging area holds (with shaping policies on):
     /// default four times `max_batch`. When it is full the drainer stops
     /// taking items from the lanes, so producers feel backpressure.
+    #[must_use = "a builder does nothing until it is built"]
     pub fn staging(mut self, items: usize) -> Self {
         self.shaping.staging = Some(items);
         self
@@ -612,6 +648,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// Retries failed items under `policy` (see [`failure`](crate::failure)):
     /// the handler classifies each failure with [`Failure`](crate::Failure)
     /// or [`Batch::retry`](crate::Batch::retry).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn retry_policy(mut self, policy: crate::RetryPolicy) -> Self {
         self.failure.retry = Some(policy);
         self
@@ -619,6 +656,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
 
     /// A circuit breaker in front of the handler (see
     /// [`CircuitBreaker`](crate::CircuitBreaker)).
+    #[must_use = "a builder does nothing until it is built"]
     pub fn circuit_breaker(mut self, breaker: crate::CircuitBreaker) -> Self {
         self.failure.breaker = Some(breaker);
         self
@@ -645,6 +683,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// batcher.shutdown();
     /// assert_eq!(*dead.lock().unwrap(), [7]);
     /// ```
+    #[must_use = "a builder does nothing until it is built"]
     pub fn dead_letter(
         mut self,
         handler: impl FnMut(crate::DeadLetter<T>) + Send + 'static,
@@ -658,12 +697,14 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// [`metrics`](crate::metrics)). The drainer pays for them, once per
     /// batch plus a clock read per sweep; producers pay nothing. Off by
     /// default.
+    #[must_use = "a builder does nothing until it is built"]
     pub fn histograms(mut self, on: bool) -> Self {
         self.histograms = on;
         self
     }
 
     /// The sink, as a closure called with each batch.
+    #[must_use = "a builder does nothing until it is built"]
     pub fn handler_fn<F>(self, f: F) -> Self
     where
         F: FnMut(&mut Batch<'_, T, R>) -> Result<(), BatchError> + Send + 'static,
