@@ -37,6 +37,15 @@
 //! assert_eq!(stats.items_handled, 2);
 //! ```
 //!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `tokio` | on | async producers, awaitable tickets, async handlers, the drainer as a task |
+//! | `metrics` | off | `Stats::export_metrics` through the `metrics` crate's macros |
+//! | `postgres` | off | `sinks::postgres`: batched inserts with per-row results |
+//! | `nats` | off | `sinks::nats`: JetStream publishes with per-message acks |
+//!
 //! # The API
 //!
 //! - [`Batcher::builder`] and [`BatcherBuilder`]: lanes, capacity,
