@@ -147,7 +147,7 @@ impl Stats {
     /// underscore (`namespace` must match `[a-zA-Z_:][a-zA-Z0-9_:]*`; other
     /// characters become underscores).
     ///
-    /// Counters end in `_total`; lane gauges carry a `lane` label; dispatch
+    /// Counters end in `_total`; lane gauges and counters carry a `lane` label; dispatch
     /// reasons a `reason` label; the histograms (when recorded) are
     /// summaries with `quantile` labels, times in seconds.
     ///
@@ -221,6 +221,9 @@ impl Stats {
                 .map(|(i, lane)| (format!("{{lane=\"{i}\"}}"), f(lane) as f64))
                 .collect()
         };
+        for (name, help, field) in Stats::LANE_COUNTERS {
+            metric(name, "counter", help, &lanes(field));
+        }
         metric(
             "lane_depth",
             "gauge",
@@ -254,10 +257,14 @@ impl Stats {
     }
 }
 
+/// A per-lane series: its name (without the namespace), help, and the
+/// field of [`LaneStats`](crate::LaneStats) it exports.
+pub(crate) type LaneSeries = (&'static str, &'static str, fn(&crate::LaneStats) -> u64);
+
 impl Stats {
     /// The counters every exporter writes: `(name, help, value)`, names
     /// without the namespace.
-    pub(crate) fn counter_series(&self) -> [(&'static str, &'static str, u64); 16] {
+    pub(crate) fn counter_series(&self) -> [(&'static str, &'static str, u64); 20] {
         [
             (
                 "submitted_total",
@@ -339,8 +346,53 @@ impl Stats {
                 "Items failed at once because the circuit breaker was open.",
                 self.circuit_rejected,
             ),
+            (
+                "parks_total",
+                "Times the drainer went to sleep with every lane empty.",
+                self.parks,
+            ),
+            (
+                "park_fences_total",
+                "Park announcements that ran the asymmetric fence (owned lanes).",
+                self.park_fences,
+            ),
+            (
+                "callback_panics_total",
+                "Contained panics of callbacks other than the handler.",
+                self.callback_panics,
+            ),
+            (
+                "drop_panics_total",
+                "Contained panics of Drop of items and results.",
+                self.drop_panics,
+            ),
         ]
     }
+
+    /// The per-lane counters every exporter writes, with a `lane` label:
+    /// `(name, help, field)`.
+    pub(crate) const LANE_COUNTERS: [LaneSeries; 4] = [
+        (
+            "lane_accepted_total",
+            "Items accepted into the lane.",
+            |l| l.accepted,
+        ),
+        (
+            "lane_rejected_total",
+            "Submissions refused because the lane was full.",
+            |l| l.rejected,
+        ),
+        (
+            "lane_dropped_total",
+            "Items of the lane dropped or evicted by the drop policies.",
+            |l| l.dropped,
+        ),
+        (
+            "lane_refused_closed_total",
+            "Submissions to the lane refused after shutdown.",
+            |l| l.refused_closed,
+        ),
+    ];
 
     /// The gauges every exporter writes, as [`counter_series`](Self::counter_series).
     pub(crate) fn gauge_series(&self) -> [(&'static str, &'static str, u64); 7] {

@@ -20,8 +20,11 @@ impl Stats {
     ///   `items_handled_total`, `items_failed_total`, `expired_total`,
     ///   `superseded_total`, `too_large_total`, `batch_errors_total`,
     ///   `handler_panics_total`, `retried_total`, `dead_lettered_total`,
-    ///   `circuit_rejected_total`, and `dispatched_total` with a `reason`
-    ///   label;
+    ///   `circuit_rejected_total`, `parks_total`, `park_fences_total`,
+    ///   `callback_panics_total`, `drop_panics_total`, `dispatched_total`
+    ///   with a `reason` label, and `lane_accepted_total`,
+    ///   `lane_rejected_total`, `lane_dropped_total`,
+    ///   `lane_refused_closed_total` with a `lane` label;
     /// - gauges: `breaker_state` (0 closed, 1 open, 2 half open),
     ///   `batches_in_flight`, `staged`, `effective_max_batch`,
     ///   `max_batch_items`, `pool_free`, `memory_bytes`, and `lane_depth`,
@@ -74,6 +77,14 @@ impl Stats {
             let name = name(suffix);
             ::metrics::describe_gauge!(name.clone(), help);
             ::metrics::gauge!(name).set(value as f64);
+        }
+
+        for (suffix, help, field) in Stats::LANE_COUNTERS {
+            let name = name(suffix);
+            ::metrics::describe_counter!(name.clone(), help);
+            for (i, lane) in self.lanes.iter().enumerate() {
+                ::metrics::counter!(name.clone(), "lane" => i.to_string()).absolute(field(lane));
+            }
         }
 
         let lane_gauges: [(&str, &str, LaneField); 2] = [

@@ -150,6 +150,24 @@ fn gauges_and_lanes() {
             ),
             lane.high_water as f64
         );
+        assert_eq!(
+            get(
+                &series,
+                MetricKind::Counter,
+                "rb_lane_accepted_total",
+                &labels
+            ),
+            lane.accepted as f64
+        );
+        assert_eq!(
+            get(
+                &series,
+                MetricKind::Counter,
+                "rb_lane_rejected_total",
+                &labels
+            ),
+            lane.rejected as f64
+        );
     }
 }
 

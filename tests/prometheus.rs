@@ -455,6 +455,28 @@ fn exposition_after_load_is_strictly_valid_and_matches_the_tally() {
         exposition.value("rb_lane_depth", &[("lane", lane)]);
         exposition.value("rb_lane_depth_high_water", &[("lane", lane)]);
     }
+    let per_lane = |name: &str| -> f64 {
+        ["0", "1"]
+            .iter()
+            .map(|lane| exposition.value(name, &[("lane", lane)]))
+            .sum()
+    };
+    assert_eq!(
+        per_lane("rb_lane_accepted_total"),
+        tally.accepted as f64,
+        "the lanes' accepted counts add up to the total"
+    );
+    assert_eq!(
+        per_lane("rb_lane_rejected_total"),
+        tally.rejected as f64,
+        "the lanes' rejected counts add up to the total"
+    );
+    assert_eq!(per_lane("rb_lane_dropped_total"), 0.0);
+    assert_eq!(per_lane("rb_lane_refused_closed_total"), 0.0);
+    assert_eq!(counter("rb_parks_total"), stats.parks as f64);
+    assert_eq!(counter("rb_park_fences_total"), stats.park_fences as f64);
+    assert_eq!(counter("rb_callback_panics_total"), 0.0);
+    assert_eq!(counter("rb_drop_panics_total"), 0.0);
     assert_eq!(counter("rb_effective_max_batch"), 32.0);
 
     // The summaries count what the test counted.
