@@ -79,6 +79,7 @@ pub(crate) type PanicMessage = Arc<String>;
 
 /// Why an item was not accepted. Every variant gives the item back.
 #[derive(PartialEq, Eq, Clone, Copy)]
+#[non_exhaustive]
 pub enum SubmitError<T> {
     /// The lane is full (or, for a submission with a ticket, every result slot
     /// it needs is still held by an earlier ticket) and the call does not wait.
@@ -146,6 +147,7 @@ impl<T> std::error::Error for SubmitError<T> {}
 
 /// Why a submission was refused (a [`SubmitError`] without its item).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RefusedKind {
     /// The lane was full.
     Full,

@@ -100,6 +100,7 @@ impl core::fmt::Display for DispatchReason {
 
 /// How many batches were dispatched for each reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DispatchCounts {
     /// Batches that reached their item limit.
     pub full: u64,
@@ -159,6 +160,7 @@ impl DispatchCounts {
 
 /// One lane's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LaneStats {
     /// Items accepted into the lane (less those evicted later by
     /// [`Backpressure::DropOldest`](crate::Backpressure::DropOldest), which

@@ -318,6 +318,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
 
     /// [`flush`](Self::flush), waiting at most `timeout`. Returns whether the
     /// flush completed (false at once from this batcher's own handler).
+    #[must_use = "false: the flush did not finish in time"]
     pub fn flush_timeout(&self, timeout: Duration) -> bool {
         self.flush_until(Instant::now().checked_add(timeout))
     }
@@ -379,6 +380,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// assert!(!unhandled.is_empty(), "the slow sink cannot take all three in 10 ms");
     /// assert_eq!(stats.items_handled + unhandled.len() as u64, 3, "nothing lost");
     /// ```
+    #[must_use = "the items not handled come back here: dropping them loses them"]
     pub fn shutdown_timeout(mut self, timeout: Duration) -> (Stats, Vec<T>) {
         let at = self
             .shared
@@ -660,6 +662,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     ///
     /// Cancel safety: as for [`shutdown_async`](Self::shutdown_async); the
     /// items given back are then dropped with the batcher's state.
+    #[must_use = "the items not handled come back here: dropping them loses them"]
     pub async fn shutdown_timeout_async(self, timeout: Duration) -> (Stats, Vec<T>) {
         let at = self
             .shared
