@@ -241,9 +241,10 @@ impl<R> CompletionSlot<R> {
         }
         // SAFETY: `READY` is set, so the result is initialised, and only the
         // ticket reads it, once.
-        let result = unsafe { this.as_ref() }
-            .result
-            .with(|p| unsafe { (*p).assume_init_read() });
+        let result = unsafe { this.as_ref() }.result.with(|p| {
+            // SAFETY: as above: initialised, read once, by the ticket.
+            unsafe { (*p).assume_init_read() }
+        });
         // SAFETY: the ticket owns the slot and has taken the result.
         unsafe { Self::finish(this, state) };
         Some(result)
