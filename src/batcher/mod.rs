@@ -382,15 +382,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// ```
     #[must_use = "the items not handled come back here: dropping them loses them"]
     pub fn shutdown_timeout(mut self, timeout: Duration) -> (Stats, Vec<T>) {
-        let at = self
-            .shared
-            .clock()
-            .saturating_add(crate::shape::duration_ns(timeout));
-        // Release: the drainer's Acquire load (after it sees `closing`).
-        self.shared
-            .control
-            .give_back_at
-            .store(at, Ordering::Release);
+        self.shared.give_back_after(timeout);
         self.stop();
         let leftovers = core::mem::take(&mut *crate::contain::lock(&self.shared.leftovers));
         (self.shared.stats(), leftovers)
@@ -664,15 +656,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// items given back are then dropped with the batcher's state.
     #[must_use = "the items not handled come back here: dropping them loses them"]
     pub async fn shutdown_timeout_async(self, timeout: Duration) -> (Stats, Vec<T>) {
-        let at = self
-            .shared
-            .clock()
-            .saturating_add(crate::shape::duration_ns(timeout));
-        // Release: the drainer's Acquire load (after it sees `closing`).
-        self.shared
-            .control
-            .give_back_at
-            .store(at, Ordering::Release);
+        self.shared.give_back_after(timeout);
         let shared = Arc::clone(&self.shared);
         let stats = self.shutdown_async().await;
         let leftovers = core::mem::take(&mut *crate::contain::lock(&shared.leftovers));

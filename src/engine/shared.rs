@@ -121,6 +121,16 @@ pub(crate) type DirectFn<T, R> =
     fn(&crate::engine::drainer::InlineCell<T, R>, usize, T) -> Result<Result<R, Error>, T>;
 
 impl<T, R> Shared<T, R> {
+    /// Tells the drainer to give back, from `timeout` after now, every
+    /// item it has not handled (`shutdown_timeout`).
+    pub(crate) fn give_back_after(&self, timeout: Duration) {
+        let at = self
+            .clock()
+            .saturating_add(crate::shape::duration_ns(timeout));
+        // Release: the drainer's Acquire load (after it sees `closing`).
+        self.control.give_back_at.store(at, Ordering::Release);
+    }
+
     /// The async hand-off (only called in async mode).
     #[cfg(feature = "tokio")]
     pub(crate) fn pipeline(&self) -> &crate::engine::runtime::Pipeline<T> {
