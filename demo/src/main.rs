@@ -2,9 +2,9 @@
 //! pattern, with a live progress line, a summary table and an SVG chart.
 //!
 //! ```text
-//! cargo run --release --example demo
-//! cargo run --release --example demo -- --pattern spikes --adaptive off
-//! cargo run --release --example demo -- --help
+//! cargo run --release --bin demo
+//! cargo run --release --bin demo -- --pattern spikes --adaptive off
+//! cargo run --release --bin demo -- --help
 //! ```
 //!
 //! # What runs

@@ -1,21 +1,16 @@
-//! The README's first command, `examples/demo.rs`, run with small flags: it
+//! The README's first command, the demo, run with small flags: it
 //! finishes, prints its summary, and writes a well-formed SVG chart holding
 //! its three series (throughput, batch size, p99 latency). Bad flags get
 //! clap's usual message.
 //!
-//! The test builds the example with the profile and features it was built
-//! with itself (`cargo build --profile test --example demo`; a no-op after a
-//! plain `cargo test`, which builds the examples), then runs the binary.
-//! Every child process is bounded in time and killed past its limit.
+//! Cargo builds the binary for the test (`CARGO_BIN_EXE_demo`). Every run is
+//! bounded in time and killed past its limit.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// Building the example from cold (its dependencies included) on a small
-/// machine.
-const BUILD_LIMIT: Duration = Duration::from_secs(600);
 /// Running it for two seconds, then drawing the chart.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
@@ -68,68 +63,14 @@ fn run_bounded(mut command: Command, dir: &Path, what: &str, limit: Duration) ->
     }
 }
 
-/// The value of the JSON string field `"key":"..."` in `line`, unescaped
-/// (enough for the paths cargo prints).
-fn json_string(line: &str, key: &str) -> Option<String> {
-    let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
-    let mut value = String::new();
-    let mut chars = line[start..].chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => return Some(value),
-            '\\' => match chars.next()? {
-                'n' => value.push('\n'),
-                't' => value.push('\t'),
-                other => value.push(other),
-            },
-            c => value.push(c),
-        }
-    }
-    None
-}
-
-/// Builds the demo with this test's profile and features (cargo's output
-/// under a scratch directory named after `test`); its path.
-fn demo_binary(test: &str) -> PathBuf {
-    let dir = scratch(&format!("{test}-build"));
-    let mut features = Vec::new();
-    if cfg!(feature = "tokio") {
-        features.push("tokio");
-    }
-    if cfg!(feature = "metrics") {
-        features.push("metrics");
-    }
-    let mut command = Command::new(env!("CARGO"));
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--profile", "test", "--example", "demo"])
-        .args(["--message-format", "json-render-diagnostics"])
-        .arg("--no-default-features");
-    if !features.is_empty() {
-        command.args(["--features", &features.join(",")]);
-    }
-    let build = run_bounded(command, &dir, "building the demo", BUILD_LIMIT);
-    assert!(
-        build.status.success(),
-        "building the demo failed ({}):\n{}",
-        build.status,
-        build.stderr
-    );
-    let binary = build
-        .stdout
-        .lines()
-        .filter(|line| line.contains("\"reason\":\"compiler-artifact\""))
-        .filter(|line| line.contains("\"kind\":[\"example\"]"))
-        .filter(|line| json_string(line, "name").as_deref() == Some("demo"))
-        .find_map(|line| json_string(line, "executable"))
-        .unwrap_or_else(|| panic!("cargo named no demo executable:\n{}", build.stdout));
-    let _ = fs::remove_dir_all(dir);
-    PathBuf::from(binary)
+/// The demo binary, built by cargo for this test with the same profile.
+fn demo_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_demo"))
 }
 
 #[test]
 fn demo_runs_and_writes_an_svg_with_three_series() {
-    let binary = demo_binary("run");
+    let binary = demo_binary();
     let dir = scratch("run");
     let svg_path = dir.join("chart").join("demo.svg");
     let mut command = Command::new(&binary);
@@ -234,7 +175,7 @@ fn demo_runs_and_writes_an_svg_with_three_series() {
 
 #[test]
 fn demo_rejects_bad_flags_with_clap_message() {
-    let binary = demo_binary("flags");
+    let binary = demo_binary();
     let dir = scratch("flags");
     let mut command = Command::new(&binary);
     command.args(["--pattern", "zigzag"]);
