@@ -277,6 +277,19 @@ fn adaptive_bounds_are_checked() {
         ),
         (Adaptive::latency(Duration::ZERO), "a zero target"),
         (Adaptive::load().steps(1.5, 0.1), "a growth step of 150 %"),
+        (
+            Adaptive::latency(target).bounds(8, 32).initial(4),
+            "initial below min",
+        ),
+        (
+            Adaptive::latency(target).bounds(8, 32).initial(33),
+            "initial above max",
+        ),
+        (Adaptive::latency(target).smoothing(0), "a smoothing of 0"),
+        (
+            Adaptive::load().smoothing(Adaptive::MAX_SMOOTHING + 1),
+            "a smoothing above the longest window",
+        ),
     ] {
         match build(adaptive) {
             Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "adaptive", "{what}"),
@@ -286,4 +299,66 @@ fn adaptive_bounds_are_checked() {
     }
     let ok = build(Adaptive::latency(target).bounds(8, 32)).unwrap();
     assert_eq!(ok.stats().effective_max_batch, 32);
+}
+
+#[test]
+fn the_adaptive_size_starts_at_its_initial_size_and_grows_from_there() {
+    // A sink far under its 1 s target: each batch grows the size by 10 %, at
+    // least one item, from the initial 8 (without it, from max_batch, 256).
+    const HOLD: u64 = u64::MAX;
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let (started, on_start) = std::sync::mpsc::channel();
+    let (release, on_release) = std::sync::mpsc::channel::<()>();
+    let sink = Arc::clone(&sizes);
+    let batcher = Batcher::builder()
+        .lanes(1)
+        .max_batch(256)
+        .adaptive(
+            Adaptive::latency(Duration::from_secs(1))
+                .bounds(2, 256)
+                .initial(8),
+        )
+        .handler_fn(move |batch: &mut Batch<'_, u64, ()>| {
+            if batch.iter().any(|&x| x == HOLD) {
+                // Holds the drainer while the test fills the lane.
+                let _ = started.send(());
+                let _ = on_release.recv_timeout(BOUND);
+            }
+            sink.lock().unwrap().push(batch.len());
+            batch.ok_with(|_| ());
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    assert_eq!(
+        batcher.stats().effective_max_batch,
+        8,
+        "starts at the initial size"
+    );
+    let producer = batcher.producer();
+    let mut hold = producer.submit(HOLD).unwrap();
+    on_start
+        .recv_timeout(BOUND)
+        .expect("the handler takes the holding item");
+    let mut tickets = Vec::new();
+    for i in 0..500u64 {
+        tickets.push(producer.submit(i).expect("room for 500 items"));
+    }
+    release.send(()).unwrap();
+    assert!(
+        hold.wait_timeout(BOUND).is_some(),
+        "the holding item handled"
+    );
+    for mut ticket in tickets {
+        assert!(
+            ticket.wait_timeout(BOUND).is_some(),
+            "every item handled within {BOUND:?}"
+        );
+    }
+    let sizes = sizes.lock().unwrap().clone();
+    assert_eq!(
+        &sizes[..5],
+        &[1, 9, 10, 11, 12],
+        "after the holding batch, full batches at 8 grown by 10 % (at least one item) per batch: {sizes:?}"
+    );
 }

@@ -19,16 +19,20 @@
 //!   with a sequence number, and reports [`LoadFeedback`]: `cpu` is the
 //!   background load, `contention` the share of the batch's time lost to
 //!   contention.
-//! - **The load pattern** (`--pattern`: `constant`, `sine`, `spikes`,
-//!   `gradual`) sets the background load from 0 to 1 over the run, and with
-//!   it the rate the producers offer (35 % of `--items` per second at load 0,
-//!   all of it at load 1).
+//! - **The load pattern** (`--pattern`: `constant`, `sine` or `sinewave`,
+//!   `spikes`, `gradual`; the simulator is `ringbatch_demo::load`) sets the
+//!   background load from 0 to 1 over the run, and with it the rate the
+//!   producers offer (35 % of `--items` per second at load 0, all of it at
+//!   load 1). `--count` ends the run once that many items are offered.
 //! - **Producers** (`--producers` threads) run hot loops paced to the
 //!   offered rate: most items are pushed fire-and-forget; every 32nd is
 //!   submitted with a ticket, collected later without blocking the loop.
 //! - **Adaptive sizing** (`--adaptive`): `load` lets the handler's feedback
 //!   move the effective batch size ([`Adaptive::load`]); `latency` aims the
 //!   handler time at 1 ms ([`Adaptive::latency`]); `off` keeps `--max-batch`.
+//!   The size moves between `--min-batch` and `--max-batch`, starts at
+//!   `--initial-batch`, by steps of `--adjust-factor`, and (load mode) at
+//!   most once per `--adjust-interval`.
 //!   A batch also waits up to `--linger` for more items.
 //!
 //! Every 100 ms the demo samples [`Batcher::stats`] and its own histogram of
@@ -54,6 +58,7 @@ use plotters::prelude::*;
 use ringbatch::{
     Adaptive, Batch, BatchError, Batcher, Handler, Linger, LoadFeedback, LoadWeights, Stats, Ticket,
 };
+use ringbatch_demo::load::{Pattern, offered_rate};
 
 /// The backend's fixed cost per batch (a round trip).
 const FIXED: Duration = Duration::from_micros(150);
@@ -61,54 +66,12 @@ const FIXED: Duration = Duration::from_micros(150);
 const PER_ITEM_NS: f64 = 500.0;
 /// The contention cost per item², in nanoseconds, at background load 1.
 const CONTENTION_NS: f64 = 40.0;
-/// Share of the peak rate offered at background load 0.
-const BASE_RATE: f64 = 0.35;
 /// One item in this many is submitted with a ticket.
 const TICKET_EVERY: u64 = 32;
 /// How often the demo samples the batcher.
 const TICK: Duration = Duration::from_millis(100);
 /// The handler time latency mode aims at.
 const LATENCY_TARGET: Duration = Duration::from_millis(1);
-
-/// How the backend's background load (and the offered rate) moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Pattern {
-    /// Load 0.5 throughout.
-    Constant,
-    /// Two smooth waves between 0 and 1.
-    Sine,
-    /// Load 0.1, with three bursts to 1.
-    Spikes,
-    /// A ramp from 0 to 1.
-    Gradual,
-}
-
-impl Pattern {
-    /// The background load, 0 to 1, at `progress` (0 to 1) through the run.
-    fn load(self, progress: f64) -> f64 {
-        let u = progress.clamp(0.0, 1.0);
-        match self {
-            Pattern::Constant => 0.5,
-            Pattern::Sine => 0.5 - 0.5 * (2.0 * std::f64::consts::TAU * u).cos(),
-            Pattern::Spikes => {
-                let burst = [0.2, 0.5, 0.8]
-                    .iter()
-                    .any(|&start| (start..start + 0.1).contains(&u));
-                if burst { 1.0 } else { 0.1 }
-            }
-            Pattern::Gradual => u,
-        }
-    }
-}
-
-impl fmt::Display for Pattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = self
-            .to_possible_value()
-            .map_or_else(String::new, |v| v.get_name().to_owned());
-        f.write_str(&name)
-    }
-}
 
 /// What drives the effective batch size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -137,7 +100,8 @@ impl fmt::Display for Mode {
 #[derive(Debug, Parser)]
 #[command(name = "demo", version)]
 struct Args {
-    /// How the backend's background load, and the offered rate, move over the run.
+    /// How the backend's background load, and the offered rate, move over
+    /// the run (`sinewave` is `sine`).
     #[arg(long, value_enum, default_value_t = Pattern::Sine)]
     pattern: Pattern,
     /// Producer threads.
@@ -158,6 +122,23 @@ struct Args {
     /// Length of the run, in seconds (0.5 to 3600).
     #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
     seconds: f64,
+    /// Items to offer in all; the run ends when they are offered or at
+    /// `--seconds`, whichever comes first (default: no limit).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// The adaptive size at the start (default: `--max-batch`).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    initial_batch: Option<u32>,
+    /// The smallest adaptive size (at most `--max-batch`).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    min_batch: u32,
+    /// `--adaptive load`: the least time between two size changes.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    adjust_interval: Duration,
+    /// The size's step per change, 0.01 to 0.9 (0.2: by 20 %; default 0.2
+    /// for `load`, 0.1 for `latency`).
+    #[arg(long, value_parser = parse_factor)]
+    adjust_factor: Option<f64>,
     /// Where to write the SVG chart.
     #[arg(long, default_value = "target/ringbatch-demo.svg")]
     out: PathBuf,
@@ -187,6 +168,19 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("`{text}` is out of range (0 to 60 s)"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses a step factor between 0.01 and 0.9.
+fn parse_factor(text: &str) -> Result<f64, String> {
+    let factor: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number like 0.2"))?;
+    if (0.01..=0.9).contains(&factor) {
+        Ok(factor)
+    } else {
+        Err(format!("`{text}` is out of range (0.01 to 0.9)"))
+    }
 }
 
 /// Parses the run length in seconds.
@@ -316,6 +310,7 @@ fn produce(
     batcher: &Batcher<Job, u64>,
     clock: Clock,
     peak_rate: f64,
+    quota: u64,
     stop: &AtomicBool,
 ) -> ProducerReport {
     let producer = batcher.producer();
@@ -323,14 +318,14 @@ fn produce(
     let mut tickets = VecDeque::with_capacity(4096);
     let mut credit = 0.0f64;
     let mut last = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && report.offered < quota {
         let now = Instant::now();
-        let rate = peak_rate * (BASE_RATE + (1.0 - BASE_RATE) * clock.load());
+        let rate = offered_rate(peak_rate, clock.load());
         // Owed items; after a stall (backpressure) catch up at most 20 ms.
         credit = (credit + rate * (now - last).as_secs_f64()).min(rate * 0.02 + 64.0);
         last = now;
         let due = credit.floor() as u64;
-        for _ in 0..due.min(256) {
+        for _ in 0..due.min(256).min(quota - report.offered) {
             let job = Job {
                 submitted_ns: clock.now_ns(),
             };
@@ -442,9 +437,24 @@ fn main() -> Result<(), Box<dyn StdError>> {
     if !args.linger.is_zero() {
         builder = builder.linger(Linger::Fixed(args.linger));
     }
-    let min_batch = 8.min(max_batch);
+    let min_batch = args.min_batch as usize;
+    if min_batch > max_batch {
+        return Err(format!("--min-batch {min_batch} is above --max-batch {max_batch}").into());
+    }
+    if let Some(initial) = args.initial_batch {
+        if !(min_batch..=max_batch).contains(&(initial as usize)) {
+            return Err(format!(
+                "--initial-batch {initial} is outside --min-batch {min_batch} to --max-batch {max_batch}"
+            )
+            .into());
+        }
+    }
+    let start = |adaptive: Adaptive| match args.initial_batch {
+        Some(initial) => adaptive.initial(initial as usize),
+        None => adaptive,
+    };
     builder = match args.adaptive {
-        Mode::Load => builder.adaptive(
+        Mode::Load => builder.adaptive(start(
             Adaptive::load()
                 .bounds(min_batch, max_batch)
                 .weights(LoadWeights {
@@ -454,11 +464,19 @@ fn main() -> Result<(), Box<dyn StdError>> {
                     contention: 0.7,
                 })
                 .thresholds(0.3, 0.6)
-                .steps(0.2, 0.2)
-                .check_interval(Duration::from_millis(50)),
-        ),
+                .steps(
+                    args.adjust_factor.unwrap_or(0.2),
+                    args.adjust_factor.unwrap_or(0.2),
+                )
+                .check_interval(args.adjust_interval),
+        )),
         Mode::Latency => {
-            builder.adaptive(Adaptive::latency(LATENCY_TARGET).bounds(min_batch, max_batch))
+            let factor = args.adjust_factor.unwrap_or(0.1);
+            builder.adaptive(start(
+                Adaptive::latency(LATENCY_TARGET)
+                    .bounds(min_batch, max_batch)
+                    .steps(factor, factor),
+            ))
         }
         Mode::Off => builder,
     };
@@ -472,8 +490,16 @@ fn main() -> Result<(), Box<dyn StdError>> {
 
     println!(
         "ringbatch demo: pattern {}, adaptive {}, {} producers, up to {} items/s, \
-         max_batch {max_batch}, linger {:?}, {:.1} s",
-        args.pattern, args.adaptive, args.producers, args.items, args.linger, args.seconds
+         batch {min_batch} to {max_batch} from {}, linger {:?}, {:.1} s{}",
+        args.pattern,
+        args.adaptive,
+        args.producers,
+        args.items,
+        args.initial_batch.map_or(max_batch, |i| i as usize),
+        args.linger,
+        args.seconds,
+        args.count
+            .map_or_else(String::new, |count| format!(" or {count} items")),
     );
 
     let progress = ProgressBar::new(run.as_millis() as u64);
@@ -483,6 +509,8 @@ fn main() -> Result<(), Box<dyn StdError>> {
     );
     let stop = AtomicBool::new(false);
     let offered = AtomicU64::new(0);
+    // Producers done with their share of `--count`.
+    let finished = AtomicU64::new(0);
     let mut sampler = Sampler {
         last: batcher.stats(),
         last_at: Instant::now(),
@@ -492,20 +520,27 @@ fn main() -> Result<(), Box<dyn StdError>> {
     let reports: Vec<ProducerReport> = thread::scope(|s| -> Result<_, Box<dyn StdError>> {
         let mut handles = Vec::new();
         for id in 0..args.producers {
-            let (batcher, stop, offered) = (&batcher, &stop, &offered);
+            let (batcher, stop, offered, finished) = (&batcher, &stop, &offered, &finished);
             let share = peak_rate / f64::from(args.producers);
+            let quota = args.count.map_or(u64::MAX, |count| {
+                let p = u64::from(args.producers);
+                count / p + u64::from(u64::from(id) < count % p)
+            });
             handles.push(
                 thread::Builder::new()
                     .name(format!("producer-{id}"))
                     .spawn_scoped(s, move || {
-                        let report = produce(batcher, clock, share, stop);
+                        let report = produce(batcher, clock, share, quota, stop);
                         offered.fetch_add(report.offered, Ordering::Relaxed);
+                        finished.fetch_add(1, Ordering::Relaxed);
                         report
                     })?,
             );
         }
         let mut next = clock.start + TICK;
-        while clock.start.elapsed() < run {
+        while clock.start.elapsed() < run
+            && finished.load(Ordering::Relaxed) < u64::from(args.producers)
+        {
             thread::sleep(next.saturating_duration_since(Instant::now()));
             next += TICK;
             let sample = sampler.sample(&batcher, &clock);

@@ -174,6 +174,74 @@ fn demo_runs_and_writes_an_svg_with_three_series() {
 }
 
 #[test]
+fn demo_count_and_adaptive_flags_bound_the_run_and_its_sizes() {
+    let dir = scratch("count");
+    let mut command = Command::new(demo_binary());
+    command.args(["--seconds", "30", "--count", "3000", "--producers", "3"]);
+    command.args(["--pattern", "sinewave", "--max-batch", "64"]);
+    command.args(["--initial-batch", "16", "--min-batch", "4"]);
+    command.args(["--adjust-interval", "20ms", "--adjust-factor", "0.3"]);
+    command.arg("--out").arg(dir.join("chart.svg"));
+    let started = Instant::now();
+    let run = run_bounded(command, &dir, "the demo with --count", RUN_LIMIT);
+    assert!(
+        run.status.success(),
+        "the demo exited with {}; expected success.\nstdout:\n{}\nstderr:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    // 3,000 items shared by three producers: the run ends on the count, long
+    // before its 30 s.
+    for expected in ["pattern sine,", "batch 4 to 64 from 16", "or 3000 items"] {
+        assert!(
+            run.stdout.contains(expected),
+            "the banner lacks {expected:?}:\n{}",
+            run.stdout
+        );
+    }
+    let field = |name: &str| {
+        run.stdout
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line[name.len()..].split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name:?} line in:\n{}", run.stdout))
+    };
+    assert_eq!(field("items offered"), 3000, "exactly --count items");
+    assert_eq!(field("items handled"), 3000, "every one handled");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the count, not --seconds, ended the run ({:?})",
+        started.elapsed()
+    );
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn demo_rejects_an_initial_batch_outside_its_bounds() {
+    let dir = scratch("initial");
+    let mut command = Command::new(demo_binary());
+    command.args([
+        "--max-batch",
+        "64",
+        "--min-batch",
+        "8",
+        "--initial-batch",
+        "4",
+    ]);
+    let run = run_bounded(command, &dir, "the demo with a bad initial size", RUN_LIMIT);
+    assert!(!run.status.success(), "expected a refusal");
+    assert!(
+        run.stderr
+            .contains("--initial-batch 4 is outside --min-batch 8 to --max-batch 64"),
+        "stderr names the flags:\n{}",
+        run.stderr
+    );
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
 fn demo_rejects_bad_flags_with_clap_message() {
     let binary = demo_binary();
     let dir = scratch("flags");

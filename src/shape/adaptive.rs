@@ -67,15 +67,24 @@ pub enum AdaptiveMode {
 /// most once per interval: grow when the score of the latest feedback is under
 /// `grow_below`, shrink when it is over `shrink_above` (defaults 0.3, 0.7, 10 %).
 ///
+/// The size starts at `max` unless [`initial`](Self::initial) says otherwise.
+/// With [`smoothing`](Self::smoothing) set to `n`, the controller acts on the
+/// mean of the last `n` signals (handler-time ratios, or load scores) instead
+/// of the latest one, so that one slow batch does not shrink the size.
+///
 /// ```
 /// use std::time::Duration;
 /// use ringbatch::Adaptive;
 ///
-/// let latency = Adaptive::latency(Duration::from_millis(2)).bounds(8, 512);
+/// let latency = Adaptive::latency(Duration::from_millis(2))
+///     .bounds(8, 512)
+///     .initial(64)
+///     .smoothing(10);
 /// let load = Adaptive::load().bounds(16, 1024).steps(0.2, 0.2);
 /// # let _ = (latency, load);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct Adaptive {
     /// What drives the controller.
     pub mode: AdaptiveMode,
@@ -91,6 +100,11 @@ pub struct Adaptive {
     pub grow_by: f64,
     /// Shrink factor per step (0.1 shrinks by 10 %).
     pub shrink_by: f64,
+    /// The effective size at the start; `None` means the largest.
+    pub initial: Option<usize>,
+    /// How many recent signals the controller averages (default 1: the
+    /// latest alone; at most [`Adaptive::MAX_SMOOTHING`]).
+    pub smoothing: usize,
 }
 
 impl Adaptive {
@@ -104,6 +118,8 @@ impl Adaptive {
             shrink_above: 1.2,
             grow_by: 0.1,
             shrink_by: 0.1,
+            initial: None,
+            smoothing: 1,
         }
     }
 
@@ -120,7 +136,26 @@ impl Adaptive {
             shrink_above: 0.7,
             grow_by: 0.1,
             shrink_by: 0.1,
+            initial: None,
+            smoothing: 1,
         }
+    }
+
+    /// The longest [`smoothing`](Self::smoothing) window.
+    pub const MAX_SMOOTHING: usize = 1024;
+
+    /// The effective size at the start (within the bounds); by default the
+    /// largest.
+    pub fn initial(mut self, size: usize) -> Self {
+        self.initial = Some(size);
+        self
+    }
+
+    /// Acts on the mean of the last `signals` signals (1, the default, acts
+    /// on the latest alone).
+    pub fn smoothing(mut self, signals: usize) -> Self {
+        self.smoothing = signals;
+        self
     }
 
     /// The range the effective size moves in.
@@ -177,6 +212,14 @@ impl Adaptive {
         if self.min > max {
             return invalid("min must not exceed max");
         }
+        if let Some(initial) = self.initial {
+            if initial < self.min || initial > max {
+                return invalid("initial must lie within min and max");
+            }
+        }
+        if self.smoothing == 0 || self.smoothing > Self::MAX_SMOOTHING {
+            return invalid("smoothing must be between 1 and Adaptive::MAX_SMOOTHING signals");
+        }
         let fraction = |x: f64| x.is_finite() && x > 0.0 && x < 1.0;
         if !fraction(self.grow_by) || !fraction(self.shrink_by) {
             return invalid("grow_by and shrink_by must be between 0 and 1 (exclusive)");
@@ -225,20 +268,39 @@ pub(crate) struct Controller {
     /// sizes accumulate.
     pub(crate) size: f64,
     pub(crate) last_change: Option<Instant>,
-    /// The latest feedback not acted on yet (load mode).
-    pub(crate) feedback: Option<LoadFeedback>,
+    /// Load mode: a feedback arrived that the controller has not acted on.
+    pub(crate) pending: bool,
+    /// The last `smoothing` signals, oldest overwritten first (allocated at
+    /// build: nothing per batch).
+    signals: Box<[f64]>,
+    /// Signals recorded so far (the window's fill, then its write position
+    /// modulo its length).
+    recorded: usize,
 }
 
 impl Controller {
     pub(crate) fn new(settings: Adaptive, max_batch: usize) -> Self {
         let max = settings.max.unwrap_or(max_batch);
+        let start = settings.initial.unwrap_or(max).min(max);
         Self {
             settings,
             max,
-            size: max as f64,
+            size: start as f64,
             last_change: None,
-            feedback: None,
+            pending: false,
+            signals: vec![0.0; settings.smoothing.max(1)].into_boxed_slice(),
+            recorded: 0,
         }
+    }
+
+    /// Records one signal; returns the mean of the window.
+    fn smoothed(&mut self, signal: f64) -> f64 {
+        let len = self.signals.len();
+        self.signals[self.recorded % len] = signal;
+        self.recorded += 1;
+        let filled = self.recorded.min(len);
+        // Summed afresh each time: windows are short, and no drift builds up.
+        self.signals[..filled].iter().sum::<f64>() / filled as f64
     }
 
     /// The effective size now.
@@ -276,28 +338,37 @@ impl Controller {
         let shrink = 1.0 - s.shrink_by;
         match s.mode {
             AdaptiveMode::Latency { target } => {
-                let ratio = handler_time.as_secs_f64() / target.as_secs_f64();
-                if ratio > s.shrink_above {
+                let (shrink_above, grow_below) = (s.shrink_above, s.grow_below);
+                let ratio = self.smoothed(handler_time.as_secs_f64() / target.as_secs_f64());
+                if ratio > shrink_above {
                     self.size *= shrink;
-                } else if ratio < s.grow_below {
+                } else if ratio < grow_below {
                     // At least one item more, so that small sizes can grow.
                     self.size = (self.size * grow).max(self.size + 1.0);
                 }
             }
             AdaptiveMode::Load { weights, interval } => {
-                if feedback.is_some() {
-                    self.feedback = feedback;
+                let (shrink_above, grow_below) = (s.shrink_above, s.grow_below);
+                let mut score = None;
+                if let Some(feedback) = feedback {
+                    score = Some(self.smoothed(feedback.score(&weights)));
+                    self.pending = true;
                 }
                 let due = self
                     .last_change
                     .is_none_or(|last| now.saturating_duration_since(last) >= interval);
-                if let Some(feedback) = self.feedback.take_if(|_| due) {
-                    let score = feedback.score(&weights);
-                    if score < s.grow_below {
+                if due && self.pending {
+                    // Without a fresh report this batch, the window's mean.
+                    let filled = self.recorded.min(self.signals.len());
+                    let score = score.unwrap_or_else(|| {
+                        self.signals[..filled].iter().sum::<f64>() / filled as f64
+                    });
+                    if score < grow_below {
                         self.size = (self.size * grow).max(self.size + 1.0);
-                    } else if score > s.shrink_above {
+                    } else if score > shrink_above {
                         self.size *= shrink;
                     }
+                    self.pending = false;
                     self.last_change = Some(now);
                 }
             }

@@ -89,6 +89,66 @@ mod tests {
     }
 
     #[test]
+    fn smoothing_rides_out_one_slow_batch_that_would_shrink_the_size() {
+        let now = Instant::now();
+        let adaptive = Adaptive::latency(Duration::from_millis(10))
+            .bounds(10, 100)
+            .initial(50);
+        let fast = Duration::from_millis(5);
+        let slow = Duration::from_millis(14);
+        let mut latest = Controller::new(adaptive, 100);
+        let mut smoothed = Controller::new(adaptive.smoothing(4), 100);
+        for c in [&mut latest, &mut smoothed] {
+            assert_eq!(c.size(), 50, "the initial size");
+            for _ in 0..3 {
+                c.observe(fast, None, now);
+            }
+            assert_eq!(c.size(), 67, "three fast batches grow 50 by 10 % each");
+        }
+        // 1.4 × target alone shrinks; the mean of 0.5, 0.5, 0.5, 1.4 is 0.725,
+        // under the 0.8 growth threshold.
+        assert_eq!(latest.observe(slow, None, now), 60, "the latest alone");
+        assert_eq!(smoothed.observe(slow, None, now), 73, "the mean of four");
+        // The window's mean crosses 1.2 × target only when every signal in
+        // it is slow: 0.95, then 1.175 hold still; four slow ones shrink.
+        assert_eq!(smoothed.observe(slow, None, now), 73, "a mean of 0.95");
+        assert_eq!(smoothed.observe(slow, None, now), 73, "a mean of 1.175");
+        assert_eq!(
+            smoothed.observe(slow, None, now),
+            66,
+            "four slow batches shrink it"
+        );
+    }
+
+    #[test]
+    fn load_smoothing_acts_on_the_mean_score_of_the_window() {
+        let start = Instant::now();
+        let adaptive = Adaptive::load()
+            .bounds(1, 100)
+            .check_interval(Duration::ZERO)
+            .smoothing(2);
+        let mut c = Controller::new(adaptive, 100);
+        let score = |s: f64| LoadFeedback {
+            cpu: s,
+            error_rate: s,
+            queue_depth: s,
+            contention: s,
+        };
+        // Idle (0.0) then busy (0.8): the mean 0.4 is inside the 0.3-0.7 band.
+        assert_eq!(c.observe(Duration::ZERO, Some(score(0.0)), start), 100);
+        assert_eq!(
+            c.observe(Duration::ZERO, Some(score(0.8)), start),
+            100,
+            "the mean of 0.0 and 0.8 holds still"
+        );
+        assert_eq!(
+            c.observe(Duration::ZERO, Some(score(0.8)), start),
+            90,
+            "two busy reports shrink"
+        );
+    }
+
+    #[test]
     fn load_controller_acts_once_per_interval() {
         let start = Instant::now();
         let mut c = Controller::new(
