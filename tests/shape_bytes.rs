@@ -368,3 +368,73 @@ fn every_item_is_handled_or_too_large_exactly_once() {
     let tally = tally.lock().unwrap();
     assert!(tally.out_of_order.is_empty(), "{:?}", tally.out_of_order);
 }
+
+#[test]
+fn the_staged_bytes_threshold_flushes_the_heaviest_group_before_its_linger() {
+    // Four groups under a one-minute linger, each far below its 1,000-byte
+    // batch limit: only the 100-byte threshold on everything staged can
+    // send a batch early, and it sends the heaviest group's.
+    let batches: Batches = Arc::default();
+    let batcher = Batcher::builder()
+        .lanes(1)
+        .weigher(|item: &Item| item.1)
+        .max_bytes(1_000)
+        .max_staged_bytes(100)
+        .group_by(|item: &Item| item.0 % 4)
+        .linger(ringbatch::Linger::Fixed(std::time::Duration::from_secs(60)))
+        .handler_fn(recording(&batches, None))
+        .build()
+        .unwrap();
+    let producer = batcher.producer();
+    // Ids 0, 4, 8, 12, 16 are group 0 (50 bytes); 1, 5, 9 group 1 (30);
+    // 2 group 2 (10): 90 bytes staged, under the threshold.
+    for id in [0, 4, 8, 12, 16, 1, 5, 9, 2] {
+        producer.push((id, 10)).unwrap();
+    }
+    // Group 3's item takes the staged weight to 100.
+    producer.push((3, 10)).unwrap();
+    common::wait_for("a batch sent by the staged-bytes threshold", || {
+        !batches.lock().unwrap().is_empty() && batcher.stats().items_handled >= 5
+    });
+    let first = batches.lock().unwrap()[0].clone();
+    assert_eq!(
+        first.iter().map(|item| item.0).collect::<Vec<_>>(),
+        [0, 4, 8, 12, 16],
+        "the heaviest group (50 of the 100 bytes) goes first"
+    );
+    let stats = batcher.stats();
+    assert_eq!(stats.dispatched.bytes, 1, "dispatched for its bytes");
+    assert_eq!(
+        stats.batches, 1,
+        "50 bytes left staged: under the threshold"
+    );
+    drop(producer);
+    let stats = batcher.shutdown();
+    assert_eq!(stats.items_handled, 10, "the rest handled at shutdown");
+}
+
+#[test]
+fn a_staged_bytes_threshold_needs_a_weigher_and_a_positive_limit() {
+    let build = |batcher: ringbatch::BatcherBuilder<Item, u64>| {
+        batcher
+            .handler_fn(|batch: &mut Batch<'_, Item, u64>| {
+                batch.ok_with(|_| 0);
+                Ok(())
+            })
+            .build()
+    };
+    match build(Batcher::builder().max_staged_bytes(100)) {
+        Err(ringbatch::ConfigError::Invalid { field, .. }) => {
+            assert_eq!(field, "max_staged_bytes")
+        }
+        other => panic!("expected Invalid(max_staged_bytes), got {:?}", other.err()),
+    }
+    match build(
+        Batcher::builder()
+            .weigher(|item: &Item| item.1)
+            .max_staged_bytes(0),
+    ) {
+        Err(ringbatch::ConfigError::Zero { field }) => assert_eq!(field, "max_staged_bytes"),
+        other => panic!("expected Zero(max_staged_bytes), got {:?}", other.err()),
+    }
+}

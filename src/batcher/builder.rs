@@ -434,6 +434,21 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         self
     }
 
+    /// A flush threshold on the bytes staged across every group and class
+    /// (the staging area's memory), beside the per-batch
+    /// [`max_bytes`](Self::max_bytes): once the staged items weigh `limit`
+    /// or more, a batch goes at once (reason
+    /// [`DispatchReason::Bytes`](crate::DispatchReason::Bytes)), from the
+    /// heaviest group when items are grouped, until the staged weight is
+    /// under `limit` again. Needs a [`weigher`](Self::weigher); `build`
+    /// refuses 0 with [`ConfigError::Zero`](crate::ConfigError::Zero) (field
+    /// `"max_staged_bytes"`). Default: none.
+    #[must_use = "a builder does nothing until it is built"]
+    pub fn max_staged_bytes(mut self, limit: usize) -> Self {
+        self.shaping.max_staged_bytes = Some(limit);
+        self
+    }
+
     /// How many bytes an item adds to its batch: what the sink will really
     /// send (its encoded size). Called once per item, on the drainer.
     ///

@@ -12,6 +12,8 @@ use crate::{Adaptive, Linger, Oversize};
 /// The shaping settings, collected by the builder.
 pub(crate) struct Shaping<T> {
     pub(crate) max_bytes: Option<usize>,
+    /// A flush threshold on the bytes staged across every group.
+    pub(crate) max_staged_bytes: Option<usize>,
     pub(crate) weigher: Option<Weigher<T>>,
     pub(crate) oversize: Oversize,
     pub(crate) linger: Linger,
@@ -44,6 +46,7 @@ impl<T> Default for Shaping<T> {
     fn default() -> Self {
         Self {
             max_bytes: None,
+            max_staged_bytes: None,
             weigher: None,
             oversize: Oversize::Fail,
             linger: Linger::None,
@@ -66,6 +69,7 @@ impl<T> fmt::Debug for Shaping<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shaping")
             .field("max_bytes", &self.max_bytes)
+            .field("max_staged_bytes", &self.max_staged_bytes)
             .field("weigher", &self.weigher.is_some())
             .field("oversize", &self.oversize)
             .field("linger", &self.linger)
@@ -87,6 +91,7 @@ impl<T> Shaping<T> {
     /// Whether any policy asks for the staging drainer.
     pub(crate) fn is_active(&self) -> bool {
         self.max_bytes.is_some()
+            || self.max_staged_bytes.is_some()
             || self.weigher.is_some()
             || self.linger != Linger::None
             || self.min_interval.is_some()
@@ -115,6 +120,17 @@ impl<T> Shaping<T> {
         }
         if self.max_bytes == Some(0) {
             return Err(ConfigError::Zero { field: "max_bytes" });
+        }
+        if self.max_staged_bytes == Some(0) {
+            return Err(ConfigError::Zero {
+                field: "max_staged_bytes",
+            });
+        }
+        if self.max_staged_bytes.is_some() && self.weigher.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "max_staged_bytes",
+                reason: "a staged-bytes threshold needs a weigher (`weigher`) to measure items",
+            });
         }
         if let Some(limit) = self.max_bytes.filter(|&limit| limit > MAX_BYTES_LIMIT) {
             return Err(ConfigError::TooLarge {

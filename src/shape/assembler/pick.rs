@@ -51,7 +51,25 @@ impl<T> Assembler<T> {
                 ));
             }
         }
+        if best.is_none() && self.over_staged_bytes() && !self.held_back(now) {
+            // Over the memory threshold with no group ready: the heaviest
+            // group goes, which frees the most.
+            let heaviest = (0..self.groups.len())
+                .filter(|&g| self.groups[g].len > 0)
+                .max_by_key(|&g| self.groups[g].bytes);
+            return heaviest.map(|g| Pick {
+                reason: DispatchReason::Bytes,
+                group: Some(g),
+            });
+        }
         best.map(|(pick, _)| pick)
+    }
+
+    /// The bytes staged across every group reach the threshold.
+    pub(crate) fn over_staged_bytes(&self) -> bool {
+        self.policy
+            .max_staged_bytes
+            .is_some_and(|limit| self.staged_bytes >= limit)
     }
 
     /// Whether a class-`class` item the drainer took at `arrived` has waited
@@ -123,7 +141,9 @@ impl<T> Assembler<T> {
         if full {
             return Some(DispatchReason::Full);
         }
-        if self.policy.max_bytes.is_some_and(|limit| bytes >= limit) {
+        if self.policy.max_bytes.is_some_and(|limit| bytes >= limit)
+            || (self.policy.group.is_none() && self.over_staged_bytes())
+        {
             return Some(DispatchReason::Bytes);
         }
         match linger {
