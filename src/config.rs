@@ -7,6 +7,7 @@ use crate::wait::WaitStrategy;
 
 /// What a producer does when its lane is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Backpressure {
     /// Wait for room, by the batcher's [`WaitStrategy`] (the default). Nothing
     /// is lost; the producer slows to the drainer's pace.
@@ -29,6 +30,16 @@ pub enum Backpressure {
     /// ticket, evicting cannot make room for a new ticket: the new item is
     /// dropped as under `DropNewest`.
     DropOldest,
+    /// Raise the effective maximum batch size while a lane is full, then
+    /// wait for room as under `Block`. Each batch the drainer hands over
+    /// after a producer found its lane full raises the adaptive size by one
+    /// growth step ([`Adaptive::grow_by`](crate::Adaptive::grow_by)), up to
+    /// its maximum; each batch after which no producer did lowers it by one
+    /// step again, until the steps taken this way are undone. Needs
+    /// [`adaptive`](crate::BatcherBuilder::adaptive) sizing: `build`
+    /// refuses it otherwise ([`ConfigError::Invalid`], field
+    /// `"backpressure"`).
+    IncreaseBatchSize,
 }
 
 /// How a new [`Producer`](crate::Producer) picks its lane.

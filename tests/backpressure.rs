@@ -556,3 +556,82 @@ fn drop_oldest_under_concurrent_load_ends_every_item_once() {
 fn drop_newest_spills_exactly_the_dropped_items_under_load() {
     drop_policy_under_concurrent_load(Backpressure::DropNewest);
 }
+
+/// A batcher under `IncreaseBatchSize`: one lane of 16, batches of 2 to 16
+/// items starting at 2, steps of 50 %, and a handler taking 200 µs a batch.
+fn increasing() -> Batcher<u64, u64> {
+    Batcher::builder()
+        .lanes(1)
+        .capacity(16)
+        .max_batch(16)
+        .backpressure(Backpressure::IncreaseBatchSize)
+        .adaptive(
+            ringbatch::Adaptive::load()
+                .bounds(2, 16)
+                .initial(2)
+                .steps(0.5, 0.5),
+        )
+        .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+            std::thread::sleep(Duration::from_micros(200));
+            batch.ok_with(|&x| x);
+            Ok(())
+        })
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn increase_batch_size_raises_the_size_while_lanes_are_full_and_lowers_it_after() {
+    let batcher = increasing();
+    assert_eq!(batcher.stats().effective_max_batch, 2, "the initial size");
+    // A flood keeps the lane full: producers find it full, and each batch
+    // after that raises the size, up to 16. (No load feedback is reported,
+    // so nothing else moves it.)
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (make, stop) = (batcher.producers(), Arc::clone(&stop));
+        spawn_bounded("flood", move || {
+            let producer = make.producer();
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                producer.push(sent).unwrap();
+                sent += 1;
+            }
+            sent
+        })
+    };
+    common::wait_for("the size raised to its bound of 16", || {
+        batcher.stats().effective_max_batch == 16
+    });
+    stop.store(true, Ordering::Relaxed);
+    let flooded = flood.join();
+    assert!(batcher.flush_timeout(BOUND), "the flood drained");
+    // Once nothing is full, each batch lowers the size a step, back to 2.
+    let producer = batcher.producer();
+    common::wait_for("the size lowered back to 2", || {
+        let mut ticket = producer.submit(0).unwrap();
+        assert!(ticket.wait_timeout(BOUND).is_some(), "a lone item handled");
+        batcher.stats().effective_max_batch == 2
+    });
+    let stats = batcher.shutdown();
+    assert!(stats.items_handled > flooded, "every item handled");
+    assert_eq!(
+        stats.dropped, 0,
+        "nothing lost: the producer waited for room"
+    );
+}
+
+#[test]
+fn increase_batch_size_needs_adaptive_sizing() {
+    let built = Batcher::builder()
+        .backpressure(Backpressure::IncreaseBatchSize)
+        .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+            batch.ok_with(|&x| x);
+            Ok(())
+        })
+        .build();
+    match built {
+        Err(ringbatch::ConfigError::Invalid { field, .. }) => assert_eq!(field, "backpressure"),
+        other => panic!("expected Invalid(backpressure), got {:?}", other.err()),
+    }
+}

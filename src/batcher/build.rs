@@ -109,6 +109,14 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         }
         self.config.validate()?;
         self.shaping.validate(self.config.max_batch)?;
+        if self.config.backpressure == Backpressure::IncreaseBatchSize
+            && self.shaping.adaptive.is_none()
+        {
+            return Err(ConfigError::Invalid {
+                field: "backpressure",
+                reason: "IncreaseBatchSize raises the adaptive size: set `adaptive` too",
+            });
+        }
         if let Some(policy) = &self.failure.retry {
             policy.validate()?;
             // Batches waiting to retry hold buffers: keep some for new ones.
@@ -333,6 +341,7 @@ fn make_control(config: &Config, effective_max: usize) -> Control {
         max_batch: AtomicUsize::new(config.max_batch),
         settings_version: AtomicU64::new(0),
         effective_max: AtomicUsize::new(effective_max),
+        pressure: AtomicBool::new(false),
     }
 }
 

@@ -39,6 +39,9 @@ pub(crate) struct Control {
     pub(crate) settings_version: AtomicU64,
     /// The effective maximum batch size (the adaptive controller's).
     pub(crate) effective_max: AtomicUsize,
+    /// `Backpressure::IncreaseBatchSize`: a producer found its lane full
+    /// since the drainer last looked.
+    pub(crate) pressure: AtomicBool,
 }
 
 /// State shared by the batcher, its producers and the drainer.
@@ -179,6 +182,37 @@ impl<T, R> Shared<T, R> {
                 crate::contain::lock(controller).observe(handler_time, feedback, Instant::now());
             // Relaxed: a tuning value, read by the drainer for its next batch.
             self.control.effective_max.store(size, Ordering::Relaxed);
+        }
+    }
+
+    /// `Backpressure::IncreaseBatchSize`, once per sweep of the shaping
+    /// drainer: a producer found its lane full since the last sweep raises
+    /// the effective size a step; a sweep that found the lanes drained
+    /// (`idle`) lowers it a step, while raised steps are left to undo.
+    pub(crate) fn adjust_for_pressure(&self, idle: bool) {
+        let Some(controller) = &self.controller else {
+            return;
+        };
+        // Relaxed: a hint that publishes no data; a late flag only moves
+        // the size one sweep later.
+        let size = if self.control.pressure.swap(false, Ordering::Relaxed) {
+            crate::contain::lock(controller).raise()
+        } else if idle {
+            crate::contain::lock(controller).relax()
+        } else {
+            return;
+        };
+        // Relaxed: as in `observe_batch`.
+        self.control.effective_max.store(size, Ordering::Relaxed);
+    }
+
+    /// A producer found its lane full (`Backpressure::IncreaseBatchSize`).
+    #[cold]
+    pub(crate) fn signal_pressure(&self) {
+        // Relaxed: a hint (see `observe_batch`); loaded first so that blocked
+        // producers do not keep taking the line from each other.
+        if !self.control.pressure.load(Ordering::Relaxed) {
+            self.control.pressure.store(true, Ordering::Relaxed);
         }
     }
 

@@ -147,7 +147,7 @@ impl<T, R> Producer<T, R> {
         match wait {
             Wait::Never => Waits::No,
             Wait::Policy => match self.shared.config.backpressure {
-                Backpressure::Block => Waits::Indefinitely,
+                Backpressure::Block | Backpressure::IncreaseBatchSize => Waits::Indefinitely,
                 Backpressure::Reject | Backpressure::DropNewest | Backpressure::DropOldest => {
                     Waits::No
                 }
@@ -167,6 +167,9 @@ impl<T, R> Producer<T, R> {
         if self.shared.called_back() {
             // Room comes from the drainer, which waits for this handler.
             return Err(RefusedKind::Full);
+        }
+        if self.shared.config.backpressure == Backpressure::IncreaseBatchSize {
+            self.shared.signal_pressure();
         }
         let ring = &self.lane_ref().ring;
         retry_until_room(

@@ -184,6 +184,12 @@ impl<T, R> Producer<T, R> {
             Blocked::Closed => Some(RefusedKind::Closed),
             Blocked::Ring | Blocked::Slots => match self.shared.config.backpressure {
                 Backpressure::Block => None,
+                Backpressure::IncreaseBatchSize => {
+                    if matches!(blocked, Blocked::Ring) {
+                        self.shared.signal_pressure();
+                    }
+                    None
+                }
                 Backpressure::Reject | Backpressure::DropNewest | Backpressure::DropOldest => {
                     Some(RefusedKind::Full)
                 }

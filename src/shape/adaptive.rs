@@ -273,6 +273,9 @@ pub(crate) struct Controller {
     /// The last `smoothing` signals, oldest overwritten first (allocated at
     /// build: nothing per batch).
     signals: Box<[f64]>,
+    /// Growth steps taken under `Backpressure::IncreaseBatchSize` and not
+    /// undone yet.
+    boosted: u32,
     /// Signals recorded so far (the window's fill, then its write position
     /// modulo its length).
     recorded: usize,
@@ -288,9 +291,31 @@ impl Controller {
             size: start as f64,
             last_change: None,
             pending: false,
+            boosted: 0,
             signals: vec![0.0; settings.smoothing.max(1)].into_boxed_slice(),
             recorded: 0,
         }
+    }
+
+    /// A producer found its lane full: one growth step, up to the maximum.
+    pub(crate) fn raise(&mut self) -> usize {
+        if self.size() < self.max {
+            let grown = (self.size * (1.0 + self.settings.grow_by)).max(self.size + 1.0);
+            self.size = grown.min(self.max as f64);
+            self.boosted += 1;
+        }
+        self.size()
+    }
+
+    /// No lane was full since the last batch: undoes one step of
+    /// [`raise`](Self::raise), if any is left.
+    pub(crate) fn relax(&mut self) -> usize {
+        if self.boosted > 0 {
+            self.boosted -= 1;
+            let lowered = self.size / (1.0 + self.settings.grow_by);
+            self.size = lowered.max(self.settings.min as f64);
+        }
+        self.size()
     }
 
     /// Records one signal; returns the mean of the window.

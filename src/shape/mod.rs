@@ -121,6 +121,24 @@ mod tests {
     }
 
     #[test]
+    fn raised_steps_are_undone_step_by_step_back_to_the_size_before() {
+        let adaptive = Adaptive::load().bounds(2, 16).initial(2).steps(0.5, 0.5);
+        let mut c = Controller::new(adaptive, 16);
+        let raised: Vec<usize> = (0..7).map(|_| c.raise()).collect();
+        assert_eq!(
+            raised,
+            [3, 5, 7, 10, 15, 16, 16],
+            "50 % steps up to the bound"
+        );
+        let lowered: Vec<usize> = (0..8).map(|_| c.relax()).collect();
+        assert_eq!(
+            lowered,
+            [11, 7, 5, 3, 2, 2, 2, 2],
+            "six steps taken, six undone (the bound stops the seventh)"
+        );
+    }
+
+    #[test]
     fn load_smoothing_acts_on_the_mean_score_of_the_window() {
         let start = Instant::now();
         let adaptive = Adaptive::load()

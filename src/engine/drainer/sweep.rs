@@ -264,6 +264,9 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     /// with `Force::All`). Returns whether it dispatched any.
     pub(super) fn dispatch_shaped(&mut self, idle: bool, force: Force) -> bool {
         let mut dispatched = false;
+        if self.shared.config.backpressure == crate::Backpressure::IncreaseBatchSize {
+            self.shared.adjust_for_pressure(idle);
+        }
         loop {
             #[cfg(feature = "tokio")]
             if self.need_buffer {
