@@ -134,6 +134,9 @@ mod metrics_facade;
 mod producer;
 mod ring;
 mod scope;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub mod settings;
 mod shape;
 #[cfg(any(feature = "postgres", feature = "nats"))]
 pub mod sinks;
@@ -156,6 +159,8 @@ pub use error::{
 pub use failure::{BreakerState, CircuitBreaker, DeadLetter, Failure, FailureKind, RetryPolicy};
 pub use handler::{Batch, BatchError, CompleteError, Handler};
 pub use producer::{AsyncProducer, Producer};
+#[cfg(feature = "serde")]
+pub use settings::{Settings, SettingsError};
 pub use shape::{
     Adaptive, AdaptiveMode, DEFAULT_MAX_BYTES, DEFAULT_MAX_OPEN_GROUPS, DEFAULT_STARVATION_AGE,
     GroupLimits, GroupSize, Linger, LoadWeights, Oversize, Priority,
