@@ -45,6 +45,7 @@
 //! | `metrics` | off | `Stats::export_metrics` through the `metrics` crate's macros |
 //! | `postgres` | off | `sinks::postgres`: batched inserts with per-row results |
 //! | `nats` | off | `sinks::nats`: JetStream publishes with per-message acks |
+//! | `serde` | off | `settings`: every data setting from a TOML file, `BatcherBuilder::with_config` |
 //!
 //! # The API
 //!
@@ -69,6 +70,9 @@
 //!   dead letters, `pause`/`resume`, live settings, `shutdown_timeout`.
 //! - Metrics ([`metrics`]): histograms in [`Stats`] and
 //!   [`Stats::prometheus`].
+//! - Settings from a file (feature `serde`, module `settings`): `Settings`
+//!   reads every data setting from TOML, `BatcherBuilder::with_config`
+//!   applies it, the closures stay in code.
 //!
 //! # When user code panics
 //!
