@@ -45,6 +45,7 @@
 //! | `metrics` | off | `Stats::export_metrics` through the `metrics` crate's macros |
 //! | `postgres` | off | `sinks::postgres`: batched inserts with per-row results |
 //! | `nats` | off | `sinks::nats`: JetStream publishes with per-message acks |
+//! | `serde` | off | `settings`: every data setting from a TOML file, `BatcherBuilder::with_config` |
 //!
 //! # The API
 //!
@@ -69,6 +70,9 @@
 //!   dead letters, `pause`/`resume`, live settings, `shutdown_timeout`.
 //! - Metrics ([`metrics`]): histograms in [`Stats`] and
 //!   [`Stats::prometheus`].
+//! - Settings from a file (feature `serde`, module `settings`): `Settings`
+//!   reads every data setting from TOML, `BatcherBuilder::with_config`
+//!   applies it, the closures stay in code.
 //!
 //! # When user code panics
 //!
@@ -134,6 +138,9 @@ mod metrics_facade;
 mod producer;
 mod ring;
 mod scope;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub mod settings;
 mod shape;
 #[cfg(any(feature = "postgres", feature = "nats"))]
 pub mod sinks;
@@ -156,6 +163,8 @@ pub use error::{
 pub use failure::{BreakerState, CircuitBreaker, DeadLetter, Failure, FailureKind, RetryPolicy};
 pub use handler::{Batch, BatchError, CompleteError, Handler};
 pub use producer::{AsyncProducer, Producer};
+#[cfg(feature = "serde")]
+pub use settings::{Settings, SettingsError};
 pub use shape::{
     Adaptive, AdaptiveMode, DEFAULT_MAX_BYTES, DEFAULT_MAX_OPEN_GROUPS, DEFAULT_STARVATION_AGE,
     GroupLimits, GroupSize, Linger, LoadWeights, Oversize, Priority,

@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["engine"],
     &["producer"],
     &["batcher"],
-    &["sinks", "metrics_facade"],
+    &["sinks", "metrics_facade", "settings"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -99,6 +99,10 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// Fills in the defaults that follow other settings, then checks every
     /// setting and every combination: the first problem is the error.
     fn settle(&mut self) -> Result<Placement, ConfigError> {
+        #[cfg(feature = "serde")]
+        if let Some(refused) = self.refused.take() {
+            return Err(refused);
+        }
         if !self.max_batch_set && self.config.capacity > 0 {
             self.config.max_batch = self.config.max_batch.min(self.config.capacity);
         }

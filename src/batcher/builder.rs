@@ -36,6 +36,9 @@ pub struct BatcherBuilder<T, R> {
     pub(crate) spill: Option<Spill<T>>,
     /// A submitter that finds the drainer asleep runs the batch itself.
     pub(crate) inline_when_idle: bool,
+    /// The first setting `with_config` could not apply; `build` reports it.
+    #[cfg(feature = "serde")]
+    pub(crate) refused: Option<crate::config::ConfigError>,
 }
 
 /// The handler given to the builder.

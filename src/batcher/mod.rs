@@ -90,6 +90,8 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             failure: crate::failure::FailureSettings::default(),
             spill: None,
             inline_when_idle: false,
+            #[cfg(feature = "serde")]
+            refused: None,
         }
     }
 

@@ -107,6 +107,9 @@ pub struct Adaptive {
     pub smoothing: usize,
 }
 
+/// Load mode's default check interval.
+pub(crate) const DEFAULT_LOAD_INTERVAL: Duration = Duration::from_millis(100);
+
 impl Adaptive {
     /// Latency mode, aiming the handler's time per batch at `target`.
     pub fn latency(target: Duration) -> Self {
@@ -128,7 +131,7 @@ impl Adaptive {
         Self {
             mode: AdaptiveMode::Load {
                 weights: LoadWeights::default(),
-                interval: Duration::from_millis(100),
+                interval: DEFAULT_LOAD_INTERVAL,
             },
             min: 1,
             max: None,

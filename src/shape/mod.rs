@@ -34,6 +34,8 @@ mod props;
 mod settings;
 
 pub(crate) use adaptive::Controller;
+#[cfg(feature = "serde")]
+pub(crate) use adaptive::DEFAULT_LOAD_INTERVAL;
 pub use adaptive::{Adaptive, AdaptiveMode, LoadWeights};
 pub(crate) use assembler::{Assembler, Force};
 pub(crate) use expiry::{ExpiryStamps, NEVER, duration_ns};
