@@ -116,6 +116,7 @@ drain_on_runtime = false
 
 [shape]
 max_bytes = 4096
+max_staged_bytes = 16384
 oversize = "alone"
 linger = { adaptive = "3ms" }
 min_interval = "1ms"
@@ -136,6 +137,8 @@ grow_below = 0.2
 shrink_above = 0.9
 grow_by = 0.25
 shrink_by = 0.5
+initial = 16
+smoothing = 10
 
 [shape.adaptive.weights]
 cpu = 1
@@ -500,6 +503,26 @@ fn build_refuses_a_files_values_as_it_refuses_the_methods() {
             builder().max_open_groups(0),
         ),
         ("[shape]\nstaging = 16\n", "staging", builder().staging(16)),
+        (
+            "[shape]\nmax_staged_bytes = 1024\n",
+            "max_staged_bytes",
+            builder().max_staged_bytes(1024),
+        ),
+        (
+            "[core]\nbackpressure = \"increase_batch_size\"\n",
+            "backpressure",
+            builder().backpressure(ringbatch::Backpressure::IncreaseBatchSize),
+        ),
+        (
+            "[shape.adaptive]\nmode = \"load\"\nmin = 8\ninitial = 4\n",
+            "adaptive",
+            builder().adaptive(Adaptive::load().bounds(8, 64).initial(4)),
+        ),
+        (
+            "[shape.adaptive]\nmode = \"load\"\nsmoothing = 0\n",
+            "adaptive",
+            builder().adaptive(Adaptive::load().smoothing(0)),
+        ),
         (
             "[shape.adaptive]\nmode = \"load\"\ngrow_by = 1.5\n",
             "adaptive",

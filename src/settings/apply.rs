@@ -156,6 +156,9 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         if let Some(limit) = shape.max_bytes {
             s.max_bytes = limit;
         }
+        if let Some(limit) = shape.max_staged_bytes {
+            s.max_staged_bytes = limit;
+        }
         if let Some(oversize) = shape.oversize {
             s.oversize = oversize;
         }
@@ -247,6 +250,12 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         if let Some(shrink_by) = a.shrink_by {
             adaptive.shrink_by = shrink_by;
         }
+        if let Some(initial) = a.initial {
+            adaptive.initial = initial;
+        }
+        if let Some(signals) = a.smoothing {
+            adaptive.smoothing = signals;
+        }
         self.shaping.adaptive = Some(adaptive);
     }
 
@@ -321,6 +330,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         let s = &self.shaping;
         ShapeSettings {
             max_bytes: Some(s.max_bytes),
+            max_staged_bytes: Some(s.max_staged_bytes),
             oversize: Some(s.oversize),
             linger: Some(s.linger),
             min_interval: Some(s.min_interval),
@@ -391,6 +401,8 @@ fn adaptive_settings(adaptive: Option<&Adaptive>) -> AdaptiveSettings {
         shrink_above: Some(threshold(a.shrink_above)),
         grow_by: Some(a.grow_by),
         shrink_by: Some(a.shrink_by),
+        initial: Some(a.initial),
+        smoothing: Some(a.smoothing),
         weights: WeightSettings {
             cpu: Some(weights.cpu),
             error_rate: Some(weights.error_rate),

@@ -24,12 +24,19 @@ pub(crate) trait Named: Copy + 'static {
 }
 
 impl Named for Backpressure {
-    const NAMES: &'static [&'static str] = &["block", "reject", "drop_newest", "drop_oldest"];
+    const NAMES: &'static [&'static str] = &[
+        "block",
+        "reject",
+        "drop_newest",
+        "drop_oldest",
+        "increase_batch_size",
+    ];
     const VALUES: &'static [Self] = &[
         Backpressure::Block,
         Backpressure::Reject,
         Backpressure::DropNewest,
         Backpressure::DropOldest,
+        Backpressure::IncreaseBatchSize,
     ];
 }
 

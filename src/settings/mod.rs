@@ -117,7 +117,7 @@ pub struct CoreSettings {
     #[serde(deserialize_with = "de::named")]
     pub wait_strategy: Option<WaitStrategy>,
     /// [`backpressure`](crate::BatcherBuilder::backpressure): `"block"`,
-    /// `"reject"`, `"drop_newest"` or `"drop_oldest"`.
+    /// `"reject"`, `"drop_newest"`, `"drop_oldest"` or `"increase_batch_size"`.
     #[serde(deserialize_with = "de::named")]
     pub backpressure: Option<Backpressure>,
     /// [`pin_drainer`](crate::BatcherBuilder::pin_drainer); `"none"`: not pinned.
@@ -155,6 +155,10 @@ pub struct ShapeSettings {
     /// no limit otherwise.
     #[serde(deserialize_with = "de::or_auto")]
     pub max_bytes: Option<Option<usize>>,
+    /// [`max_staged_bytes`](crate::BatcherBuilder::max_staged_bytes);
+    /// `"none"`: no threshold on the bytes staged across every group.
+    #[serde(deserialize_with = "de::or_none")]
+    pub max_staged_bytes: Option<Option<usize>>,
     /// [`oversize`](crate::BatcherBuilder::oversize): `"fail"` or `"alone"`.
     #[serde(deserialize_with = "de::named")]
     pub oversize: Option<Oversize>,
@@ -236,6 +240,13 @@ pub struct AdaptiveSettings {
     pub grow_by: Option<f64>,
     /// Shrink factor per step.
     pub shrink_by: Option<f64>,
+    /// [`Adaptive::initial`](crate::Adaptive::initial); `"auto"`: the
+    /// largest size.
+    #[serde(deserialize_with = "de::or_auto")]
+    pub initial: Option<Option<usize>>,
+    /// [`Adaptive::smoothing`](crate::Adaptive::smoothing): how many recent
+    /// signals the controller averages.
+    pub smoothing: Option<usize>,
     /// `[shape.adaptive.weights]`: load mode's [`LoadWeights`](crate::LoadWeights).
     pub weights: WeightSettings,
 }
