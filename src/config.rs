@@ -222,7 +222,8 @@ pub(crate) fn available_cores() -> Option<Vec<usize>> {
     core_affinity::get_core_ids().map(|ids| ids.into_iter().map(|c| c.id).collect())
 }
 
-/// Why a batcher could not be built, or a producer bound.
+/// Why a batcher could not be built, or a live setting not changed. Which
+/// producers a batcher can make at a given moment is a [`LaneError`](crate::LaneError).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -316,24 +317,6 @@ pub enum ConfigError {
         /// Why.
         reason: &'static str,
     },
-    /// A producer was asked for a lane that does not exist.
-    NoSuchLane {
-        /// The lane asked for.
-        lane: usize,
-        /// The number of lanes.
-        lanes: usize,
-    },
-    /// A producer was asked for a lane that an exclusive producer owns.
-    LaneTaken {
-        /// The lane asked for.
-        lane: usize,
-    },
-    /// An exclusive producer needs a lane with no producer, and one lane
-    /// must stay open to shared producers: there is no such lane.
-    NoFreeLane {
-        /// The number of lanes.
-        lanes: usize,
-    },
 }
 
 impl ConfigError {
@@ -353,9 +336,6 @@ impl ConfigError {
             ConfigError::PoolTooSmall { .. } => "pool_size",
             ConfigError::NoRuntime => "runtime",
             ConfigError::PinOnRuntime { .. } => "pin_drainer",
-            ConfigError::NoSuchLane { .. }
-            | ConfigError::LaneTaken { .. }
-            | ConfigError::NoFreeLane { .. } => "lane",
             ConfigError::Invalid { field, .. } => field,
         }
     }
@@ -416,20 +396,6 @@ impl fmt::Display for ConfigError {
                 write!(f, "the drainer thread could not start: {message}")
             }
             ConfigError::Invalid { field, reason } => write!(f, "{field}: {reason}"),
-            ConfigError::NoSuchLane { lane, lanes } => {
-                write!(
-                    f,
-                    "lane {lane} does not exist (the batcher has {lanes} lanes)"
-                )
-            }
-            ConfigError::LaneTaken { lane } => {
-                write!(f, "lane {lane} is owned by an exclusive producer")
-            }
-            ConfigError::NoFreeLane { lanes } => write!(
-                f,
-                "no lane is free for an exclusive producer (the batcher has {lanes} lanes, \
-                 and one must stay open to shared producers)"
-            ),
         }
     }
 }

@@ -56,7 +56,7 @@
 //!   `submit_many` (with [`Ticket`]s). Refusals are [`SubmitError`]s holding
 //!   the item. [`Batcher::exclusive_producer`] makes one that owns its
 //!   lane and claims slots without a CAS, for a thread pushing in a hot
-//!   loop.
+//!   loop. A lane or class that cannot be had is a [`LaneError`].
 //! - [`Ticket`]: `wait`, `wait_timeout`, `try_take`.
 //! - [`Handler`] and [`Batch`]: the sink's side; complete items with `ok`,
 //!   `fail` or `complete_with`. Item failures are [`Error`]s.
@@ -151,7 +151,7 @@ pub use config::{
 #[cfg(feature = "tokio")]
 pub use engine::runtime::{AsyncBatch, AsyncHandler};
 pub use error::{
-    Callback, CallbackPanic, Error, RefusedKind, SharedError, SliceError, SubmitError,
+    Callback, CallbackPanic, Error, LaneError, RefusedKind, SharedError, SliceError, SubmitError,
 };
 pub use failure::{BreakerState, CircuitBreaker, DeadLetter, Failure, FailureKind, RetryPolicy};
 pub use handler::{Batch, BatchError, CompleteError, Handler};

@@ -1,7 +1,9 @@
 //! Every invalid setting is a typed error naming the field and the reason;
 //! nothing panics on bad configuration.
 
-use ringbatch::{Batch, Batcher, BatcherBuilder, Config, ConfigError, Error, MAX_CAPACITY};
+use ringbatch::{
+    Batch, Batcher, BatcherBuilder, Config, ConfigError, Error, LaneError, MAX_CAPACITY,
+};
 
 fn builder() -> BatcherBuilder<u64, ()> {
     Batcher::builder().handler_fn(|batch: &mut Batch<'_, u64, ()>| {
@@ -155,7 +157,7 @@ fn a_lane_that_does_not_exist_is_refused() {
     let batcher = builder().lanes(2).build().unwrap();
     assert_eq!(
         batcher.producer_on_lane(2).unwrap_err(),
-        ConfigError::NoSuchLane { lane: 2, lanes: 2 }
+        LaneError::NoSuchLane { lane: 2, lanes: 2 }
     );
     assert_eq!(batcher.producer_on_lane(1).unwrap().lane(), 1);
 }
