@@ -78,7 +78,31 @@ pub(crate) fn duration_at_most_max(
 
 /// The settings a batcher is built with; see [`BatcherBuilder`](crate::BatcherBuilder)
 /// for what each means.
+///
+/// More settings may come, so a `Config` is not built with a struct
+/// expression: start from [`Default`] and set fields, or use the builder's
+/// methods, which set the same fields. [`Batcher::config`](crate::Batcher::config)
+/// reads them back.
+///
+/// ```
+/// use ringbatch::{Batch, Batcher, Config};
+///
+/// let mut config = Config::default();
+/// config.capacity = 256;
+/// config.max_batch = 64;
+/// let batcher = Batcher::builder()
+///     .config(config)
+///     .handler_fn(|batch: &mut Batch<'_, u64, ()>| {
+///         batch.ok_with(|_| ());
+///         Ok(())
+///     })
+///     .build()
+///     .unwrap();
+/// assert_eq!(batcher.config().capacity, 256);
+/// assert_eq!(batcher.config().max_batch, 64);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
     /// Number of lanes; `None` means one per core.
     pub lanes: Option<usize>,

@@ -164,10 +164,8 @@ fn a_lane_that_does_not_exist_is_refused() {
 
 #[test]
 fn a_whole_config_is_validated_too() {
-    let config = Config {
-        capacity: 3,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.capacity = 3;
     assert_eq!(
         config.validate(),
         Err(ConfigError::NotPowerOfTwo {
@@ -204,25 +202,17 @@ fn a_default_config_changes_nothing() {
     assert!(batcher.config().pool_size > batcher.config().max_in_flight);
     drop(batcher);
 
-    let small = builder()
-        .config(Config {
-            capacity: 8,
-            ..Config::default()
-        })
-        .build()
-        .expect("valid settings");
+    let mut config = Config::default();
+    config.capacity = 8;
+    let small = builder().config(config).build().expect("valid settings");
     assert_eq!(
         small.config().max_batch,
         8,
         "max_batch follows the capacity"
     );
 
-    let explicit = builder()
-        .config(Config {
-            pool_size: 3,
-            ..Config::default()
-        })
-        .build()
-        .expect("valid settings");
+    let mut config = Config::default();
+    config.pool_size = 3;
+    let explicit = builder().config(config).build().expect("valid settings");
     assert_eq!(explicit.config().pool_size, 3, "a pool size set is kept");
 }
