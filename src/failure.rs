@@ -367,6 +367,13 @@ fn jitter_seed() -> u64 {
     hasher.finish() | 1
 }
 
+/// A jitter unit in `[0, 1)` for code that keeps no generator of its own
+/// (the sinks, once per retry): from a fresh seed.
+#[cfg(any(feature = "postgres", feature = "nats"))]
+pub(crate) fn random_unit() -> f64 {
+    (jitter_seed() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// `now + delay`, or as late as the clock allows (the settings keep delays
 /// within [`MAX_DURATION`](crate::MAX_DURATION), so this does not happen
 /// with validated ones).
