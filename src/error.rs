@@ -307,8 +307,8 @@ pub enum Error {
     /// The result was already taken from this ticket.
     AlreadyTaken,
     /// The item was refused before it reached a lane (from
-    /// [`AsyncProducer::submit`](crate::AsyncProducer::submit), which does not
-    /// hand the item back; use `enqueue` to keep it).
+    /// [`AsyncProducer::call`](crate::AsyncProducer::call), which does not
+    /// hand the item back; use `submit` to keep it).
     Refused(RefusedKind),
     /// The async runtime running the batch shut down before the batch
     /// finished.

@@ -375,7 +375,7 @@ fn an_exclusive_async_producer_submits_from_a_task() {
     assert!(producer.as_sync().is_exclusive());
     runtime.block_on(async {
         for i in 0..1_000 {
-            assert_eq!(producer.submit(i).await.expect("handled"), i * 3);
+            assert_eq!(producer.call(i).await.expect("handled"), i * 3);
         }
     });
     assert_eq!(batcher.shutdown().items_handled, 1_000);

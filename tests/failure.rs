@@ -599,7 +599,7 @@ fn an_async_handler_retries_and_dead_letters() {
         let mut producer = batcher.async_producer();
         let mut results = Vec::new();
         for x in 0..20u64 {
-            results.push((x, producer.submit(x).await));
+            results.push((x, producer.call(x).await));
         }
         let stats = batcher.shutdown_async().await;
         for (x, result) in results {

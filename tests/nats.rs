@@ -180,7 +180,7 @@ async fn submit_all(
             done.fetch_add(1, Ordering::Relaxed);
         }
         let ticket = producer
-            .enqueue(event)
+            .submit(event)
             .await
             .unwrap_or_else(|e| panic!("the batcher refused event {event:?}: {e}"));
         pending.push_back((event, ticket));

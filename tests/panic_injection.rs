@@ -787,7 +787,7 @@ fn produce(
     (fates, problems)
 }
 
-/// An async producer task's run over `ids`: `push` and `enqueue`, tickets
+/// An async producer task's run over `ids`: `push` and `submit`, tickets
 /// awaited, dropped or handed back to be waited on by a thread.
 async fn produce_async(
     ctx: Arc<Ctx>,
@@ -811,7 +811,7 @@ async fn produce_async(
             }
             continue;
         }
-        let ticket = match producer.enqueue(item).await {
+        let ticket = match producer.submit(item).await {
             Ok(ticket) => ticket,
             Err(e) => {
                 let fate = refused(id, e, &mut problems);

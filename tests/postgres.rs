@@ -140,7 +140,7 @@ async fn submit_all(
         }
         let key = trade.key;
         let ticket = producer
-            .enqueue(trade)
+            .submit(trade)
             .await
             .unwrap_or_else(|e| panic!("the batcher refused trade {key}: {e}"));
         pending.push_back((key, ticket));

@@ -366,7 +366,7 @@ async fn flush_async_from_the_batchers_own_handler_resolves_at_once() {
     );
     *slot.lock().unwrap() = Some(Arc::clone(&batcher));
     let mut producer = batcher.async_producer();
-    let result = tokio::time::timeout(BOUND, producer.submit(21)).await;
+    let result = tokio::time::timeout(BOUND, producer.call(21)).await;
     assert_eq!(result.expect("handled within the bound").unwrap(), 42);
     slot.lock().unwrap().take();
     drop(producer);

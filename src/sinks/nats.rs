@@ -111,7 +111,7 @@ struct Outgoing {
 /// });
 /// let batcher = Batcher::builder().max_batch(512).async_handler(sink).build()?;
 /// let mut producer = batcher.async_producer();
-/// let sequence: u64 = producer.submit((1, 21.5)).await?;
+/// let sequence: u64 = producer.call((1, 21.5)).await?;
 /// println!("stored at stream sequence {sequence}");
 /// batcher.shutdown_async().await;
 /// # Ok(())

@@ -175,7 +175,7 @@ where
 /// let batcher = Batcher::builder().max_batch(1024).async_handler(sink).build()?;
 /// let mut producer = batcher.async_producer();
 /// let trade = Trade { order_id: 7, symbol: "ABC".into(), qty: 100 };
-/// let id: i64 = producer.submit(trade).await?;
+/// let id: i64 = producer.call(trade).await?;
 /// println!("trade 7 is row {id}");
 /// batcher.shutdown_async().await;
 /// # Ok(())
