@@ -321,6 +321,7 @@ impl Default for CircuitBreaker {
 
 /// An item that failed for good, handed to the dead-letter handler.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct DeadLetter<T> {
     /// The item.
     pub item: T,

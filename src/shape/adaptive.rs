@@ -76,6 +76,7 @@ pub enum AdaptiveMode {
 /// # let _ = (latency, load);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct Adaptive {
     /// What drives the controller.
     pub mode: AdaptiveMode,

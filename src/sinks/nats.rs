@@ -56,6 +56,7 @@ use crate::{AsyncBatch, AsyncHandler};
 
 /// What a [`JetStreamSink`] publishes for one item.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct JetStreamMessage {
     /// The subject (one of the stream's subjects).
     pub subject: String,
