@@ -36,14 +36,14 @@
 //! # `async_roundtrip`: one request at a time
 //!
 //! One task sends a value and awaits its reply before sending the next; one
-//! iteration is one round trip (ringbatch: `producer.submit(x).await` on a
+//! iteration is one round trip (ringbatch: `producer.call(x).await` on a
 //! one-lane batcher).
 //!
 //! # `async_throughput`: pipelined requests from four tasks
 //!
 //! [`TASKS`] tasks each send [`ITEMS_PER_TASK`] requests per iteration and
 //! await every reply, keeping up to [`WINDOW`] requests outstanding each: a
-//! task awaits its oldest reply before sending more (ringbatch: `enqueue` and
+//! task awaits its oldest reply before sending more (ringbatch: `submit` and
 //! await the tickets in order; tokio: the oneshot receivers in order). The
 //! ringbatch batchers have one lane per task. Throughput is in requests.
 //!
@@ -259,7 +259,7 @@ impl Rig {
                 self.run(async move {
                     let start = Instant::now();
                     for x in 0..iters {
-                        let reply = producer.submit(x).await.expect("a reply");
+                        let reply = producer.call(x).await.expect("a reply");
                         assert_eq!(black_box(reply), x + 1);
                     }
                     start.elapsed()
@@ -290,7 +290,7 @@ impl Rig {
                 self.run(async move {
                     for x in 0..n {
                         let start = Instant::now();
-                        let reply = producer.submit(x).await.expect("a reply");
+                        let reply = producer.call(x).await.expect("a reply");
                         let ns = start.elapsed().as_nanos() as u64;
                         assert_eq!(reply, x + 1);
                         hist.saturating_record(ns);
@@ -378,7 +378,7 @@ async fn tokio_call(requests: &mpsc::Sender<Request>, x: u64) -> u64 {
     replied.await.expect("the server replies")
 }
 
-/// One `async_throughput` task on ringbatch: `enqueue`, awaiting the oldest
+/// One `async_throughput` task on ringbatch: `submit`, awaiting the oldest
 /// ticket whenever `WINDOW` are outstanding.
 async fn ringbatch_pipelined(mut producer: AsyncProducer<u64, u64>, items: u64) {
     let mut window: VecDeque<(u64, Ticket<u64>)> = VecDeque::with_capacity(WINDOW);
@@ -387,7 +387,7 @@ async fn ringbatch_pipelined(mut producer: AsyncProducer<u64, u64>, items: u64) 
             let (sent, ticket) = window.pop_front().expect("the window is full");
             assert_eq!(ticket.await.expect("a reply"), sent + 1);
         }
-        let ticket = producer.enqueue(x).await.expect("the batcher is open");
+        let ticket = producer.submit(x).await.expect("the batcher is open");
         window.push_back((x, ticket));
     }
     for (sent, ticket) in window {

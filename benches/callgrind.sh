@@ -43,5 +43,5 @@ for n in 8192 16384; do
     valgrind --tool=callgrind --callgrind-out-file="$out/pipe-$n.out" "$probe" "$n" async_pipeline >/dev/null 2>&1
 done
 p1=$(total "$out/pipe-8192.out"); p2=$(total "$out/pipe-16384.out")
-python3 -c "print(f'async pipelined request (4 tasks, enqueue then await, async handler on the runtime): {($p2 - $p1) / (4 * 8192):.1f} instructions')"
+python3 -c "print(f'async pipelined request (4 tasks, submit then await, async handler on the runtime): {($p2 - $p1) / (4 * 8192):.1f} instructions')"
 rm -r "$out"

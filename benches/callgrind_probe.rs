@@ -12,7 +12,7 @@
 //! - `async_inline`: the same round trips from a task on a current-thread
 //!   tokio runtime, `AsyncProducer::submit(x).await` (feature `tokio`).
 //! - `async_pipeline`: `N` requests from each of 4 tasks on a 2-worker
-//!   runtime, up to 256 outstanding per task (`enqueue`, then await the
+//!   runtime, up to 256 outstanding per task (`submit`, then await the
 //!   oldest ticket), into an async handler with `drain_on_runtime`: the
 //!   `async_throughput` workload of `benches/async.rs` (feature `tokio`).
 //!
@@ -104,7 +104,7 @@ fn async_inline(n: u64) {
     let mut producer = batcher.async_producer();
     runtime.block_on(async move {
         for i in 0..n {
-            let reply = producer.submit(std::hint::black_box(i)).await;
+            let reply = producer.call(std::hint::black_box(i)).await;
             assert_eq!(reply.expect("handled"), i + 1);
         }
     });
@@ -145,7 +145,7 @@ fn async_pipeline(n: u64) {
                                 window.pop_front().expect("full");
                             assert_eq!(ticket.await.expect("a reply"), sent + 1);
                         }
-                        let ticket = producer.enqueue(x).await.expect("open");
+                        let ticket = producer.submit(x).await.expect("open");
                         window.push_back((x, ticket));
                     }
                     for (sent, ticket) in window {

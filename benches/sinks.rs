@@ -89,7 +89,7 @@ async fn submit_windowed<T: Send + 'static, R: Send + 'static>(
             let ticket = in_flight.pop_front().expect("the window is full");
             assert!(ticket.await.is_ok(), "an item failed");
         }
-        match producer.enqueue(item).await {
+        match producer.submit(item).await {
             Ok(ticket) => in_flight.push_back(ticket),
             Err(_) => panic!("the batcher refused an item"),
         }

@@ -14,7 +14,7 @@
 //! - **Async producers.** `TASKS` tasks on a multi-thread tokio runtime each
 //!   take an [`AsyncProducer`](ringbatch::AsyncProducer). Each round, a task
 //!   sends `PUSHES_PER_ROUND` events fire-and-forget (`push(..).await`) and
-//!   one with `submit(..).await`, which resolves to that event's ack; the
+//!   one with `call(..).await`, which resolves to that event's ack; the
 //!   time from the call to the ack is one round-trip sample.
 //! - **Flush and shutdown from async code.** After the tasks finish, `main`
 //!   pushes one final "end of stream" event per task and awaits
@@ -204,7 +204,7 @@ async fn produce(mut producer: ringbatch::AsyncProducer<Event, u64>, source: u64
         seq += 1;
         let sent = Instant::now();
         let ack = producer
-            .submit(event)
+            .call(event)
             .await
             .expect("the exporter acknowledges every event");
         round_trips_ns.push(sent.elapsed().as_nanos() as u64);

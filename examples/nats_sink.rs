@@ -109,10 +109,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     n,
                     celsius: 20.0 + (n % 100) as f32 / 10.0,
                 };
-                let ticket = producer
-                    .enqueue(reading)
-                    .await
-                    .expect("the batcher is open");
+                let ticket = producer.submit(reading).await.expect("the batcher is open");
                 in_flight.push_back((reading, ticket));
             }
             for (_, ticket) in in_flight {

@@ -121,7 +121,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 let trade = Trade::new(producer, n);
                 let ticket = submitter
-                    .enqueue(trade.clone())
+                    .submit(trade.clone())
                     .await
                     .expect("the batcher is open");
                 in_flight.push_back((trade, ticket));

@@ -89,7 +89,31 @@ pub(crate) fn duration_at_most_max(
 
 /// The settings a batcher is built with; see [`BatcherBuilder`](crate::BatcherBuilder)
 /// for what each means.
+///
+/// More settings may come, so a `Config` is not built with a struct
+/// expression: start from [`Default`] and set fields, or use the builder's
+/// methods, which set the same fields. [`Batcher::config`](crate::Batcher::config)
+/// reads them back.
+///
+/// ```
+/// use ringbatch::{Batch, Batcher, Config};
+///
+/// let mut config = Config::default();
+/// config.capacity = 256;
+/// config.max_batch = 64;
+/// let batcher = Batcher::builder()
+///     .config(config)
+///     .handler_fn(|batch: &mut Batch<'_, u64, ()>| {
+///         batch.ok_with(|_| ());
+///         Ok(())
+///     })
+///     .build()
+///     .unwrap();
+/// assert_eq!(batcher.config().capacity, 256);
+/// assert_eq!(batcher.config().max_batch, 64);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
     /// Number of lanes; `None` means one per core.
     pub lanes: Option<usize>,
@@ -233,7 +257,8 @@ pub(crate) fn available_cores() -> Option<Vec<usize>> {
     core_affinity::get_core_ids().map(|ids| ids.into_iter().map(|c| c.id).collect())
 }
 
-/// Why a batcher could not be built, or a producer bound.
+/// Why a batcher could not be built, or a live setting not changed. Which
+/// producers a batcher can make at a given moment is a [`LaneError`](crate::LaneError).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -327,24 +352,6 @@ pub enum ConfigError {
         /// Why.
         reason: &'static str,
     },
-    /// A producer was asked for a lane that does not exist.
-    NoSuchLane {
-        /// The lane asked for.
-        lane: usize,
-        /// The number of lanes.
-        lanes: usize,
-    },
-    /// A producer was asked for a lane that an exclusive producer owns.
-    LaneTaken {
-        /// The lane asked for.
-        lane: usize,
-    },
-    /// An exclusive producer needs a lane with no producer, and one lane
-    /// must stay open to shared producers: there is no such lane.
-    NoFreeLane {
-        /// The number of lanes.
-        lanes: usize,
-    },
 }
 
 impl ConfigError {
@@ -364,9 +371,6 @@ impl ConfigError {
             ConfigError::PoolTooSmall { .. } => "pool_size",
             ConfigError::NoRuntime => "runtime",
             ConfigError::PinOnRuntime { .. } => "pin_drainer",
-            ConfigError::NoSuchLane { .. }
-            | ConfigError::LaneTaken { .. }
-            | ConfigError::NoFreeLane { .. } => "lane",
             ConfigError::Invalid { field, .. } => field,
         }
     }
@@ -427,20 +431,6 @@ impl fmt::Display for ConfigError {
                 write!(f, "the drainer thread could not start: {message}")
             }
             ConfigError::Invalid { field, reason } => write!(f, "{field}: {reason}"),
-            ConfigError::NoSuchLane { lane, lanes } => {
-                write!(
-                    f,
-                    "lane {lane} does not exist (the batcher has {lanes} lanes)"
-                )
-            }
-            ConfigError::LaneTaken { lane } => {
-                write!(f, "lane {lane} is owned by an exclusive producer")
-            }
-            ConfigError::NoFreeLane { lanes } => write!(
-                f,
-                "no lane is free for an exclusive producer (the batcher has {lanes} lanes, \
-                 and one must stay open to shared producers)"
-            ),
         }
     }
 }

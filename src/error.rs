@@ -194,6 +194,82 @@ impl fmt::Display for SliceError {
 
 impl std::error::Error for SliceError {}
 
+/// Why a producer could not be made on the lane or class asked for. These
+/// depend on which producers exist at the time of the call, not on the
+/// batcher's settings (those are [`ConfigError`](crate::ConfigError)s,
+/// checked by `build`).
+///
+/// ```
+/// use ringbatch::{Batch, Batcher, LaneError};
+///
+/// let batcher = Batcher::builder()
+///     .lanes(2)
+///     .handler_fn(|batch: &mut Batch<'_, u64, ()>| {
+///         batch.ok_with(|_| ());
+///         Ok(())
+///     })
+///     .build()
+///     .unwrap();
+/// assert_eq!(
+///     batcher.producer_on_lane(5).unwrap_err(),
+///     LaneError::NoSuchLane { lane: 5, lanes: 2 }
+/// );
+/// let owner = batcher.exclusive_producer().unwrap();
+/// assert_eq!(
+///     batcher.producer_on_lane(owner.lane()).unwrap_err(),
+///     LaneError::LaneTaken { lane: owner.lane() }
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LaneError {
+    /// The lane asked for does not exist.
+    NoSuchLane {
+        /// The lane asked for.
+        lane: usize,
+        /// The number of lanes.
+        lanes: usize,
+    },
+    /// The lane asked for is owned by an exclusive producer.
+    LaneTaken {
+        /// The lane asked for.
+        lane: usize,
+    },
+    /// An exclusive producer needs a lane with no producer, and one lane
+    /// must stay open to shared producers: there is no such lane now.
+    NoFreeLane {
+        /// The number of lanes.
+        lanes: usize,
+    },
+    /// A priority class other than `Normal` was asked of a batcher built
+    /// without [`priorities`](crate::BatcherBuilder::priorities).
+    NoPriorities,
+}
+
+impl fmt::Display for LaneError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LaneError::NoSuchLane { lane, lanes } => write!(
+                f,
+                "lane {lane} does not exist (the batcher has {lanes} lanes)"
+            ),
+            LaneError::LaneTaken { lane } => {
+                write!(f, "lane {lane} is owned by an exclusive producer")
+            }
+            LaneError::NoFreeLane { lanes } => write!(
+                f,
+                "no lane is free for an exclusive producer (the batcher has {lanes} lanes, \
+                 and one must stay open to shared producers)"
+            ),
+            LaneError::NoPriorities => f.write_str(
+                "the batcher was built without priority classes: only `Normal` producers exist",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LaneError {}
+
 /// Why an accepted item produced no output. Cloneable: a whole-batch failure
 /// gives the same error to every item of the batch.
 ///
@@ -231,8 +307,8 @@ pub enum Error {
     /// The result was already taken from this ticket.
     AlreadyTaken,
     /// The item was refused before it reached a lane (from
-    /// [`AsyncProducer::submit`](crate::AsyncProducer::submit), which does not
-    /// hand the item back; use `enqueue` to keep it).
+    /// [`AsyncProducer::call`](crate::AsyncProducer::call), which does not
+    /// hand the item back; use `submit` to keep it).
     Refused(RefusedKind),
     /// The async runtime running the batch shut down before the batch
     /// finished.

@@ -33,8 +33,29 @@ use crate::error::{Error, SharedError};
 use crate::handler::BatchError;
 pub use crate::stats::BreakerState;
 
-/// How failed items are retried.
+/// How failed items are retried: by the batcher
+/// ([`BatcherBuilder::retry_policy`](crate::BatcherBuilder::retry_policy)),
+/// and by the sinks when a server is unavailable.
+///
+/// More settings may come, so it is built from [`Default`] (or
+/// [`none`](Self::none)) and the `with_*` methods rather than a struct
+/// expression:
+///
+/// ```
+/// use std::time::Duration;
+/// use ringbatch::RetryPolicy;
+///
+/// let policy = RetryPolicy::default()
+///     .with_max_retries(5)
+///     .with_initial_delay(Duration::from_millis(20))
+///     .with_max_delay(Duration::from_secs(1))
+///     .with_jitter(0.0);
+/// assert_eq!(policy.delay(0, false, 0.5), Duration::from_millis(20));
+/// assert_eq!(policy.delay(1, false, 0.5), Duration::from_millis(40));
+/// assert_eq!(policy.delay(9, false, 0.5), Duration::from_secs(1));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Retries after the first attempt (default 3).
     pub max_retries: u32,
@@ -63,16 +84,62 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// No retries: a failure fails its items at once. The other settings
+    /// are the defaults.
+    pub fn none() -> Self {
+        Self::default().with_max_retries(0)
+    }
+
+    /// The same policy with `max_retries` retries after the first attempt.
+    #[must_use]
+    pub fn with_max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = max_retries;
+        self
+    }
+
+    /// The same policy with `initial_delay` before the first retry.
+    #[must_use]
+    pub fn with_initial_delay(mut self, initial_delay: Duration) -> Self {
+        self.initial_delay = initial_delay;
+        self
+    }
+
+    /// The same policy with `max_delay` as the longest delay (and the delay
+    /// after a rate-limited failure).
+    #[must_use]
+    pub fn with_max_delay(mut self, max_delay: Duration) -> Self {
+        self.max_delay = max_delay;
+        self
+    }
+
+    /// The same policy with delays growing by `multiplier` per retry.
+    #[must_use]
+    pub fn with_multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier;
+        self
+    }
+
+    /// The same policy with each delay moved at random by up to `jitter`
+    /// of itself (0 for none).
+    #[must_use]
+    pub fn with_jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
     /// The delay before retry number `retry` (0 for the first), with
     /// `unit` a number in `[0, 1)` choosing the jitter. Never more than
     /// `max_delay`, whatever the settings (a delay that is not a number
     /// counts as `max_delay`).
     pub fn delay(&self, retry: u32, rate_limited: bool, unit: f64) -> Duration {
         let max = self.max_delay.as_secs_f64();
+        // Capped so the exponent stays positive as an `i32`; with a
+        // multiplier of at least 1 the delay reached `max` long before.
+        let exponent = retry.min(1 << 16) as i32;
         let base = if rate_limited {
             max
         } else {
-            (self.initial_delay.as_secs_f64() * self.multiplier.powi(retry as i32)).min(max)
+            (self.initial_delay.as_secs_f64() * self.multiplier.powi(exponent)).min(max)
         };
         let jitter = base * self.jitter * (2.0 * unit - 1.0);
         Duration::try_from_secs_f64((base + jitter).clamp(0.0, max))
@@ -181,7 +248,22 @@ impl std::error::Error for Failure {
 }
 
 /// The circuit breaker's settings.
+///
+/// More settings may come, so it is built from [`Default`] and the
+/// `with_*` methods rather than a struct expression:
+///
+/// ```
+/// use std::time::Duration;
+/// use ringbatch::CircuitBreaker;
+///
+/// let breaker = CircuitBreaker::default()
+///     .with_failure_threshold(3)
+///     .with_recovery_timeout(Duration::from_secs(2))
+///     .with_hold_while_open(true);
+/// assert_eq!(breaker.failure_threshold, 3);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CircuitBreaker {
     /// Consecutive failed batches that open it (default 5).
     pub failure_threshold: u32,
@@ -193,6 +275,30 @@ pub struct CircuitBreaker {
 }
 
 impl CircuitBreaker {
+    /// The same settings, opening after `failure_threshold` consecutive
+    /// failed batches.
+    #[must_use]
+    pub fn with_failure_threshold(mut self, failure_threshold: u32) -> Self {
+        self.failure_threshold = failure_threshold;
+        self
+    }
+
+    /// The same settings, staying open for `recovery_timeout` before a
+    /// trial batch.
+    #[must_use]
+    pub fn with_recovery_timeout(mut self, recovery_timeout: Duration) -> Self {
+        self.recovery_timeout = recovery_timeout;
+        self
+    }
+
+    /// The same settings, holding new batches in the lanes while open
+    /// (`true`) instead of failing them.
+    #[must_use]
+    pub fn with_hold_while_open(mut self, hold_while_open: bool) -> Self {
+        self.hold_while_open = hold_while_open;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), crate::ConfigError> {
         if self.failure_threshold == 0 {
             return Err(crate::ConfigError::Zero {
@@ -215,6 +321,7 @@ impl Default for CircuitBreaker {
 
 /// An item that failed for good, handed to the dead-letter handler.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct DeadLetter<T> {
     /// The item.
     pub item: T,
@@ -259,6 +366,13 @@ fn jitter_seed() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(0x2545_F491_4F6C_DD1D);
     hasher.finish() | 1
+}
+
+/// A jitter unit in `[0, 1)` for code that keeps no generator of its own
+/// (the sinks, once per retry): from a fresh seed.
+#[cfg(any(feature = "postgres", feature = "nats"))]
+pub(crate) fn random_unit() -> f64 {
+    (jitter_seed() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// `now + delay`, or as late as the clock allows (the settings keep delays
@@ -592,15 +706,22 @@ mod tests {
 
     #[test]
     fn delays_grow_by_the_multiplier_up_to_the_maximum() {
-        let policy = RetryPolicy {
-            jitter: 0.0,
-            ..RetryPolicy::default()
-        };
+        let policy = RetryPolicy::default().with_jitter(0.0);
         assert_eq!(policy.delay(0, false, 0.5), Duration::from_millis(100));
         assert_eq!(policy.delay(1, false, 0.5), Duration::from_millis(200));
         assert_eq!(policy.delay(2, false, 0.5), Duration::from_millis(400));
         assert_eq!(policy.delay(20, false, 0.5), Duration::from_secs(30));
         assert_eq!(policy.delay(0, true, 0.5), Duration::from_secs(30));
+        assert_eq!(policy.delay(u32::MAX, false, 0.5), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_multiplier_below_one_never_exceeds_the_initial_delay() {
+        // Validation refuses it for the batcher; the sinks take any policy.
+        let policy = RetryPolicy::default().with_multiplier(0.5).with_jitter(0.0);
+        assert_eq!(policy.delay(0, false, 0.5), policy.initial_delay);
+        assert!(policy.delay(3, false, 0.5) < policy.initial_delay);
+        assert!(policy.delay(u32::MAX, false, 0.5) <= policy.initial_delay);
     }
 
     #[test]

@@ -57,8 +57,10 @@
 //!   `submit_many` (with [`Ticket`]s). Refusals are [`SubmitError`]s holding
 //!   the item. [`Batcher::exclusive_producer`] makes one that owns its
 //!   lane and claims slots without a CAS, for a thread pushing in a hot
-//!   loop.
-//! - [`Ticket`]: `wait`, `wait_timeout`, `try_take`.
+//!   loop. A lane or class that cannot be had is a [`LaneError`].
+//! - [`Ticket`]: `wait`, `wait_timeout`, `wait_until`, `try_take`; a
+//!   `Future` in async code. [`AsyncProducer`]: `push`, `submit` (a
+//!   ticket, as on a thread) and `call` (the result).
 //! - [`Handler`] and [`Batch`]: the sink's side; complete items with `ok`,
 //!   `fail` or `complete_with`. Item failures are [`Error`]s.
 //! - [`Batcher::flush`], [`Batcher::shutdown`], [`Batcher::stats`] ([`Stats`]).
@@ -104,8 +106,8 @@
 //!   into a later batch.
 //! - A submission that would wait for room (`push` / `submit` on a full
 //!   lane under [`Backpressure::Block`], `push_timeout`, the async
-//!   `enqueue` and `submit`) returns [`SubmitError::Full`] with the item at
-//!   once.
+//!   `push`, `submit` and `call`) returns [`SubmitError::Full`] with the
+//!   item at once ([`Error::Refused`] from `call`).
 //! - [`Batcher::flush`] returns at once, [`Batcher::flush_timeout`]
 //!   returns `false` at once and `Batcher::flush_async` (feature `tokio`)
 //!   resolves at once.
@@ -158,7 +160,7 @@ pub use config::{
 #[cfg(feature = "tokio")]
 pub use engine::runtime::{AsyncBatch, AsyncHandler};
 pub use error::{
-    Callback, CallbackPanic, Error, RefusedKind, SharedError, SliceError, SubmitError,
+    Callback, CallbackPanic, Error, LaneError, RefusedKind, SharedError, SliceError, SubmitError,
 };
 pub use failure::{BreakerState, CircuitBreaker, DeadLetter, Failure, FailureKind, RetryPolicy};
 pub use handler::{Batch, BatchError, CompleteError, Handler};

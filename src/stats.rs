@@ -494,6 +494,7 @@ pub enum BreakerState {
 
 /// Percentiles of one distribution: nanoseconds for times, items for sizes.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Percentiles {
     /// Values recorded.
     pub count: u64,
@@ -530,6 +531,7 @@ impl Percentiles {
 
 /// The histograms of a [`Stats`] snapshot (see the [`metrics`](crate::metrics) docs).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Histograms {
     /// Items per batch.
     pub batch_size: Percentiles,

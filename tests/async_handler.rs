@@ -59,7 +59,7 @@ async fn at_most_max_in_flight_batches_run_and_every_buffer_comes_back() {
                 for i in 0..EACH {
                     let item = t * EACH + i;
                     if i % 4 == 0 {
-                        assert_eq!(producer.submit(item).await.unwrap(), item * 3);
+                        assert_eq!(producer.call(item).await.unwrap(), item * 3);
                     } else {
                         producer.push(item).await.unwrap();
                     }
@@ -108,16 +108,16 @@ async fn failures_in_async_handlers_reach_the_tickets() {
         .build()
         .unwrap();
     let mut producer = batcher.async_producer();
-    match producer.submit(1).await {
+    match producer.call(1).await {
         Err(e @ Error::BatchFailed(_)) => assert!(e.to_string().contains("sink refused")),
         other => panic!("expected BatchFailed, got {other:?}"),
     }
-    match producer.submit(2).await {
+    match producer.call(2).await {
         Err(Error::HandlerPanicked { message }) => assert_eq!(&*message, "sink bug"),
         other => panic!("expected HandlerPanicked, got {other:?}"),
     }
-    assert!(matches!(producer.submit(3).await, Err(Error::NotCompleted)));
-    assert_eq!(producer.submit(4).await.unwrap(), 4);
+    assert!(matches!(producer.call(3).await, Err(Error::NotCompleted)));
+    assert_eq!(producer.call(4).await.unwrap(), 4);
     let stats = batcher.shutdown_async().await;
     assert_eq!(stats.batch_errors, 1);
     assert_eq!(stats.handler_panics, 1);
@@ -227,7 +227,7 @@ async fn dropping_an_async_batcher_inside_its_runtime_does_not_block_it() {
     for i in 0..100 {
         producer.push(i).await.unwrap();
     }
-    let ticket = producer.enqueue(100).await.unwrap();
+    let ticket = producer.submit(100).await.unwrap();
     // On this single-threaded runtime, a blocking drop would deadlock: the
     // last batches need this very thread.
     drop(batcher);

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{BOUND, Tally, encode, f, spawn_bounded, tallying_handler};
 use ringbatch::{Batch, Batcher, Error, SubmitError};
@@ -42,9 +42,9 @@ async fn eight_tasks_submit_a_hundred_thousand_each_and_check_every_result() {
                 for i in 0..EACH {
                     let item = encode(t as u64, i);
                     match i % 3 {
-                        0 => assert_eq!(producer.submit(item).await.unwrap(), f(item)),
+                        0 => assert_eq!(producer.call(item).await.unwrap(), f(item)),
                         1 => producer.push(item).await.unwrap(),
-                        _ => tickets.push((item, producer.enqueue(item).await.unwrap())),
+                        _ => tickets.push((item, producer.submit(item).await.unwrap())),
                     }
                     if tickets.len() == 32 {
                         for (item, ticket) in tickets.drain(..) {
@@ -101,7 +101,7 @@ async fn threads_and_tasks_feed_one_batcher_exactly_once() {
                 for i in 0..EACH {
                     let item = encode(t, i);
                     if i % 8 == 0 {
-                        let ticket = producer.enqueue(item).await.unwrap();
+                        let ticket = producer.submit(item).await.unwrap();
                         // A ticket made by a task, waited on by a thread.
                         let waited = tokio::task::spawn_blocking(move || ticket.wait())
                             .await
@@ -163,9 +163,9 @@ async fn cancelled_submissions_leave_nothing_and_accepted_ones_are_handled_once(
                             .await
                             .map(|r| r.map_err(|e| e.kind()))
                     } else {
-                        // Accepted once `enqueue` returns; dropping the
+                        // Accepted once `submit` returns; dropping the
                         // ticket afterwards drops only the result.
-                        match tokio::time::timeout(deadline, producer.enqueue(i)).await {
+                        match tokio::time::timeout(deadline, producer.submit(i)).await {
                             Ok(Ok(ticket)) => {
                                 let _ = tokio::time::timeout(deadline, ticket).await;
                                 Ok(Ok(()))
@@ -225,12 +225,12 @@ async fn refusals_come_back_with_the_item() {
         Err(SubmitError::Closed(item)) => assert_eq!(item, "kept"),
         other => panic!("expected Closed, got {other:?}"),
     }
-    match producer.enqueue("kept too".to_string()).await {
+    match producer.submit("kept too".to_string()).await {
         Err(SubmitError::Closed(item)) => assert_eq!(item, "kept too"),
         other => panic!("expected Closed, got {:?}", other.map(|_| ())),
     }
     assert!(matches!(
-        producer.submit("gone".to_string()).await,
+        producer.call("gone".to_string()).await,
         Err(Error::Refused(ringbatch::RefusedKind::Closed))
     ));
 }
@@ -253,7 +253,7 @@ async fn tasks_spawned_later_get_producers_from_a_shared_handle() {
             connections.push(tokio::spawn(async move {
                 let mut sum = 0;
                 for i in 0..100 {
-                    sum += producer.submit(c * 100 + i).await.unwrap();
+                    sum += producer.call(c * 100 + i).await.unwrap();
                 }
                 sum
             }));
@@ -270,4 +270,64 @@ async fn tasks_spawned_later_get_producers_from_a_shared_handle() {
         .unwrap();
     assert_eq!(total, (0..1600u64).map(|x| x + 7).sum::<u64>());
     assert_eq!(batcher.shutdown_async().await.items_handled, 1600);
+}
+
+/// The async `submit` returns a ticket as the blocking one does, with a
+/// deadline too; the old names forward to the new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_returns_a_ticket_and_the_old_names_forward() {
+    let batcher = Batcher::builder()
+        .deadlines(true)
+        .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+            batch.ok_with(|x| x + 1);
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let mut producer = batcher.async_producer();
+    let later = Instant::now() + BOUND;
+    let ticket: ringbatch::Ticket<u64> = producer.submit(1).await.unwrap();
+    assert_eq!(ticket.await.unwrap(), 2);
+    let ticket = producer.submit_with_deadline(2, later).await.unwrap();
+    assert_eq!(ticket.await.unwrap(), 3);
+    let late = producer
+        .submit_with_deadline(3, Instant::now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(late.await, Err(Error::Expired)),
+        "expected an item past its deadline to expire"
+    );
+    assert_eq!(producer.call(4).await.unwrap(), 5);
+    #[allow(deprecated)]
+    {
+        assert_eq!(producer.enqueue(5).await.unwrap().await.unwrap(), 6);
+        let ticket = producer.enqueue_with_deadline(6, later).await.unwrap();
+        assert_eq!(ticket.await.unwrap(), 7);
+        let late = producer
+            .enqueue_with_deadline(7, Instant::now())
+            .await
+            .unwrap();
+        assert!(matches!(late.await, Err(Error::Expired)));
+    }
+    batcher.shutdown_async().await;
+
+    let plain = Batcher::builder()
+        .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+            batch.ok_with(|x| *x);
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let mut producer = plain.async_producer();
+    match producer.submit_with_deadline(8, later).await {
+        Err(SubmitError::NoDeadlines(item)) => assert_eq!(item, 8),
+        other => panic!("expected NoDeadlines, got {:?}", other.map(|_| ())),
+    }
+    #[allow(deprecated)]
+    let old = producer.enqueue_with_deadline(9, later).await;
+    match old {
+        Err(SubmitError::NoDeadlines(item)) => assert_eq!(item, 9),
+        other => panic!("expected NoDeadlines, got {:?}", other.map(|_| ())),
+    }
 }

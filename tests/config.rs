@@ -1,7 +1,9 @@
 //! Every invalid setting is a typed error naming the field and the reason;
 //! nothing panics on bad configuration.
 
-use ringbatch::{Batch, Batcher, BatcherBuilder, Config, ConfigError, Error, MAX_CAPACITY};
+use ringbatch::{
+    Batch, Batcher, BatcherBuilder, Config, ConfigError, Error, LaneError, MAX_CAPACITY,
+};
 
 fn builder() -> BatcherBuilder<u64, ()> {
     Batcher::builder().handler_fn(|batch: &mut Batch<'_, u64, ()>| {
@@ -155,17 +157,15 @@ fn a_lane_that_does_not_exist_is_refused() {
     let batcher = builder().lanes(2).build().unwrap();
     assert_eq!(
         batcher.producer_on_lane(2).unwrap_err(),
-        ConfigError::NoSuchLane { lane: 2, lanes: 2 }
+        LaneError::NoSuchLane { lane: 2, lanes: 2 }
     );
     assert_eq!(batcher.producer_on_lane(1).unwrap().lane(), 1);
 }
 
 #[test]
 fn a_whole_config_is_validated_too() {
-    let config = Config {
-        capacity: 3,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.capacity = 3;
     assert_eq!(
         config.validate(),
         Err(ConfigError::NotPowerOfTwo {
@@ -202,25 +202,17 @@ fn a_default_config_changes_nothing() {
     assert!(batcher.config().pool_size > batcher.config().max_in_flight);
     drop(batcher);
 
-    let small = builder()
-        .config(Config {
-            capacity: 8,
-            ..Config::default()
-        })
-        .build()
-        .expect("valid settings");
+    let mut config = Config::default();
+    config.capacity = 8;
+    let small = builder().config(config).build().expect("valid settings");
     assert_eq!(
         small.config().max_batch,
         8,
         "max_batch follows the capacity"
     );
 
-    let explicit = builder()
-        .config(Config {
-            pool_size: 3,
-            ..Config::default()
-        })
-        .build()
-        .expect("valid settings");
+    let mut config = Config::default();
+    config.pool_size = 3;
+    let explicit = builder().config(config).build().expect("valid settings");
     assert_eq!(explicit.config().pool_size, 3, "a pool size set is kept");
 }

@@ -31,7 +31,7 @@ async fn tasks_submit_through_a_drainer_task_exactly_once() {
                 for i in 0..EACH {
                     let item = encode(t as u64, i);
                     if i % 4 == 0 {
-                        assert_eq!(producer.submit(item).await.unwrap(), f(item));
+                        assert_eq!(producer.call(item).await.unwrap(), f(item));
                     } else {
                         producer.push(item).await.unwrap();
                     }
@@ -82,7 +82,7 @@ async fn one_thread_runs_producers_drainer_and_async_sink() {
                 for i in 0..500u64 {
                     let item = t * 1000 + i;
                     if i % 5 == 0 {
-                        assert_eq!(producer.submit(item).await.unwrap(), item + 1);
+                        assert_eq!(producer.call(item).await.unwrap(), item + 1);
                     } else {
                         producer.push(item).await.unwrap();
                     }

@@ -10,7 +10,9 @@ use std::thread;
 use std::time::Instant;
 
 use common::{BOUND, Tally, encode, f, spawn_bounded, tallying_handler, wait_ticket};
-use ringbatch::{Backpressure, Batch, Batcher, ConfigError, Priority, SubmitError, WaitStrategy};
+use ringbatch::{
+    Backpressure, Batch, Batcher, ConfigError, LaneError, Priority, SubmitError, WaitStrategy,
+};
 
 /// A batcher of `lanes` lanes (the last `exclusive` laid out for exclusive
 /// producers) whose handler tallies every item (producers `0..producers`)
@@ -94,11 +96,11 @@ fn an_exclusive_producer_owns_its_lane_until_dropped() {
 
     assert_eq!(
         batcher.producer_on_lane(0).map(|p| p.lane()),
-        Err(ConfigError::LaneTaken { lane: 0 })
+        Err(LaneError::LaneTaken { lane: 0 })
     );
     assert_eq!(
         first.with_class(Priority::Normal).map(|p| p.lane()),
-        Err(ConfigError::LaneTaken { lane: 0 }),
+        Err(LaneError::LaneTaken { lane: 0 }),
         "no second producer on an owned lane through a class either"
     );
     // Shared producers pass the owned lane over.
@@ -111,11 +113,10 @@ fn an_exclusive_producer_owns_its_lane_until_dropped() {
     assert_eq!(second.lane(), 1);
     // The last lane stays open to shared producers.
     let err = batcher.exclusive_producer().map(|p| p.lane()).unwrap_err();
-    assert_eq!(err, ConfigError::NoFreeLane { lanes: 3 });
-    assert_eq!(err.field(), "lane");
+    assert_eq!(err, LaneError::NoFreeLane { lanes: 3 });
     assert!(err.to_string().contains("no lane is free"), "{err}");
     assert_eq!(
-        ConfigError::LaneTaken { lane: 0 }.to_string(),
+        LaneError::LaneTaken { lane: 0 }.to_string(),
         "lane 0 is owned by an exclusive producer"
     );
     for _ in 0..6 {
@@ -130,7 +131,7 @@ fn an_exclusive_producer_owns_its_lane_until_dropped() {
     // Lane 0 now has a producer, lane 1 an owner: nothing is free.
     assert_eq!(
         batcher.exclusive_producer().map(|p| p.lane()).unwrap_err(),
-        ConfigError::NoFreeLane { lanes: 3 }
+        LaneError::NoFreeLane { lanes: 3 }
     );
     drop(shared);
     assert_eq!(batcher.exclusive_producer().map(|p| p.lane()), Ok(0));
@@ -142,7 +143,7 @@ fn a_one_lane_batcher_has_no_lane_to_give() {
     let (batcher, _) = tallying(1, 0, 1, WaitStrategy::Backoff);
     assert_eq!(
         batcher.exclusive_producer().map(|p| p.lane()).unwrap_err(),
-        ConfigError::NoFreeLane { lanes: 1 }
+        LaneError::NoFreeLane { lanes: 1 }
     );
     assert_eq!(
         batcher
@@ -150,7 +151,7 @@ fn a_one_lane_batcher_has_no_lane_to_give() {
             .exclusive_async_producer()
             .map(|p| p.lane())
             .unwrap_err(),
-        ConfigError::NoFreeLane { lanes: 1 }
+        LaneError::NoFreeLane { lanes: 1 }
     );
 }
 
@@ -374,7 +375,7 @@ fn an_exclusive_async_producer_submits_from_a_task() {
     assert!(producer.as_sync().is_exclusive());
     runtime.block_on(async {
         for i in 0..1_000 {
-            assert_eq!(producer.submit(i).await.expect("handled"), i * 3);
+            assert_eq!(producer.call(i).await.expect("handled"), i * 3);
         }
     });
     assert_eq!(batcher.shutdown().items_handled, 1_000);

@@ -17,13 +17,12 @@ use ringbatch::{
 
 /// Fast retries for tests.
 fn quick_retries(max_retries: u32) -> RetryPolicy {
-    RetryPolicy {
-        max_retries,
-        initial_delay: Duration::from_millis(1),
-        max_delay: Duration::from_millis(20),
-        multiplier: 2.0,
-        jitter: 0.1,
-    }
+    RetryPolicy::default()
+        .with_max_retries(max_retries)
+        .with_initial_delay(Duration::from_millis(1))
+        .with_max_delay(Duration::from_millis(20))
+        .with_multiplier(2.0)
+        .with_jitter(0.1)
 }
 
 type Letters = Arc<Mutex<Vec<(u64, String, u32)>>>;
@@ -203,13 +202,12 @@ fn every_item_ends_once_as_handled_dead_lettered_or_failed_under_injected_faults
 
 #[test]
 fn retry_delays_stay_within_their_bounds() {
-    let policy = RetryPolicy {
-        max_retries: 4,
-        initial_delay: Duration::from_millis(10),
-        max_delay: Duration::from_millis(60),
-        multiplier: 2.0,
-        jitter: 0.1,
-    };
+    let policy = RetryPolicy::default()
+        .with_max_retries(4)
+        .with_initial_delay(Duration::from_millis(10))
+        .with_max_delay(Duration::from_millis(60))
+        .with_multiplier(2.0)
+        .with_jitter(0.1);
     let times: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let record = Arc::clone(&times);
     let batcher = Batcher::builder()
@@ -244,13 +242,14 @@ fn retry_delays_stay_within_their_bounds() {
 #[test]
 fn a_batch_waiting_to_retry_does_not_hold_up_the_others() {
     let batcher = Batcher::builder()
-        .retry_policy(RetryPolicy {
-            max_retries: 1,
-            initial_delay: Duration::from_secs(2),
-            max_delay: Duration::from_secs(2),
-            multiplier: 1.0,
-            jitter: 0.0,
-        })
+        .retry_policy(
+            RetryPolicy::default()
+                .with_max_retries(1)
+                .with_initial_delay(Duration::from_secs(2))
+                .with_max_delay(Duration::from_secs(2))
+                .with_multiplier(1.0)
+                .with_jitter(0.0),
+        )
         .handler_fn(
             |batch: &mut Batch<'_, u64, u64>| -> Result<(), BatchError> {
                 if batch.items().contains(&0) {
@@ -285,11 +284,12 @@ fn the_breaker_opens_fails_fast_half_opens_and_closes() {
     let (failing, counted) = (Arc::clone(&fail), Arc::clone(&calls));
     let letters: Letters = Arc::default();
     let batcher = Batcher::builder()
-        .circuit_breaker(CircuitBreaker {
-            failure_threshold: 2,
-            recovery_timeout: Duration::from_millis(200),
-            hold_while_open: false,
-        })
+        .circuit_breaker(
+            CircuitBreaker::default()
+                .with_failure_threshold(2)
+                .with_recovery_timeout(Duration::from_millis(200))
+                .with_hold_while_open(false),
+        )
         .dead_letter(collect_letters(&letters))
         .handler_fn(
             move |batch: &mut Batch<'_, u64, u64>| -> Result<(), BatchError> {
@@ -354,11 +354,12 @@ fn a_holding_breaker_keeps_items_in_the_lanes_until_it_half_opens() {
     let fail = Arc::new(AtomicBool::new(true));
     let failing = Arc::clone(&fail);
     let batcher = Batcher::builder()
-        .circuit_breaker(CircuitBreaker {
-            failure_threshold: 1,
-            recovery_timeout: Duration::from_millis(200),
-            hold_while_open: true,
-        })
+        .circuit_breaker(
+            CircuitBreaker::default()
+                .with_failure_threshold(1)
+                .with_recovery_timeout(Duration::from_millis(200))
+                .with_hold_while_open(true),
+        )
         .handler_fn(
             move |batch: &mut Batch<'_, u64, u64>| -> Result<(), BatchError> {
                 if failing.swap(false, Ordering::SeqCst) {
@@ -598,7 +599,7 @@ fn an_async_handler_retries_and_dead_letters() {
         let mut producer = batcher.async_producer();
         let mut results = Vec::new();
         for x in 0..20u64 {
-            results.push((x, producer.submit(x).await));
+            results.push((x, producer.call(x).await));
         }
         let stats = batcher.shutdown_async().await;
         for (x, result) in results {

@@ -381,7 +381,7 @@ fn async_submitters_run_turns_on_the_runtime() {
         let deadline = Instant::now() + BOUND;
         let mut x = 0;
         loop {
-            assert_eq!(producer.submit(x).await.expect("a result"), f(x));
+            assert_eq!(producer.call(x).await.expect("a result"), f(x));
             x += 1;
             if last_thread().as_deref() == Some("inline-runtime") {
                 break;
@@ -390,7 +390,7 @@ fn async_submitters_run_turns_on_the_runtime() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         for x in 0..1_000 {
-            assert_eq!(producer.submit(x).await.expect("a result"), f(x));
+            assert_eq!(producer.call(x).await.expect("a result"), f(x));
         }
     });
     runtime

@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{BOUND, Gate, spawn_bounded, wait_for};
 use ringbatch::{Batch, BatchError, Batcher, DispatchReason, Error, Handler, SubmitError};
@@ -205,6 +205,38 @@ fn try_take_and_wait_timeout_report_a_missing_result() {
     assert!(!ticket.is_ready());
     gate.open();
     assert_eq!(ticket.wait_timeout(BOUND).unwrap().unwrap(), 5);
+}
+
+#[test]
+fn wait_until_bounds_a_wait_by_an_instant_and_the_old_name_forwards() {
+    let gate = Gate::closed();
+    let g = gate.clone();
+    let batcher = Batcher::builder()
+        .handler_fn(move |batch: &mut Batch<'_, u64, u64>| {
+            g.pass();
+            batch.complete_with(|&x| Ok::<_, Error>(x));
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let producer = batcher.producer();
+    let mut ticket = producer.submit(7).unwrap();
+    let until = Instant::now() + Duration::from_millis(10);
+    assert!(
+        ticket.wait_until(until).is_none(),
+        "expected no result while the handler is held"
+    );
+    assert!(Instant::now() >= until, "returned before the instant");
+    #[allow(deprecated)]
+    let early = ticket.wait_deadline(Instant::now());
+    assert!(early.is_none(), "expected the old name to time out as well");
+    gate.open();
+    let result = ticket.wait_until(Instant::now() + BOUND);
+    assert_eq!(result.expect("a result within the bound").unwrap(), 7);
+    let mut second = producer.submit(8).unwrap();
+    #[allow(deprecated)]
+    let result = second.wait_deadline(Instant::now() + BOUND);
+    assert_eq!(result.expect("a result within the bound").unwrap(), 8);
 }
 
 #[test]

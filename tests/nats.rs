@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ringbatch::sinks::RetrySettings;
+use ringbatch::sinks::default_retry_policy;
 use ringbatch::sinks::nats::async_nats::jetstream::{self, Context, stream};
 use ringbatch::sinks::nats::{JetStreamMessage, JetStreamMetrics, JetStreamSink, async_nats};
-use ringbatch::{AsyncProducer, Batcher, Error, Stats};
+use ringbatch::{AsyncProducer, Batcher, Error, RetryPolicy, Stats};
 
 /// The longest a whole test may take.
 const TEST_BOUND: Duration = Duration::from_secs(300);
@@ -141,7 +141,7 @@ async fn stream_state(js: &Context, name: &str) -> stream::State {
     }
 }
 
-fn event_sink(js: Context, prefix: &str, retry: RetrySettings) -> JetStreamSink<Event> {
+fn event_sink(js: Context, prefix: &str, retry: RetryPolicy) -> JetStreamSink<Event> {
     let prefix = prefix.to_string();
     JetStreamSink::new(js, move |e: &Event| {
         let mut payload = Vec::with_capacity(16);
@@ -180,7 +180,7 @@ async fn submit_all(
             done.fetch_add(1, Ordering::Relaxed);
         }
         let ticket = producer
-            .enqueue(event)
+            .submit(event)
             .await
             .unwrap_or_else(|e| panic!("the batcher refused event {event:?}: {e}"));
         pending.push_back((event, ticket));
@@ -291,7 +291,7 @@ async fn four_producers_publish_200k_events_exactly_once() {
         let (stream, prefix) = create_stream(&js, "exactly_once").await;
         let name = stream.cached_info().config.name.clone();
         wait_stream_healthy(&js, &name).await;
-        let sink = event_sink(js.clone(), &prefix, RetrySettings::default());
+        let sink = event_sink(js.clone(), &prefix, default_retry_policy());
         let metrics = sink.metrics();
         let started = Instant::now();
         let (results, stats) =
@@ -307,7 +307,7 @@ async fn four_producers_publish_200k_events_exactly_once() {
             .iter()
             .map(|(e, r)| (*e, *r.as_ref().expect("checked")))
             .collect();
-        let sink = event_sink(js.clone(), &prefix, RetrySettings::default());
+        let sink = event_sink(js.clone(), &prefix, default_retry_policy());
         let retry_metrics = sink.metrics();
         let retry_batcher = batcher(sink);
         let repeated = submit_all(
@@ -378,12 +378,9 @@ async fn losing_the_stream_leader_mid_run_loses_nothing() {
             .expect("a healthy stream has a leader");
 
         // Enough retries to outlast a leader election and a reconnect.
-        let retry = RetrySettings {
-            max_retries: 30,
-            initial_delay: Duration::from_millis(50),
-            max_delay: Duration::from_secs(1),
-            multiplier: 2.0,
-        };
+        let retry = default_retry_policy()
+            .with_max_retries(30)
+            .with_max_delay(Duration::from_secs(1));
         let sink = event_sink(js.clone(), &prefix, retry);
         let metrics = sink.metrics();
         let (producers, per_producer) = (4, 50_000);

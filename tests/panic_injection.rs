@@ -787,7 +787,7 @@ fn produce(
     (fates, problems)
 }
 
-/// An async producer task's run over `ids`: `push` and `enqueue`, tickets
+/// An async producer task's run over `ids`: `push` and `submit`, tickets
 /// awaited, dropped or handed back to be waited on by a thread.
 async fn produce_async(
     ctx: Arc<Ctx>,
@@ -811,7 +811,7 @@ async fn produce_async(
             }
             continue;
         }
-        let ticket = match producer.enqueue(item).await {
+        let ticket = match producer.submit(item).await {
             Ok(ticket) => ticket,
             Err(e) => {
                 let fate = refused(id, e, &mut problems);
@@ -967,13 +967,14 @@ fn build(ctx: &Arc<Ctx>, runtime: Option<&tokio::runtime::Runtime>) -> Batcher<I
         builder = builder.linger(Linger::Fixed(linger));
     }
     if s.retries() {
-        builder = builder.retry_policy(RetryPolicy {
-            max_retries: s.max_retries,
-            initial_delay: Duration::from_micros(200),
-            max_delay: Duration::from_millis(2),
-            multiplier: 2.0,
-            jitter: 0.1,
-        });
+        builder = builder.retry_policy(
+            RetryPolicy::default()
+                .with_max_retries(s.max_retries)
+                .with_initial_delay(Duration::from_micros(200))
+                .with_max_delay(Duration::from_millis(2))
+                .with_multiplier(2.0)
+                .with_jitter(0.1),
+        );
     }
     if s.dead_letters() {
         let c = Arc::clone(ctx);

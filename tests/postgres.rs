@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ringbatch::sinks::RetrySettings;
+use ringbatch::sinks::default_retry_policy;
 use ringbatch::sinks::postgres::tokio_postgres::error::SqlState;
 use ringbatch::sinks::postgres::tokio_postgres::{Client, Config, NoTls};
 use ringbatch::sinks::postgres::{PostgresMetrics, PostgresSink, PostgresSinkError};
-use ringbatch::{AsyncProducer, Batcher, Error, Stats};
+use ringbatch::{AsyncProducer, Batcher, Error, RetryPolicy, Stats};
 
 /// The longest a whole test may take.
 const TEST_BOUND: Duration = Duration::from_secs(300);
@@ -94,11 +94,7 @@ async fn create_table(client: &Client, test: &str) -> String {
 
 /// A sink writing trades to `table`; each item resolves to `(id, key)` of
 /// its row, so a ticket can be checked against its own item.
-fn trade_sink(
-    config: Config,
-    table: &str,
-    retry: RetrySettings,
-) -> PostgresSink<Trade, (i64, i64)> {
+fn trade_sink(config: Config, table: &str, retry: RetryPolicy) -> PostgresSink<Trade, (i64, i64)> {
     PostgresSink::builder(config, table)
         .key("key", "int8", |t: &Trade| t.key)
         .column("producer", "int4", |t: &Trade| t.producer)
@@ -144,7 +140,7 @@ async fn submit_all(
         }
         let key = trade.key;
         let ticket = producer
-            .enqueue(trade)
+            .submit(trade)
             .await
             .unwrap_or_else(|e| panic!("the batcher refused trade {key}: {e}"));
         pending.push_back((key, ticket));
@@ -270,7 +266,7 @@ async fn four_producers_write_200k_rows_exactly_once() {
     tokio::time::timeout(TEST_BOUND, async {
         let admin = connect(&config).await;
         let table = create_table(&admin, "exactly_once").await;
-        let sink = trade_sink(config.clone(), &table, RetrySettings::default());
+        let sink = trade_sink(config.clone(), &table, default_retry_policy());
         let metrics = sink.metrics();
         let started = Instant::now();
         let (results, stats) =
@@ -322,7 +318,7 @@ async fn bad_rows_fail_only_their_own_tickets() {
         trades[777].reference = Some("taken".to_string());
         bad.insert(trades[777].key, SqlState::UNIQUE_VIOLATION);
 
-        let sink = trade_sink(config.clone(), &table, RetrySettings::default());
+        let sink = trade_sink(config.clone(), &table, default_retry_policy());
         let metrics = sink.metrics();
         let batcher = Batcher::builder()
             .lanes(1)
@@ -436,7 +432,7 @@ async fn rows_that_already_landed_resolve_to_their_existing_ids() {
                 .get(0);
             landed.insert(trade.key, id);
         }
-        let sink = trade_sink(config.clone(), &table, RetrySettings::default());
+        let sink = trade_sink(config.clone(), &table, default_retry_policy());
         let metrics = sink.metrics();
         let batcher = batcher(sink);
         let results = submit_all(
@@ -475,12 +471,10 @@ async fn killed_connections_are_retried_with_nothing_lost_or_duplicated() {
         let table = create_table(&admin, "killed").await;
         let app = format!("rb_kill_{}", std::process::id());
         config.application_name(&app);
-        let retry = RetrySettings {
-            max_retries: 20,
-            initial_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(500),
-            multiplier: 2.0,
-        };
+        let retry = default_retry_policy()
+            .with_max_retries(20)
+            .with_initial_delay(Duration::from_millis(10))
+            .with_max_delay(Duration::from_millis(500));
         let sink = trade_sink(config.clone(), &table, retry);
         let metrics = sink.metrics();
         let (producers, per_producer) = (4, 50_000);
@@ -538,7 +532,7 @@ async fn a_statement_error_fails_every_item_at_once() {
     const TEST: &str = "a_statement_error_fails_every_item_at_once";
     let Some(config) = pg_url(TEST) else { return };
     tokio::time::timeout(TEST_BOUND, async {
-        let sink = trade_sink(config, "rb_no_such_table", RetrySettings::default());
+        let sink = trade_sink(config, "rb_no_such_table", default_retry_policy());
         let metrics = sink.metrics();
         let batcher = batcher(sink);
         let trades: Vec<Trade> = (0..100).map(|s| Trade::new(0, s)).collect();

@@ -260,11 +260,9 @@ fn absurd_durations_are_refused_naming_the_field() {
         batch.ok_with(|_| ());
         Ok(())
     };
-    let retry = RetryPolicy {
-        initial_delay: Duration::MAX,
-        max_delay: Duration::MAX,
-        ..RetryPolicy::default()
-    };
+    let retry = RetryPolicy::default()
+        .with_initial_delay(Duration::MAX)
+        .with_max_delay(Duration::MAX);
     let e = Batcher::builder()
         .retry_policy(retry)
         .handler_fn(handler)
@@ -274,10 +272,7 @@ fn absurd_durations_are_refused_naming_the_field() {
         matches!(e, ConfigError::TooLong { field: "initial_delay", max, .. } if max == MAX_DURATION),
         "{e:?}"
     );
-    let breaker = CircuitBreaker {
-        recovery_timeout: Duration::MAX,
-        ..CircuitBreaker::default()
-    };
+    let breaker = CircuitBreaker::default().with_recovery_timeout(Duration::MAX);
     let e = Batcher::builder()
         .circuit_breaker(breaker)
         .handler_fn(handler)
@@ -314,19 +309,18 @@ fn absurd_durations_are_refused_naming_the_field() {
     assert_eq!(e.field(), "min_interval");
 
     // At the limit, everything works, and absurd waits on calls saturate.
-    let at_limit = RetryPolicy {
-        initial_delay: MAX_DURATION,
-        max_delay: MAX_DURATION,
-        ..RetryPolicy::default()
-    };
+    let at_limit = RetryPolicy::default()
+        .with_initial_delay(MAX_DURATION)
+        .with_max_delay(MAX_DURATION);
     assert_eq!(at_limit.delay(40, false, f64::NAN), MAX_DURATION);
     let batcher = Batcher::builder()
         .retry_policy(at_limit)
-        .circuit_breaker(CircuitBreaker {
-            recovery_timeout: MAX_DURATION,
-            failure_threshold: 1,
-            hold_while_open: false,
-        })
+        .circuit_breaker(
+            CircuitBreaker::default()
+                .with_recovery_timeout(MAX_DURATION)
+                .with_failure_threshold(1)
+                .with_hold_while_open(false),
+        )
         .linger(Linger::Fixed(Duration::ZERO))
         .handler_fn(handler)
         .build()
@@ -372,7 +366,7 @@ async fn flush_async_from_the_batchers_own_handler_resolves_at_once() {
     );
     *slot.lock().unwrap() = Some(Arc::clone(&batcher));
     let mut producer = batcher.async_producer();
-    let result = tokio::time::timeout(BOUND, producer.submit(21)).await;
+    let result = tokio::time::timeout(BOUND, producer.call(21)).await;
     assert_eq!(result.expect("handled within the bound").unwrap(), 42);
     slot.lock().unwrap().take();
     drop(producer);

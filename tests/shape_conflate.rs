@@ -225,7 +225,7 @@ async fn an_async_handler_gets_conflated_batches() {
     let mut producer = batcher.async_producer();
     let mut tickets = Vec::new();
     for quote in [("X", 1), ("Y", 2), ("X", 3), ("Z", 4), ("Y", 5)] {
-        tickets.push(producer.enqueue(quote).await.unwrap());
+        tickets.push(producer.submit(quote).await.unwrap());
     }
     // Everything is lingering; flush it as one batch.
     batcher.flush_now();

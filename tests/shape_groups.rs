@@ -512,7 +512,7 @@ async fn an_async_handler_gets_one_key_per_batch_within_its_limit() {
                 for i in 0..EACH {
                     let item = ((i % 3) as u32, encode(t, i));
                     if i % 10 == 0 {
-                        assert_eq!(producer.submit(item).await.unwrap(), item.1 * 2);
+                        assert_eq!(producer.call(item).await.unwrap(), item.1 * 2);
                     } else {
                         producer.push(item).await.unwrap();
                     }

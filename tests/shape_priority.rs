@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{BOUND, Gate, Tally, encode, spawn_bounded, wait_ticket};
-use ringbatch::{Batch, Batcher, ConfigError, Linger, Priority};
+use ringbatch::{Batch, Batcher, LaneError, Linger, Priority};
 
 type Batches = common::Batches<u64>;
 
@@ -38,9 +38,9 @@ fn a_priority_class_needs_priorities_on() {
         .unwrap();
     for priority in [Priority::Critical, Priority::High, Priority::Low] {
         match batcher.producer_with_priority(priority) {
-            Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "priorities"),
-            Err(other) => panic!("{priority:?}: expected Invalid(priorities), got {other:?}"),
-            Ok(_) => panic!("{priority:?}: expected Invalid(priorities), got a producer"),
+            Err(LaneError::NoPriorities) => {}
+            Err(other) => panic!("{priority:?}: expected NoPriorities, got {other:?}"),
+            Ok(_) => panic!("{priority:?}: expected NoPriorities, got a producer"),
         }
     }
     let normal = batcher

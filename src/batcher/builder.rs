@@ -254,8 +254,8 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// [`dead_letter`](Self::dead_letter)), always take the lane.
     ///
     /// Only [`submit`](crate::Producer::submit) and its variants (`try_submit`,
-    /// `submit_timeout`, `submit_with_deadline`, and the async `enqueue` and
-    /// `submit`) run a turn, and only when the drainer is asleep and its
+    /// `submit_timeout`, `submit_with_deadline`, and the async `submit` and
+    /// `call`) run a turn, and only when the drainer is asleep and its
     /// state is free at once: a submitter never waits for it. With this
     /// option the drainer thread goes to sleep as soon as it finds the lanes
     /// empty, whatever the [`wait_strategy`](Self::wait_strategy) (which
@@ -370,7 +370,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     ///     })
     ///     .build()
     ///     .unwrap();
-    /// assert_eq!(batcher.async_producer().submit(1).await.unwrap(), 2);
+    /// assert_eq!(batcher.async_producer().call(1).await.unwrap(), 2);
     /// # }
     /// ```
     #[cfg(feature = "tokio")]

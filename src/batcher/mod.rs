@@ -16,6 +16,7 @@ use crate::Producer;
 use crate::batcher::producers::{new_async_producer, new_exclusive_producer, new_producer_on_lane};
 use crate::config::{Config, ConfigError};
 use crate::engine::Shared;
+use crate::error::LaneError;
 use crate::producer::AsyncProducer;
 use crate::shape::{Linger, Priority, Shaping};
 use crate::stats::Stats;
@@ -114,9 +115,9 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::NoSuchLane`] if `lane >= self.lanes()`;
-    /// [`ConfigError::LaneTaken`] if an exclusive producer owns it.
-    pub fn producer_on_lane(&self, lane: usize) -> Result<Producer<T, R>, ConfigError> {
+    /// [`LaneError::NoSuchLane`] if `lane >= self.lanes()`;
+    /// [`LaneError::LaneTaken`] if an exclusive producer owns it.
+    pub fn producer_on_lane(&self, lane: usize) -> Result<Producer<T, R>, LaneError> {
         new_producer_on_lane(&self.shared, lane)
     }
 
@@ -175,9 +176,9 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::NoFreeLane`] if every lane but one already has a
+    /// [`LaneError::NoFreeLane`] if every lane but one already has a
     /// producer (or an owner).
-    pub fn exclusive_producer(&self) -> Result<Producer<T, R>, ConfigError> {
+    pub fn exclusive_producer(&self) -> Result<Producer<T, R>, LaneError> {
         new_exclusive_producer(&self.shared)
     }
 
@@ -186,7 +187,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// # Errors
     ///
     /// As for [`exclusive_producer`](Self::exclusive_producer).
-    pub fn exclusive_async_producer(&self) -> Result<AsyncProducer<T, R>, ConfigError> {
+    pub fn exclusive_async_producer(&self) -> Result<AsyncProducer<T, R>, LaneError> {
         new_exclusive_producer(&self.shared).map(AsyncProducer::new)
     }
 
@@ -241,12 +242,9 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Invalid`] (field `priorities`) if the batcher was built
-    /// without priority classes and `priority` is not `Normal`.
-    pub fn producer_with_priority(
-        &self,
-        priority: Priority,
-    ) -> Result<Producer<T, R>, ConfigError> {
+    /// [`LaneError::NoPriorities`] if the batcher was built without priority
+    /// classes and `priority` is not `Normal`.
+    pub fn producer_with_priority(&self, priority: Priority) -> Result<Producer<T, R>, LaneError> {
         new_producer(&self.shared).with_class(priority)
     }
 
@@ -259,7 +257,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     pub fn async_producer_with_priority(
         &self,
         priority: Priority,
-    ) -> Result<AsyncProducer<T, R>, ConfigError> {
+    ) -> Result<AsyncProducer<T, R>, LaneError> {
         let producer = new_async_producer(&self.shared);
         Ok(AsyncProducer::new(producer.as_sync().with_class(priority)?))
     }

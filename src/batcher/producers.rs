@@ -5,8 +5,9 @@ use core::fmt;
 
 use crate::Producer;
 use crate::batcher::build::current_cpu;
-use crate::config::{ConfigError, LaneAssignment};
+use crate::config::LaneAssignment;
 use crate::engine::Shared;
+use crate::error::LaneError;
 use crate::producer::AsyncProducer;
 use crate::shape::Priority;
 use crate::sync::{Arc, Ordering};
@@ -39,9 +40,9 @@ impl<T, R> Producers<T, R> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::NoSuchLane`] if there is no such lane,
-    /// [`ConfigError::LaneTaken`] if an exclusive producer owns it.
-    pub fn producer_on_lane(&self, lane: usize) -> Result<Producer<T, R>, ConfigError> {
+    /// [`LaneError::NoSuchLane`] if there is no such lane,
+    /// [`LaneError::LaneTaken`] if an exclusive producer owns it.
+    pub fn producer_on_lane(&self, lane: usize) -> Result<Producer<T, R>, LaneError> {
         new_producer_on_lane(&self.shared, lane)
     }
 
@@ -50,7 +51,7 @@ impl<T, R> Producers<T, R> {
     /// # Errors
     ///
     /// As for [`Batcher::exclusive_producer`](crate::Batcher::exclusive_producer).
-    pub fn exclusive_producer(&self) -> Result<Producer<T, R>, ConfigError> {
+    pub fn exclusive_producer(&self) -> Result<Producer<T, R>, LaneError> {
         new_exclusive_producer(&self.shared)
     }
 
@@ -59,7 +60,7 @@ impl<T, R> Producers<T, R> {
     /// # Errors
     ///
     /// As for [`Batcher::exclusive_producer`](crate::Batcher::exclusive_producer).
-    pub fn exclusive_async_producer(&self) -> Result<AsyncProducer<T, R>, ConfigError> {
+    pub fn exclusive_async_producer(&self) -> Result<AsyncProducer<T, R>, LaneError> {
         new_exclusive_producer(&self.shared).map(AsyncProducer::new)
     }
 
@@ -68,10 +69,7 @@ impl<T, R> Producers<T, R> {
     /// # Errors
     ///
     /// As for [`Batcher::producer_with_priority`](crate::Batcher::producer_with_priority).
-    pub fn producer_with_priority(
-        &self,
-        priority: Priority,
-    ) -> Result<Producer<T, R>, ConfigError> {
+    pub fn producer_with_priority(&self, priority: Priority) -> Result<Producer<T, R>, LaneError> {
         new_producer(&self.shared).with_class(priority)
     }
 }
@@ -150,12 +148,12 @@ pub(crate) fn new_async_producer<T, R>(shared: &Arc<Shared<T, R>>) -> AsyncProdu
 pub(crate) fn new_producer_on_lane<T, R>(
     shared: &Arc<Shared<T, R>>,
     lane: usize,
-) -> Result<Producer<T, R>, ConfigError> {
+) -> Result<Producer<T, R>, LaneError> {
     let lanes = shared.lane_count;
     if lane >= lanes {
-        return Err(ConfigError::NoSuchLane { lane, lanes });
+        return Err(LaneError::NoSuchLane { lane, lanes });
     }
-    Producer::join(shared, normal_ring(shared, lane)).ok_or(ConfigError::LaneTaken { lane })
+    Producer::join(shared, normal_ring(shared, lane)).ok_or(LaneError::LaneTaken { lane })
 }
 
 /// An exclusive producer on the first lane that has no producer (the lanes
@@ -163,7 +161,7 @@ pub(crate) fn new_producer_on_lane<T, R>(
 /// producers.
 pub(crate) fn new_exclusive_producer<T, R>(
     shared: &Arc<Shared<T, R>>,
-) -> Result<Producer<T, R>, ConfigError> {
+) -> Result<Producer<T, R>, LaneError> {
     let lanes = shared.lane_count;
     // Reserve one of the `lanes - 1` exclusive places first. Relaxed: a
     // counter; the lanes' own words order the producers.
@@ -173,7 +171,7 @@ pub(crate) fn new_exclusive_producer<T, R>(
             (n + 1 < lanes).then_some(n + 1)
         });
     if reserved.is_err() {
-        return Err(ConfigError::NoFreeLane { lanes });
+        return Err(LaneError::NoFreeLane { lanes });
     }
     // The lanes laid out for exclusive producers first, then the others.
     let first = shared_lanes(shared);
@@ -184,5 +182,5 @@ pub(crate) fn new_exclusive_producer<T, R>(
         }
     }
     shared.exclusive_lanes.fetch_sub(1, Ordering::Relaxed);
-    Err(ConfigError::NoFreeLane { lanes })
+    Err(LaneError::NoFreeLane { lanes })
 }

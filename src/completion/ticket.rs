@@ -181,28 +181,52 @@ impl<R> Ticket<R> {
     /// [`wait`](Self::wait) for a result still to come.
     #[inline(never)]
     pub(super) fn wait_pending(mut self) -> Result<R, Error> {
-        match self.wait_until(None) {
+        match self.block_until(None) {
             Some(result) => result,
             None => unreachable!("an untimed wait returns only with a result"),
         }
     }
 
     /// Blocks for at most `timeout`; `None` if the result is not there by then
-    /// (the ticket stays valid: wait again or drop it).
+    /// (the ticket stays valid: wait again or drop it). A `timeout` beyond
+    /// what the clock can represent waits for the result.
     pub fn wait_timeout(&mut self, timeout: std::time::Duration) -> Option<Result<R, Error>> {
-        let deadline = Instant::now().checked_add(timeout);
-        match deadline {
-            Some(deadline) => self.wait_until(Some(deadline)),
-            None => self.wait_until(None),
-        }
+        self.block_until(Instant::now().checked_add(timeout))
     }
 
-    /// Blocks until `deadline` at the latest; see [`wait_timeout`](Self::wait_timeout).
+    /// Blocks until the instant `until` at the latest; see
+    /// [`wait_timeout`](Self::wait_timeout). (An item's own deadline, after
+    /// which it is not dispatched, is set with
+    /// [`Producer::submit_with_deadline`](crate::Producer::submit_with_deadline).)
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use ringbatch::{Batch, Batcher};
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .handler_fn(|batch: &mut Batch<'_, u32, u32>| {
+    ///         batch.ok_with(|x| x + 1);
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let mut ticket = batcher.producer().submit(1).unwrap();
+    /// let until = Instant::now() + Duration::from_secs(60);
+    /// assert_eq!(ticket.wait_until(until).expect("handled in time").unwrap(), 2);
+    /// ```
+    pub fn wait_until(&mut self, until: Instant) -> Option<Result<R, Error>> {
+        self.block_until(Some(until))
+    }
+
+    /// Renamed to [`wait_until`](Self::wait_until): "deadline" is an item's
+    /// expiry; "until" bounds a wait.
+    #[deprecated(since = "0.1.0", note = "renamed to `wait_until`")]
     pub fn wait_deadline(&mut self, deadline: Instant) -> Option<Result<R, Error>> {
-        self.wait_until(Some(deadline))
+        self.wait_until(deadline)
     }
 
-    pub(super) fn wait_until(&mut self, deadline: Option<Instant>) -> Option<Result<R, Error>> {
+    /// Waits for the result until `deadline` (for ever with `None`).
+    pub(super) fn block_until(&mut self, deadline: Option<Instant>) -> Option<Result<R, Error>> {
         let wait = match &self.inner {
             Inner::Pending(slot) => slot.parts().2.wait,
             _ => return self.try_take(),

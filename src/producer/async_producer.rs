@@ -14,8 +14,9 @@ use crate::completion::Ticket;
 use crate::error::{Error, SubmitError};
 use crate::producer::Producer;
 
-/// A producer for async tasks: `push(item).await`, `submit(item).await`,
-/// `enqueue(item).await`.
+/// A producer for async tasks: `push(item).await` (fire and forget),
+/// `submit(item).await` (a [`Ticket`] once accepted, as on a thread) and
+/// `call(item).await` (the result).
 ///
 /// Made by [`Batcher::async_producer`](crate::Batcher::async_producer). Like
 /// [`Producer`] it is bound to one lane for its life (its items stay in
@@ -31,7 +32,7 @@ use crate::producer::Producer;
 /// Every method is cancel-safe in this sense: a future dropped before it
 /// completes has either not accepted the item (the item is dropped with the
 /// future and nothing is left in the lane) or, for
-/// [`submit`](Self::submit), has accepted it, in which case the item is
+/// [`call`](Self::call), has accepted it, in which case the item is
 /// still handled exactly once and its result is dropped when it arrives.
 ///
 /// # Examples
@@ -50,9 +51,9 @@ use crate::producer::Producer;
 ///     .unwrap();
 /// let mut producer = batcher.async_producer();
 /// producer.push(1).await.unwrap();
-/// assert_eq!(producer.submit(4).await.unwrap(), 40);
-/// let ticket = producer.enqueue(5).await.unwrap();
-/// assert_eq!(ticket.await.unwrap(), 50);
+/// let ticket = producer.submit(4).await.unwrap();
+/// assert_eq!(ticket.await.unwrap(), 40);
+/// assert_eq!(producer.call(5).await.unwrap(), 50);
 /// # }
 /// ```
 pub struct AsyncProducer<T, R = ()> {
@@ -98,29 +99,31 @@ impl<T, R> AsyncProducer<T, R> {
 
     /// Submits `item` and returns its [`Ticket`] once accepted (await the
     /// ticket for the result), waiting asynchronously for room under `Block`.
+    /// As [`Producer::submit`], which returns a ticket too.
     ///
     /// Cancel safety: dropped before it completes, the item was not accepted
     /// and nothing is left in the lane.
     ///
     /// # Errors
     ///
-    /// As for [`push`](Self::push), with the item handed back.
-    pub async fn enqueue(&mut self, item: T) -> Result<Ticket<R>, SubmitError<T>> {
+    /// As for [`push`](Self::push), with the item handed back; under
+    /// `DropNewest` the ticket resolves to [`Error::Dropped`].
+    pub async fn submit(&mut self, item: T) -> Result<Ticket<R>, SubmitError<T>> {
         let producer = &mut self.inner;
         let mut item = Some(item);
-        poll_fn(move |cx| producer.poll_enqueue(&mut item, crate::shape::NEVER, cx)).await
+        poll_fn(move |cx| producer.poll_submit(&mut item, crate::shape::NEVER, cx)).await
     }
 
-    /// [`enqueue`](Self::enqueue) with a deadline: see
+    /// [`submit`](Self::submit) with a deadline for the item: see
     /// [`Producer::submit_with_deadline`].
     ///
-    /// Cancel safety: as for `enqueue`.
+    /// Cancel safety: as for `submit`.
     ///
     /// # Errors
     ///
-    /// As for `enqueue`, and [`SubmitError::NoDeadlines`] if the batcher was
+    /// As for `submit`, and [`SubmitError::NoDeadlines`] if the batcher was
     /// built without deadlines.
-    pub async fn enqueue_with_deadline(
+    pub async fn submit_with_deadline(
         &mut self,
         item: T,
         deadline: std::time::Instant,
@@ -130,10 +133,12 @@ impl<T, R> AsyncProducer<T, R> {
         };
         let producer = &mut self.inner;
         let mut item = Some(item);
-        poll_fn(move |cx| producer.poll_enqueue(&mut item, expires, cx)).await
+        poll_fn(move |cx| producer.poll_submit(&mut item, expires, cx)).await
     }
 
-    /// Submits `item` and waits for its result.
+    /// Submits `item` and waits for its result: [`submit`](Self::submit)
+    /// and await the ticket, in one call (on a thread:
+    /// `producer.submit(item)?.wait()`).
     ///
     /// Cancel safety: dropped before the item is accepted, nothing is left in
     /// the lane; dropped after, the item is still handled exactly once and
@@ -142,18 +147,43 @@ impl<T, R> AsyncProducer<T, R> {
     /// # Errors
     ///
     /// The item's [`Error`], or [`Error::Refused`] if it was not accepted
-    /// (the item is then dropped: use [`enqueue`](Self::enqueue) to get it
+    /// (the item is then dropped: use [`submit`](Self::submit) to get it
     /// back).
-    pub async fn submit(&mut self, item: T) -> Result<R, Error> {
+    pub async fn call(&mut self, item: T) -> Result<R, Error> {
         // `inline_when_idle`'s direct path, without a ticket in between.
         let item = match self.inner.try_direct_result(item, crate::shape::NEVER) {
             Ok(result) => return result,
             Err(item) => item,
         };
-        match self.enqueue(item).await {
+        match self.submit(item).await {
             Ok(ticket) => ticket.await,
             Err(refused) => Err(Error::Refused(refused.kind())),
         }
+    }
+
+    /// Renamed to [`submit`](Self::submit), which returns a ticket on
+    /// threads and tasks alike.
+    ///
+    /// # Errors
+    ///
+    /// As for `submit`.
+    #[deprecated(since = "0.1.0", note = "renamed to `submit`")]
+    pub async fn enqueue(&mut self, item: T) -> Result<Ticket<R>, SubmitError<T>> {
+        self.submit(item).await
+    }
+
+    /// Renamed to [`submit_with_deadline`](Self::submit_with_deadline).
+    ///
+    /// # Errors
+    ///
+    /// As for `submit_with_deadline`.
+    #[deprecated(since = "0.1.0", note = "renamed to `submit_with_deadline`")]
+    pub async fn enqueue_with_deadline(
+        &mut self,
+        item: T,
+        deadline: std::time::Instant,
+    ) -> Result<Ticket<R>, SubmitError<T>> {
+        self.submit_with_deadline(item, deadline).await
     }
 }
 

@@ -6,10 +6,9 @@ use core::fmt;
 use core::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use crate::config::ConfigError;
 use crate::engine::Ownership;
 use crate::engine::{Lane, Shared};
-use crate::error::{RefusedKind, SubmitError};
+use crate::error::{LaneError, RefusedKind, SubmitError};
 use crate::ring::Claims;
 use crate::shape::Priority;
 use crate::sync::{Arc, Ordering};
@@ -153,24 +152,20 @@ impl<T, R> Producer<T, R> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Invalid`] (field `priorities`) if the batcher has no
-    /// priority classes and `priority` is not `Normal`;
-    /// [`ConfigError::LaneTaken`] if that lane's ring in that class is owned
-    /// by an exclusive producer.
-    pub fn with_class(&self, priority: Priority) -> Result<Producer<T, R>, ConfigError> {
+    /// [`LaneError::NoPriorities`] if the batcher has no priority classes
+    /// and `priority` is not `Normal`; [`LaneError::LaneTaken`] if that
+    /// lane's ring in that class is owned by an exclusive producer.
+    pub fn with_class(&self, priority: Priority) -> Result<Producer<T, R>, LaneError> {
         let shared = &self.shared;
         let ring = if shared.classes == 1 {
             if priority != Priority::Normal {
-                return Err(ConfigError::Invalid {
-                    field: "priorities",
-                    reason: "the batcher was built without priority classes",
-                });
+                return Err(LaneError::NoPriorities);
             }
             self.ring
         } else {
             priority.index() * shared.lane_count + self.lane()
         };
-        Self::join(shared, ring).ok_or(ConfigError::LaneTaken { lane: self.lane() })
+        Self::join(shared, ring).ok_or(LaneError::LaneTaken { lane: self.lane() })
     }
 }
 

@@ -144,7 +144,7 @@ impl<T, R> Producer<T, R> {
     /// Polls a submission with a ticket; as [`poll_push`](Self::poll_push).
     /// Under `DropNewest` a dropped item's ticket resolves to
     /// [`Error::Dropped`].
-    pub(crate) fn poll_enqueue(
+    pub(crate) fn poll_submit(
         &self,
         item: &mut Option<T>,
         expires: u64,

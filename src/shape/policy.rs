@@ -95,6 +95,7 @@ pub enum GroupSize {
 /// # let _ = (adds, pubsub);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
 pub struct GroupLimits {
     /// The group's batch size limit.
     pub size: GroupSize,

@@ -16,7 +16,7 @@
 //! A publish that times out, finds no responders (the stream's leader is
 //! being elected after a node was lost), loses its connection or meets a
 //! cluster that is temporarily unavailable is sent again, after a pause,
-//! under the sink's [`RetrySettings`]; only the messages that failed are
+//! under the sink's [`RetryPolicy`]; only the messages that failed are
 //! sent again. When the retries run out their tickets fail with
 //! [`JetStreamSinkError::Unavailable`].
 //!
@@ -48,7 +48,7 @@ use async_nats::jetstream::{ErrorCode, publish::PublishAck};
 pub use bytes::Bytes;
 use futures_util::future::join_all;
 
-use super::RetrySettings;
+use crate::RetryPolicy;
 use crate::error::{Error, SharedError};
 use crate::handler::BatchError;
 use crate::sync::{AtomicU64, Ordering};
@@ -56,6 +56,7 @@ use crate::{AsyncBatch, AsyncHandler};
 
 /// What a [`JetStreamSink`] publishes for one item.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct JetStreamMessage {
     /// The subject (one of the stream's subjects).
     pub subject: String,
@@ -111,7 +112,7 @@ struct Outgoing {
 /// });
 /// let batcher = Batcher::builder().max_batch(512).async_handler(sink).build()?;
 /// let mut producer = batcher.async_producer();
-/// let sequence: u64 = producer.submit((1, 21.5)).await?;
+/// let sequence: u64 = producer.call((1, 21.5)).await?;
 /// println!("stored at stream sequence {sequence}");
 /// batcher.shutdown_async().await;
 /// # Ok(())
@@ -120,13 +121,13 @@ struct Outgoing {
 pub struct JetStreamSink<T> {
     context: Context,
     message: Box<dyn Fn(&T) -> JetStreamMessage + Send + Sync>,
-    retry: RetrySettings,
+    retry: RetryPolicy,
     metrics: JetStreamMetrics,
 }
 
 impl<T: Send + 'static> JetStreamSink<T> {
     /// A sink publishing through `context`, each item as `message(item)`,
-    /// with the default [`RetrySettings`].
+    /// retrying under [`default_retry_policy`](super::default_retry_policy).
     pub fn new(
         context: Context,
         message: impl Fn(&T) -> JetStreamMessage + Send + Sync + 'static,
@@ -134,14 +135,14 @@ impl<T: Send + 'static> JetStreamSink<T> {
         Self {
             context,
             message: Box::new(message),
-            retry: RetrySettings::default(),
+            retry: super::default_retry_policy(),
             metrics: JetStreamMetrics::default(),
         }
     }
 
     /// How failed publishes are retried (default
-    /// [`RetrySettings::default`]).
-    pub fn retry(mut self, retry: RetrySettings) -> Self {
+    /// [`default_retry_policy`](super::default_retry_policy)).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
     }
@@ -250,7 +251,7 @@ impl<T> JetStreamSink<T> {
                 }
                 break;
             }
-            tokio::time::sleep(self.retry.delay(attempt)).await;
+            tokio::time::sleep(super::pause(&self.retry, attempt)).await;
             attempt += 1;
             counters
                 .retried
@@ -317,7 +318,7 @@ pub enum JetStreamSinkError {
     /// The stream refused the message for good (a limit, an expected-last
     /// check); it was not stored.
     Publish(Arc<PublishError>),
-    /// Every attempt the [`RetrySettings`] allowed failed for want of a
+    /// Every attempt the [`RetryPolicy`] allowed failed for want of a
     /// server (timeouts, no responders, a lost connection). The message may
     /// still have been stored by an attempt whose acknowledgement was lost:
     /// publishing it again with the same id within the stream's duplicate

@@ -45,7 +45,7 @@ use crate::sync::Arc;
 /// # async fn main() {
 /// let batcher = Batcher::builder().async_handler(Store).build().unwrap();
 /// let mut producer = batcher.async_producer();
-/// assert_eq!(producer.submit("hello".to_string()).await.unwrap(), 5);
+/// assert_eq!(producer.call("hello".to_string()).await.unwrap(), 5);
 /// batcher.shutdown_async().await;
 /// # }
 /// ```

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Config, Row};
 
-use crate::sinks::RetrySettings;
+use crate::RetryPolicy;
 use crate::sinks::postgres::{
     Column, ColumnSpec, Decode, PostgresConfigError, PostgresMetrics, PostgresSink,
 };
@@ -23,7 +23,7 @@ pub struct PostgresSinkBuilder<T, R> {
     /// Index of the key in `columns`.
     pub(super) key: Option<usize>,
     pub(super) returning: Option<(Vec<String>, Decode<R>)>,
-    pub(super) retry: RetrySettings,
+    pub(super) retry: RetryPolicy,
     pub(super) attempt_timeout: Duration,
 }
 
@@ -86,8 +86,8 @@ impl<T: Send + 'static, R: Send + 'static> PostgresSinkBuilder<T, R> {
     }
 
     /// How writes that failed for want of a server are retried (default
-    /// [`RetrySettings::default`]).
-    pub fn retry(mut self, retry: RetrySettings) -> Self {
+    /// [`default_retry_policy`](crate::sinks::default_retry_policy)).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
     }

@@ -4,7 +4,7 @@
 #[cfg(doc)]
 use super::{PostgresSink, PostgresSinkBuilder};
 #[cfg(doc)]
-use crate::sinks::RetrySettings;
+use crate::RetryPolicy;
 use core::fmt;
 use core::time::Duration;
 use std::sync::Arc;
@@ -53,7 +53,7 @@ pub enum PostgresSinkError {
     /// carried all fail with it.
     Statement(Arc<tokio_postgres::Error>),
     /// The server could not be reached, or kept losing the connection, for
-    /// every attempt the [`RetrySettings`] allowed. The row was not written
+    /// every attempt the [`RetryPolicy`] allowed. The row was not written
     /// (or, if a lost commit did write it, a later submission with the same
     /// key finds it).
     Unavailable {
@@ -62,7 +62,7 @@ pub enum PostgresSinkError {
         /// The last attempt's error.
         last: Arc<tokio_postgres::Error>,
     },
-    /// Every attempt the [`RetrySettings`] allowed timed out (see
+    /// Every attempt the [`RetryPolicy`] allowed timed out (see
     /// [`attempt_timeout`](PostgresSinkBuilder::attempt_timeout)).
     TimedOut {
         /// Attempts made.

@@ -66,7 +66,7 @@
 //!   [`attempt_timeout`](PostgresSinkBuilder::attempt_timeout), a server
 //!   shutting down, a serialization failure or deadlock, too many
 //!   connections): the connection is dropped and the rows are sent again on
-//!   a new one, after a pause, under the sink's [`RetrySettings`]. When the
+//!   a new one, after a pause, under the sink's [`RetryPolicy`]. When the
 //!   retries run out their tickets fail with
 //!   [`PostgresSinkError::Unavailable`].
 //! - **Anything else** (a missing table, a column type that does not match
@@ -99,7 +99,7 @@ pub use tokio_postgres;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
-use super::RetrySettings;
+use crate::RetryPolicy;
 use crate::error::{Error, SharedError};
 use crate::handler::BatchError;
 use crate::sinks::postgres::error::classify;
@@ -175,7 +175,7 @@ where
 /// let batcher = Batcher::builder().max_batch(1024).async_handler(sink).build()?;
 /// let mut producer = batcher.async_producer();
 /// let trade = Trade { order_id: 7, symbol: "ABC".into(), qty: 100 };
-/// let id: i64 = producer.submit(trade).await?;
+/// let id: i64 = producer.call(trade).await?;
 /// println!("trade 7 is row {id}");
 /// batcher.shutdown_async().await;
 /// # Ok(())
@@ -188,7 +188,7 @@ pub struct PostgresSink<T, R> {
     /// Number of `RETURNING` columns (the ordinal follows them).
     returning: usize,
     sql: String,
-    retry: RetrySettings,
+    retry: RetryPolicy,
     attempt_timeout: Duration,
     /// Idle connections, each with the statement prepared on it.
     pool: Mutex<Vec<Connection>>,
@@ -213,7 +213,7 @@ impl<T: Send + 'static, R: Send + 'static> PostgresSink<T, R> {
             columns: Vec::new(),
             key: None,
             returning: None,
-            retry: RetrySettings::default(),
+            retry: super::default_retry_policy(),
             attempt_timeout: Duration::from_secs(30),
         }
     }
@@ -334,7 +334,7 @@ impl<T, R> PostgresSink<T, R> {
                     last: Box::new(failure),
                 });
             }
-            tokio::time::sleep(self.retry.delay(attempt)).await;
+            tokio::time::sleep(crate::sinks::pause(&self.retry, attempt)).await;
             attempt += 1;
             self.metrics.inner.retries.fetch_add(1, Ordering::Relaxed);
         }
