@@ -91,6 +91,10 @@ pub enum SubmitError<T> {
     /// The submission carries a deadline, but the batcher was built without
     /// deadlines ([`BatcherBuilder::deadlines`](crate::BatcherBuilder::deadlines)).
     NoDeadlines(T),
+    /// The submission names a priority class, but the batcher was built
+    /// without priority classes ([`BatcherBuilder::priorities`](crate::BatcherBuilder::priorities)),
+    /// or that class's ring of the lane is owned by an exclusive producer.
+    NoPriorities(T),
 }
 
 impl<T> SubmitError<T> {
@@ -100,7 +104,8 @@ impl<T> SubmitError<T> {
             SubmitError::Full(item)
             | SubmitError::Closed(item)
             | SubmitError::Timeout(item)
-            | SubmitError::NoDeadlines(item) => item,
+            | SubmitError::NoDeadlines(item)
+            | SubmitError::NoPriorities(item) => item,
         }
     }
 
@@ -111,6 +116,7 @@ impl<T> SubmitError<T> {
             SubmitError::Closed(_) => RefusedKind::Closed,
             SubmitError::Timeout(_) => RefusedKind::Timeout,
             SubmitError::NoDeadlines(_) => RefusedKind::NoDeadlines,
+            SubmitError::NoPriorities(_) => RefusedKind::NoPriorities,
         }
     }
 
@@ -133,6 +139,7 @@ impl<T> fmt::Debug for SubmitError<T> {
             SubmitError::Closed(_) => f.write_str("Closed(..)"),
             SubmitError::Timeout(_) => f.write_str("Timeout(..)"),
             SubmitError::NoDeadlines(_) => f.write_str("NoDeadlines(..)"),
+            SubmitError::NoPriorities(_) => f.write_str("NoPriorities(..)"),
         }
     }
 }
@@ -157,6 +164,9 @@ pub enum RefusedKind {
     Timeout,
     /// A deadline was given to a batcher built without deadlines.
     NoDeadlines,
+    /// A priority class was given to a batcher built without priority
+    /// classes (or the class's ring is owned by an exclusive producer).
+    NoPriorities,
 }
 
 impl fmt::Display for RefusedKind {
@@ -167,6 +177,10 @@ impl fmt::Display for RefusedKind {
             RefusedKind::Timeout => "the lane stayed full until the timeout",
             RefusedKind::NoDeadlines => {
                 "the batcher was built without deadlines (`BatcherBuilder::deadlines`)"
+            }
+            RefusedKind::NoPriorities => {
+                "the batcher was built without priority classes (`BatcherBuilder::priorities`), \
+                 or the class's ring is owned by an exclusive producer"
             }
         })
     }

@@ -169,7 +169,7 @@ pub use producer::{AsyncProducer, Producer};
 pub use settings::{Settings, SettingsError};
 pub use shape::{
     Adaptive, AdaptiveMode, DEFAULT_MAX_BYTES, DEFAULT_MAX_OPEN_GROUPS, DEFAULT_STARVATION_AGE,
-    GroupLimits, GroupSize, Linger, LoadWeights, Oversize, Priority,
+    GroupLimits, GroupSize, Linger, LoadWeights, Oversize, Priority, PriorityLevelError,
 };
 pub use stats::{DispatchCounts, DispatchReason, LaneStats, Stats};
 pub use wait::WaitStrategy;

@@ -1,6 +1,7 @@
 //! Zero heap allocations per item with the shaping policies on: a counting
 //! global allocator watches submissions go through a batcher that weighs,
-//! groups, conflates, sorts by priority and checks deadlines, after warm-up.
+//! groups, conflates, sorts by priority (per producer and per item) and
+//! checks deadlines, after warm-up.
 //!
 //! It runs without the test harness (see `counting`), so that no thread
 //! but the test's and the batcher's allocates while it counts.
@@ -12,8 +13,9 @@ use std::time::{Duration, Instant};
 use counting::allocations;
 use ringbatch::{Adaptive, Batch, Batcher, Error, GroupLimits, Priority, Producer, Ticket};
 
-/// `n` submissions in each of two classes, each with a deadline, waited for
-/// in windows of 32; items repeat keys, so conflation replaces some.
+/// `n` submissions in three classes (one of them by per-item priority),
+/// most with a deadline, waited for in windows of 32; items repeat keys, so
+/// conflation replaces some.
 fn workload(
     normal: &Producer<u64, u64>,
     critical: &Producer<u64, u64>,
@@ -25,8 +27,13 @@ fn workload(
     for window in 0..n / 32 {
         for i in 0..32 {
             let x = window * 32 + i;
-            let producer = if i % 8 == 0 { critical } else { normal };
-            tickets.push((x, producer.submit_with_deadline(x, far).expect("accepted")));
+            let ticket = match i % 8 {
+                0 => critical.submit_with_deadline(x, far),
+                // Per-item priority: the producer's sibling in High.
+                4 => normal.submit_with_priority(x, Priority::High),
+                _ => normal.submit_with_deadline(x, far),
+            };
+            tickets.push((x, ticket.expect("accepted")));
         }
         for (x, ticket) in tickets.drain(..) {
             match ticket.wait() {

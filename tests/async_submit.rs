@@ -331,3 +331,46 @@ async fn submit_returns_a_ticket_and_the_old_names_forward() {
         other => panic!("expected NoDeadlines, got {:?}", other.map(|_| ())),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_submits_per_item_priorities_and_a_critical_one_skips_the_linger() {
+    let linger = Duration::from_secs(30);
+    let batcher = Batcher::builder()
+        .priorities(true)
+        .linger(ringbatch::Linger::Fixed(linger))
+        .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+            batch.ok_with(|&x| x + 1);
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let mut producer = batcher.async_producer();
+    let urgent = ringbatch::Priority::from_level(9).unwrap();
+    let ticket = producer.submit_with_priority(1, urgent).await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(5), ticket)
+        .await
+        .unwrap_or_else(|_| panic!("a Critical item waited for the {linger:?} linger"));
+    assert_eq!(result.unwrap(), 2);
+    producer
+        .push_with_priority(5, ringbatch::Priority::Low)
+        .await
+        .unwrap();
+    let stats = batcher.shutdown();
+    assert_eq!(stats.items_handled, 2, "the Low item handled at shutdown");
+
+    let plain = Batcher::builder()
+        .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+            batch.ok_with(|&x| x);
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let mut producer = plain.async_producer();
+    match producer
+        .submit_with_priority(7, ringbatch::Priority::High)
+        .await
+    {
+        Err(SubmitError::NoPriorities(7)) => {}
+        other => panic!("expected NoPriorities(7), got {:?}", other.map(|_| ())),
+    }
+}

@@ -325,3 +325,126 @@ fn a_staged_low_item_older_than_the_starvation_age_goes_first() {
         "the starving Low item leads the first full batch: {batches:?}"
     );
 }
+
+#[test]
+fn one_producer_with_per_item_priorities_orders_by_class_and_keeps_each_class_in_order() {
+    let gate = Gate::closed();
+    let batches = Batches::default();
+    let batcher = Batcher::builder()
+        .lanes(1)
+        .max_batch(64)
+        .priorities(true)
+        .starvation_age(Duration::from_secs(60))
+        .handler_fn(recording(&batches, Some(&gate)))
+        .build()
+        .unwrap();
+    let producer = batcher.producer();
+    producer.push(0).unwrap();
+    gate.wait_arrived(1);
+    // One producer, every class, interleaved and lowest first.
+    let mut tickets = Vec::new();
+    for i in 0..5 {
+        tickets.push(
+            producer
+                .submit_with_priority(4000 + i, Priority::Low)
+                .unwrap(),
+        );
+        tickets.push(producer.submit(3000 + i).unwrap());
+        tickets.push(
+            producer
+                .submit_with_priority(2000 + i, Priority::High)
+                .unwrap(),
+        );
+    }
+    for i in 0..3 {
+        producer
+            .push_with_priority(1000 + i, Priority::Critical)
+            .unwrap();
+    }
+    gate.open();
+    for ticket in tickets {
+        wait_ticket(ticket).unwrap();
+    }
+    let stats = batcher.shutdown();
+    assert_eq!(stats.items_handled, 19, "every item handled once");
+    let batches = batches.lock().unwrap();
+    let after_plug: Vec<u64> = batches[1..].iter().flatten().copied().collect();
+    let expected: Vec<u64> = (1000..1003)
+        .chain(2000..2005)
+        .chain(3000..3005)
+        .chain(4000..4005)
+        .collect();
+    assert_eq!(
+        after_plug, expected,
+        "Critical, High, Normal, Low, each class in submission order"
+    );
+}
+
+#[test]
+fn levels_map_onto_classes_and_level_8_goes_at_once() {
+    let expected = [
+        (0, Priority::Low),
+        (2, Priority::Low),
+        (3, Priority::Normal),
+        (5, Priority::Normal),
+        (6, Priority::High),
+        (7, Priority::High),
+        (8, Priority::Critical),
+        (10, Priority::Critical),
+    ];
+    for (level, class) in expected {
+        assert_eq!(Priority::from_level(level), Ok(class), "level {level}");
+        assert_eq!(Priority::try_from(level), Ok(class), "level {level}");
+    }
+    let error = Priority::from_level(11).unwrap_err();
+    assert_eq!(error.level, 11);
+    assert!(error.to_string().contains("0 to 10"), "{error}");
+
+    // Under a 30 s linger, a level-8 item from a plain producer is
+    // dispatched at once.
+    let linger = Duration::from_secs(30);
+    let batcher = Batcher::builder()
+        .priorities(true)
+        .linger(Linger::Fixed(linger))
+        .handler_fn(|batch: &mut Batch<'_, u64, u64>| {
+            batch.ok_with(|&x| x);
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let producer = batcher.producer();
+    let level_8 = Priority::from_level(8).unwrap();
+    let mut ticket = producer.submit_with_priority(8, level_8).unwrap();
+    let result = ticket
+        .wait_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("a level-8 item waited for the {linger:?} linger"));
+    assert_eq!(result.unwrap(), 8);
+    let stats = batcher.shutdown();
+    assert_eq!(stats.dispatched.priority, 1, "{:?}", stats.dispatched);
+}
+
+#[test]
+fn a_per_item_priority_needs_priorities_on_and_gives_the_item_back() {
+    let batcher = Batcher::builder()
+        .handler_fn(|batch: &mut Batch<'_, String, ()>| {
+            batch.ok_with(|_| ());
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let producer = batcher.producer();
+    match producer.submit_with_priority("urgent".to_owned(), Priority::High) {
+        Err(ringbatch::SubmitError::NoPriorities(item)) => assert_eq!(item, "urgent"),
+        other => panic!("expected NoPriorities, got {:?}", other.map(|_| ())),
+    }
+    match producer.push_with_priority("later".to_owned(), Priority::Low) {
+        Err(error) => assert_eq!(error.into_inner(), "later"),
+        Ok(()) => panic!("expected NoPriorities"),
+    }
+    // Normal is the only class there is: it is accepted.
+    producer
+        .submit_with_priority("plain".to_owned(), Priority::Normal)
+        .unwrap()
+        .wait()
+        .unwrap();
+}

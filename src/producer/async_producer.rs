@@ -13,6 +13,7 @@ use core::future::poll_fn;
 use crate::completion::Ticket;
 use crate::error::{Error, SubmitError};
 use crate::producer::Producer;
+use crate::shape::Priority;
 
 /// A producer for async tasks: `push(item).await` (fire and forget),
 /// `submit(item).await` (a [`Ticket`] once accepted, as on a thread) and
@@ -134,6 +135,48 @@ impl<T, R> AsyncProducer<T, R> {
         let producer = &mut self.inner;
         let mut item = Some(item);
         poll_fn(move |cx| producer.poll_submit(&mut item, expires, cx)).await
+    }
+
+    /// [`submit`](Self::submit) in priority class `priority`: see
+    /// [`Producer::submit_with_priority`].
+    ///
+    /// Cancel safety: as for `submit`.
+    ///
+    /// # Errors
+    ///
+    /// As for `submit`, and [`SubmitError::NoPriorities`] if the batcher was
+    /// built without priority classes and `priority` is not `Normal`.
+    pub async fn submit_with_priority(
+        &mut self,
+        item: T,
+        priority: Priority,
+    ) -> Result<Ticket<R>, SubmitError<T>> {
+        let Some(producer) = self.inner.in_class_mut(priority) else {
+            return Err(SubmitError::NoPriorities(item));
+        };
+        let mut item = Some(item);
+        poll_fn(move |cx| producer.poll_submit(&mut item, crate::shape::NEVER, cx)).await
+    }
+
+    /// [`push`](Self::push) in priority class `priority`: see
+    /// [`Producer::push_with_priority`].
+    ///
+    /// Cancel safety: as for `push`.
+    ///
+    /// # Errors
+    ///
+    /// As for `push`, and [`SubmitError::NoPriorities`] as for
+    /// [`submit_with_priority`](Self::submit_with_priority).
+    pub async fn push_with_priority(
+        &mut self,
+        item: T,
+        priority: Priority,
+    ) -> Result<(), SubmitError<T>> {
+        let Some(producer) = self.inner.in_class_mut(priority) else {
+            return Err(SubmitError::NoPriorities(item));
+        };
+        let mut item = Some(item);
+        poll_fn(move |cx| producer.poll_push(&mut item, cx)).await
     }
 
     /// Submits `item` and waits for its result: [`submit`](Self::submit)

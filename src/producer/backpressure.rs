@@ -255,7 +255,7 @@ impl<T, R> Producer<T, R> {
         match kind {
             RefusedKind::Full | RefusedKind::Timeout => LaneCounters::add(&counters.rejected, n),
             RefusedKind::Closed => LaneCounters::add(&counters.refused_closed, n),
-            RefusedKind::NoDeadlines => {}
+            RefusedKind::NoDeadlines | RefusedKind::NoPriorities => {}
         }
         kind
     }

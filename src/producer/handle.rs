@@ -1,7 +1,7 @@
 //! The [`Producer`] handle: which lane and ring it feeds, whether it owns
 //! the ring, and how it joins and leaves.
 
-use core::cell::Cell;
+use core::cell::{Cell, OnceCell};
 use core::fmt;
 use core::marker::PhantomData;
 use std::time::{Duration, Instant};
@@ -23,6 +23,9 @@ pub(crate) enum Wait {
     /// Until there is room, or the deadline if any.
     Block(Option<Instant>),
 }
+
+/// A producer's siblings on its lane, one per priority class.
+pub(crate) type ClassProducers<T, R> = [OnceCell<Producer<T, R>>; 4];
 
 /// A handle for submitting items, bound to one lane for its whole life so its
 /// items stay in order.
@@ -52,6 +55,10 @@ pub struct Producer<T, R = ()> {
     /// ([`Ring::try_claim_exclusive`](crate::ring::Ring::try_claim_exclusive)):
     /// the asymmetric fences work here.
     pub(crate) ownership: Ownership,
+    /// This lane's producers in the other priority classes, each made on
+    /// the first per-item submission in its class (`submit_with_priority`):
+    /// allocated once, never per item.
+    pub(crate) classes: OnceCell<Box<ClassProducers<T, R>>>,
     /// Not `Sync` (the cached cursor is a `Cell`).
     pub(crate) _not_sync: PhantomData<Cell<()>>,
 }
@@ -117,6 +124,7 @@ impl<T, R> Producer<T, R> {
             shared,
             ring,
             ownership,
+            classes: OnceCell::new(),
             _not_sync: PhantomData,
         }
     }
@@ -145,6 +153,42 @@ impl<T, R> Producer<T, R> {
             Priority::Normal
         } else {
             Priority::ALL[self.ring / self.shared.lane_count]
+        }
+    }
+
+    /// The producer of this lane in class `priority`: this one, or one made
+    /// on first use and kept. `None` if the batcher has no classes (and
+    /// `priority` is not `Normal`), or that class's ring of this lane is
+    /// owned by an exclusive producer.
+    pub(crate) fn in_class(&self, priority: Priority) -> Option<&Producer<T, R>> {
+        let ring = self.ring_of(priority)?;
+        if ring == self.ring {
+            return Some(self);
+        }
+        let cell = &self.classes.get_or_init(Box::default)[priority.index()];
+        if let Some(producer) = cell.get() {
+            return Some(producer);
+        }
+        let producer = Self::join(&self.shared, ring)?;
+        Some(cell.get_or_init(|| producer))
+    }
+
+    /// [`in_class`](Self::in_class), mutably (the async producer polls
+    /// through `&mut`).
+    pub(crate) fn in_class_mut(&mut self, priority: Priority) -> Option<&mut Producer<T, R>> {
+        if self.ring_of(priority)? == self.ring {
+            return Some(self);
+        }
+        self.in_class(priority)?;
+        self.classes.get_mut()?[priority.index()].get_mut()
+    }
+
+    /// The ring of this lane in class `priority`.
+    fn ring_of(&self, priority: Priority) -> Option<usize> {
+        if self.shared.classes == 1 {
+            (priority == Priority::Normal).then_some(self.ring)
+        } else {
+            Some(priority.index() * self.shared.lane_count + self.lane())
         }
     }
 
@@ -204,5 +248,6 @@ pub(crate) fn refused<T>(kind: RefusedKind, item: T) -> SubmitError<T> {
         RefusedKind::Closed => SubmitError::Closed(item),
         RefusedKind::Timeout => SubmitError::Timeout(item),
         RefusedKind::NoDeadlines => SubmitError::NoDeadlines(item),
+        RefusedKind::NoPriorities => SubmitError::NoPriorities(item),
     }
 }

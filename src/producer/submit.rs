@@ -8,7 +8,7 @@ use crate::completion::Ticket;
 use crate::engine::Inline;
 use crate::error::{Error, SubmitError};
 use crate::producer::{Wait, deadline, refused};
-use crate::shape::NEVER;
+use crate::shape::{NEVER, Priority};
 
 impl<T, R> Producer<T, R> {
     /// Stamps sequence `seq`'s expiry before it is published, when the
@@ -276,5 +276,60 @@ impl<T, R> Producer<T, R> {
         };
         let expires = expiry.deadline_ns(deadline);
         self.submit_expiring(item, Wait::Policy, expires)
+    }
+
+    /// [`submit`](Self::submit) in priority class `priority`, whatever this
+    /// producer's own class: the item goes into that class's ring of this
+    /// producer's lane. Items this producer submits in one class keep their
+    /// order; items in different classes are taken by class (see
+    /// [`Priority`], which maps numeric levels onto classes: levels 8 and
+    /// above are dispatched at once). The first submission in a class
+    /// joins its ring (once); later ones cost what `submit` costs.
+    ///
+    /// ```
+    /// use ringbatch::{Batch, Batcher, Priority};
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .priorities(true)
+    ///     .handler_fn(|batch: &mut Batch<'_, &str, ()>| {
+    ///         batch.ok_with(|_| ());
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let producer = batcher.producer();
+    /// producer.push("routine").unwrap();
+    /// let urgent = Priority::from_level(9).unwrap();
+    /// producer.submit_with_priority("cancel order", urgent).unwrap().wait().unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`submit`](Self::submit), and [`SubmitError::NoPriorities`] if
+    /// the batcher was built without [`priorities`](crate::BatcherBuilder::priorities)
+    /// and `priority` is not `Normal`.
+    pub fn submit_with_priority(
+        &self,
+        item: T,
+        priority: Priority,
+    ) -> Result<Ticket<R>, SubmitError<T>> {
+        match self.in_class(priority) {
+            Some(producer) => producer.submit(item),
+            None => Err(SubmitError::NoPriorities(item)),
+        }
+    }
+
+    /// [`push`](Self::push) in priority class `priority`; see
+    /// [`submit_with_priority`](Self::submit_with_priority).
+    ///
+    /// # Errors
+    ///
+    /// As for [`push`](Self::push), and [`SubmitError::NoPriorities`] as for
+    /// `submit_with_priority`.
+    pub fn push_with_priority(&self, item: T, priority: Priority) -> Result<(), SubmitError<T>> {
+        match self.in_class(priority) {
+            Some(producer) => producer.push(item),
+            None => Err(SubmitError::NoPriorities(item)),
+        }
     }
 }

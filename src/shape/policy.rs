@@ -4,6 +4,34 @@
 use std::hash::Hash;
 use std::time::Duration;
 
+/// A numeric priority level above [`Priority::MAX_LEVEL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PriorityLevelError {
+    /// The level given.
+    pub level: u8,
+}
+
+impl core::fmt::Display for PriorityLevelError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "priority level {} is out of range: levels run from 0 to {}",
+            self.level,
+            Priority::MAX_LEVEL
+        )
+    }
+}
+
+impl std::error::Error for PriorityLevelError {}
+
+impl TryFrom<u8> for Priority {
+    type Error = PriorityLevelError;
+
+    fn try_from(level: u8) -> Result<Self, Self::Error> {
+        Priority::from_level(level)
+    }
+}
+
 /// How long a batch may wait for more items before it is dispatched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Linger {
@@ -24,8 +52,29 @@ pub enum Linger {
 }
 
 /// A priority class. With [`BatcherBuilder::priorities`](crate::BatcherBuilder::priorities)
-/// each lane has one ring per class; a producer is bound to one class
-/// ([`Batcher::producer_with_priority`](crate::Batcher::producer_with_priority)).
+/// each lane has one ring per class. A producer submits in its own class
+/// ([`Batcher::producer_with_priority`](crate::Batcher::producer_with_priority)),
+/// or item by item in any
+/// ([`Producer::submit_with_priority`](crate::Producer::submit_with_priority));
+/// within a class, each producer's items keep their order.
+///
+/// Numeric levels from 0 to 10 map onto the classes
+/// ([`Priority::from_level`], or `Priority::try_from(level)`):
+///
+/// | level | class | dispatched |
+/// | --- | --- | --- |
+/// | 8 to 10 | `Critical` | at once, never lingering |
+/// | 6, 7 | `High` | before `Normal` and `Low` |
+/// | 3 to 5 | `Normal` | in turn |
+/// | 0 to 2 | `Low` | last, unless older than the starvation age |
+///
+/// ```
+/// use ringbatch::Priority;
+///
+/// assert_eq!(Priority::from_level(8), Ok(Priority::Critical));
+/// assert_eq!(Priority::from_level(5), Ok(Priority::Normal));
+/// assert!(Priority::from_level(11).is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum Priority {
     /// Dispatched at once, never lingering.
@@ -47,6 +96,25 @@ impl Priority {
         Priority::Normal,
         Priority::Low,
     ];
+
+    /// The highest numeric level.
+    pub const MAX_LEVEL: u8 = 10;
+
+    /// The class of numeric level `level` (see the table above); levels 8
+    /// and above are `Critical`, dispatched at once.
+    ///
+    /// # Errors
+    ///
+    /// [`PriorityLevelError`] for a level above [`MAX_LEVEL`](Self::MAX_LEVEL).
+    pub fn from_level(level: u8) -> Result<Priority, PriorityLevelError> {
+        match level {
+            0..=2 => Ok(Priority::Low),
+            3..=5 => Ok(Priority::Normal),
+            6..=7 => Ok(Priority::High),
+            8..=Self::MAX_LEVEL => Ok(Priority::Critical),
+            _ => Err(PriorityLevelError { level }),
+        }
+    }
 
     /// The class's rank: 0 for Critical up to 3 for Low.
     pub fn index(self) -> usize {
