@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["sync", "error", "scope"],
     &["wait", "stats", "contain"],
-    &["config", "completion", "batch", "metrics"],
+    &["config", "completion", "batch", "metrics", "metrics_facade"],
     &["ring", "handler", "shape"],
     &["failure"],
     &["engine"],
     &["producer"],
     &["batcher"],
-    &["sinks", "metrics_facade"],
+    &["sinks", "collector"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {
