@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["sync", "error", "scope"],
     &["wait", "stats", "contain"],
-    &["config", "completion", "batch", "metrics", "metrics_facade"],
-    &["ring", "handler", "shape"],
+    &["config", "completion", "batch", "metrics"],
+    &["ring", "handler", "shape", "metrics_facade"],
     &["failure"],
     &["engine"],
     &["producer"],
