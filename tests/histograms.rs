@@ -401,8 +401,7 @@ fn bucket_bounds_are_configurable_and_checked() {
             .histogram_buckets(bounds)
             .handler_fn(handler)
             .build()
-            .err()
-            .expect("invalid bounds")
+            .expect_err("invalid bounds")
     };
     assert_eq!(
         refused(BucketBounds::new().batch_size([1, 5, 5])),
