@@ -623,6 +623,7 @@ impl PrometheusOptions {
 
 /// A constant label [`PrometheusOptions::label`] refused, given back.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LabelError {
     /// The label's name.
     pub name: String,
