@@ -352,6 +352,20 @@ pub enum ConfigError {
         /// Why.
         reason: &'static str,
     },
+    /// A histogram's bucket bounds
+    /// ([`histogram_buckets`](crate::BatcherBuilder::histogram_buckets)) do
+    /// not increase strictly.
+    BucketsNotIncreasing {
+        /// The histogram (`histogram_buckets.batch_size`, `.queue_wait`,
+        /// `.handler` or `.end_to_end`).
+        field: &'static str,
+        /// The position of the first bound not above the one before.
+        index: usize,
+        /// That bound (items, or nanoseconds for times).
+        bound: u64,
+        /// The bound before it.
+        previous: u64,
+    },
 }
 
 impl ConfigError {
@@ -372,6 +386,7 @@ impl ConfigError {
             ConfigError::NoRuntime => "runtime",
             ConfigError::PinOnRuntime { .. } => "pin_drainer",
             ConfigError::Invalid { field, .. } => field,
+            ConfigError::BucketsNotIncreasing { field, .. } => field,
         }
     }
 }
@@ -431,6 +446,15 @@ impl fmt::Display for ConfigError {
                 write!(f, "the drainer thread could not start: {message}")
             }
             ConfigError::Invalid { field, reason } => write!(f, "{field}: {reason}"),
+            ConfigError::BucketsNotIncreasing {
+                field,
+                index,
+                bound,
+                previous,
+            } => write!(
+                f,
+                "{field}: bounds must increase, but bound {index} ({bound}) is not above the one before ({previous})"
+            ),
         }
     }
 }

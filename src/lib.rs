@@ -42,7 +42,8 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `tokio` | on | async producers, awaitable tickets, async handlers, the drainer as a task |
-//! | `metrics` | off | `Stats::export_metrics` through the `metrics` crate's macros |
+//! | `metrics` | off | `BatcherBuilder::metrics`: `metrics` crate handles recorded per batch, real histograms; `Stats::export_metrics` |
+//! | `prometheus-client` | off | `PrometheusCollector`: a batcher's stats in a `prometheus-client` registry |
 //! | `postgres` | off | `sinks::postgres`: batched inserts with per-row results |
 //! | `nats` | off | `sinks::nats`: JetStream publishes with per-message acks |
 //! | `serde` | off | `settings`: every data setting from a TOML file, `BatcherBuilder::with_config` |
@@ -70,8 +71,10 @@
 //!   README's "Batch shaping" table.
 //! - Failure policies ([`failure`]): [`RetryPolicy`], [`CircuitBreaker`],
 //!   dead letters, `pause`/`resume`, live settings, `shutdown_timeout`.
-//! - Metrics ([`metrics`]): histograms in [`Stats`] and
-//!   [`Stats::prometheus`].
+//! - Metrics ([`metrics`]): histograms in [`Stats`] (percentiles and
+//!   bucket counts), [`Stats::prometheus`] and
+//!   [`Stats::prometheus_with`] (constant labels, real Prometheus
+//!   histograms with configurable buckets).
 //! - Settings from a file (feature `serde`, module `settings`): `Settings`
 //!   reads every data setting from TOML, `BatcherBuilder::with_config`
 //!   applies it, the closures stay in code.
@@ -127,6 +130,8 @@
 
 mod batch;
 mod batcher;
+#[cfg(feature = "prometheus-client")]
+mod collector;
 mod completion;
 mod config;
 mod contain;
@@ -152,6 +157,8 @@ mod wait;
 
 pub use batch::LoadFeedback;
 pub use batcher::{Batcher, BatcherBuilder, Producers};
+#[cfg(feature = "prometheus-client")]
+pub use collector::PrometheusCollector;
 pub use completion::Ticket;
 pub use config::{
     Backpressure, Config, ConfigError, DEFAULT_RESULT_SLOTS, LaneAssignment, MAX_CAPACITY,

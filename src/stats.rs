@@ -251,6 +251,11 @@ pub struct Stats {
     /// time, when the batcher records them
     /// ([`BatcherBuilder::histograms`](crate::BatcherBuilder::histograms)).
     pub histograms: Option<Histograms>,
+    /// The same four distributions as cumulative bucket counts with an
+    /// exact sum, when the batcher records histograms: what the Prometheus
+    /// exposition writes as `_bucket`, `_sum` and `_count`, so that it can
+    /// be rated and summed across instances (percentiles cannot).
+    pub buckets: Option<HistogramBuckets>,
     /// Per-lane counters: one entry per lane, or with priority classes one
     /// per lane and class, class by class (every lane's Critical ring
     /// first).
@@ -306,6 +311,19 @@ impl Stats {
     pub fn in_lanes(&self) -> u64 {
         self.lanes.iter().map(|l| l.depth).sum::<u64>() + self.staged
     }
+}
+
+/// When the drainer offers the `metrics` crate handles a sync (feature
+/// `metrics`; a no-op otherwise).
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) enum Moment {
+    /// A batch was dispatched, for this reason.
+    Batch(DispatchReason),
+    /// The drainer found every lane empty (it parks, or spins on).
+    Idle,
+    /// A flush finished, or the drainer exits: the values must be current.
+    Final,
 }
 
 /// The drainer's counters as published to other threads.
@@ -541,4 +559,38 @@ pub struct Histograms {
     pub handler_ns: Percentiles,
     /// Submission to completion, per item, in nanoseconds.
     pub end_to_end_ns: Percentiles,
+}
+
+/// One distribution counted into fixed buckets: exact at every bound, and
+/// mergeable across batchers and time windows (add the counts).
+///
+/// Values are in the distribution's unit: items for batch sizes,
+/// nanoseconds for times (times above an hour count as an hour).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BucketCounts {
+    /// The buckets' upper bounds (inclusive), increasing; the implicit last
+    /// bucket (`+Inf`) is [`count`](Self::count).
+    pub bounds: Vec<u64>,
+    /// Cumulative counts: `cumulative[i]` values were at most `bounds[i]`.
+    pub cumulative: Vec<u64>,
+    /// Values recorded.
+    pub count: u64,
+    /// The exact sum of the values recorded.
+    pub sum: u128,
+}
+
+/// The bucket counts of a [`Stats`] snapshot's histograms (bounds set with
+/// [`BatcherBuilder::histogram_buckets`](crate::BatcherBuilder::histogram_buckets)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HistogramBuckets {
+    /// Items per batch.
+    pub batch_size: BucketCounts,
+    /// Submission to dispatch, per item, in nanoseconds.
+    pub queue_wait_ns: BucketCounts,
+    /// Handler time per batch, in nanoseconds.
+    pub handler_ns: BucketCounts,
+    /// Submission to completion, per item, in nanoseconds.
+    pub end_to_end_ns: BucketCounts,
 }

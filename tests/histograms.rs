@@ -3,15 +3,17 @@
 //! percentiles equal the test's sorted sizes within HDR precision (three
 //! significant digits), handler-time percentiles bound the test's own
 //! in-handler timings from above and stay near them, and the per-item
-//! histograms (queue wait, end to end) count every item handled.
+//! histograms (queue wait, end to end) count every item handled. The
+//! bucket counts are exact at every bound against the handler's own sizes,
+//! and their bounds follow the settings.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringbatch::metrics::Percentiles;
-use ringbatch::{Batch, Batcher, Stats, Ticket};
+use ringbatch::metrics::{BucketBounds, Percentiles};
+use ringbatch::{Batch, Batcher, ConfigError, Stats, Ticket};
 
 const PRODUCERS: u64 = 4;
 const PER_PRODUCER: u64 = 40_000;
@@ -290,6 +292,152 @@ fn per_item_histograms_count_every_item_and_order_their_quantiles() {
 }
 
 #[test]
+fn bucket_counts_are_exact_at_every_bound() {
+    let (stats, seen, _) = run_load();
+    let buckets = stats.buckets.expect("histograms were on");
+    let sizes = &buckets.batch_size;
+    // The defaults: powers of two up to max_batch.
+    let expected_bounds: Vec<u64> = (0..=MAX_BATCH.trailing_zeros()).map(|p| 1 << p).collect();
+    assert_eq!(sizes.bounds, expected_bounds, "the default size bounds");
+    for (&bound, &cumulative) in sizes.bounds.iter().zip(&sizes.cumulative) {
+        let own = seen.sizes.iter().filter(|&&s| s <= bound).count() as u64;
+        assert_eq!(
+            cumulative, own,
+            "batch sizes at most {bound}: the buckets say {cumulative}, the handler saw {own}"
+        );
+    }
+    assert_eq!(sizes.count, seen.sizes.len() as u64, "batch_size count");
+    assert_eq!(
+        sizes.sum,
+        u128::from(seen.items),
+        "the exact sum of the batch sizes is the items handled"
+    );
+    let total = PRODUCERS * PER_PRODUCER;
+    for (name, counts, expected) in [
+        ("queue_wait_ns", &buckets.queue_wait_ns, total),
+        ("handler_ns", &buckets.handler_ns, stats.batches),
+        ("end_to_end_ns", &buckets.end_to_end_ns, total),
+    ] {
+        assert_eq!(
+            counts.bounds,
+            BucketBounds::DEFAULT_TIMES.map(|d| d.as_nanos() as u64),
+            "{name}: the default time bounds"
+        );
+        assert_eq!(counts.count, expected, "{name} count");
+        assert!(
+            counts.cumulative.windows(2).all(|w| w[0] <= w[1])
+                && counts.cumulative.last().is_some_and(|&c| c <= counts.count),
+            "{name}: cumulative counts must not decrease: {:?}",
+            counts.cumulative
+        );
+    }
+    // The handler body timed itself: the drainer's time for each batch is
+    // at least that, so no more batches fall under a bound than the body's
+    // own timings put there; and the sum is at least the body's.
+    let own_sum: u128 = seen.handler_ns.iter().map(|&ns| u128::from(ns)).sum();
+    assert!(
+        buckets.handler_ns.sum >= own_sum,
+        "handler_ns sum {} below the handler's own {own_sum}",
+        buckets.handler_ns.sum
+    );
+    for (&bound, &cumulative) in buckets
+        .handler_ns
+        .bounds
+        .iter()
+        .zip(&buckets.handler_ns.cumulative)
+    {
+        let own = seen.handler_ns.iter().filter(|&&ns| ns <= bound).count() as u64;
+        assert!(
+            cumulative <= own,
+            "handler_ns at most {bound} ns: the buckets say {cumulative}, but only {own} bodies were that fast"
+        );
+    }
+}
+
+#[test]
+fn bucket_bounds_are_configurable_and_checked() {
+    let handler = |batch: &mut Batch<'_, u64, ()>| {
+        batch.ok_with(|_| ());
+        Ok(())
+    };
+    let bounds = BucketBounds::new()
+        .batch_size([2, 3])
+        .times([Duration::from_nanos(1), Duration::from_secs(3600)])
+        .handler([Duration::from_secs(1)]);
+    let batcher = Batcher::builder()
+        .lanes(1)
+        .histograms(true)
+        .histogram_buckets(bounds)
+        .handler_fn(handler)
+        .build()
+        .expect("valid bounds");
+    let producer = batcher.producer();
+    for i in 0..4 {
+        producer
+            .submit(i)
+            .expect("open")
+            .wait_timeout(BOUND)
+            .expect("answered")
+            .expect("ok");
+    }
+    let buckets = batcher.shutdown().buckets.expect("histograms were on");
+    assert_eq!(buckets.batch_size.bounds, [2, 3]);
+    assert_eq!(
+        buckets.batch_size.cumulative,
+        [4, 4],
+        "four batches of one item"
+    );
+    assert_eq!(buckets.queue_wait_ns.bounds, [1, 3_600_000_000_000]);
+    assert_eq!(buckets.end_to_end_ns.bounds, [1, 3_600_000_000_000]);
+    assert_eq!(buckets.handler_ns.bounds, [1_000_000_000]);
+    assert_eq!(
+        buckets.end_to_end_ns.cumulative[1], 4,
+        "every item took less than an hour"
+    );
+
+    let refused = |bounds: BucketBounds| {
+        Batcher::builder()
+            .histograms(true)
+            .histogram_buckets(bounds)
+            .handler_fn(handler)
+            .build()
+            .expect_err("invalid bounds")
+    };
+    assert_eq!(
+        refused(BucketBounds::new().batch_size([1, 5, 5])),
+        ConfigError::BucketsNotIncreasing {
+            field: "histogram_buckets.batch_size",
+            index: 2,
+            bound: 5,
+            previous: 5,
+        }
+    );
+    let error = refused(
+        BucketBounds::new().end_to_end([Duration::from_millis(2), Duration::from_millis(1)]),
+    );
+    assert_eq!(error.field(), "histogram_buckets.end_to_end");
+    assert_eq!(
+        error,
+        ConfigError::BucketsNotIncreasing {
+            field: "histogram_buckets.end_to_end",
+            index: 1,
+            bound: 1_000_000,
+            previous: 2_000_000,
+        }
+    );
+    assert!(matches!(
+        refused(BucketBounds::new().queue_wait([Duration::MAX])),
+        ConfigError::TooLong { field: "histogram_buckets.queue_wait", value, .. } if value == Duration::MAX
+    ));
+    // Without histograms the bounds are not used, so not checked.
+    let unused = Batcher::builder()
+        .histogram_buckets(BucketBounds::new().batch_size([3, 2]))
+        .handler_fn(handler)
+        .build();
+    assert!(unused.is_ok(), "bounds are checked only with histograms on");
+}
+
+#[test]
 fn no_histograms_unless_asked() {
     let batcher = Batcher::builder()
         .handler_fn(|batch: &mut Batch<'_, u64, ()>| {
@@ -308,4 +456,5 @@ fn no_histograms_unless_asked() {
     let stats = batcher.shutdown();
     assert_eq!(stats.items_handled, 1);
     assert_eq!(stats.histograms, None, "histograms are off by default");
+    assert_eq!(stats.buckets, None, "no bucket counts either");
 }

@@ -11,12 +11,12 @@ const LAYERS: &[&[&str]] = &[
     &["sync", "error", "scope"],
     &["wait", "stats", "contain"],
     &["config", "completion", "batch", "metrics"],
-    &["ring", "handler", "shape"],
+    &["ring", "handler", "shape", "metrics_facade"],
     &["failure"],
     &["engine"],
     &["producer"],
     &["batcher"],
-    &["sinks", "metrics_facade", "settings"],
+    &["sinks", "settings", "collector"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

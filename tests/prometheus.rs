@@ -9,8 +9,11 @@
 //! escapes; values that parse as floats, `+Inf`, `-Inf` or `NaN`; every
 //! sample belonging to a metric with a TYPE; a metric's samples in one
 //! group; counters ending in `_total`; summaries made of `quantile`-labelled
-//! samples plus `_sum` and `_count`; no series twice. Its own tests at the
-//! end show that it rejects each kind of mistake.
+//! samples plus `_sum` and `_count`; histograms made of `_bucket` samples
+//! with increasing `le` bounds, cumulative counts and a last `+Inf` bucket
+//! equal to their `_count`, plus a `_sum`, for each label set; no series
+//! twice. Its own tests at the end show that it rejects each kind of
+//! mistake.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::thread;
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 /// The longest any single wait may take.
 const BOUND: Duration = Duration::from_secs(60);
 
+use ringbatch::metrics::{LabelProblem, PrometheusOptions};
 use ringbatch::{Backpressure, Batch, Batcher, SubmitError};
 
 /// Label names and values, in order.
@@ -172,6 +176,15 @@ fn family_of<'a>(name: &'a str, types: &HashMap<String, String>) -> &'a str {
     name
 }
 
+/// What one label set of a histogram showed.
+#[derive(Debug, Default)]
+struct HistogramParts {
+    /// `(le, cumulative count)`, in order.
+    buckets: Vec<(f64, f64)>,
+    sum: bool,
+    count: Option<f64>,
+}
+
 /// Checks `text` strictly (see the module docs).
 fn check(text: &str) -> Result<Exposition, String> {
     if !text.is_empty() && !text.ends_with('\n') {
@@ -183,6 +196,7 @@ fn check(text: &str) -> Result<Exposition, String> {
     let mut finished_families = HashSet::new();
     let mut current_family: Option<String> = None;
     let mut summary_parts: HashMap<String, (bool, bool, usize)> = HashMap::new();
+    let mut histogram_parts: HashMap<(String, Labels), HistogramParts> = HashMap::new();
     for (n, line) in text.lines().enumerate() {
         let at = |e: String| format!("line {}: {e}: `{line}`", n + 1);
         if line.is_empty() {
@@ -318,6 +332,32 @@ fn check(text: &str) -> Result<Exposition, String> {
             "gauge" if quantile.is_some() => {
                 return Err(at("a gauge with a quantile label".into()));
             }
+            "histogram" => {
+                let le = labels.iter().find(|(k, _)| k == "le");
+                let rest: Labels = labels.iter().filter(|(k, _)| k != "le").cloned().collect();
+                let parts = histogram_parts.entry((family.clone(), rest)).or_default();
+                if name == format!("{family}_bucket") {
+                    let le = le.ok_or_else(|| at(format!("{name} without an le label")))?;
+                    let bound = parse_value(&le.1).map_err(at)?;
+                    if let Some(&(last_bound, last_count)) = parts.buckets.last() {
+                        if bound <= last_bound {
+                            return Err(at(format!("le {bound} not above {last_bound}")));
+                        }
+                        if value < last_count {
+                            return Err(at("bucket counts must be cumulative".into()));
+                        }
+                    }
+                    parts.buckets.push((bound, value));
+                } else if le.is_some() {
+                    return Err(at(format!("{name} must not carry an le label")));
+                } else if name == format!("{family}_sum") {
+                    parts.sum = true;
+                } else if name == format!("{family}_count") {
+                    parts.count = Some(value);
+                } else {
+                    return Err(at(format!("{name} is not part of histogram {family}")));
+                }
+            }
             _ => {}
         }
         let mut key: Vec<(String, String)> = labels.clone();
@@ -341,6 +381,22 @@ fn check(text: &str) -> Result<Exposition, String> {
     for (family, kind) in &out.types {
         if kind == "summary" && !summary_parts.contains_key(family) {
             return Err(format!("summary {family} has no samples"));
+        }
+        if kind == "histogram" && !histogram_parts.keys().any(|(f, _)| f == family) {
+            return Err(format!("histogram {family} has no samples"));
+        }
+    }
+    for ((family, labels), parts) in &histogram_parts {
+        let last = parts.buckets.last();
+        if last.is_none_or(|&(bound, _)| bound != f64::INFINITY) {
+            return Err(format!(
+                "histogram {family}{labels:?} lacks its +Inf bucket"
+            ));
+        }
+        if !parts.sum || parts.count != last.map(|&(_, count)| count) {
+            return Err(format!(
+                "histogram {family}{labels:?} needs a _sum and a _count equal to its +Inf bucket"
+            ));
         }
     }
     Ok(out)
@@ -479,7 +535,7 @@ fn exposition_after_load_is_strictly_valid_and_matches_the_tally() {
     assert_eq!(counter("rb_drop_panics_total"), 0.0);
     assert_eq!(counter("rb_effective_max_batch"), 32.0);
 
-    // The summaries count what the test counted.
+    // The histograms count what the test counted, and match the snapshot.
     assert_eq!(counter("rb_batch_size_count"), batches as f64);
     assert_eq!(counter("rb_handler_seconds_count"), batches as f64);
     assert_eq!(
@@ -490,32 +546,50 @@ fn exposition_after_load_is_strictly_valid_and_matches_the_tally() {
         counter("rb_end_to_end_seconds_count"),
         tally.accepted as f64
     );
-    let sum = counter("rb_batch_size_sum");
-    assert!(
-        (sum - tally.accepted as f64).abs() < 1.0,
-        "rb_batch_size_sum {sum} should be the items handled, {}",
-        tally.accepted
+    assert_eq!(
+        counter("rb_batch_size_sum"),
+        tally.accepted as f64,
+        "the batch sizes' exact sum is the items handled"
     );
-    for summary in [
-        "rb_batch_size",
-        "rb_queue_wait_seconds",
-        "rb_handler_seconds",
-        "rb_end_to_end_seconds",
+    let buckets = stats.buckets.as_ref().expect("histograms were on");
+    for (family, counts) in [
+        ("rb_batch_size", &buckets.batch_size),
+        ("rb_queue_wait_seconds", &buckets.queue_wait_ns),
+        ("rb_handler_seconds", &buckets.handler_ns),
+        ("rb_end_to_end_seconds", &buckets.end_to_end_ns),
     ] {
-        assert_eq!(exposition.types[summary], "summary");
-        let quantiles: Vec<f64> = ["0.5", "0.9", "0.99", "0.999", "0.9999"]
+        assert_eq!(exposition.types[family], "histogram");
+        let bucket = format!("{family}_bucket");
+        let exported: Vec<(f64, f64)> = exposition
+            .samples
             .iter()
-            .map(|q| exposition.value(summary, &[("quantile", q)]))
+            .filter(|s| s.name == bucket)
+            .map(|s| (parse_value(&s.labels[0].1).expect("an le"), s.value))
             .collect();
-        assert!(
-            quantiles.windows(2).all(|w| w[0] <= w[1]),
-            "{summary}: quantile values must not decrease: {quantiles:?}"
+        assert_eq!(
+            exported.len(),
+            counts.bounds.len() + 1,
+            "{family}: one bucket per bound and +Inf"
         );
+        let per_unit = if family == "rb_batch_size" { 1.0 } else { 1e9 };
+        for ((le, count), (&bound, &cumulative)) in exported
+            .iter()
+            .zip(counts.bounds.iter().zip(&counts.cumulative))
+        {
+            assert_eq!(*le, bound as f64 / per_unit, "{family}: the bound");
+            assert_eq!(*count, cumulative as f64, "{family} le={le}: the count");
+        }
+        assert_eq!(exported.last().map(|b| b.1), Some(counts.count as f64));
     }
-    let p50 = exposition.value("rb_handler_seconds", &[("quantile", "0.5")]);
+    let fast = exposition.value("rb_handler_seconds_bucket", &[("le", "0.00001")]);
+    assert_eq!(
+        fast, 0.0,
+        "the handler sleeps 20 µs, so no batch took at most 10 µs"
+    );
+    let sum = counter("rb_handler_seconds_sum");
     assert!(
-        (20e-6..10.0).contains(&p50),
-        "the handler sleeps 20 µs, so its median is at least that, in seconds: {p50}"
+        sum >= 20e-6 * batches as f64,
+        "each of {batches} batches slept 20 µs: the handler's time sums to at least that, {sum} s"
     );
 }
 
@@ -558,10 +632,209 @@ fn exposition_without_histograms_and_odd_namespaces_is_valid() {
     }
 }
 
+/// A batcher with histograms that answers every item.
+fn answering_batcher() -> Batcher<u64, ()> {
+    Batcher::builder()
+        .lanes(1)
+        .histograms(true)
+        .handler_fn(|batch: &mut Batch<'_, u64, ()>| {
+            batch.ok_with(|_| ());
+            Ok(())
+        })
+        .build()
+        .expect("valid settings")
+}
+
+#[test]
+fn two_batchers_share_one_exposition_through_their_labels() {
+    let (orders, audit) = (answering_batcher(), answering_batcher());
+    for (batcher, items) in [(&orders, 3u64), (&audit, 5)] {
+        let producer = batcher.producer();
+        for i in 0..items {
+            // One at a time, so that every batch holds one item.
+            producer
+                .submit(i)
+                .expect("open")
+                .wait_timeout(BOUND)
+                .expect("answered within the bound")
+                .expect("ok");
+        }
+        assert!(batcher.flush_timeout(BOUND), "flush did not finish");
+    }
+    // One exposition: each family's HELP and TYPE once, its samples in one
+    // group, as Prometheus wants them; each batcher's series told apart by
+    // its label.
+    let stats = [
+        ("orders", orders.shutdown()),
+        ("audit \"b\"\\\n", audit.shutdown()),
+    ];
+    let texts: Vec<String> = stats
+        .iter()
+        .map(|(name, stats)| {
+            let options = PrometheusOptions::new("rb")
+                .label("batcher", *name)
+                .expect("a valid label")
+                .label("region", "eu")
+                .expect("a valid label");
+            stats.prometheus_with(&options)
+        })
+        .collect();
+    let merged = merge_families(&texts);
+    let exposition = check(&merged).unwrap_or_else(|e| panic!("{e}\n\n{merged}"));
+    for ((name, stats), items) in stats.iter().zip([3.0, 5.0]) {
+        let labels = [("batcher", *name), ("region", "eu")];
+        assert_eq!(
+            exposition.value("rb_items_handled_total", &labels),
+            items,
+            "{name}'s items"
+        );
+        assert_eq!(
+            exposition.value("rb_batches_total", &labels),
+            stats.batches as f64
+        );
+        let le_one = [("batcher", *name), ("region", "eu"), ("le", "1")];
+        assert_eq!(
+            exposition.value("rb_batch_size_bucket", &le_one),
+            items,
+            "{name}: every batch held one item"
+        );
+        assert_eq!(exposition.value("rb_batch_size_sum", &labels), items);
+        let lane = [("batcher", *name), ("region", "eu"), ("lane", "0")];
+        assert_eq!(exposition.value("rb_lane_accepted_total", &lane), items);
+    }
+    // Every sample carries both labels, the constant ones first.
+    for sample in &exposition.samples {
+        let names: Vec<&str> = sample.labels.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names[..2],
+            ["batcher", "region"],
+            "{} carries the constant labels first",
+            sample.name
+        );
+    }
+    // Added up across the two, the buckets stay a histogram.
+    let total: f64 = exposition
+        .samples
+        .iter()
+        .filter(|s| {
+            s.name == "rb_batch_size_bucket"
+                && s.labels.iter().any(|(k, v)| k == "le" && v == "+Inf")
+        })
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(total, 8.0, "3 + 5 batches in all");
+}
+
+/// Joins expositions as one endpoint serves them: each family's HELP,
+/// TYPE and samples once, the samples of every text in turn.
+fn merge_families(texts: &[String]) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut heads: HashMap<String, Vec<String>> = HashMap::new();
+    let mut samples: HashMap<String, Vec<String>> = HashMap::new();
+    for text in texts {
+        let mut family = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# ") {
+                let name = rest.split(' ').nth(1).unwrap_or("").to_owned();
+                if name != family {
+                    family = name;
+                    if !order.contains(&family) {
+                        order.push(family.clone());
+                    }
+                }
+                let head = heads.entry(family.clone()).or_default();
+                if !head.iter().any(|h| h == line) {
+                    head.push(line.to_owned());
+                }
+            } else {
+                samples
+                    .entry(family.clone())
+                    .or_default()
+                    .push(line.to_owned());
+            }
+        }
+    }
+    let mut out = String::new();
+    for family in order {
+        for line in heads[&family]
+            .iter()
+            .chain(samples.get(&family).into_iter().flatten())
+        {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn every_line_is_a_comment_or_a_sample_with_the_labels_escaped() {
+    let batcher = answering_batcher();
+    batcher.producer().push(1).expect("open");
+    assert!(batcher.flush_timeout(BOUND), "flush did not finish");
+    let value = "a \"quoted\" back\\slash\nand a new line";
+    let options = PrometheusOptions::new("rb")
+        .label("name", value)
+        .expect("any value is valid");
+    let text = batcher.shutdown().prometheus_with(&options);
+    for line in text.lines() {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (series, number) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("`{line}`: expected `name{{labels}} value`"));
+        parse_value(number).unwrap_or_else(|e| panic!("`{line}`: {e}"));
+        let escaped = r#"{name="a \"quoted\" back\\slash\nand a new line""#;
+        assert!(
+            series.contains(escaped),
+            "`{line}`: expected the label escaped as {escaped}"
+        );
+    }
+    let exposition = check(&text).unwrap_or_else(|e| panic!("{e}\n\n{text}"));
+    assert!(
+        exposition
+            .samples
+            .iter()
+            .all(|s| s.labels[0] == ("name".to_owned(), value.to_owned())),
+        "the label reads back as given"
+    );
+}
+
+#[test]
+fn bad_constant_labels_are_refused_with_the_label_given_back() {
+    for (name, problem) in [
+        ("1st", LabelProblem::InvalidName),
+        ("a-b", LabelProblem::InvalidName),
+        ("", LabelProblem::InvalidName),
+        ("__x", LabelProblem::InvalidName),
+        ("lane", LabelProblem::Reserved),
+        ("le", LabelProblem::Reserved),
+        ("reason", LabelProblem::Reserved),
+        ("quantile", LabelProblem::Reserved),
+        ("batcher", LabelProblem::Duplicate),
+    ] {
+        let error = PrometheusOptions::new("rb")
+            .label("batcher", "one")
+            .expect("valid")
+            .label(name, "value")
+            .expect_err(name);
+        assert_eq!(error.problem, problem, "{name:?}");
+        assert_eq!((error.name.as_str(), error.value.as_str()), (name, "value"));
+        assert!(
+            error.to_string().contains(&format!("{name:?}")),
+            "the message names the label: {error}"
+        );
+    }
+}
+
 #[test]
 fn the_checker_rejects_each_kind_of_mistake() {
     let good = "# HELP a_total Things.\n# TYPE a_total counter\na_total{x=\"1\"} 3\n";
     assert!(check(good).is_ok(), "{:?}", check(good).err());
+    let histogram =
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n";
+    assert!(check(histogram).is_ok(), "{:?}", check(histogram).err());
     let bad = [
         ("no TYPE", "a_total 1\n"),
         ("no newline at the end", "# TYPE a_total counter\na_total 1"),
@@ -593,6 +866,27 @@ fn the_checker_rejects_each_kind_of_mistake() {
             "# TYPE a gauge\na{quantile=\"0.5\"} 1\n",
         ),
         ("empty line", "# TYPE a gauge\n\na 1\n"),
+        (
+            "histogram without +Inf",
+            "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n",
+        ),
+        (
+            "histogram not cumulative",
+            "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",
+        ),
+        (
+            "histogram bounds not increasing",
+            "# TYPE h histogram\nh_bucket{le=\"2\"} 1\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",
+        ),
+        (
+            "histogram count unlike +Inf",
+            "# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 2\n",
+        ),
+        (
+            "histogram without _sum",
+            "# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n",
+        ),
+        ("bucket without le", "# TYPE h histogram\nh_bucket 1\n"),
     ];
     for (what, text) in bad {
         assert!(

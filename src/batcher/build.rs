@@ -13,6 +13,11 @@ use crate::config::{Backpressure, Config, ConfigError};
 use crate::engine::drainer::{Drainer, Sink};
 use crate::engine::{Control, DirectFn, Inline, Lane, Shared};
 use crate::failure::FailureSettings;
+#[cfg(feature = "metrics")]
+use crate::metrics::FacadeHistograms;
+use crate::metrics::{BoundsFault, Recorder};
+#[cfg(feature = "metrics")]
+use crate::metrics_facade::Facade;
 use crate::ring::Ring;
 use crate::shape::{Assembler, Controller, ExpiryStamps, NEVER, Shaping};
 use crate::stats::{ContainedPanics, DrainerCounters, LaneCounters};
@@ -121,6 +126,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                 reason: "IncreaseBatchSize raises the adaptive size: set `adaptive` too",
             });
         }
+        self.check_buckets()?;
         if let Some(policy) = &self.failure.retry {
             policy.validate()?;
             // Batches waiting to retry hold buffers: keep some for new ones.
@@ -151,6 +157,30 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         self.check_placement(placement)?;
         self.check_inline(placement)?;
         Ok(placement)
+    }
+
+    /// The histograms' bucket bounds, when histograms are on.
+    fn check_buckets(&self) -> Result<(), ConfigError> {
+        if !self.histograms {
+            return Ok(());
+        }
+        match self.buckets.resolve(self.config.max_batch) {
+            Ok(_) => Ok(()),
+            Err(BoundsFault::NotIncreasing {
+                field,
+                index,
+                bound,
+                previous,
+            }) => Err(ConfigError::BucketsNotIncreasing {
+                field,
+                index,
+                bound,
+                previous,
+            }),
+            Err(BoundsFault::TooLong { field, value, max }) => {
+                Err(ConfigError::TooLong { field, value, max })
+            }
+        }
     }
 
     /// The settings a drainer on the runtime cannot keep.
@@ -225,9 +255,12 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             config,
             mut shaping,
             histograms,
+            buckets,
             failure,
             spill,
             inline_when_idle,
+            #[cfg(feature = "metrics")]
+            facade,
             ..
         } = self;
         let classes = shaping.classes();
@@ -241,6 +274,25 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             .map_or(config.max_batch, Controller::size);
         let panics = std::sync::Arc::new(ContainedPanics::default());
         let lanes = make_lanes(&config, &shaping, epoch);
+        let recorder = histograms.then(|| {
+            let bounds = buckets
+                .resolve(config.max_batch)
+                .expect("checked in settle");
+            Recorder::new(config.max_batch, bounds)
+        });
+        #[cfg(feature = "metrics")]
+        let (facade, recorder) = match facade {
+            Some(settings) => {
+                let (facade, handles) =
+                    Facade::register(&settings, rings, histograms, std::sync::Arc::clone(&panics));
+                let handles = handles.map(|handles| FacadeHistograms {
+                    handles,
+                    panics: std::sync::Arc::clone(&panics),
+                });
+                (Some(facade), recorder.map(|r| r.with_facade(handles)))
+            }
+            None => (None, recorder),
+        };
         let assembler = shaping.is_active().then(|| {
             Assembler::new(
                 shaping_for_drainer(&mut shaping),
@@ -272,8 +324,9 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             ),
             panics,
             epoch,
-            recorder: histograms
-                .then(|| Mutex::new(crate::metrics::Recorder::new(config.max_batch))),
+            recorder: recorder.map(Mutex::new),
+            #[cfg(feature = "metrics")]
+            facade,
             high_water: (0..rings).map(|_| AtomicU64::new(0)).collect(),
             failure: make_failure_state(failure),
             leftovers: Mutex::new(Vec::new()),

@@ -30,6 +30,11 @@ pub struct BatcherBuilder<T, R> {
     pub(crate) shaping: Shaping<T>,
     /// Record histograms.
     pub(crate) histograms: bool,
+    /// The histograms' bucket bounds.
+    pub(crate) buckets: crate::metrics::BucketBounds,
+    /// Record into `metrics` crate handles registered at build.
+    #[cfg(feature = "metrics")]
+    pub(crate) facade: Option<crate::metrics_facade::FacadeSettings>,
     /// Retries, circuit breaker, dead letters (all off by default).
     pub(crate) failure: crate::failure::FailureSettings<T>,
     /// Receives the items a drop policy discards.
@@ -710,14 +715,93 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         self
     }
 
-    /// Records HDR histograms of batch size, queue wait, handler time and
-    /// end-to-end time, read with [`Batcher::stats`](crate::Batcher::stats) (see
-    /// [`metrics`](crate::metrics)). The drainer pays for them, once per
-    /// batch plus a clock read per sweep; producers pay nothing. Off by
-    /// default.
+    /// Records histograms of batch size, queue wait, handler time and
+    /// end-to-end time, read with [`Batcher::stats`](crate::Batcher::stats)
+    /// as percentiles and as bucket counts (see [`metrics`](crate::metrics)).
+    /// The drainer pays for them, once per batch plus a clock read per
+    /// sweep; producers pay nothing. Off by default.
     #[must_use = "a builder does nothing until it is built"]
     pub fn histograms(mut self, on: bool) -> Self {
         self.histograms = on;
+        self
+    }
+
+    /// The bucket bounds of the histograms (see [`BucketBounds`] for the
+    /// defaults), used once [`histograms`](Self::histograms) is on. `build`
+    /// checks them.
+    ///
+    /// [`BucketBounds`]: crate::metrics::BucketBounds
+    #[must_use = "a builder does nothing until it is built"]
+    pub fn histogram_buckets(mut self, bounds: crate::metrics::BucketBounds) -> Self {
+        self.buckets = bounds;
+        self
+    }
+
+    /// Records into [`metrics`](https://docs.rs/metrics) crate handles as
+    /// the batcher runs: every series that
+    /// [`Stats::export_metrics`](crate::Stats::export_metrics) writes, named
+    /// `prefix_...`, each carrying `labels` (so that several batchers share
+    /// one recorder), registered once by `build` with the recorder in scope
+    /// then (the global one, or a local one around `build`).
+    ///
+    /// The drainer records per batch, and nothing runs at scrape time:
+    ///
+    /// - with [`histograms`](Self::histograms) on, `batch_size`,
+    ///   `queue_wait_seconds`, `handler_seconds` and `end_to_end_seconds`
+    ///   as `metrics` histograms (times in seconds), recorded once per
+    ///   batch, the per-item times once per run of items dated alike;
+    /// - the counters and gauges set to the batcher's own counts (the
+    ///   values of [`Stats`](crate::Stats)), after every batch, at most
+    ///   every 10 ms while full batches follow each other (reading every
+    ///   lane's cursors per batch would cost the producers), and whenever
+    ///   the drainer finds the lanes empty, finishes a flush or exits: after
+    ///   [`flush`](crate::Batcher::flush) or `shutdown` they equal the
+    ///   snapshot.
+    ///
+    /// A panic of the recorder is contained and counted in
+    /// [`Stats::callback_panics`](crate::Stats::callback_panics). Use this
+    /// or `export_metrics` for a prefix, not both: they write the same names,
+    /// the histograms under different kinds.
+    ///
+    /// ```
+    /// use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    /// use ringbatch::{Batch, Batcher};
+    ///
+    /// let recorder = DebuggingRecorder::new();
+    /// let snapshotter = recorder.snapshotter();
+    /// // Registered at build: the recorder must be in scope then (or global).
+    /// let batcher = metrics::with_local_recorder(&recorder, || {
+    ///     Batcher::builder()
+    ///         .histograms(true)
+    ///         .metrics("rb", &[("batcher", "orders")])
+    ///         .handler_fn(|batch: &mut Batch<'_, u64, ()>| {
+    ///             batch.ok_with(|_| ());
+    ///             Ok(())
+    ///         })
+    ///         .build()
+    ///         .unwrap()
+    /// });
+    /// let producer = batcher.producer();
+    /// for i in 0..100 {
+    ///     producer.push(i).unwrap();
+    /// }
+    /// batcher.flush();
+    /// let handled = snapshotter.snapshot().into_vec().into_iter().find_map(|(key, _, _, value)| {
+    ///     (key.key().name() == "rb_items_handled_total").then_some(value)
+    /// });
+    /// assert_eq!(handled, Some(DebugValue::Counter(100)));
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    #[must_use = "a builder does nothing until it is built"]
+    pub fn metrics(mut self, prefix: &str, labels: &[(&str, &str)]) -> Self {
+        self.facade = Some(crate::metrics_facade::FacadeSettings {
+            prefix: prefix.to_owned(),
+            labels: labels
+                .iter()
+                .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        });
         self
     }
 

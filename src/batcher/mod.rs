@@ -88,6 +88,9 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             handler: None,
             shaping: Shaping::default(),
             histograms: false,
+            buckets: crate::metrics::BucketBounds::default(),
+            #[cfg(feature = "metrics")]
+            facade: None,
             failure: crate::failure::FailureSettings::default(),
             spill: None,
             inline_when_idle: false,

@@ -13,7 +13,7 @@ use crate::engine::drainer::Drainer;
 use crate::error::Error;
 use crate::ring::Ring;
 use crate::shape::{Controller, ExpiryStamps, Linger};
-use crate::stats::{ContainedPanics, DrainerCounters, LaneCounters, LaneStats, Stats};
+use crate::stats::{ContainedPanics, DrainerCounters, LaneCounters, LaneStats, Moment, Stats};
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, thread};
 use crate::wait::Progress;
 
@@ -68,6 +68,9 @@ pub(crate) struct Shared<T, R> {
     pub(crate) epoch: Instant,
     /// The histograms, when recorded (locked once per batch).
     pub(crate) recorder: Option<Mutex<crate::metrics::Recorder>>,
+    /// The `metrics` crate handles, when registered (`BatcherBuilder::metrics`).
+    #[cfg(feature = "metrics")]
+    pub(crate) facade: Option<crate::metrics_facade::Facade>,
     /// The failure policies' state, when any is set (locked once per batch).
     pub(crate) failure: Option<Mutex<crate::failure::FailureState<T>>>,
     /// Items `shutdown_timeout` gives back (filled by the drainer).
@@ -270,21 +273,57 @@ impl<T, R> Shared<T, R> {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        let mut stats = Stats {
+        let mut stats = Stats::default();
+        self.fill_counts(&mut stats);
+        if let Some(recorder) = &self.recorder {
+            let recorder = crate::contain::lock(recorder);
+            stats.histograms = Some(recorder.snapshot());
+            stats.buckets = Some(recorder.buckets());
+        }
+        stats
+    }
+
+    /// Offers the `metrics` crate handles a sync (see `Facade::sync`).
+    #[inline]
+    pub(crate) fn metrics_sync(&self, moment: Moment) {
+        #[cfg(feature = "metrics")]
+        if let Some(facade) = &self.facade {
+            facade.sync(moment, self.clock(), |stats| self.fill_counts(stats));
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = moment;
+    }
+
+    /// Counts a park announcement (see `DrainerCounters::note_park`): the
+    /// lanes were found empty, a moment for the `metrics` handles too.
+    pub(crate) fn note_park(&self, slept: bool, fenced: bool) {
+        self.counters.note_park(slept, fenced);
+        self.metrics_sync(Moment::Idle);
+    }
+
+    /// Reports flushes up to `flush` done, the `metrics` handles brought
+    /// up to date first (a flush's caller may read them next).
+    pub(crate) fn flushed(&self, flush: u64) {
+        self.metrics_sync(Moment::Final);
+        self.progress.flushed(flush);
+    }
+
+    /// Every count of [`stats`](Self::stats) but the histograms' into
+    /// `stats` (zeroed first); allocates only to grow `stats.lanes`.
+    pub(crate) fn fill_counts(&self, stats: &mut Stats) {
+        let mut lanes = core::mem::take(&mut stats.lanes);
+        lanes.clear();
+        *stats = Stats {
             memory_bytes: self.memory_bytes(),
             pool_size: self.pool.size(),
             pool_free: self.pool.available(),
             ..Stats::default()
         };
-        self.counters.fill(&mut stats);
-        self.panics.fill(&mut stats);
+        self.counters.fill(stats);
+        self.panics.fill(stats);
         stats.drop_panics += self.table.get().result_drop_panics();
         // Relaxed: a statistic.
         stats.effective_max_batch = self.control.effective_max.load(Ordering::Relaxed) as u64;
-        stats.histograms = self
-            .recorder
-            .as_ref()
-            .map(|r| crate::contain::lock(r).snapshot());
         if let Some(failure) = &self.failure {
             let failure = crate::contain::lock(failure);
             stats.retried = failure.tally.retried;
@@ -302,34 +341,35 @@ impl<T, R> Shared<T, R> {
             stats.handler_panics += pipeline.panics.load(Ordering::Relaxed);
             stats.items_failed += pipeline.items_failed.load(Ordering::Relaxed);
         }
-        stats.lanes = self
-            .lanes
-            .iter()
-            .zip(self.high_water.iter())
-            .map(|(lane, high_water)| {
-                let tail = lane.ring.claimed();
-                // Sequences published empty: by a producer that panicked
-                // filling a slice, or by an owner that found the lane closed.
-                let skipped =
-                    LaneCounters::get(&lane.counters.skipped) + lane.ring.given_up() as u64;
-                let evicted = LaneCounters::get(&lane.counters.evicted);
-                LaneStats {
-                    // The claim cursor counts every accepted item (sequence
-                    // numbers start at 0), less the slots published empty
-                    // and the items evicted since (counted as dropped).
-                    // Items handled directly by their submitters are
-                    // accepted without a claim.
-                    accepted: (tail as u64).saturating_sub(skipped + evicted)
-                        + LaneCounters::get(&lane.counters.direct),
-                    rejected: LaneCounters::get(&lane.counters.rejected),
-                    dropped: LaneCounters::get(&lane.counters.dropped),
-                    refused_closed: LaneCounters::get(&lane.counters.refused_closed),
-                    depth: lane.ring.depth() as u64,
-                    // Relaxed: a statistic.
-                    high_water: high_water.load(Ordering::Relaxed),
-                }
-            })
-            .collect();
+        lanes.extend(
+            self.lanes
+                .iter()
+                .zip(self.high_water.iter())
+                .map(|(lane, high_water)| {
+                    let tail = lane.ring.claimed();
+                    // Sequences published empty: by a producer that panicked
+                    // filling a slice, or by an owner that found the lane closed.
+                    let skipped =
+                        LaneCounters::get(&lane.counters.skipped) + lane.ring.given_up() as u64;
+                    let evicted = LaneCounters::get(&lane.counters.evicted);
+                    LaneStats {
+                        // The claim cursor counts every accepted item (sequence
+                        // numbers start at 0), less the slots published empty
+                        // and the items evicted since (counted as dropped).
+                        // Items handled directly by their submitters are
+                        // accepted without a claim.
+                        accepted: (tail as u64).saturating_sub(skipped + evicted)
+                            + LaneCounters::get(&lane.counters.direct),
+                        rejected: LaneCounters::get(&lane.counters.rejected),
+                        dropped: LaneCounters::get(&lane.counters.dropped),
+                        refused_closed: LaneCounters::get(&lane.counters.refused_closed),
+                        depth: lane.ring.depth() as u64,
+                        // Relaxed: a statistic.
+                        high_water: high_water.load(Ordering::Relaxed),
+                    }
+                }),
+        );
+        stats.lanes = lanes;
         for lane in &stats.lanes {
             stats.accepted += lane.accepted;
             stats.rejected += lane.rejected;
@@ -337,7 +377,6 @@ impl<T, R> Shared<T, R> {
             stats.refused_closed += lane.refused_closed;
         }
         stats.submitted = stats.accepted + stats.rejected + stats.dropped + stats.refused_closed;
-        stats
     }
 }
 

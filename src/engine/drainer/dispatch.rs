@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::failure::{Outcome, Settled};
 use crate::handler::{Batch, Handler, batch_failed, deliver};
 use crate::shape::NEVER;
-use crate::stats::DispatchReason;
+use crate::stats::{DispatchReason, Moment};
 use crate::sync::Ordering;
 #[cfg(feature = "tokio")]
 use crate::wait::Backoff;
@@ -115,6 +115,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         } else {
             self.shared.counters.publish_batch(tally, reason);
         }
+        self.shared.metrics_sync(Moment::Batch(reason));
     }
 
     /// Runs the sync handler on `buf` (attempt `attempt`) under the failure

@@ -238,7 +238,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 let found = announce_park_all(lanes);
                 // Not a park of the drainer's (it sleeps on), but a fence
                 // run on this submitter's thread.
-                drainer.shared.counters.note_park(false, found.fenced);
+                drainer.shared.note_park(false, found.fenced);
                 found.empty
             },
         );

@@ -27,7 +27,7 @@ use crate::engine::drainer::inline::{LastTurn, SLIP_SPINS};
 use crate::error::Error;
 use crate::handler::Handler;
 use crate::shape::Assembler;
-use crate::stats::{DispatchReason, DrainerTally};
+use crate::stats::{DispatchReason, DrainerTally, Moment};
 use crate::sync::{Arc, Ordering};
 use crate::wait::Backoff;
 
@@ -267,7 +267,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             self.drain_all(DispatchReason::Flush);
             self.wait_for_batches_in_flight();
             self.flush_done = flush;
-            self.shared.progress.flushed(flush);
+            self.shared.flushed(flush);
             backoff.reset();
             return Some(Step::Continue);
         }
@@ -315,6 +315,8 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             return Step::Continue;
         }
         self.last_turn = LastTurn::Waited;
+        // Caught up: a drainer that never parks syncs the metrics here.
+        self.shared.metrics_sync(Moment::Idle);
         if backoff.snooze() {
             Step::Park
         } else {
@@ -376,6 +378,8 @@ impl<T, R> Drop for Drainer<T, R> {
             }
         }
         let _exit = ReportExit(Arc::clone(&self.shared));
+        // Before the exit is reported: `shutdown` may read the handles next.
+        self.shared.metrics_sync(Moment::Final);
         #[cfg(feature = "tokio")]
         if !self.finished && self.on_runtime {
             // The runtime dropped the drainer task (it shut down): nobody

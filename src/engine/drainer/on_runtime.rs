@@ -68,7 +68,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 self.drain_all_async(DispatchReason::Flush).await;
                 self.await_in_flight().await;
                 self.flush_done = flush;
-                self.shared.progress.flushed(flush);
+                self.shared.flushed(flush);
                 continue;
             }
             if self.asm.is_some() {
@@ -228,7 +228,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 || control.flush_requested.load(Ordering::Acquire) != flush_done
                 || control.flush_now.load(Ordering::Acquire) != flush_now_done;
             let sleep = found.empty && !requested;
-            shared.counters.note_park(sleep, found.fenced);
+            shared.note_park(sleep, found.fenced);
             if sleep {
                 announced = Some(found.announced);
                 return core::task::Poll::Pending;

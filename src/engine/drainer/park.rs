@@ -46,7 +46,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             || control.flush_requested.load(Ordering::Acquire) != flush_done
             || control.flush_now.load(Ordering::Acquire) != flush_now_done;
         let sleep = found.empty && !requested;
-        shared.counters.note_park(sleep, found.fenced);
+        shared.note_park(sleep, found.fenced);
         if sleep {
             crate::sync::thread::park_timeout(timeout);
         }
@@ -90,7 +90,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             .zip(self.heads.iter().copied());
         // A request posted after this check unparks us (park token).
         let plan = prepare_park(lanes, || self.requested(), timeout);
-        shared.counters.note_park(plan.sleeps(), plan.fenced());
+        shared.note_park(plan.sleeps(), plan.fenced());
         plan
     }
 

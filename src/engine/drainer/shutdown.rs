@@ -212,6 +212,6 @@ impl<T, R> Drainer<T, R> {
         if matches!(self.sink, Sink::Async) {
             crate::engine::runtime::close(&shared);
         }
-        shared.progress.flushed(u64::MAX);
+        shared.flushed(u64::MAX);
     }
 }
