@@ -206,9 +206,10 @@ const DEFAULT_TIME_NS: [u64; 22] = [
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BucketBounds {
     /// `None`: powers of two up to `max_batch`.
-    batch_size: Option<Vec<u64>>,
-    /// `None`: [`DEFAULT_TIMES`](Self::DEFAULT_TIMES), for each time.
-    times: [Option<Vec<Duration>>; 3],
+    pub(crate) batch_size: Option<Vec<u64>>,
+    /// `None`: [`DEFAULT_TIMES`](Self::DEFAULT_TIMES), for each time (queue
+    /// wait, handler, end to end).
+    pub(crate) times: [Option<Vec<Duration>>; 3],
 }
 
 /// What is wrong with a [`BucketBounds`] (made into a `ConfigError` by

@@ -162,6 +162,10 @@ hold_while_open = true
 
 [metrics]
 histograms = true
+batch_size_buckets = [1, 4, 16, 64]
+queue_wait_buckets = ["10us", "1ms"]
+handler_buckets = ["100us", "1ms", "10ms"]
+end_to_end_buckets = ["1ms", "1s"]
 "#;
 
 #[test]
@@ -503,6 +507,13 @@ fn build_refuses_a_files_values_as_it_refuses_the_methods() {
             builder().max_open_groups(0),
         ),
         ("[shape]\nstaging = 16\n", "staging", builder().staging(16)),
+        (
+            "[metrics]\nhistograms = true\nbatch_size_buckets = [4, 4]\n",
+            "histogram_buckets.batch_size",
+            builder()
+                .histograms(true)
+                .histogram_buckets(ringbatch::metrics::BucketBounds::new().batch_size([4, 4])),
+        ),
         (
             "[shape]\nmax_staged_bytes = 1024\n",
             "max_staged_bytes",

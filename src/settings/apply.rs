@@ -54,8 +54,24 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         self.apply_adaptive(&settings.shape.adaptive);
         self.apply_retry(&settings.failure.retry);
         self.apply_breaker(&settings.failure.circuit_breaker);
-        if let Some(on) = settings.metrics.histograms {
+        let m = &settings.metrics;
+        if let Some(on) = m.histograms {
             self.histograms = on;
+        }
+        if let Some(bounds) = &m.batch_size_buckets {
+            self.buckets.batch_size = bounds.clone();
+        }
+        for (i, bounds) in [
+            &m.queue_wait_buckets,
+            &m.handler_buckets,
+            &m.end_to_end_buckets,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if let Some(bounds) = bounds {
+                self.buckets.times[i] = bounds.clone();
+            }
         }
         self
     }
@@ -82,6 +98,10 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             failure: self.failure_settings(),
             metrics: MetricsSettings {
                 histograms: Some(self.histograms),
+                batch_size_buckets: Some(self.buckets.batch_size.clone()),
+                queue_wait_buckets: Some(self.buckets.times[0].clone()),
+                handler_buckets: Some(self.buckets.times[1].clone()),
+                end_to_end_buckets: Some(self.buckets.times[2].clone()),
             },
         }
     }

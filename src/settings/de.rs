@@ -138,6 +138,18 @@ impl Scalar for usize {
     }
 }
 
+impl Scalar for u64 {
+    const EXPECTING: &'static str = "a whole number";
+
+    fn from_u64<E: de::Error>(value: u64) -> Result<Self, E> {
+        Ok(value)
+    }
+
+    fn from_i64<E: de::Error>(value: i64) -> Result<Self, E> {
+        u64::try_from(value).map_err(|_| E::invalid_value(Unexpected::Signed(value), &"a count"))
+    }
+}
+
 impl Scalar for f64 {
     const EXPECTING: &'static str = "a number";
 
@@ -281,6 +293,52 @@ pub(crate) fn linger<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Linger>, 
     }
 
     d.deserialize_any(LingerVisitor).map(Some)
+}
+
+/// One element of a list of scalars.
+struct Element<T>(T);
+
+impl<'de, T: Scalar> serde::Deserialize<'de> for Element<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Without a keyword the visitor gives `Some` or an error.
+        value::<D, T>(d)?
+            .map(Element)
+            .ok_or_else(|| de::Error::custom(T::EXPECTING))
+    }
+}
+
+/// A list of values (`[1, 2, 4]`, `["1ms", "5ms"]`), or `"auto"` for the
+/// default list.
+pub(crate) fn list_or_auto<'de, D: Deserializer<'de>, T: Scalar>(
+    d: D,
+) -> Result<Option<Option<Vec<T>>>, D::Error> {
+    struct ListVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: Scalar> Visitor<'de> for ListVisitor<T> {
+        type Value = Option<Vec<T>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of {}s, or \"{AUTO}\"", T::EXPECTING)
+        }
+
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+            if value == AUTO {
+                Ok(None)
+            } else {
+                Err(E::invalid_value(Unexpected::Str(value), &self))
+            }
+        }
+
+        fn visit_seq<S: de::SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+            let mut out = Vec::new();
+            while let Some(Element(value)) = seq.next_element::<Element<T>>()? {
+                out.push(value);
+            }
+            Ok(Some(out))
+        }
+    }
+
+    d.deserialize_any(ListVisitor(PhantomData)).map(Some)
 }
 
 /// A duration as a value of its own, for a table's entry.

@@ -332,6 +332,21 @@ pub struct BreakerSettings {
 pub struct MetricsSettings {
     /// [`histograms`](crate::BatcherBuilder::histograms).
     pub histograms: Option<bool>,
+    /// The batch size histogram's bucket bounds, in items
+    /// ([`BucketBounds::batch_size`](crate::metrics::BucketBounds::batch_size));
+    /// `"auto"`: powers of two up to `max_batch`.
+    #[serde(deserialize_with = "de::list_or_auto")]
+    pub batch_size_buckets: Option<Option<Vec<u64>>>,
+    /// The queue wait histogram's bucket bounds (durations); `"auto"`:
+    /// [`BucketBounds::DEFAULT_TIMES`](crate::metrics::BucketBounds::DEFAULT_TIMES).
+    #[serde(deserialize_with = "de::list_or_auto")]
+    pub queue_wait_buckets: Option<Option<Vec<Duration>>>,
+    /// The handler time histogram's bucket bounds; `"auto"` as above.
+    #[serde(deserialize_with = "de::list_or_auto")]
+    pub handler_buckets: Option<Option<Vec<Duration>>>,
+    /// The end-to-end histogram's bucket bounds; `"auto"` as above.
+    #[serde(deserialize_with = "de::list_or_auto")]
+    pub end_to_end_buckets: Option<Option<Vec<Duration>>>,
 }
 
 impl Settings {
