@@ -139,6 +139,7 @@ mod shape;
 pub mod sinks;
 mod stats;
 mod sync;
+mod trace;
 mod wait;
 
 pub use batch::LoadFeedback;
