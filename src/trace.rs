@@ -100,6 +100,13 @@ mod on {
             self.span.in_scope(f)
         }
 
+        /// `future` in the span for each poll and while it is dropped.
+        #[inline(always)]
+        #[cfg(feature = "tokio")]
+        pub(crate) fn instrument<F>(&self, future: F) -> tracing::instrument::Instrumented<F> {
+            tracing::Instrument::instrument(future, self.span.clone())
+        }
+
         /// The handler returned an error for the whole batch.
         #[cold]
         pub(crate) fn failed(&self, error: &dyn Display) {
@@ -309,6 +316,12 @@ mod off {
         #[cfg(feature = "tokio")]
         pub(crate) fn in_scope<O>(&self, f: impl FnOnce() -> O) -> O {
             f()
+        }
+
+        #[inline(always)]
+        #[cfg(feature = "tokio")]
+        pub(crate) fn instrument<F>(&self, future: F) -> F {
+            future
         }
 
         #[inline(always)]

@@ -69,7 +69,7 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
             // with it the batch (unless the handler kept it elsewhere).
             let started =
                 (shared.controller.is_some() || shared.recorder.is_some()).then(Instant::now);
-            let outcome = self.handle(handler.handle(batch), &span).await;
+            let outcome = self.handle(span.instrument(handler.handle(batch))).await;
             let pipeline = self.shared.pipeline();
             let leftover = span.in_scope(|| match outcome {
                 Ok(Ok(())) => Error::NotCompleted,
@@ -136,7 +136,7 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
                 slot: Arc::clone(&self.slot),
             };
             let started = Instant::now();
-            let outcome = self.handle(handler.handle(batch), &span).await;
+            let outcome = self.handle(span.instrument(handler.handle(batch))).await;
             buf = poll_fn(|cx| self.slot.poll_take(cx)).await;
             let elapsed = started.elapsed();
             shared.observe_batch(elapsed, buf.feedback.take());
@@ -186,20 +186,17 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
     pub(super) async fn handle<F: Future>(
         &self,
         future: F,
-        span: &BatchSpan<'_>,
     ) -> Result<F::Output, crate::error::PanicMessage> {
         let id = self.shared.id();
         let mut future = pin!(crate::contain::Contained::new(future));
-        // Marked as the handler, and in the batch's span, for each poll (the
-        // task may change threads between polls), and while it is dropped.
+        // Marked as the handler for each poll (the task may change threads
+        // between polls), and while it is dropped.
         let outcome = poll_fn(|cx| {
             let _running = crate::scope::Running::enter(id);
-            let _in_span = span.enter();
             future.as_mut().poll(cx)
         })
         .await;
         let _running = crate::scope::Running::enter(id);
-        let _in_span = span.enter();
         if !future.as_mut().drop_future() {
             self.shared.panics.drops(1);
         }
