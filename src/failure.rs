@@ -425,11 +425,16 @@ pub(crate) struct FailureState<T> {
     pub(crate) tally: FailureTally,
     /// xorshift state for the jitter.
     seed: u64,
+    /// Reports the breaker's changes and the items given up on.
+    tracer: crate::trace::Tracer,
 }
 
 impl<T> FailureState<T> {
-    pub(crate) fn new(settings: FailureSettings<T>) -> Self {
+    /// The policies of the batcher named `batcher` (its thread name, which
+    /// its events carry).
+    pub(crate) fn new(settings: FailureSettings<T>, batcher: &str) -> Self {
         Self {
+            tracer: crate::trace::Tracer::new(batcher),
             settings,
             breaker: BreakerState::Closed,
             consecutive: 0,
@@ -472,6 +477,7 @@ impl<T> FailureState<T> {
                 if self.open_until.is_some_and(|until| now >= until) {
                     self.breaker = BreakerState::HalfOpen;
                     self.trial = true;
+                    self.tracer.breaker_half_open();
                     true
                 } else {
                     false
@@ -504,12 +510,16 @@ impl<T> FailureState<T> {
             self.consecutive = 0;
             if self.breaker == BreakerState::HalfOpen {
                 self.breaker = BreakerState::Closed;
+                self.tracer.breaker_closed();
             }
         } else {
             self.consecutive = self.consecutive.saturating_add(1);
-            if self.breaker == BreakerState::HalfOpen
-                || self.consecutive >= breaker.failure_threshold
-            {
+            let trial = self.breaker == BreakerState::HalfOpen;
+            if trial || self.consecutive >= breaker.failure_threshold {
+                if self.breaker != BreakerState::Open {
+                    self.tracer
+                        .breaker_opened(self.consecutive, trial, breaker.recovery_timeout);
+                }
                 self.breaker = BreakerState::Open;
                 self.open_until = Some(later(now, breaker.recovery_timeout));
             }
@@ -600,6 +610,7 @@ impl<T> FailureState<T> {
         }
         // Items to retry: kept if attempts are left, else dead.
         let mut rate_limited = false;
+        let mut given_up = crate::trace::Count::new();
         for i in 0..buf.len() {
             let m = buf.marks[i];
             if m != mark::RETRY && m != mark::RATE_LIMITED {
@@ -611,10 +622,14 @@ impl<T> FailureState<T> {
                 }
                 _ => {
                     let error = buf.errors[i].take().unwrap_or(Error::NotCompleted);
+                    if retry.is_some() {
+                        given_up.note(&error);
+                    }
                     self.kill(buf, i, error, deliver);
                 }
             }
         }
+        self.tracer.retries_exhausted(&given_up, attempt + 1);
         let kept = self.bury(buf, attempt + 1);
         debug_assert!(kept == 0 || retry.is_some());
         match retry {
@@ -636,6 +651,7 @@ impl<T> FailureState<T> {
     fn bury(&mut self, buf: &mut BatchBuf<T>, attempts: u32) -> usize {
         let len = buf.len();
         let mut kept = 0;
+        let mut dropped = crate::trace::Count::new();
         for i in 0..len {
             let m = buf.marks[i];
             if m == mark::RETRY || m == mark::RATE_LIMITED {
@@ -674,11 +690,13 @@ impl<T> FailureState<T> {
                     }
                     continue;
                 }
+                dropped.note(error.as_ref().unwrap_or(&Error::NotCompleted));
             }
             if !crate::contain::drop_value(item) {
                 self.tally.drop_panics += 1;
             }
         }
+        self.tracer.letters_dropped(&dropped, attempts);
         for m in marks.iter_mut() {
             *m = mark::NONE;
         }

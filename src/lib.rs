@@ -47,6 +47,34 @@
 //! | `postgres` | off | `sinks::postgres`: batched inserts with per-row results |
 //! | `nats` | off | `sinks::nats`: JetStream publishes with per-message acks |
 //! | `serde` | off | `settings`: every data setting from a TOML file, `BatcherBuilder::with_config` |
+//! | `tracing` | off | a span per batch and events for failures through the `tracing` crate (below) |
+//!
+//! # Logs and traces (feature `tracing`)
+//!
+//! With the feature `tracing` the batcher reports through the
+//! [`tracing`](https://docs.rs/tracing) crate, under the target `ringbatch`
+//! (`ringbatch=debug` selects it all). Every span and event carries
+//! `batcher`, the batcher's thread name
+//! ([`BatcherBuilder::thread_name`]). Nothing is recorded per item: a span
+//! per batch, events only for what the table lists. Without the feature
+//! none of it is compiled in; with it and no subscriber interested, a batch
+//! costs one check of the span's interest.
+//!
+//! | span or event | level | fields |
+//! | --- | --- | --- |
+//! | span `batch`: one call of the handler on a batch (blocking or async; each retry is a call) | DEBUG | `size`, `reason` ([`DispatchReason::name`]), `attempt` (1 for the first call), `group` (with `group_by`: a hash of the batch's key) |
+//! | `batch failed`: the handler returned an error | WARN | `size`, `attempt`, `error` |
+//! | `handler panicked` | ERROR | `size`, `attempt`, `panic` (its message) |
+//! | `circuit breaker opened` | WARN | `consecutive_failures`, `trial` (a failed trial batch reopened it), `recovery_timeout` |
+//! | `circuit breaker half open: one trial batch` | INFO | |
+//! | `circuit breaker closed` (a trial batch succeeded) | INFO | |
+//! | `retries exhausted`: items failed their last attempt (one event per batch) | WARN | `items`, `attempts`, `error` (the first item's) |
+//! | `dead-lettered items dropped: no dead-letter callback`: items failed for good and, with no dead-letter callback set, are dropped (one event per batch) | WARN | `items`, `attempts`, `error` (the first item's) |
+//! | `drainer exited` | INFO | `batches`, `items` (dispatched in its life) |
+//! | `drainer failed: the batcher is closed` (a bug of the batcher's) | ERROR | `panic` |
+//!
+//! A batch's events are emitted inside its span, and carry the fields they
+//! need to read alone where a filter leaves the DEBUG span out.
 //!
 //! # The API
 //!
@@ -153,6 +181,7 @@ mod shape;
 pub mod sinks;
 mod stats;
 mod sync;
+mod trace;
 mod wait;
 
 pub use batch::LoadFeedback;

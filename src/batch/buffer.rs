@@ -67,6 +67,9 @@ pub(crate) struct BatchBuf<T> {
     /// sized to the batch just before the handler runs.
     pub(crate) marks: Vec<u8>,
     pub(crate) errors: Vec<Option<crate::error::Error>>,
+    /// Why the batch was dispatched, for its span (zero-sized without the
+    /// `tracing` feature); it stays with the buffer through retries.
+    pub(crate) tag: crate::trace::BatchTag,
 }
 
 /// Most runs a batch buffer keeps apart (later ones merge into the last).
@@ -84,6 +87,7 @@ impl<T> BatchBuf<T> {
             runs: Vec::new(),
             marks: Vec::new(),
             errors: Vec::new(),
+            tag: crate::trace::BatchTag::new(),
         }
     }
 

@@ -328,7 +328,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             #[cfg(feature = "metrics")]
             facade,
             high_water: (0..rings).map(|_| AtomicU64::new(0)).collect(),
-            failure: make_failure_state(failure),
+            failure: make_failure_state(failure, &config.thread_name),
             leftovers: Mutex::new(Vec::new()),
             new_linger: Mutex::new(None),
             shaping: assembler.is_some(),
@@ -405,10 +405,11 @@ fn make_control(config: &Config, effective_max: usize) -> Control {
 /// The failure policies' state, when any is on.
 fn make_failure_state<T>(
     failure: FailureSettings<T>,
+    batcher: &str,
 ) -> Option<Mutex<crate::failure::FailureState<T>>> {
     failure
         .is_active()
-        .then(|| Mutex::new(crate::failure::FailureState::new(failure)))
+        .then(|| Mutex::new(crate::failure::FailureState::new(failure, batcher)))
 }
 
 /// Starts the drainer thread (pinned if asked) and waits until it runs, so

@@ -14,6 +14,7 @@ use crate::handler::{Batch, Handler, batch_failed, deliver};
 use crate::shape::NEVER;
 use crate::stats::{DispatchReason, Moment};
 use crate::sync::Ordering;
+use crate::trace::BatchSpan;
 #[cfg(feature = "tokio")]
 use crate::wait::Backoff;
 use crate::wait::Waits;
@@ -25,6 +26,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     pub(super) fn dispatch(&mut self, reason: DispatchReason) {
         let len = self.buf.len();
         debug_assert!(len > 0);
+        self.buf.tag.set_reason(reason.name());
         if let Some(recorder) = &self.shared.recorder {
             let now = self.shared.clock();
             lock(recorder).dispatched(
@@ -72,6 +74,8 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     pub(super) fn handle_sync(&mut self) {
         let handler = self.sink.sync_handler();
         let shared = &*self.shared;
+        let span = BatchSpan::new(&shared.config.thread_name, &self.buf.tag, self.buf.len(), 1);
+        let _in_span = span.enter();
         let started = (shared.controller.is_some() || shared.recorder.is_some()).then(Instant::now);
         let mut batch = Batch::with_direct(&mut self.buf, &shared.table, &mut self.direct);
         let running = crate::scope::Running::enter(shared.id());
@@ -87,13 +91,14 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             Ok(Ok(())) => Error::NotCompleted,
             Ok(Err(error)) => {
                 self.tally.batch_errors += 1;
+                span.failed(&error);
                 batch_failed(error)
             }
             Err(payload) => {
                 self.tally.panics += 1;
-                Error::HandlerPanicked {
-                    message: panic_message(&*payload),
-                }
+                let message = panic_message(&*payload);
+                span.panicked(&message);
+                Error::HandlerPanicked { message }
             }
         };
         batch.fail_remaining(leftover);
@@ -130,6 +135,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         let handler = self.sink.sync_handler();
         let shared = &*self.shared;
         let failure = shared.failure.as_ref().expect("failure policies are on");
+        // Around the breaker's decision too: its events and the dead
+        // letters of a refused batch belong to this batch.
+        let span = BatchSpan::new(&shared.config.thread_name, &buf.tag, buf.len(), attempt + 1);
+        let _in_span = span.enter();
         let deliver_to = |origin: Origin, error: Error| {
             if let Some((lane, index)) = origin.pending() {
                 deliver(&shared.table, lane, index, Err(error));
@@ -153,11 +162,14 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             Ok(Ok(())) => Outcome::Ok,
             Ok(Err(error)) => {
                 self.tally.batch_errors += 1;
+                span.failed(&error);
                 Outcome::Failed(error)
             }
             Err(payload) => {
                 self.tally.panics += 1;
-                Outcome::Panicked(panic_message(&*payload))
+                let message = panic_message(&*payload);
+                span.panicked(&message);
+                Outcome::Panicked(message)
             }
         };
         let settled =

@@ -283,6 +283,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         // drainer's state, which orders them; readers take a statistic.
         handled.store(handled.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         self.buf.push(item, Origin::DIRECT);
+        self.buf.tag.set_reason(DispatchReason::LanesIdle.name());
         // `dispatch` without what a batcher with the direct path never has
         // (histograms, failure policies, an async sink).
         self.handle_sync();

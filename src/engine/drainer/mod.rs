@@ -380,6 +380,13 @@ impl<T, R> Drop for Drainer<T, R> {
         let _exit = ReportExit(Arc::clone(&self.shared));
         // Before the exit is reported: `shutdown` may read the handles next.
         self.shared.metrics_sync(Moment::Final);
+        // Whichever way it ends (a thread, a task, a runtime dropping it),
+        // and before the waiters of `shutdown` are released.
+        crate::trace::drainer_exited(
+            &self.shared.config.thread_name,
+            self.tally.batches,
+            self.tally.items,
+        );
         #[cfg(feature = "tokio")]
         if !self.finished && self.on_runtime {
             // The runtime dropped the drainer task (it shut down): nobody

@@ -192,6 +192,7 @@ impl<T, R> Drainer<T, R> {
     pub(super) fn fail_fatally(&mut self, message: crate::error::PanicMessage) {
         self.failed = true;
         let shared = Arc::clone(&self.shared);
+        crate::trace::drainer_failed(&shared.config.thread_name, &message);
         // Whatever the panic interrupted, the rings' heads are where the
         // runs taken so far left them (their guards commit on unwinding).
         for (head, lane) in self.heads.iter_mut().zip(shared.lanes.iter()) {

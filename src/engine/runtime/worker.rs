@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::failure::{Outcome, Settled};
 use crate::handler::{batch_failed, deliver};
 use crate::sync::{Arc, Ordering, fence};
+use crate::trace::BatchSpan;
 use crate::{AsyncBatch, AsyncHandler};
 
 /// Starts `workers` worker tasks on `runtime`.
@@ -57,6 +58,8 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
                 self.run_with_policies(&*handler, buf).await;
                 continue;
             }
+            let shared = &*self.shared;
+            let span = BatchSpan::new(&shared.config.thread_name, &buf.tag, buf.len(), 1);
             let batch = AsyncBatch {
                 buf: Some(buf),
                 shared: Arc::clone(&self.shared),
@@ -64,24 +67,25 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
             };
             // The handler's future is dropped at the end of this block, and
             // with it the batch (unless the handler kept it elsewhere).
-            let shared = &*self.shared;
             let started =
                 (shared.controller.is_some() || shared.recorder.is_some()).then(Instant::now);
-            let outcome = self.handle(handler.handle(batch)).await;
+            let outcome = self.handle(span.instrument(handler.handle(batch))).await;
             let pipeline = self.shared.pipeline();
-            let leftover = match outcome {
+            let leftover = span.in_scope(|| match outcome {
                 Ok(Ok(())) => Error::NotCompleted,
                 Ok(Err(error)) => {
                     // Relaxed: a statistic, ordered with nothing.
                     pipeline.batch_errors.fetch_add(1, Ordering::Relaxed);
+                    span.failed(&error);
                     batch_failed(error)
                 }
                 Err(message) => {
                     // Relaxed: a statistic.
                     pipeline.panics.fetch_add(1, Ordering::Relaxed);
+                    span.panicked(&message);
                     Error::HandlerPanicked { message }
                 }
-            };
+            });
             // The batch was dropped by the future (or later, if the handler
             // kept it somewhere): take its buffer back.
             let mut buf = poll_fn(|cx| self.slot.poll_take(cx)).await;
@@ -113,8 +117,16 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
         let pipeline = shared.pipeline();
         let mut attempt = 0;
         loop {
-            if !lock(failure).admit(Instant::now()) {
-                lock(failure).reject(&mut buf, &mut deliver_to);
+            let span = BatchSpan::new(&shared.config.thread_name, &buf.tag, buf.len(), attempt + 1);
+            // Entered only between awaits (its guard is not `Send`).
+            let admitted = span.in_scope(|| {
+                let admitted = lock(failure).admit(Instant::now());
+                if !admitted {
+                    lock(failure).reject(&mut buf, &mut deliver_to);
+                }
+                admitted
+            });
+            if !admitted {
                 break;
             }
             buf.prepare_marks();
@@ -124,29 +136,31 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
                 slot: Arc::clone(&self.slot),
             };
             let started = Instant::now();
-            let outcome = self.handle(handler.handle(batch)).await;
+            let outcome = self.handle(span.instrument(handler.handle(batch))).await;
             buf = poll_fn(|cx| self.slot.poll_take(cx)).await;
             let elapsed = started.elapsed();
             shared.observe_batch(elapsed, buf.feedback.take());
             shared.record_finished(elapsed, &buf);
-            let outcome = match outcome {
+            let outcome = span.in_scope(|| match outcome {
                 Ok(Ok(())) => Outcome::Ok,
                 Ok(Err(error)) => {
                     // Relaxed: a statistic.
                     pipeline.batch_errors.fetch_add(1, Ordering::Relaxed);
+                    span.failed(&error);
                     Outcome::Failed(error)
                 }
                 Err(message) => {
                     // Relaxed: a statistic.
                     pipeline.panics.fetch_add(1, Ordering::Relaxed);
+                    span.panicked(&message);
                     Outcome::Panicked(message)
                 }
-            };
-            // The dead-letter callback runs here: marked as the handler.
-            let running = crate::scope::Running::enter(shared.id());
-            let settled =
-                lock(failure).settle(&mut buf, outcome, attempt, Instant::now(), &mut deliver_to);
-            drop(running);
+            });
+            let settled = span.in_scope(|| {
+                // The dead-letter callback runs here: marked as the handler.
+                let _running = crate::scope::Running::enter(shared.id());
+                lock(failure).settle(&mut buf, outcome, attempt, Instant::now(), &mut deliver_to)
+            });
             if buf.failed > 0 {
                 // Relaxed: a statistic.
                 pipeline

@@ -304,6 +304,8 @@ impl<T> Assembler<T> {
             let pick = pick?;
             self.fill(buf, pick.group, now, effective, complete);
             if !buf.is_empty() {
+                // A group's slot keeps its key after the batch closed it.
+                buf.tag.set_group(pick.group.map(|g| self.groups[g].key));
                 self.last_dispatch = Some(now);
                 return Some(pick.reason);
             }
