@@ -11,9 +11,10 @@
 //! all; every 64th is submitted with a ticket and waited for), a handler
 //! spends a little time per batch and fails one item in a hundred, and a
 //! small HTTP server ([`tiny_http`]) answers `GET /metrics` with
-//! [`Stats::prometheus`](ringbatch::Stats::prometheus) of a fresh
-//! [`Batcher::stats`] snapshot (histograms on), content type
-//! `text/plain; version=0.0.4`. A Prometheus scrape config for it:
+//! [`Stats::prometheus_with`](ringbatch::Stats::prometheus_with) of a fresh
+//! [`Batcher::stats`] snapshot (histograms on, as Prometheus histograms;
+//! every series labelled `batcher="orders"`, `--batcher` to change it),
+//! content type `text/plain; version=0.0.4`. A Prometheus scrape config for it:
 //!
 //! ```yaml
 //! scrape_configs:
@@ -28,6 +29,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use ringbatch::metrics::PrometheusOptions;
 use ringbatch::{Batch, Batcher};
 use tiny_http::{Header, Method, Response, Server};
 
@@ -47,6 +49,10 @@ struct Args {
     /// The metric names' namespace.
     #[arg(long, default_value = "ringbatch")]
     namespace: String,
+    /// The constant `batcher` label on every series, so that several
+    /// batchers can share one endpoint.
+    #[arg(long, default_value = "orders")]
+    batcher: String,
 }
 
 /// A producer's loop: `rate` items per second until `stop`.
@@ -94,6 +100,8 @@ fn main() -> Result<(), Box<dyn StdError>> {
         })
         .build()?;
 
+    let options =
+        PrometheusOptions::new(args.namespace.as_str()).label("batcher", args.batcher.as_str())?;
     let server = Server::http(("127.0.0.1", args.port))
         .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", args.port))?;
     let content_type =
@@ -125,7 +133,7 @@ fn main() -> Result<(), Box<dyn StdError>> {
             let response = match (request.method(), request.url()) {
                 (Method::Get, "/metrics") => {
                     served += 1;
-                    let body = batcher.stats().prometheus(&args.namespace);
+                    let body = batcher.stats().prometheus_with(&options);
                     Response::from_string(body).with_header(content_type.clone())
                 }
                 _ => Response::from_string("try GET /metrics\n").with_status_code(404),
