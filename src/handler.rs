@@ -127,6 +127,31 @@ pub struct Batch<'a, T, R> {
     direct: Option<&'a mut Option<Result<R, Error>>>,
 }
 
+impl<T, R> Batch<'_, T, R> {
+    /// The batch's number: the batcher's dispatch sequence, from 1. A retry
+    /// of the batch (see [`RetryPolicy`](crate::RetryPolicy)) keeps it, so
+    /// a sink can tell a retry from a new batch.
+    pub fn id(&self) -> u64 {
+        self.buf.meta.id
+    }
+
+    /// Which call of the handler on this batch this is: 1 for the first, 2
+    /// for the first retry, and so on.
+    pub fn attempt(&self) -> u32 {
+        self.buf.meta.attempt
+    }
+
+    /// When the batch's oldest item was accepted, as the drainer knows it:
+    /// with [`histograms`](crate::BatcherBuilder::histograms) on, a time no
+    /// later than its acceptance (and earlier by at most the drainer's time
+    /// between two looks at its lane); with batch shaping alone, when the
+    /// drainer took it from its lane. `None` otherwise: producers do not
+    /// read the clock, and the drainer reads it only for those features.
+    pub fn oldest_accepted(&self) -> Option<std::time::Instant> {
+        self.buf.meta.oldest
+    }
+}
+
 impl<'a, T, R> Batch<'a, T, R> {
     pub(crate) fn new(buf: &'a mut BatchBuf<T>, table: &'a TableOwner<R>) -> Self {
         Self {

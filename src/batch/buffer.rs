@@ -70,6 +70,33 @@ pub(crate) struct BatchBuf<T> {
     /// Why the batch was dispatched, for its span (zero-sized without the
     /// `tracing` feature); it stays with the buffer through retries.
     pub(crate) tag: crate::trace::BatchTag,
+    /// What the handler can read about the batch (`Batch::id` and the
+    /// rest), set at dispatch and kept through retries.
+    pub(crate) meta: BatchMeta,
+}
+
+/// A batch's identity and history, as the handler sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchMeta {
+    /// The batcher's dispatch sequence number of the batch (from 1).
+    pub(crate) id: u64,
+    /// The handler's call on this batch (1 for the first, 2 for the first
+    /// retry...).
+    pub(crate) attempt: u32,
+    /// When its oldest item was accepted, as far as the drainer knows.
+    pub(crate) oldest: Option<std::time::Instant>,
+    /// Shaping: the earliest take time (ns since the epoch) of the items
+    /// filled in, or `NEVER`.
+    pub(crate) taken: u64,
+}
+
+impl BatchMeta {
+    pub(crate) const NEW: BatchMeta = BatchMeta {
+        id: 0,
+        attempt: 1,
+        oldest: None,
+        taken: u64::MAX,
+    };
 }
 
 /// Most runs a batch buffer keeps apart (later ones merge into the last).
@@ -88,6 +115,7 @@ impl<T> BatchBuf<T> {
             marks: Vec::new(),
             errors: Vec::new(),
             tag: crate::trace::BatchTag::new(),
+            meta: BatchMeta::NEW,
         }
     }
 
@@ -158,6 +186,7 @@ impl<T> BatchBuf<T> {
         self.completed = 0;
         self.feedback = None;
         self.failed = 0;
+        self.meta = BatchMeta::NEW;
         // Empty unless histograms or failure policies are on: skip the calls.
         if !self.runs.is_empty() {
             self.runs.clear();

@@ -27,6 +27,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         let len = self.buf.len();
         debug_assert!(len > 0);
         self.buf.tag.set_reason(reason.name());
+        self.stamp_batch();
         if let Some(recorder) = &self.shared.recorder {
             let now = self.shared.clock();
             lock(recorder).dispatched(
@@ -123,6 +124,24 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         self.shared.metrics_sync(Moment::Batch(reason));
     }
 
+    /// Numbers the batch being dispatched and dates its oldest item, for the
+    /// handler (`Batch::id`, `Batch::oldest_accepted`).
+    #[inline]
+    pub(super) fn stamp_batch(&mut self) {
+        let buf = &mut self.buf;
+        // With histograms, a bound no later than the acceptance; with
+        // shaping alone, when the drainer took the item.
+        let ns = buf
+            .runs
+            .iter()
+            .map(|&(since, _)| since)
+            .min()
+            .unwrap_or(buf.meta.taken);
+        buf.meta.id = self.tally.batches + 1;
+        buf.meta.oldest = (ns != crate::shape::NEVER)
+            .then(|| self.shared.epoch + core::time::Duration::from_nanos(ns));
+    }
+
     /// Runs the sync handler on `buf` (attempt `attempt`) under the failure
     /// policies: the breaker may refuse it; afterwards failed items are
     /// retried or dead-lettered. Returns the retry to queue, if any (the
@@ -132,6 +151,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         buf: &mut BatchBuf<T>,
         attempt: u32,
     ) -> Option<Retry<T>> {
+        buf.meta.attempt = attempt + 1;
         let handler = self.sink.sync_handler();
         let shared = &*self.shared;
         let failure = shared.failure.as_ref().expect("failure policies are on");

@@ -284,6 +284,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         handled.store(handled.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         self.buf.push(item, Origin::DIRECT);
         self.buf.tag.set_reason(DispatchReason::LanesIdle.name());
+        self.stamp_batch();
         // `dispatch` without what a batcher with the direct path never has
         // (histograms, failure policies, an async sink).
         self.handle_sync();

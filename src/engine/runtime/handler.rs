@@ -106,6 +106,22 @@ impl<T, R> AsyncBatch<T, R> {
         self.buf().len()
     }
 
+    /// The batch's number: see [`Batch::id`].
+    pub fn id(&self) -> u64 {
+        self.buf().meta.id
+    }
+
+    /// Which call of the handler on this batch this is: see
+    /// [`Batch::attempt`].
+    pub fn attempt(&self) -> u32 {
+        self.buf().meta.attempt
+    }
+
+    /// When the oldest item was accepted: see [`Batch::oldest_accepted`].
+    pub fn oldest_accepted(&self) -> Option<std::time::Instant> {
+        self.buf().meta.oldest
+    }
+
     /// Whether the batch has no items (never true for a dispatched batch).
     pub fn is_empty(&self) -> bool {
         self.buf().is_empty()

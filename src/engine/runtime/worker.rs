@@ -129,6 +129,7 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
             if !admitted {
                 break;
             }
+            buf.meta.attempt = attempt + 1;
             buf.prepare_marks();
             let batch = AsyncBatch {
                 buf: Some(buf),

@@ -128,6 +128,7 @@ impl<T> Assembler<T> {
                     if buf.is_empty() {
                         let staged = self.pop(g).expect("a head exists");
                         buf.note_run(staged.since, 1);
+                        buf.meta.taken = buf.meta.taken.min(staged.arrived);
                         buf.push(staged.item, staged.origin);
                     }
                     return false;
@@ -142,6 +143,7 @@ impl<T> Assembler<T> {
                 self.positions.entry(key).or_insert(buf.len());
             }
             buf.note_run(staged.since, 1);
+            buf.meta.taken = buf.meta.taken.min(staged.arrived);
             buf.push(staged.item, staged.origin);
         }
     }
