@@ -207,7 +207,7 @@ pub use shape::{
     Adaptive, AdaptiveMode, DEFAULT_MAX_BYTES, DEFAULT_MAX_OPEN_GROUPS, DEFAULT_STARVATION_AGE,
     GroupLimits, GroupSize, Linger, LoadWeights, Oversize, Priority, PriorityLevelError,
 };
-pub use stats::{DispatchCounts, DispatchReason, LaneStats, Stats};
+pub use stats::{DispatchCounts, DispatchReason, LaneStats, Stats, Throughput};
 pub use wait::WaitStrategy;
 
 // The README's examples run as doc tests.

@@ -55,6 +55,25 @@
 //! published after it): the recorded wait is at least the real one and
 //! exceeds it by at most the time between two looks at the lane, which is
 //! short while the drainer keeps up.
+//!
+//! # Coming from another batcher's series
+//!
+//! The series a production batcher with adaptive sizing exported, and the
+//! ones that answer the same questions here (names without the namespace;
+//! `Stats` fields in brackets):
+//!
+//! | their series | ours |
+//! | --- | --- |
+//! | `items_processed_total` | `items_handled_total` (`items_handled`); failed ones in `items_failed_total` |
+//! | `batches_processed_total` | `batches_total` (`batches`); `single_item_batches_total` of them held one item |
+//! | `errors_total` | `batch_errors_total` (batches whose handler returned an error) and `handler_panics_total`; per item, `items_failed_total` |
+//! | `processing_duration_seconds` | `handler_seconds` (histogram, with `histograms` on; its `_sum` is [`Stats::handler_time`]) |
+//! | `queue_depth` | `queue_depth` (gauge: every lane and the staging area, [`Stats::queue_depth`]); per lane `lane_depth{lane}` |
+//! | `batch_size` | `batch_size` (histogram, with `histograms` on); the adaptive size now is `effective_max_batch` |
+//!
+//! Throughput is a rate of the counters (`rate(…_items_handled_total[1m])`
+//! in Prometheus); batch efficiency is [`Stats::batch_efficiency`], bytes
+//! processed (with a weigher) `bytes_dispatched_total`.
 
 use core::fmt::{self, Write as _};
 use std::time::Duration;
@@ -833,7 +852,7 @@ pub(crate) type LaneSeries = (&'static str, &'static str, fn(&crate::LaneStats) 
 impl Stats {
     /// The counters every exporter writes: `(name, help, value)`, names
     /// without the namespace.
-    pub(crate) fn counter_series(&self) -> [(&'static str, &'static str, u64); 20] {
+    pub(crate) fn counter_series(&self) -> [(&'static str, &'static str, u64); 22] {
         [
             (
                 "submitted_total",
@@ -869,6 +888,16 @@ impl Stats {
                 "items_handled_total",
                 "Items dispatched to the handler.",
                 self.items_handled,
+            ),
+            (
+                "single_item_batches_total",
+                "Batches of a single item.",
+                self.single_item_batches,
+            ),
+            (
+                "bytes_dispatched_total",
+                "The weight of the items dispatched, by the weigher (0 without one).",
+                self.bytes_dispatched,
             ),
             (
                 "items_failed_total",
@@ -979,7 +1008,7 @@ impl Stats {
     ];
 
     /// The gauges every exporter writes, as [`counter_series`](Self::counter_series).
-    pub(crate) fn gauge_series(&self) -> [(&'static str, &'static str, u64); 7] {
+    pub(crate) fn gauge_series(&self) -> [(&'static str, &'static str, u64); 8] {
         let breaker = match self.breaker {
             crate::stats::BreakerState::Closed => 0,
             crate::stats::BreakerState::Open => 1,
@@ -1000,6 +1029,11 @@ impl Stats {
                 "staged",
                 "Items held in the drainer's staging area.",
                 self.staged,
+            ),
+            (
+                "queue_depth",
+                "Items accepted and not yet dispatched: in every lane and staged.",
+                self.in_lanes(),
             ),
             (
                 "effective_max_batch",

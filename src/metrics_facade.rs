@@ -232,7 +232,8 @@ impl Stats {
     /// - counters (set with `absolute`, so call this as often as you like):
     ///   `submitted_total`, `accepted_total`, `rejected_total`,
     ///   `dropped_total`, `refused_closed_total`, `batches_total`,
-    ///   `items_handled_total`, `items_failed_total`, `expired_total`,
+    ///   `items_handled_total`, `single_item_batches_total`,
+    ///   `bytes_dispatched_total`, `items_failed_total`, `expired_total`,
     ///   `superseded_total`, `too_large_total`, `batch_errors_total`,
     ///   `handler_panics_total`, `retried_total`, `dead_lettered_total`,
     ///   `circuit_rejected_total`, `parks_total`, `park_fences_total`,
@@ -241,7 +242,7 @@ impl Stats {
     ///   `lane_rejected_total`, `lane_dropped_total`,
     ///   `lane_refused_closed_total` with a `lane` label;
     /// - gauges: `breaker_state` (0 closed, 1 open, 2 half open),
-    ///   `batches_in_flight`, `staged`, `effective_max_batch`,
+    ///   `batches_in_flight`, `staged`, `queue_depth`, `effective_max_batch`,
     ///   `max_batch_items`, `pool_free`, `memory_bytes`, and `lane_depth`,
     ///   `lane_depth_high_water` with a `lane` label;
     /// - with histograms recorded: `batch_size`, `queue_wait_seconds`,

@@ -208,6 +208,15 @@ pub struct Stats {
     pub items_handled: u64,
     /// The largest batch dispatched.
     pub max_batch_items: u64,
+    /// Batches of a single item (the rest were batched: `batches -
+    /// single_item_batches`).
+    pub single_item_batches: u64,
+    /// With a [`weigher`](crate::BatcherBuilder::weigher): the weight of the
+    /// items dispatched, in the weigher's unit (bytes); 0 without one.
+    pub bytes_dispatched: u64,
+    /// Items and batches dispatched per second over a recent window (see
+    /// [`Throughput`]).
+    pub throughput: Throughput,
     /// Why batches were dispatched.
     pub dispatched: DispatchCounts,
     /// Batches whose handler returned an error.
@@ -306,10 +315,115 @@ impl Stats {
         }
     }
 
+    /// Batch efficiency: the mean batch over the effective maximum batch
+    /// size now, from 0 to 1 (0 before the first batch).
+    pub fn batch_efficiency(&self) -> f64 {
+        if self.effective_max_batch == 0 {
+            0.0
+        } else {
+            (self.mean_batch_items() / self.effective_max_batch as f64).min(1.0)
+        }
+    }
+
+    /// Batches of more than one item.
+    pub fn multi_item_batches(&self) -> u64 {
+        self.batches.saturating_sub(self.single_item_batches)
+    }
+
+    /// The handler's total time over every batch, with
+    /// [`histograms`](crate::BatcherBuilder::histograms) on (the exact sum
+    /// of the handler histogram); `None` otherwise.
+    pub fn handler_time(&self) -> Option<core::time::Duration> {
+        let ns = self.buckets.as_ref()?.handler_ns.sum;
+        Some(core::time::Duration::from_nanos(
+            u64::try_from(ns).unwrap_or(u64::MAX),
+        ))
+    }
+
+    /// The total queue depth: items accepted and not yet dispatched, in
+    /// every lane and staged (the `queue_depth` gauge of the exports).
+    pub fn queue_depth(&self) -> u64 {
+        self.in_lanes()
+    }
+
     /// Items accepted but not yet dispatched (a snapshot): in the lanes or
     /// staged.
     pub fn in_lanes(&self) -> u64 {
         self.lanes.iter().map(|l| l.depth).sum::<u64>() + self.staged
+    }
+}
+
+/// Dispatch rates over a recent window, measured between the snapshots a
+/// batcher has taken ([`Batcher::stats`](crate::Batcher::stats) and the
+/// rest): from the oldest snapshot of the last [`WINDOW`](Self::WINDOW)
+/// (or of the batcher's start, for the first) to this one. Taking
+/// snapshots regularly (a metrics scrape, a progress line) keeps the
+/// window recent.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Throughput {
+    /// Items dispatched per second.
+    pub items_per_sec: f64,
+    /// Batches dispatched per second.
+    pub batches_per_sec: f64,
+    /// The time the rates were measured over.
+    pub window: core::time::Duration,
+}
+
+impl Throughput {
+    /// The window the rates look back over, when snapshots come often
+    /// enough.
+    pub const WINDOW: core::time::Duration = core::time::Duration::from_secs(10);
+}
+
+/// Recent snapshots' counts, for [`Throughput`]: at most one every
+/// sixteenth of the window, so that frequent snapshots cost no more.
+#[derive(Debug)]
+pub(crate) struct RateWindow {
+    samples: std::collections::VecDeque<(std::time::Instant, u64, u64)>,
+}
+
+impl RateWindow {
+    const SAMPLES: usize = 17;
+
+    /// Starts at `start` with nothing dispatched.
+    pub(crate) fn new(start: std::time::Instant) -> Self {
+        let mut samples = std::collections::VecDeque::with_capacity(Self::SAMPLES);
+        samples.push_back((start, 0, 0));
+        Self { samples }
+    }
+
+    /// The rates from the oldest sample in the window to `(now, items,
+    /// batches)`, which is kept as a sample if the last is old enough.
+    pub(crate) fn observe(
+        &mut self,
+        now: std::time::Instant,
+        items: u64,
+        batches: u64,
+    ) -> Throughput {
+        let window = Throughput::WINDOW;
+        // Keep one sample older than the window, so that it stays covered.
+        while self.samples.len() > 1 && now.saturating_duration_since(self.samples[1].0) >= window {
+            self.samples.pop_front();
+        }
+        let &(since, items_then, batches_then) = self.samples.front().expect("never empty");
+        let span = now.saturating_duration_since(since);
+        let newest = self.samples.back().map_or(since, |s| s.0);
+        if now.saturating_duration_since(newest) >= window / 16 {
+            if self.samples.len() == Self::SAMPLES {
+                self.samples.pop_front();
+            }
+            self.samples.push_back((now, items, batches));
+        }
+        let secs = span.as_secs_f64();
+        if secs <= 0.0 {
+            return Throughput::default();
+        }
+        Throughput {
+            items_per_sec: items.saturating_sub(items_then) as f64 / secs,
+            batches_per_sec: batches.saturating_sub(batches_then) as f64 / secs,
+            window: span,
+        }
     }
 }
 
@@ -340,6 +454,8 @@ pub(crate) struct DrainerCounters {
     too_large: AtomicU64,
     staged: AtomicU64,
     items_failed: AtomicU64,
+    single_item_batches: AtomicU64,
+    bytes: AtomicU64,
     parks: AtomicU64,
     park_fences: AtomicU64,
 }
@@ -358,6 +474,8 @@ pub(crate) struct DrainerTally {
     pub(crate) too_large: u64,
     pub(crate) staged: u64,
     pub(crate) items_failed: u64,
+    pub(crate) single_item_batches: u64,
+    pub(crate) bytes: u64,
 }
 
 impl DrainerCounters {
@@ -380,6 +498,9 @@ impl DrainerCounters {
         self.staged.store(tally.staged, Ordering::Relaxed);
         self.items_failed
             .store(tally.items_failed, Ordering::Relaxed);
+        self.single_item_batches
+            .store(tally.single_item_batches, Ordering::Relaxed);
+        self.bytes.store(tally.bytes, Ordering::Relaxed);
     }
 
     /// Publishes what a dispatch of a batch with `reason` changes in the
@@ -399,6 +520,9 @@ impl DrainerCounters {
         self.panics.store(tally.panics, Ordering::Relaxed);
         self.items_failed
             .store(tally.items_failed, Ordering::Relaxed);
+        self.single_item_batches
+            .store(tally.single_item_batches, Ordering::Relaxed);
+        self.bytes.store(tally.bytes, Ordering::Relaxed);
     }
 
     /// Counts a park announcement: whether the drainer then slept, and
@@ -432,6 +556,8 @@ impl DrainerCounters {
         stats.too_large = self.too_large.load(Ordering::Relaxed);
         stats.staged = self.staged.load(Ordering::Relaxed);
         stats.items_failed = self.items_failed.load(Ordering::Relaxed);
+        stats.single_item_batches = self.single_item_batches.load(Ordering::Relaxed);
+        stats.bytes_dispatched = self.bytes.load(Ordering::Relaxed);
         stats.parks = self.parks.load(Ordering::Relaxed);
         stats.park_fences = self.park_fences.load(Ordering::Relaxed);
     }
@@ -593,4 +719,65 @@ pub struct HistogramBuckets {
     pub handler_ns: BucketCounts,
     /// Submission to completion, per item, in nanoseconds.
     pub end_to_end_ns: BucketCounts,
+}
+
+#[cfg(all(test, not(loom)))]
+mod rate_tests {
+    use std::time::{Duration, Instant};
+
+    use super::{RateWindow, Throughput};
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn the_first_rates_run_from_the_start() {
+        let t0 = Instant::now();
+        let mut rates = RateWindow::new(t0);
+        let r = rates.observe(t0 + Duration::from_secs(2), 1000, 10);
+        assert!(
+            close(r.items_per_sec, 500.0) && close(r.batches_per_sec, 5.0),
+            "{r:?}"
+        );
+        assert_eq!(r.window, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_window_slides_to_the_last_ten_seconds() {
+        let t0 = Instant::now();
+        let mut rates = RateWindow::new(t0);
+        // 100 items a second for 20 s, then 1,000 a second for 20 s,
+        // observed every second.
+        let mut items = 0;
+        let mut last = Throughput::default();
+        for s in 1..=40u64 {
+            items += if s <= 20 { 100 } else { 1000 };
+            last = rates.observe(t0 + Duration::from_secs(s), items, s);
+            if s == 20 {
+                assert!(close(last.items_per_sec, 100.0), "{last:?}");
+            }
+        }
+        assert!(
+            close(last.items_per_sec, 1000.0),
+            "only the fast part: {last:?}"
+        );
+        assert!(
+            last.window >= Throughput::WINDOW && last.window <= Throughput::WINDOW * 2,
+            "{:?}",
+            last.window
+        );
+    }
+
+    #[test]
+    fn frequent_snapshots_keep_few_samples() {
+        let t0 = Instant::now();
+        let mut rates = RateWindow::new(t0);
+        for ms in 1..=100_000u64 {
+            rates.observe(t0 + Duration::from_millis(ms), ms, ms);
+        }
+        assert!(rates.samples.len() <= RateWindow::SAMPLES);
+        let r = rates.observe(t0 + Duration::from_millis(100_001), 100_001, 100_001);
+        assert!(close(r.items_per_sec, 1000.0), "{r:?}");
+    }
 }

@@ -646,6 +646,13 @@ fn print_summary(
         stats.max_batch_items
     );
     println!(
+        "{:<22}{} batched, {} of a single item; efficiency {:.0} % of the limit now",
+        "batch shapes",
+        stats.multi_item_batches(),
+        stats.single_item_batches,
+        stats.batch_efficiency() * 100.0
+    );
+    println!(
         "{:<22}full {}, linger {}, lanes idle {}, flush {}, shutdown {}",
         "dispatched by", d.full, d.linger, d.lanes_idle, d.flush, d.shutdown
     );
@@ -660,6 +667,21 @@ fn print_summary(
         peak,
         elapsed.as_secs_f64()
     );
+    println!(
+        "{:<22}{:.0} items/s, {:.0} batches/s over the last {:.1} s",
+        "recent throughput",
+        stats.throughput.items_per_sec,
+        stats.throughput.batches_per_sec,
+        stats.throughput.window.as_secs_f64()
+    );
+    if let Some(handler) = stats.handler_time() {
+        println!(
+            "{:<22}{:.2} s in all ({:.0} % of the run)",
+            "handler time",
+            handler.as_secs_f64(),
+            100.0 * handler.as_secs_f64() / elapsed.as_secs_f64()
+        );
+    }
     let Some(h) = &stats.histograms else {
         return;
     };

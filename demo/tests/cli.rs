@@ -96,6 +96,9 @@ fn demo_runs_and_writes_an_svg_with_three_series() {
         "items handled",
         "batches",
         "adaptive limit",
+        "batch shapes",
+        "recent throughput",
+        "handler time",
         "end to end",
         "chart: ",
     ] {

@@ -88,6 +88,8 @@ pub(crate) struct BatchMeta {
     /// Shaping: the earliest take time (ns since the epoch) of the items
     /// filled in, or `NEVER`.
     pub(crate) taken: u64,
+    /// With a weigher: the batch's weight.
+    pub(crate) bytes: u64,
 }
 
 impl BatchMeta {
@@ -96,6 +98,7 @@ impl BatchMeta {
         attempt: 1,
         oldest: None,
         taken: u64::MAX,
+        bytes: 0,
     };
 }
 

@@ -325,6 +325,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             panics,
             epoch,
             recorder: recorder.map(Mutex::new),
+            rates: Mutex::new(crate::stats::RateWindow::new(epoch)),
             #[cfg(feature = "metrics")]
             facade,
             high_water: (0..rings).map(|_| AtomicU64::new(0)).collect(),

@@ -68,6 +68,8 @@ pub(crate) struct Shared<T, R> {
     pub(crate) epoch: Instant,
     /// The histograms, when recorded (locked once per batch).
     pub(crate) recorder: Option<Mutex<crate::metrics::Recorder>>,
+    /// Recent snapshots' counts, for `Stats::throughput`.
+    pub(crate) rates: Mutex<crate::stats::RateWindow>,
     /// The `metrics` crate handles, when registered (`BatcherBuilder::metrics`).
     #[cfg(feature = "metrics")]
     pub(crate) facade: Option<crate::metrics_facade::Facade>,
@@ -280,6 +282,11 @@ impl<T, R> Shared<T, R> {
             stats.histograms = Some(recorder.snapshot());
             stats.buckets = Some(recorder.buckets());
         }
+        stats.throughput = crate::contain::lock(&self.rates).observe(
+            Instant::now(),
+            stats.items_handled,
+            stats.batches,
+        );
         stats
     }
 

@@ -138,6 +138,8 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             .min()
             .unwrap_or(buf.meta.taken);
         buf.meta.id = self.tally.batches + 1;
+        self.tally.single_item_batches += u64::from(buf.len() == 1);
+        self.tally.bytes += buf.meta.bytes;
         buf.meta.oldest = (ns != crate::shape::NEVER)
             .then(|| self.shared.epoch + core::time::Duration::from_nanos(ns));
     }

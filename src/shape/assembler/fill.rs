@@ -59,6 +59,7 @@ impl<T> Assembler<T> {
                 }
             }
         }
+        buf.meta.bytes = bytes as u64;
     }
 
     /// Moves items from group `g` into `buf` up to `limit` items and the

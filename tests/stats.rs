@@ -1,0 +1,137 @@
+//! The statistics the replaced batchers reported, against the test's own
+//! tally: single-item and batched batches, bytes dispatched, batch
+//! efficiency, total handler time and the total queue depth.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::BOUND;
+use ringbatch::{Batch, Batcher};
+
+#[test]
+fn batch_counts_bytes_and_efficiency_match_the_handlers_tally() {
+    // (items, bytes) per batch, as the handler saw them.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let batcher = Batcher::builder()
+        .lanes(2)
+        .max_batch(32)
+        .weigher(|line: &String| line.len())
+        .max_bytes(4096)
+        .histograms(true)
+        .handler_fn(move |batch: &mut Batch<'_, String, ()>| {
+            let bytes: usize = batch.items().iter().map(String::len).sum();
+            log.lock().unwrap().push((batch.len(), bytes));
+            std::thread::sleep(Duration::from_micros(200));
+            batch.ok_with(|_| ());
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let producer = batcher.producer();
+    let mut weight = 0;
+    for i in 0..2000usize {
+        let line = "x".repeat(1 + i % 50);
+        weight += line.len();
+        producer.push(line).unwrap();
+        if i % 100 == 0 {
+            // A lone item now and then: single-item batches as well.
+            assert!(batcher.flush_timeout(BOUND), "flushed");
+        }
+    }
+    assert!(batcher.flush_timeout(BOUND), "flushed");
+    let stats = batcher.stats();
+    let seen = seen.lock().unwrap().clone();
+    let singles = seen.iter().filter(|&&(n, _)| n == 1).count() as u64;
+    assert_eq!(stats.batches, seen.len() as u64, "batches");
+    assert_eq!(stats.single_item_batches, singles, "single-item batches");
+    assert_eq!(
+        stats.multi_item_batches(),
+        seen.len() as u64 - singles,
+        "batched"
+    );
+    assert_eq!(
+        stats.bytes_dispatched,
+        seen.iter().map(|&(_, b)| b as u64).sum::<u64>(),
+        "bytes: the handler's sum"
+    );
+    assert_eq!(
+        stats.bytes_dispatched, weight as u64,
+        "bytes: the producer's sum"
+    );
+    let efficiency = stats.mean_batch_items() / stats.effective_max_batch as f64;
+    assert!((stats.batch_efficiency() - efficiency).abs() < 1e-12);
+    assert!(stats.batch_efficiency() > 0.0 && stats.batch_efficiency() <= 1.0);
+    let handler = stats.handler_time().expect("histograms are on");
+    assert!(
+        handler >= Duration::from_micros(200) * seen.len() as u32,
+        "at least 200 µs per batch: {handler:?} for {} batches",
+        seen.len()
+    );
+    assert_eq!(stats.queue_depth(), 0, "everything dispatched");
+    // The first snapshot's rates run from the start: rate × window is every
+    // item and batch.
+    let t = stats.throughput;
+    let items = t.items_per_sec * t.window.as_secs_f64();
+    let batches = t.batches_per_sec * t.window.as_secs_f64();
+    assert!((items - 2000.0).abs() < 1e-6, "{t:?}");
+    assert!((batches - stats.batches as f64).abs() < 1e-6, "{t:?}");
+    batcher.shutdown();
+}
+
+#[test]
+fn without_histograms_the_handler_time_is_unknown_and_without_a_weigher_no_bytes() {
+    let batcher = Batcher::builder()
+        .handler_fn(|batch: &mut Batch<'_, u64, ()>| {
+            batch.ok_with(|_| ());
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let producer = batcher.producer();
+    for i in 0..100 {
+        producer.push(i).unwrap();
+    }
+    let stats = batcher.shutdown();
+    assert_eq!(stats.items_handled, 100);
+    assert_eq!(stats.handler_time(), None);
+    assert_eq!(stats.bytes_dispatched, 0);
+}
+
+#[test]
+fn the_queue_depth_counts_every_lane_and_the_staging_area() {
+    let gate = common::Gate::closed();
+    let batches = common::Batches::<u64>::default();
+    let batcher = Batcher::builder()
+        .lanes(2)
+        .max_batch(4)
+        .handler_fn(common::recording_with(&batches, Some(&gate), |_| ()))
+        .build()
+        .unwrap();
+    let first = batcher.producer_on_lane(0).unwrap();
+    let second = batcher.producer_on_lane(1).unwrap();
+    first.push(0).unwrap();
+    gate.wait_arrived(1);
+    // The drainer is held in the handler: these wait in the lanes.
+    for i in 1..=5 {
+        first.push(i).unwrap();
+    }
+    for i in 6..=8 {
+        second.push(i).unwrap();
+    }
+    let stats = batcher.stats();
+    assert_eq!(
+        stats.queue_depth(),
+        8,
+        "5 + 3 in the lanes: {:?}",
+        stats.lanes
+    );
+    assert_eq!(
+        stats.queue_depth(),
+        stats.lanes.iter().map(|l| l.depth).sum::<u64>() + stats.staged
+    );
+    gate.open();
+    batcher.shutdown();
+}
