@@ -56,6 +56,7 @@ fn requests_made_while_the_drainer_parks_are_served() {
                 max_batch: AtomicUsize::new(2),
                 settings_version: AtomicU64::new(0),
                 effective_max: AtomicUsize::new(2),
+                pressure: AtomicBool::new(false),
             },
             progress: Progress::default(),
             handled: AtomicBool::new(false),
