@@ -206,8 +206,9 @@ pub use settings::{Settings, SettingsError};
 pub use shape::{
     Adaptive, AdaptiveMode, DEFAULT_MAX_BYTES, DEFAULT_MAX_OPEN_GROUPS, DEFAULT_STARVATION_AGE,
     GroupLimits, GroupSize, Linger, LoadWeights, Oversize, Priority, PriorityLevelError,
+    group_key_hash,
 };
-pub use stats::{DispatchCounts, DispatchReason, LaneStats, Stats, Throughput};
+pub use stats::{DispatchCounts, DispatchReason, GroupStats, LaneStats, Stats, Throughput};
 pub use wait::WaitStrategy;
 
 // The README's examples run as doc tests.

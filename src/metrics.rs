@@ -819,6 +819,23 @@ impl Stats {
         for (name, help, field) in Stats::LANE_GAUGES {
             metric(name, "gauge", help, &lanes(field));
         }
+        if !self.groups.is_empty() {
+            // A group's label is its key hash (`group_key_hash`), in hex;
+            // `other` sums the groups that left the table.
+            let groups = |f: fn(&crate::GroupStats) -> u64| -> Vec<(String, f64)> {
+                self.groups
+                    .iter()
+                    .map(|g| (format!("group=\"{:016x}\"", g.key_hash), f(g) as f64))
+                    .chain(core::iter::once((
+                        "group=\"other\"".to_owned(),
+                        f(&self.groups_other) as f64,
+                    )))
+                    .collect()
+            };
+            for (name, help, field) in Stats::GROUP_COUNTERS {
+                metric(name, "counter", help, &groups(field));
+            }
+        }
         if let Some(buckets) = &self.buckets {
             for (name, help, counts, per_unit) in buckets.exported() {
                 // `_bucket`, `_sum` and `_count` are suffixes of the name.

@@ -135,3 +135,68 @@ fn the_queue_depth_counts_every_lane_and_the_staging_area() {
     gate.open();
     batcher.shutdown();
 }
+
+#[test]
+fn per_group_counts_match_the_handlers_tally_and_the_export() {
+    // Per key (x % 3): items, batches, bytes and failures the handler saw.
+    let seen = Arc::new(Mutex::new(
+        std::collections::BTreeMap::<u64, [u64; 4]>::new(),
+    ));
+    let log = Arc::clone(&seen);
+    let batcher = Batcher::builder()
+        .lanes(1)
+        .max_batch(16)
+        .group_by(|x: &u64| x % 3)
+        .weigher(|x: &u64| (*x % 7 + 1) as usize)
+        .handler_fn(move |batch: &mut Batch<'_, u64, ()>| {
+            let key = batch.items()[0] % 3;
+            let mut log = log.lock().unwrap();
+            let entry = log.entry(key).or_default();
+            entry[0] += batch.len() as u64;
+            entry[1] += 1;
+            entry[2] += batch.items().iter().map(|x| x % 7 + 1).sum::<u64>();
+            for i in 0..batch.len() {
+                assert_eq!(batch.items()[i] % 3, key, "one group per batch");
+                if batch.items()[i] % 5 == 0 {
+                    entry[3] += 1;
+                    batch.fail(i, "a fifth").unwrap();
+                } else {
+                    batch.ok(i, ()).unwrap();
+                }
+            }
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let producer = batcher.producer();
+    for x in 0..3000u64 {
+        producer.push(x).unwrap();
+    }
+    assert!(batcher.flush_timeout(BOUND), "flushed");
+    let stats = batcher.stats();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(stats.groups.len(), 3, "three keys: {:?}", stats.groups);
+    for (key, [items, batches, bytes, failures]) in seen {
+        let group = stats
+            .groups
+            .iter()
+            .find(|g| g.key_hash == ringbatch::group_key_hash(&key))
+            .unwrap_or_else(|| panic!("no group for key {key}: {:?}", stats.groups));
+        assert_eq!(
+            (group.items, group.batches, group.bytes, group.failures),
+            (items, batches, bytes, failures),
+            "key {key}: (items, batches, bytes, failures)"
+        );
+    }
+    assert_eq!(stats.groups_other, ringbatch::GroupStats::default());
+    let text = stats.prometheus("rb");
+    let first = stats.groups[0];
+    assert!(
+        text.contains(&format!(
+            "rb_group_items_total{{group=\"{:016x}\"}} {}\n",
+            first.key_hash, first.items
+        )),
+        "the export carries each group's items:\n{text}"
+    );
+    batcher.shutdown();
+}

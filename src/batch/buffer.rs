@@ -90,6 +90,8 @@ pub(crate) struct BatchMeta {
     pub(crate) taken: u64,
     /// With a weigher: the batch's weight.
     pub(crate) bytes: u64,
+    /// With `group_by`: the hash of the batch's key.
+    pub(crate) group: Option<u64>,
 }
 
 impl BatchMeta {
@@ -99,6 +101,7 @@ impl BatchMeta {
         oldest: None,
         taken: u64::MAX,
         bytes: 0,
+        group: None,
     };
 }
 

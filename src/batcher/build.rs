@@ -293,6 +293,10 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             }
             None => (None, recorder),
         };
+        let group_stats = shaping
+            .group
+            .as_ref()
+            .map(|_| crate::stats::GroupStats::limit(shaping.max_open_groups));
         let assembler = shaping.is_active().then(|| {
             Assembler::new(
                 shaping_for_drainer(&mut shaping),
@@ -325,6 +329,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             panics,
             epoch,
             recorder: recorder.map(Mutex::new),
+            groups: group_stats.map(|limit| Mutex::new(crate::stats::GroupTable::new(limit))),
             rates: Mutex::new(crate::stats::RateWindow::new(epoch)),
             #[cfg(feature = "metrics")]
             facade,

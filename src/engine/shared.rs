@@ -68,6 +68,8 @@ pub(crate) struct Shared<T, R> {
     pub(crate) epoch: Instant,
     /// The histograms, when recorded (locked once per batch).
     pub(crate) recorder: Option<Mutex<crate::metrics::Recorder>>,
+    /// With `group_by`: each key group's counts (locked once per batch).
+    pub(crate) groups: Option<Mutex<crate::stats::GroupTable>>,
     /// Recent snapshots' counts, for `Stats::throughput`.
     pub(crate) rates: Mutex<crate::stats::RateWindow>,
     /// The `metrics` crate handles, when registered (`BatcherBuilder::metrics`).
@@ -211,6 +213,14 @@ impl<T, R> Shared<T, R> {
         self.control.effective_max.store(size, Ordering::Relaxed);
     }
 
+    /// `n` failed items of a batch of key group `group`, for its counts.
+    #[inline]
+    pub(crate) fn group_failed(&self, group: Option<u64>, n: usize) {
+        if let (Some(groups), Some(group), true) = (&self.groups, group, n > 0) {
+            crate::contain::lock(groups).failed(group, n as u64);
+        }
+    }
+
     /// A producer found its lane full (`Backpressure::IncreaseBatchSize`).
     #[cold]
     pub(crate) fn signal_pressure(&self) {
@@ -281,6 +291,9 @@ impl<T, R> Shared<T, R> {
             let recorder = crate::contain::lock(recorder);
             stats.histograms = Some(recorder.snapshot());
             stats.buckets = Some(recorder.buckets());
+        }
+        if let Some(groups) = &self.groups {
+            crate::contain::lock(groups).fill(&mut stats);
         }
         stats.throughput = crate::contain::lock(&self.rates).observe(
             Instant::now(),

@@ -27,11 +27,7 @@ impl<T: 'static> KeyPolicy<T> {
         let key = StdArc::new(key);
         let for_eq = StdArc::clone(&key);
         Self {
-            hash: Box::new(move |item| {
-                let mut hasher = KeyHasher::default();
-                key(item).hash(&mut hasher);
-                hasher.finish()
-            }),
+            hash: Box::new(move |item| group_key_hash(&key(item))),
             eq: Box::new(move |a, b| for_eq(a) == for_eq(b)),
         }
     }
@@ -49,6 +45,23 @@ impl<T> KeyPolicy<T> {
     pub(crate) fn same_key(&self, a: &T, b: &T) -> Result<bool, PanicMessage> {
         crate::contain::call(|| (self.eq)(a, b))
     }
+}
+
+/// The hash the batcher files a key group under: [`GroupStats::key_hash`](crate::GroupStats::key_hash)
+/// of the group whose [`group_by`](crate::BatcherBuilder::group_by) key is
+/// `key`, and the `group` field of the `tracing` spans. The same key gives
+/// the same hash in every process and version of this major release.
+///
+/// ```
+/// use ringbatch::group_key_hash;
+///
+/// assert_eq!(group_key_hash(&"orders"), group_key_hash(&"orders"));
+/// assert_ne!(group_key_hash(&1u32), group_key_hash(&2u32));
+/// ```
+pub fn group_key_hash<K: Hash + ?Sized>(key: &K) -> u64 {
+    let mut hasher = KeyHasher::default();
+    key.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// A fast, non-cryptographic hasher for keys (multiply-rotate per word, a

@@ -40,6 +40,7 @@ pub use adaptive::{Adaptive, AdaptiveMode, LoadWeights};
 pub(crate) use assembler::{Assembler, Force};
 pub(crate) use expiry::{ExpiryStamps, NEVER, duration_ns};
 pub(crate) use keys::KeyPolicy;
+pub use keys::group_key_hash;
 pub use policy::{GroupLimits, GroupSize, Linger, Oversize, Priority, PriorityLevelError};
 pub(crate) use settings::Shaping;
 pub use settings::{DEFAULT_MAX_BYTES, DEFAULT_MAX_OPEN_GROUPS, DEFAULT_STARVATION_AGE};

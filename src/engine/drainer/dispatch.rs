@@ -104,6 +104,8 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         };
         batch.fail_remaining(leftover);
         self.tally.items_failed += self.buf.failed as u64;
+        self.shared
+            .group_failed(self.buf.meta.group, self.buf.failed);
         shared.pool.recycle(&mut self.buf);
     }
 
@@ -140,6 +142,9 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         buf.meta.id = self.tally.batches + 1;
         self.tally.single_item_batches += u64::from(buf.len() == 1);
         self.tally.bytes += buf.meta.bytes;
+        if let (Some(groups), Some(group)) = (&self.shared.groups, buf.meta.group) {
+            crate::contain::lock(groups).dispatched(group, buf.len() as u64, buf.meta.bytes);
+        }
         buf.meta.oldest = (ns != crate::shape::NEVER)
             .then(|| self.shared.epoch + core::time::Duration::from_nanos(ns));
     }
@@ -169,6 +174,8 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         if !lock(failure).admit(Instant::now()) {
             lock(failure).reject(buf, &mut { deliver_to });
             self.tally.items_failed += buf.failed as u64;
+            self.shared.group_failed(buf.meta.group, buf.failed);
+            self.shared.group_failed(buf.meta.group, buf.failed);
             return None;
         }
         buf.prepare_marks();
@@ -197,6 +204,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         let settled =
             lock(failure).settle(buf, outcome, attempt, Instant::now(), &mut { deliver_to });
         self.tally.items_failed += buf.failed as u64;
+        self.shared.group_failed(buf.meta.group, buf.failed);
         buf.failed = 0;
         match settled {
             Settled::Done => None,

@@ -234,6 +234,7 @@ pub(super) fn finish<T, R>(shared: &Shared<T, R>, mut buf: BatchBuf<T>, error: E
         pipeline
             .items_failed
             .fetch_add(buf.failed as u64, Ordering::Relaxed);
+        shared.group_failed(buf.meta.group, buf.failed);
     }
     shared.pool.put(buf);
     // AcqRel: Release publishes the completions above to the drainer's

@@ -167,6 +167,7 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
                 pipeline
                     .items_failed
                     .fetch_add(buf.failed as u64, Ordering::Relaxed);
+                shared.group_failed(buf.meta.group, buf.failed);
                 buf.failed = 0;
             }
             match settled {

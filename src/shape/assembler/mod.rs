@@ -305,7 +305,11 @@ impl<T> Assembler<T> {
             self.fill(buf, pick.group, now, effective, complete);
             if !buf.is_empty() {
                 // A group's slot keeps its key after the batch closed it.
-                buf.tag.set_group(pick.group.map(|g| self.groups[g].key));
+                let group = pick.group.map(|g| self.groups[g].key);
+                buf.tag.set_group(group);
+                if self.policy.group.is_some() {
+                    buf.meta.group = group;
+                }
                 self.last_dispatch = Some(now);
                 return Some(pick.reason);
             }
