@@ -642,7 +642,7 @@ impl DrainerCounters {
     /// the last full [`publish`](Self::publish)): the batch and item
     /// counts, the largest batch, `reason`'s count and the handler's
     /// failures. Relaxed, as `publish`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn publish_batch(&self, tally: &DrainerTally, reason: DispatchReason) {
         self.batches.store(tally.batches, Ordering::Relaxed);
         self.items.store(tally.items, Ordering::Relaxed);

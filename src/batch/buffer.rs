@@ -192,7 +192,12 @@ impl<T> BatchBuf<T> {
         self.completed = 0;
         self.feedback = None;
         self.failed = 0;
-        self.meta = BatchMeta::NEW;
+        // What a dispatch may not set again (a batch of the shutdown path
+        // is not filled by the assembler); `id` and `attempt` it always sets.
+        self.meta.oldest = None;
+        self.meta.taken = u64::MAX;
+        self.meta.bytes = 0;
+        self.meta.group = None;
         // Empty unless histograms or failure policies are on: skip the calls.
         if !self.runs.is_empty() {
             self.runs.clear();

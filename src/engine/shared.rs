@@ -214,10 +214,12 @@ impl<T, R> Shared<T, R> {
     }
 
     /// `n` failed items of a batch of key group `group`, for its counts.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn group_failed(&self, group: Option<u64>, n: usize) {
-        if let (Some(groups), Some(group), true) = (&self.groups, group, n > 0) {
-            crate::contain::lock(groups).failed(group, n as u64);
+        if n > 0 {
+            if let (Some(groups), Some(group)) = (&self.groups, group) {
+                crate::contain::lock(groups).failed(group, n as u64);
+            }
         }
     }
 

@@ -128,25 +128,29 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
 
     /// Numbers the batch being dispatched and dates its oldest item, for the
     /// handler (`Batch::id`, `Batch::oldest_accepted`).
-    #[inline]
+    #[inline(always)]
     pub(super) fn stamp_batch(&mut self) {
         let buf = &mut self.buf;
-        // With histograms, a bound no later than the acceptance; with
-        // shaping alone, when the drainer took the item.
-        let ns = buf
-            .runs
-            .iter()
-            .map(|&(since, _)| since)
-            .min()
-            .unwrap_or(buf.meta.taken);
         buf.meta.id = self.tally.batches + 1;
+        buf.meta.attempt = 1;
         self.tally.single_item_batches += u64::from(buf.len() == 1);
-        self.tally.bytes += buf.meta.bytes;
-        if let (Some(groups), Some(group)) = (&self.shared.groups, buf.meta.group) {
-            crate::contain::lock(groups).dispatched(group, buf.len() as u64, buf.meta.bytes);
+        // Only histograms (runs) and shaping (weights, take times, groups)
+        // set the rest; a batcher with neither skips it.
+        if !buf.runs.is_empty() || buf.meta.taken != crate::shape::NEVER {
+            self.tally.bytes += buf.meta.bytes;
+            if let (Some(groups), Some(group)) = (&self.shared.groups, buf.meta.group) {
+                crate::contain::lock(groups).dispatched(group, buf.len() as u64, buf.meta.bytes);
+            }
+            // With histograms, a bound no later than the acceptance; with
+            // shaping alone, when the drainer took the item.
+            let ns = buf
+                .runs
+                .iter()
+                .map(|&(since, _)| since)
+                .min()
+                .unwrap_or(buf.meta.taken);
+            buf.meta.oldest = Some(self.shared.epoch + core::time::Duration::from_nanos(ns));
         }
-        buf.meta.oldest = (ns != crate::shape::NEVER)
-            .then(|| self.shared.epoch + core::time::Duration::from_nanos(ns));
     }
 
     /// Runs the sync handler on `buf` (attempt `attempt`) under the failure

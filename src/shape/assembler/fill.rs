@@ -17,6 +17,7 @@ impl<T> Assembler<T> {
         complete: &mut dyn FnMut(Origin, Error),
     ) {
         self.positions.clear();
+        buf.meta.taken = NEVER;
         let mut bytes = 0;
         match group {
             Some(g) => {
