@@ -200,3 +200,41 @@ fn per_group_counts_match_the_handlers_tally_and_the_export() {
     );
     batcher.shutdown();
 }
+
+#[test]
+fn a_groups_failures_count_each_failed_item_once_breaker_refusals_included() {
+    let batcher = Batcher::builder()
+        .lanes(1)
+        .group_by(|x: &u64| x % 2)
+        .circuit_breaker(
+            ringbatch::CircuitBreaker::default()
+                .with_failure_threshold(1)
+                .with_recovery_timeout(Duration::from_secs(60))
+                .with_hold_while_open(false),
+        )
+        .dead_letter(|_| {})
+        .handler_fn(|_: &mut Batch<'_, u64, ()>| Err("the sink is down".into()))
+        .build()
+        .unwrap();
+    let producer = batcher.producer();
+    let mut failed = 0;
+    // One at a time: the first batch fails in the handler and opens the
+    // breaker, which refuses every later one.
+    for x in 0..10u64 {
+        let mut ticket = producer.submit(x * 2).unwrap();
+        match ticket.wait_timeout(BOUND).expect("an answer in time") {
+            Err(_) => failed += 1,
+            Ok(()) => panic!("the handler never succeeds"),
+        }
+    }
+    let stats = batcher.stats();
+    let group = stats
+        .groups
+        .iter()
+        .find(|g| g.key_hash == ringbatch::group_key_hash(&0u64))
+        .expect("group 0");
+    assert_eq!(failed, 10);
+    assert_eq!(group.failures, failed, "each failed item once: {group:?}");
+    assert_eq!(stats.items_failed, failed);
+    batcher.shutdown();
+}

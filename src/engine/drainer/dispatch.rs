@@ -179,7 +179,6 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             lock(failure).reject(buf, &mut { deliver_to });
             self.tally.items_failed += buf.failed as u64;
             self.shared.group_failed(buf.meta.group, buf.failed);
-            self.shared.group_failed(buf.meta.group, buf.failed);
             return None;
         }
         buf.prepare_marks();
