@@ -191,7 +191,7 @@ pub use collector::PrometheusCollector;
 pub use completion::Ticket;
 pub use config::{
     Backpressure, Config, ConfigError, DEFAULT_RESULT_SLOTS, LaneAssignment, MAX_CAPACITY,
-    MAX_DURATION, MAX_LANES,
+    MAX_DURATION, MAX_HANDLER_THREADS, MAX_LANES, ThreadRouting,
 };
 #[cfg(feature = "tokio")]
 pub use engine::runtime::{AsyncBatch, AsyncHandler};
