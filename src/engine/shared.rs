@@ -291,6 +291,10 @@ impl<T, R> Shared<T, R> {
                 .recorder
                 .as_ref()
                 .map_or(0, |r| crate::contain::lock(r).footprint())
+            + self
+                .threads
+                .as_ref()
+                .map_or(0, crate::engine::threads::Threads::footprint)
     }
 
     pub(crate) fn stats(&self) -> Stats {

@@ -103,6 +103,14 @@ impl<T> Threads<T> {
         }
     }
 
+    /// Bytes of the queues' storage (for the memory report).
+    pub(crate) fn footprint(&self) -> usize {
+        self.queues
+            .iter()
+            .map(|queue| lock(&queue.state).bufs.capacity() * core::mem::size_of::<BatchBuf<T>>())
+            .sum()
+    }
+
     fn flight(&self) -> MutexGuard<'_, Flight> {
         lock(&self.flight)
     }
