@@ -54,6 +54,34 @@ pub enum LaneAssignment {
     RoundRobin,
 }
 
+/// How [`handler_threads`](crate::BatcherBuilder::handler_threads) spreads
+/// batches over its threads, and so which order batches run in.
+///
+/// Whatever the routing, the items of one batch keep the order they were
+/// taken in (per producer, the order of submission), and each batch runs
+/// on one thread, one attempt after another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ThreadRouting {
+    /// Each batch goes to the first free thread (the default): up to `n`
+    /// batches run at once, and nothing orders them. A later batch may
+    /// finish before an earlier one, even of the same producer or key
+    /// group. With one thread, batches run in dispatch order.
+    #[default]
+    AnyFree,
+    /// Each thread has a queue of its own, and every batch of a key group
+    /// goes to the same thread (`group_key_hash % n`), so a group's batches
+    /// run one at a time, in dispatch order, retries included (a batch
+    /// waiting to retry holds its thread). Groups on different threads run
+    /// at once, in no order. Needs
+    /// [`group_by`](crate::BatcherBuilder::group_by); a busy group's thread
+    /// may queue batches while another thread is idle.
+    ByGroup,
+}
+
+/// Most handler threads ([`handler_threads`](crate::BatcherBuilder::handler_threads)).
+pub const MAX_HANDLER_THREADS: usize = 1 << 10;
+
 /// Completion slots per lane when `result_slots` is not set and the lane
 /// capacity is smaller: room for that many outstanding tickets per lane.
 pub const DEFAULT_RESULT_SLOTS: usize = 1024;
@@ -329,11 +357,14 @@ pub enum ConfigError {
         message: String,
     },
     /// An async handler needs `max_in_flight` buffers in flight plus one
-    /// being filled: `pool_size` must be at least `max_in_flight + 1`.
+    /// being filled, handler threads one buffer per thread plus one:
+    /// `pool_size` must be at least `max_in_flight + 1` (`n + 1` for
+    /// `handler_threads(n, ..)`).
     PoolTooSmall {
         /// The `pool_size` given.
         pool_size: usize,
-        /// The smallest pool that works (`max_in_flight + 1`).
+        /// The smallest pool that works (`max_in_flight + 1`, or
+        /// `handler_threads + 1`).
         needed: usize,
     },
     /// `pin_drainer` was set together with `drain_on_runtime`: a drainer
@@ -433,7 +464,8 @@ impl fmt::Display for ConfigError {
             ConfigError::MissingHandler => f.write_str("handler: no handler was given"),
             ConfigError::PoolTooSmall { pool_size, needed } => write!(
                 f,
-                "pool_size ({pool_size}) must be at least max_in_flight + 1 ({needed}) with an async handler"
+                "pool_size ({pool_size}) must be at least {needed}: one buffer per batch in flight \
+                 (max_in_flight with an async handler, handler_threads with handler threads) plus one"
             ),
             ConfigError::PinOnRuntime { core } => write!(
                 f,

@@ -8,7 +8,10 @@
 //!
 //! - No item is lost or duplicated: every accepted item reaches the handler
 //!   once, or its ticket says why not; a refused item comes back in the error.
-//! - One producer's items reach the handler in the order it submitted them.
+//! - One producer's items reach the handler in the order it submitted them
+//!   (with [`handler_threads`](BatcherBuilder::handler_threads) `n > 1`,
+//!   within each batch, and across batches only per key group with
+//!   [`ThreadRouting::ByGroup`]).
 //! - Memory is fixed at build time ([`Stats::memory_bytes`]); the steady-state
 //!   path from submit to handler and back does not allocate.
 //! - Natural batching: at low load a batch is one item, dispatched at once;
@@ -191,7 +194,7 @@ pub use collector::PrometheusCollector;
 pub use completion::Ticket;
 pub use config::{
     Backpressure, Config, ConfigError, DEFAULT_RESULT_SLOTS, LaneAssignment, MAX_CAPACITY,
-    MAX_DURATION, MAX_LANES,
+    MAX_DURATION, MAX_HANDLER_THREADS, MAX_LANES, ThreadRouting,
 };
 #[cfg(feature = "tokio")]
 pub use engine::runtime::{AsyncBatch, AsyncHandler};

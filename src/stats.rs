@@ -230,9 +230,10 @@ pub struct Stats {
     pub batch_errors: u64,
     /// Batches whose handler panicked.
     pub handler_panics: u64,
-    /// Batches handed to async handler tasks and not finished yet: running
-    /// (at most `max_in_flight`) or queued for a free worker (so at most
-    /// `pool_size - 1` in all). 0 with a blocking handler.
+    /// Batches handed to async handler tasks or handler threads and not
+    /// finished yet: running (at most `max_in_flight`, or one per handler
+    /// thread) or queued for a free worker (so at most `pool_size - 1` in
+    /// all). 0 with a blocking handler run by the drainer.
     pub batches_in_flight: u64,
     /// Items whose deadline or maximum age passed before dispatch (their
     /// tickets failed with [`Error::Expired`](crate::Error::Expired)).

@@ -1,7 +1,8 @@
 //! Zero heap allocations per item in steady state: a counting global
 //! allocator watches a million submissions with results (and a million
 //! fire-and-forget pushes and slices) go through a batcher after warm-up,
-//! from a shared producer and then from an exclusive one.
+//! from a shared producer and then from an exclusive one; and the same
+//! through handler threads.
 //!
 //! It runs without the test harness (see `counting`), so that no thread
 //! but the test's and the batcher's allocates while it counts.
@@ -9,7 +10,7 @@
 mod counting;
 
 use counting::allocations;
-use ringbatch::{Batch, Batcher, Error, Ticket};
+use ringbatch::{Batch, Batcher, Error, ThreadRouting, Ticket};
 
 /// Runs the mixed workload: `n` submissions waited for one by one, `n` pushes,
 /// and `n / 16` slices of 16 submitted with tickets into a reused vector.
@@ -77,9 +78,50 @@ fn a_million_submissions_with_results_make_no_allocation() {
     );
 }
 
+/// The same workload through handler threads: the hand-off queues, the
+/// in-flight count and the threads' waits allocate nothing per batch, in
+/// either routing.
+fn handler_threads_make_no_allocation() {
+    for routing in [ThreadRouting::AnyFree, ThreadRouting::ByGroup] {
+        let batcher = Batcher::builder()
+            .lanes(2)
+            .max_batch(16)
+            .group_by(|&x: &u64| x % 4)
+            .handler_threads_fn(3, |_| {
+                |batch: &mut Batch<'_, u64, u64>| {
+                    batch.complete_with(|&x| Ok::<_, Error>(x + 1));
+                    Ok(())
+                }
+            })
+            .thread_routing(routing)
+            .build()
+            .expect("valid settings");
+        let producer = batcher.producer();
+        let mut tickets = Vec::with_capacity(16);
+        counting::build_thread_waker();
+        workload(&producer, 20_000, &mut tickets);
+        batcher.flush();
+
+        let before = allocations();
+        workload(&producer, 200_000, &mut tickets);
+        batcher.flush();
+        let made = allocations() - before;
+        assert_eq!(
+            made, 0,
+            "expected no heap allocation for 200,000 submissions with results \
+             through handler threads ({routing:?}) after warm-up, counted {made}"
+        );
+        assert!(batcher.shutdown().items_handled >= 400_000);
+    }
+}
+
 fn main() {
     counting::run(
         "a_million_submissions_with_results_make_no_allocation",
         a_million_submissions_with_results_make_no_allocation,
+    );
+    counting::run(
+        "handler_threads_make_no_allocation",
+        handler_threads_make_no_allocation,
     );
 }

@@ -9,7 +9,7 @@ use crate::batch::Pool;
 use crate::batcher::builder::HandlerKind;
 use crate::batcher::{SPLIT_MAX_ITEM, normal_class};
 use crate::completion::TableOwner;
-use crate::config::{Backpressure, Config, ConfigError};
+use crate::config::{Backpressure, Config, ConfigError, MAX_HANDLER_THREADS, ThreadRouting};
 use crate::engine::drainer::{Drainer, Sink};
 use crate::engine::{Control, DirectFn, Inline, Lane, Shared};
 use crate::failure::FailureSettings;
@@ -32,6 +32,8 @@ struct Placement {
     is_async: bool,
     /// The drainer is a task on the runtime, not a thread.
     on_runtime: bool,
+    /// Handler threads (`handler_threads`) and their routing.
+    threads: Option<(usize, ThreadRouting)>,
 }
 
 impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
@@ -50,6 +52,12 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         let (shared, assembler) = self.make_shared(placement);
         let sink = match handler {
             HandlerKind::Sync(handler) => Sink::Sync(handler),
+            HandlerKind::Threads(make) => {
+                let (n, _) = placement.threads.expect("settled with handler threads");
+                let handlers = make_handlers(make, n)?;
+                crate::engine::threads::spawn_threads(&shared, handlers)?;
+                Sink::Threads
+            }
             #[cfg(feature = "tokio")]
             HandlerKind::Async(start) => {
                 let runtime = runtime
@@ -70,7 +78,15 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                 stopping: false,
             });
         }
-        let handle = start_drainer_thread(&shared, drainer)?;
+        let handle = match start_drainer_thread(&shared, drainer) {
+            Ok(handle) => handle,
+            Err(e) => {
+                if placement.threads.is_some() {
+                    crate::engine::threads::close(&shared);
+                }
+                return Err(e);
+            }
+        };
         Ok(Batcher {
             shared,
             drainer: Some(handle),
@@ -111,10 +127,17 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         if !self.max_batch_set && self.config.capacity > 0 {
             self.config.max_batch = self.config.max_batch.min(self.config.capacity);
         }
-        let is_async = !matches!(self.handler, Some(HandlerKind::Sync(_)) | None);
+        #[cfg(feature = "tokio")]
+        let is_async = matches!(self.handler, Some(HandlerKind::Async(_)));
+        #[cfg(not(feature = "tokio"))]
+        let is_async = false;
+        let threads = self.check_threads(is_async)?;
         if is_async && !self.pool_size_set {
             let needed = self.config.max_in_flight.saturating_add(1);
             self.config.pool_size = self.config.pool_size.max(needed);
+        }
+        if let (Some((n, _)), false) = (threads, self.pool_size_set) {
+            self.config.pool_size = self.config.pool_size.max(n + 1);
         }
         self.config.validate()?;
         self.shaping.validate(self.config.max_batch)?;
@@ -146,6 +169,14 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                 needed: self.config.max_in_flight + 1,
             });
         }
+        if let Some((n, _)) = threads {
+            if self.config.pool_size <= n {
+                return Err(ConfigError::PoolTooSmall {
+                    pool_size: self.config.pool_size,
+                    needed: n + 1,
+                });
+            }
+        }
         #[cfg(feature = "tokio")]
         let on_runtime = self.drain_on_runtime;
         #[cfg(not(feature = "tokio"))]
@@ -153,10 +184,58 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         let placement = Placement {
             is_async,
             on_runtime,
+            threads,
         };
         self.check_placement(placement)?;
         self.check_inline(placement)?;
         Ok(placement)
+    }
+
+    /// `handler_threads` and `thread_routing`: the thread count and routing,
+    /// if handler threads run the batches.
+    fn check_threads(&self, is_async: bool) -> Result<Option<(usize, ThreadRouting)>, ConfigError> {
+        let threaded = matches!(self.handler, Some(HandlerKind::Threads(_)));
+        let Some(n) = self.handler_threads else {
+            if self.thread_routing.is_some() {
+                return Err(ConfigError::Invalid {
+                    field: "thread_routing",
+                    reason: "routes batches between handler threads: set handler_threads",
+                });
+            }
+            return Ok(None);
+        };
+        if !threaded {
+            return Err(ConfigError::Invalid {
+                field: "handler_threads",
+                reason: if is_async {
+                    "runs blocking handlers, but an async handler was given after it \
+                     (an async handler runs max_in_flight batches at once)"
+                } else {
+                    "a single handler was given after it: give the handlers with \
+                     handler_threads alone"
+                },
+            });
+        }
+        if n == 0 {
+            return Err(ConfigError::Zero {
+                field: "handler_threads",
+            });
+        }
+        if n > MAX_HANDLER_THREADS {
+            return Err(ConfigError::TooLarge {
+                field: "handler_threads",
+                value: n,
+                max: MAX_HANDLER_THREADS,
+            });
+        }
+        let routing = self.thread_routing.unwrap_or_default();
+        if routing == ThreadRouting::ByGroup && self.shaping.group.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "thread_routing",
+                reason: "ByGroup routes each key group to one thread: set group_by",
+            });
+        }
+        Ok(Some((n, routing)))
     }
 
     /// The histograms' bucket bounds, when histograms are on.
@@ -191,6 +270,13 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         if let Some(core) = self.config.pin_drainer {
             return Err(ConfigError::PinOnRuntime { core });
         }
+        if placement.threads.is_some() {
+            return Err(ConfigError::Invalid {
+                field: "handler_threads",
+                reason: "a drainer on the runtime must not block waiting for a handler \
+                         thread to return a buffer: use an async handler",
+            });
+        }
         if !placement.is_async && self.failure.retry.is_some() {
             return Err(ConfigError::Invalid {
                 field: "retry_policy",
@@ -209,6 +295,8 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         }
         let reason = if placement.is_async {
             Some("runs a blocking handler on the submitting thread, not an async one")
+        } else if placement.threads.is_some() {
+            Some("runs the handler on the submitting thread, not on handler threads")
         } else if self.shaping.is_active() {
             Some(
                 "runs no shaping policy (linger, priorities, groups, bytes, deadlines, adaptive sizing)",
@@ -349,6 +437,9 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                     .is_async
                     .then(|| crate::engine::runtime::Pipeline::new(config.pool_size)),
             ),
+            threads: CachePadded::new(placement.threads.map(|(n, routing)| {
+                crate::engine::threads::Threads::new(n, routing, config.pool_size)
+            })),
             #[cfg(feature = "tokio")]
             drainer_task: placement
                 .on_runtime
@@ -364,6 +455,32 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         let _ = placement;
         (shared, assembler)
     }
+}
+
+/// The handler of each handler thread, from `make` (whose panic is the
+/// build's error, the handlers made before it dropped).
+fn make_handlers<T: 'static, R: 'static>(
+    mut make: crate::engine::threads::MakeHandler<T, R>,
+    n: usize,
+) -> Result<Vec<Box<dyn crate::handler::Handler<T, R>>>, ConfigError> {
+    let mut handlers = Vec::with_capacity(n);
+    for i in 0..n {
+        match crate::contain::call(|| make(i)) {
+            Ok(handler) => handlers.push(handler),
+            Err(_) => {
+                for handler in handlers {
+                    crate::contain::drop_value(handler);
+                }
+                crate::contain::drop_value(make);
+                return Err(ConfigError::Invalid {
+                    field: "handler_threads",
+                    reason: "the handler factory panicked",
+                });
+            }
+        }
+    }
+    crate::contain::drop_value(make);
+    Ok(handlers)
 }
 
 /// Every ring of every class, laid out for its producers: evicting under

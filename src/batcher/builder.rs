@@ -3,10 +3,11 @@
 use core::fmt;
 use std::time::Duration;
 
-use crate::config::{Backpressure, Config, LaneAssignment};
+use crate::config::{Backpressure, Config, LaneAssignment, ThreadRouting};
 #[cfg(feature = "tokio")]
 use crate::engine::Shared;
 use crate::engine::Spill;
+use crate::engine::threads::MakeHandler;
 use crate::handler::{Batch, BatchError, FnHandler, Handler};
 use crate::shape::{Adaptive, GroupLimits, KeyPolicy, Linger, Oversize, Shaping};
 #[cfg(feature = "tokio")]
@@ -41,6 +42,10 @@ pub struct BatcherBuilder<T, R> {
     pub(crate) spill: Option<Spill<T>>,
     /// A submitter that finds the drainer asleep runs the batch itself.
     pub(crate) inline_when_idle: bool,
+    /// `handler_threads(n, ..)`: the `n` given.
+    pub(crate) handler_threads: Option<usize>,
+    /// `thread_routing`, if set.
+    pub(crate) thread_routing: Option<ThreadRouting>,
     /// The first setting `with_config` could not apply; `build` reports it.
     #[cfg(feature = "serde")]
     pub(crate) refused: Option<crate::config::ConfigError>,
@@ -52,6 +57,8 @@ pub(crate) enum HandlerKind<T, R> {
     /// Starts the async workers for the batcher's shared state.
     #[cfg(feature = "tokio")]
     Async(StartWorkers<T, R>),
+    /// Makes the handler of each handler thread.
+    Threads(MakeHandler<T, R>),
 }
 
 /// Starts `n` async worker tasks for a batcher on a runtime.
@@ -341,6 +348,141 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     #[must_use = "a builder does nothing until it is built"]
     pub fn handler(mut self, handler: impl Handler<T, R>) -> Self {
         self.handler = Some(HandlerKind::Sync(Box::new(handler)));
+        self
+    }
+
+    /// The sink, as `n` blocking [`Handler`]s, each run on a thread of its
+    /// own: up to `n` batches are handled at once (default: one handler,
+    /// run by the drainer thread, one batch at a time).
+    ///
+    /// `make(i)` makes the handler of thread `i` (`0..n`), called `n` times
+    /// by [`build`](Self::build). A handler takes `&mut self`, so each
+    /// thread needs its own; a factory lets each one own what it should not
+    /// share (a connection, a scratch buffer) without asking handlers to be
+    /// `Clone`, and the index can pick a shard or name a connection. For a
+    /// handler that is `Clone`: `handler_threads(n, move |_| handler.clone())`.
+    ///
+    /// The drainer thread assembles batches while the threads handle them
+    /// and queues each full batch for a thread; when every buffer of the
+    /// pool is in flight it waits for one to come back, and producers meet
+    /// backpressure, as with an async handler's
+    /// [`max_in_flight`](Self::max_in_flight). The pool grows to `n + 1`
+    /// buffers unless [`pool_size`](Self::pool_size) is set (then it must be
+    /// at least `n + 1`: [`ConfigError::PoolTooSmall`]). A flush or shutdown
+    /// waits for every batch in flight; shutdown then joins the threads,
+    /// dropping their handlers.
+    ///
+    /// Each batch runs on one thread, where everything the drainer does for
+    /// a batch happens: the failure policies (a retry waits on that thread,
+    /// which takes no other batch meanwhile), histograms, adaptive sizing,
+    /// tracing spans. A handler's panic fails its batch's items
+    /// ([`Error::HandlerPanicked`](crate::Error::HandlerPanicked)) and the
+    /// thread goes on; a panic of `make` is `build`'s error.
+    ///
+    /// Ordering: within a batch, items keep their order (per producer, the
+    /// order of submission). Across batches, none by default: with `n > 1`
+    /// a later batch may run before an earlier one finishes, even of the
+    /// same producer. [`thread_routing`](Self::thread_routing) with
+    /// [`ThreadRouting::ByGroup`] keeps each key group on one thread, whose
+    /// batches then run in dispatch order.
+    ///
+    /// `build` refuses `n == 0` or more than
+    /// [`MAX_HANDLER_THREADS`](crate::MAX_HANDLER_THREADS), and
+    /// combinations that cannot hold: with
+    /// [`inline_when_idle`](Self::inline_when_idle), with `drain_on_runtime`,
+    /// or when a single handler (`handler`, `async_handler`) was given after
+    /// it (each a [`ConfigError::Invalid`] naming the field).
+    ///
+    /// ```
+    /// use ringbatch::{Batch, BatchError, Batcher, Handler};
+    ///
+    /// /// Writes batches over a connection of its own (here, its name).
+    /// struct Writer {
+    ///     connection: String,
+    /// }
+    ///
+    /// impl Handler<u64, usize> for Writer {
+    ///     fn handle(&mut self, batch: &mut Batch<'_, u64, usize>) -> Result<(), BatchError> {
+    ///         let written = self.connection.len();
+    ///         batch.ok_with(|_| written);
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let batcher = Batcher::builder()
+    ///     .lanes(2)
+    ///     .handler_threads(4, |thread| Writer {
+    ///         connection: format!("db-{thread}"),
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let producer = batcher.producer();
+    /// assert_eq!(producer.submit(7).unwrap().wait().unwrap(), 4);
+    /// assert_eq!(batcher.shutdown().items_handled, 1);
+    /// ```
+    ///
+    /// [`ConfigError::PoolTooSmall`]: crate::ConfigError::PoolTooSmall
+    /// [`ConfigError::Invalid`]: crate::ConfigError::Invalid
+    #[must_use = "a builder does nothing until it is built"]
+    pub fn handler_threads<H, F>(mut self, n: usize, mut make: F) -> Self
+    where
+        H: Handler<T, R>,
+        F: FnMut(usize) -> H + Send + 'static,
+    {
+        self.handler_threads = Some(n);
+        self.handler = Some(HandlerKind::Threads(Box::new(move |i| {
+            Box::new(make(i)) as Box<dyn Handler<T, R>>
+        })));
+        self
+    }
+
+    /// [`handler_threads`](Self::handler_threads) with closures: `make(i)`
+    /// returns the closure thread `i` calls with each batch.
+    #[must_use = "a builder does nothing until it is built"]
+    pub fn handler_threads_fn<F, M>(self, n: usize, mut make: M) -> Self
+    where
+        F: FnMut(&mut Batch<'_, T, R>) -> Result<(), BatchError> + Send + 'static,
+        M: FnMut(usize) -> F + Send + 'static,
+    {
+        self.handler_threads(n, move |i| FnHandler(make(i)))
+    }
+
+    /// How [`handler_threads`](Self::handler_threads) spreads batches over
+    /// its threads (default [`ThreadRouting::AnyFree`]: the first free
+    /// thread, no order across batches). [`ThreadRouting::ByGroup`] sends
+    /// every batch of a key group ([`group_by`](Self::group_by)) to one
+    /// thread, so that the group's batches run one at a time, in dispatch
+    /// order.
+    ///
+    /// ```
+    /// use ringbatch::{Batch, Batcher, ThreadRouting};
+    ///
+    /// // Orders of one account are applied in order; accounts in parallel.
+    /// let batcher = Batcher::builder()
+    ///     .lanes(1)
+    ///     .group_by(|order: &(u32, u64)| order.0)
+    ///     .handler_threads_fn(2, |_| {
+    ///         |batch: &mut Batch<'_, (u32, u64), ()>| {
+    ///             batch.ok_with(|_| ());
+    ///             Ok(())
+    ///         }
+    ///     })
+    ///     .thread_routing(ThreadRouting::ByGroup)
+    ///     .build()
+    ///     .unwrap();
+    /// let producer = batcher.producer();
+    /// for seq in 0..100 {
+    ///     producer.push((seq as u32 % 3, seq)).unwrap();
+    /// }
+    /// assert_eq!(batcher.shutdown().items_handled, 100);
+    /// ```
+    ///
+    /// `build` refuses it without `handler_threads`, and `ByGroup` without
+    /// `group_by` ([`ConfigError::Invalid`](crate::ConfigError::Invalid),
+    /// field `"thread_routing"`).
+    #[must_use = "a builder does nothing until it is built"]
+    pub fn thread_routing(mut self, routing: ThreadRouting) -> Self {
+        self.thread_routing = Some(routing);
         self
     }
 

@@ -94,6 +94,8 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             failure: crate::failure::FailureSettings::default(),
             spill: None,
             inline_when_idle: false,
+            handler_threads: None,
+            thread_routing: None,
             #[cfg(feature = "serde")]
             refused: None,
         }

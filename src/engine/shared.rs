@@ -108,6 +108,8 @@ pub(crate) struct Shared<T, R> {
     /// The hand-off to async worker tasks, with an async handler.
     #[cfg(feature = "tokio")]
     pub(crate) pipeline: CachePadded<Option<crate::engine::runtime::Pipeline<T>>>,
+    /// The hand-off to handler threads, with `handler_threads`.
+    pub(crate) threads: CachePadded<Option<crate::engine::threads::Threads<T>>>,
     /// How to wake the drainer when it runs as a task.
     #[cfg(feature = "tokio")]
     pub(crate) drainer_task: Option<crate::engine::runtime::TaskWake>,
@@ -147,6 +149,13 @@ impl<T, R> Shared<T, R> {
         self.pipeline
             .as_ref()
             .expect("the async pipeline exists with an async handler")
+    }
+
+    /// The handler threads' hand-off (only called with handler threads).
+    pub(crate) fn threads(&self) -> &crate::engine::threads::Threads<T> {
+        self.threads
+            .as_ref()
+            .expect("the hand-off exists with handler threads")
     }
 
     /// Wakes the drainer (after publishing into a lane it announced it would
@@ -284,6 +293,10 @@ impl<T, R> Shared<T, R> {
                 .recorder
                 .as_ref()
                 .map_or(0, |r| crate::contain::lock(r).footprint())
+            + self
+                .threads
+                .as_ref()
+                .map_or(0, crate::engine::threads::Threads::footprint)
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -363,6 +376,13 @@ impl<T, R> Shared<T, R> {
             stats.handler_panics += pipeline.panics.load(Ordering::Relaxed);
             stats.items_failed += pipeline.items_failed.load(Ordering::Relaxed);
         }
+        if let Some(threads) = &*self.threads {
+            stats.batches_in_flight = threads.in_flight() as u64;
+            // Relaxed: statistics, as in `DrainerCounters::fill`.
+            stats.batch_errors += threads.batch_errors.load(Ordering::Relaxed);
+            stats.handler_panics += threads.panics.load(Ordering::Relaxed);
+            stats.items_failed += threads.items_failed.load(Ordering::Relaxed);
+        }
         lanes.extend(
             self.lanes
                 .iter()
@@ -433,11 +453,14 @@ mod tests {
             ),
             lines(offset_of!(S, config), size_of::<crate::config::Config>()),
         ];
-        #[cfg_attr(not(feature = "tokio"), allow(unused_mut))]
         let mut written = vec![lines(
             offset_of!(S, counters),
             size_of::<crossbeam_utils::CachePadded<crate::stats::DrainerCounters>>(),
         )];
+        written.push(lines(
+            offset_of!(S, threads),
+            size_of::<crossbeam_utils::CachePadded<Option<crate::engine::threads::Threads<u64>>>>(),
+        ));
         #[cfg(feature = "tokio")]
         written.push(lines(
             offset_of!(S, pipeline),

@@ -65,6 +65,11 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                     self.buf = self.next_buffer();
                 }
             }
+            Sink::Threads => {
+                let full = core::mem::replace(&mut self.buf, BatchBuf::with_capacity(0));
+                crate::engine::threads::dispatch(&self.shared, full);
+                self.buf = self.next_thread_buffer();
+            }
         }
         self.count_dispatch(len, reason);
     }
@@ -299,7 +304,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         found.expect("waited until a buffer was found")
     }
 
-    /// With async workers, waits until every batch handed to them has
+    /// With async workers or handler threads, waits until every batch handed to them has
     /// finished (a flush or shutdown is complete only then); with a sync
     /// handler, until every batch waiting to retry has settled.
     pub(super) fn wait_for_batches_in_flight(&mut self) {
@@ -325,6 +330,23 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             let pipeline = self.shared.pipeline();
             self.wait_async(|| pipeline.in_flight() == 0);
         }
+        if matches!(self.sink, Sink::Threads) {
+            self.shared.threads().wait_until(|in_flight| in_flight == 0);
+        }
+    }
+
+    /// With handler threads: a free buffer from the pool, waiting (asleep,
+    /// until a thread returns one) while every buffer is in flight.
+    pub(super) fn next_thread_buffer(&mut self) -> BatchBuf<T> {
+        let pool = &self.shared.pool;
+        let mut found = pool.take();
+        if found.is_none() {
+            self.shared.threads().wait_until(|_| {
+                found = pool.take();
+                found.is_some()
+            });
+        }
+        found.expect("waited until a buffer was found")
     }
 
     /// Waits until `ready()` holds, by the batcher's wait strategy; parks

@@ -38,6 +38,8 @@ pub(crate) enum Sink<T, R> {
     /// Worker tasks on a tokio runtime (see `runtime`).
     #[cfg(feature = "tokio")]
     Async,
+    /// Handler threads (see `threads`).
+    Threads,
 }
 
 impl<T, R> Sink<T, R> {
@@ -48,6 +50,7 @@ impl<T, R> Sink<T, R> {
             Sink::Sync(handler) => handler,
             #[cfg(feature = "tokio")]
             Sink::Async => unreachable!("the drainer runs only a sync handler itself"),
+            Sink::Threads => unreachable!("the drainer runs only a sync handler itself"),
         }
     }
 }
@@ -246,6 +249,9 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             #[cfg(feature = "tokio")]
             if matches!(self.sink, Sink::Async) {
                 crate::engine::runtime::close(&self.shared);
+            }
+            if matches!(self.sink, Sink::Threads) {
+                crate::engine::threads::close(&self.shared);
             }
             return Some(Step::Exit);
         }

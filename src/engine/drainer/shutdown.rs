@@ -2,7 +2,6 @@
 //! abandoning items when the runtime drops the task, and failing everything
 //! when the drainer itself fails.
 
-#[cfg(feature = "tokio")]
 use super::Sink;
 use crate::batch::{BatchBuf, Origin};
 use crate::contain::lock;
@@ -212,6 +211,10 @@ impl<T, R> Drainer<T, R> {
         #[cfg(feature = "tokio")]
         if matches!(self.sink, Sink::Async) {
             crate::engine::runtime::close(&shared);
+        }
+        if matches!(self.sink, Sink::Threads) {
+            // The threads finish what is queued for them first.
+            crate::engine::threads::close(&shared);
         }
         shared.flushed(u64::MAX);
     }
