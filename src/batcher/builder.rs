@@ -373,8 +373,10 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// dropping their handlers.
     ///
     /// Each batch runs on one thread, where everything the drainer does for
-    /// a batch happens: the failure policies (a retry waits on that thread,
-    /// which takes no other batch meanwhile), histograms, adaptive sizing,
+    /// a batch happens: the failure policies (a retry waits out its backoff
+    /// on that thread, which takes no other batch meanwhile; a
+    /// [`shutdown_timeout`](crate::Batcher::shutdown_timeout) deadline does
+    /// not cut that wait short, as with async handlers), histograms, adaptive sizing,
     /// tracing spans. A handler's panic fails its batch's items
     /// ([`Error::HandlerPanicked`](crate::Error::HandlerPanicked)) and the
     /// thread goes on; a panic of `make` is `build`'s error.
