@@ -415,11 +415,21 @@ fn handles_are_registered_once_and_track_the_snapshot() {
         labels.push(("batcher".to_owned(), "orders".to_owned()));
         labels.sort();
         let pushed = series.get(&(*kind, name.clone(), labels.clone()));
-        assert_eq!(
-            pushed,
-            Some(value),
-            "{kind:?} {name} {labels:?}: pushed {pushed:?}, the snapshot says {value}"
-        );
+        if name == "push_parks_total" || name == "push_park_fences_total" {
+            // The drainer parks on its own time after the flush: the pushed
+            // count, read first, may trail the snapshot, never lead it.
+            let pushed = pushed.copied().unwrap_or_else(|| panic!("{name} pushed"));
+            assert!(
+                pushed <= *value,
+                "{name}: pushed {pushed}, more than the later snapshot's {value}"
+            );
+        } else {
+            assert_eq!(
+                pushed,
+                Some(value),
+                "{kind:?} {name} {labels:?}: pushed {pushed:?}, the snapshot says {value}"
+            );
+        }
         compared += 1;
     }
     assert_eq!(compared, 22 + 9 + 8 + 2 * (4 + 2), "every series compared");

@@ -333,7 +333,13 @@ impl<T, R> Shared<T, R> {
     /// lanes were found empty, a moment for the `metrics` handles too.
     pub(crate) fn note_park(&self, slept: bool, fenced: bool) {
         self.counters.note_park(slept, fenced);
-        self.metrics_sync(Moment::Idle);
+        // A park that slept or fenced changed its own counters: those sync
+        // now (once per park, never per item), not at the next batch.
+        self.metrics_sync(if slept || fenced {
+            Moment::Final
+        } else {
+            Moment::Idle
+        });
     }
 
     /// Reports flushes up to `flush` done, the `metrics` handles brought
