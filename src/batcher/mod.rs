@@ -4,6 +4,7 @@
 mod build;
 mod builder;
 mod producers;
+mod shaping;
 
 pub use builder::BatcherBuilder;
 pub use producers::Producers;
