@@ -166,6 +166,9 @@ mod collector;
 mod completion;
 mod config;
 mod contain;
+#[cfg(feature = "durable")]
+#[cfg_attr(docsrs, doc(cfg(feature = "durable")))]
+pub mod durable;
 mod engine;
 mod error;
 pub mod failure;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// The layers, bottom up, as ARCHITECTURE.md lists them.
 const LAYERS: &[&[&str]] = &[
     &["sync", "error", "scope"],
-    &["wait", "stats", "contain", "trace"],
+    &["wait", "stats", "contain", "trace", "durable"],
     &["config", "completion", "batch", "metrics"],
     &["ring", "handler", "shape", "metrics_facade"],
     &["failure"],
