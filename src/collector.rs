@@ -87,7 +87,8 @@ impl Collector for PrometheusCollector {
         let Some(stats) = (self.source)() else {
             return Ok(());
         };
-        for (name, help, value) in stats.counter_series() {
+        let counters = stats.counter_series();
+        for (name, help, value) in counters.into_iter().chain(stats.durable_counter_series()) {
             let mut metric =
                 encoder.encode_descriptor(counter_name(name), help, None, MetricType::Counter)?;
             metric.encode_counter::<NoLabelSet, _, u64>(&value, None)?;
@@ -104,7 +105,8 @@ impl Collector for PrometheusCollector {
                 .encode_family(&labels)?
                 .encode_counter::<NoLabelSet, _, u64>(&stats.dispatched.get(reason), None)?;
         }
-        for (name, help, value) in stats.gauge_series() {
+        let gauges = stats.gauge_series();
+        for (name, help, value) in gauges.into_iter().chain(stats.durable_gauge_series()) {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             metric.encode_gauge(&value)?;
         }

@@ -397,6 +397,11 @@ pub enum ConfigError {
         /// The bound before it.
         previous: u64,
     },
+    /// (feature `durable`) The durable store could not be opened: its
+    /// directory cannot be created or written, another batcher has it
+    /// open, or a corrupt record was found under [`CorruptTail::Refuse`](crate::durable::CorruptTail::Refuse).
+    #[cfg(feature = "durable")]
+    Store(crate::durable::StoreError),
 }
 
 impl ConfigError {
@@ -418,6 +423,8 @@ impl ConfigError {
             ConfigError::PinOnRuntime { .. } => "pin_drainer",
             ConfigError::Invalid { field, .. } => field,
             ConfigError::BucketsNotIncreasing { field, .. } => field,
+            #[cfg(feature = "durable")]
+            ConfigError::Store(_) => "durable",
         }
     }
 }
@@ -487,6 +494,8 @@ impl fmt::Display for ConfigError {
                 f,
                 "{field}: bounds must increase, but bound {index} ({bound}) is not above the one before ({previous})"
             ),
+            #[cfg(feature = "durable")]
+            ConfigError::Store(error) => write!(f, "durable: {error}"),
         }
     }
 }

@@ -357,6 +357,13 @@ pub enum Error {
         /// which is at most `u32::MAX`).
         limit: u32,
     },
+    /// (feature `durable`) The batcher shut down
+    /// ([`shutdown_timeout`](crate::Batcher::shutdown_timeout)) before
+    /// handling the item, and wrote it to its durable store: the next
+    /// batcher built on the same directory hands it to its handler. Do not
+    /// submit it again.
+    #[cfg(feature = "durable")]
+    Persisted,
 }
 
 impl Error {
@@ -389,6 +396,8 @@ impl fmt::Debug for Error {
             Error::Refused(kind) => f.debug_tuple("Refused").field(kind).finish(),
             Error::RuntimeShutdown => f.write_str("RuntimeShutdown"),
             Error::Expired => f.write_str("Expired"),
+            #[cfg(feature = "durable")]
+            Error::Persisted => f.write_str("Persisted"),
             Error::Superseded => f.write_str("Superseded"),
             Error::CircuitOpen => f.write_str("CircuitOpen"),
             Error::CallbackPanicked(panic) => {
@@ -422,6 +431,10 @@ impl fmt::Display for Error {
                 f.write_str("the async runtime shut down before the item's batch finished")
             }
             Error::Expired => f.write_str("the item's deadline passed before it was dispatched"),
+            #[cfg(feature = "durable")]
+            Error::Persisted => f.write_str(
+                "the batcher shut down before handling the item and wrote it to its durable store, for the next batcher on it",
+            ),
             Error::Superseded => {
                 f.write_str("a later item with the same key replaced the item in its batch")
             }

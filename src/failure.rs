@@ -69,6 +69,14 @@ pub struct RetryPolicy {
     /// Each delay is moved at random by up to this share of itself, up or
     /// down (default 0.1).
     pub jitter: f64,
+    /// Whether a batch's items waiting to retry keep their place (default
+    /// `false`): with it, nothing dispatched after them reaches the handler
+    /// before they have settled (the drainer waits out the backoff and
+    /// retries them first), for sinks that need each producer's order.
+    /// The whole batcher waits, every key group included. Only with a
+    /// handler on the drainer thread: an async handler or handler threads
+    /// run several batches at once, and `build` refuses it there.
+    pub in_order: bool,
 }
 
 impl Default for RetryPolicy {
@@ -79,6 +87,7 @@ impl Default for RetryPolicy {
             max_delay: Duration::from_secs(30),
             multiplier: 2.0,
             jitter: 0.1,
+            in_order: false,
         }
     }
 }
@@ -124,6 +133,14 @@ impl RetryPolicy {
     #[must_use]
     pub fn with_jitter(mut self, jitter: f64) -> Self {
         self.jitter = jitter;
+        self
+    }
+
+    /// The same policy with items waiting to retry kept ahead of every
+    /// later item (see [`in_order`](Self::in_order)).
+    #[must_use]
+    pub fn with_in_order(mut self, in_order: bool) -> Self {
+        self.in_order = in_order;
         self
     }
 
@@ -445,6 +462,11 @@ impl<T> FailureState<T> {
         }
     }
 
+    /// Whether retries keep their items' place (`RetryPolicy::in_order`).
+    pub(crate) fn in_order(&self) -> bool {
+        self.settings.retry.is_some_and(|r| r.in_order)
+    }
+
     pub(crate) fn breaker_state(&self) -> BreakerState {
         self.breaker
     }
@@ -659,6 +681,11 @@ impl<T> FailureState<T> {
                 buf.origins.swap(kept, i);
                 buf.marks.swap(kept, i);
                 buf.errors.swap(kept, i);
+                // The ids follow their items; those past `kept` are done.
+                #[cfg(feature = "durable")]
+                if !buf.durable.ids.is_empty() {
+                    buf.durable.ids.swap(kept, i);
+                }
                 kept += 1;
             }
         }

@@ -150,6 +150,35 @@ impl<T, R> Batch<'_, T, R> {
     pub fn oldest_accepted(&self) -> Option<std::time::Instant> {
         self.buf.meta.oldest
     }
+
+    /// (feature `durable`) Item `index`'s stable id in the durable store:
+    /// the same in every delivery of the item, replays after a restart
+    /// included, so a sink can deduplicate on it. `None` without a store,
+    /// when the batch could not be written ([`store_error`](Self::store_error)),
+    /// or out of range.
+    #[cfg(feature = "durable")]
+    pub fn item_id(&self, index: usize) -> Option<crate::durable::ItemId> {
+        self.buf.durable.ids.get(index).copied()
+    }
+
+    /// (feature `durable`) Every item's id, in the items' order (empty
+    /// when the batch is not in a durable store): see [`item_id`](Self::item_id).
+    #[cfg(feature = "durable")]
+    pub fn item_ids(&self) -> &[crate::durable::ItemId] {
+        &self.buf.durable.ids
+    }
+
+    /// (feature `durable`) Why this batch is not durable, when the store
+    /// could not take it: full after waiting for the batches in flight,
+    /// or an I/O or encoding error. The batch is handled all the same;
+    /// a handler that must not handle it without the store can return an
+    /// error (its retry policy then applies). Also set when the batch was
+    /// written but the sync its fsync policy asked for failed (the items
+    /// then have ids).
+    #[cfg(feature = "durable")]
+    pub fn store_error(&self) -> Option<&crate::durable::StoreError> {
+        self.buf.durable.error.as_ref()
+    }
 }
 
 impl<'a, T, R> Batch<'a, T, R> {

@@ -51,6 +51,7 @@
 //! | `nats` | off | `sinks::nats`: JetStream publishes with per-message acks |
 //! | `serde` | off | `settings`: every data setting from a TOML file, `BatcherBuilder::with_config` |
 //! | `tracing` | off | a span per batch and events for failures through the `tracing` crate (below) |
+//! | `durable` | off | `durable`: queued items survive a restart and a crash, in an append-only log replayed on the next build (`BatcherBuilder::durable`) |
 //!
 //! # Logs and traces (feature `tracing`)
 //!
@@ -74,6 +75,9 @@
 //! | `retries exhausted`: items failed their last attempt (one event per batch) | WARN | `items`, `attempts`, `error` (the first item's) |
 //! | `dead-lettered items dropped: no dead-letter callback`: items failed for good and, with no dead-letter callback set, are dropped (one event per batch) | WARN | `items`, `attempts`, `error` (the first item's) |
 //! | `drainer exited` | INFO | `batches`, `items` (dispatched in its life) |
+//! | `durable store failed` (feature `durable`): a write or sync failed, or a batch did not fit | ERROR | `error` |
+//! | `replayed item does not decode: it stays in the store` (feature `durable`) | ERROR | `id`, `error` |
+//! | `durable store replayed` (feature `durable`): what the previous incarnations left went to the handler | INFO | `items`, `incarnation` |
 //! | `drainer failed: the batcher is closed` (a bug of the batcher's) | ERROR | `panic` |
 //!
 //! A batch's events are emitted inside its span, and carry the fields they
@@ -214,6 +218,8 @@ pub use shape::{
     GroupLimits, GroupSize, Linger, LoadWeights, Oversize, Priority, PriorityLevelError,
     group_key_hash,
 };
+#[cfg(feature = "durable")]
+pub use stats::DurableStats;
 pub use stats::{DispatchCounts, DispatchReason, GroupStats, LaneStats, Stats, Throughput};
 pub use wait::WaitStrategy;
 

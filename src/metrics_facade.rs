@@ -272,7 +272,7 @@ impl Stats {
     pub fn export_metrics(&self, prefix: &str) {
         let name = |suffix: &str| format!("{prefix}_{suffix}");
         let counters = self.counter_series();
-        for (suffix, help, value) in counters {
+        for (suffix, help, value) in counters.into_iter().chain(self.durable_counter_series()) {
             let name = name(suffix);
             ::metrics::describe_counter!(name.clone(), help);
             ::metrics::counter!(name).absolute(value);
@@ -289,7 +289,7 @@ impl Stats {
         }
 
         let gauges = self.gauge_series();
-        for (suffix, help, value) in gauges {
+        for (suffix, help, value) in gauges.into_iter().chain(self.durable_gauge_series()) {
             let name = name(suffix);
             ::metrics::describe_gauge!(name.clone(), help);
             ::metrics::gauge!(name).set(value as f64);

@@ -10,9 +10,13 @@
 
 #[cfg(feature = "tracing")]
 pub(crate) use on::{BatchSpan, BatchTag, Count, Tracer, drainer_exited, drainer_failed};
+#[cfg(all(feature = "tracing", feature = "durable"))]
+pub(crate) use on::{replay_undecodable, replayed, store_failed};
 
 #[cfg(not(feature = "tracing"))]
 pub(crate) use off::{BatchSpan, BatchTag, Count, Tracer, drainer_exited, drainer_failed};
+#[cfg(all(not(feature = "tracing"), feature = "durable"))]
+pub(crate) use off::{replay_undecodable, replayed, store_failed};
 
 #[cfg(feature = "tracing")]
 mod on {
@@ -268,6 +272,35 @@ mod on {
             "drainer failed: the batcher is closed",
         );
     }
+
+    /// (feature `durable`) A write, sync or open of the durable store
+    /// failed.
+    #[cfg(feature = "durable")]
+    #[cold]
+    pub(crate) fn store_failed(batcher: &str, error: &dyn std::error::Error) {
+        tracing::error!(target: TARGET, batcher, error = %error, "durable store failed");
+    }
+
+    /// (feature `durable`) A replayed item's bytes did not decode: it stays
+    /// in the store.
+    #[cfg(feature = "durable")]
+    #[cold]
+    pub(crate) fn replay_undecodable(batcher: &str, id: &dyn Display, error: &str) {
+        tracing::error!(
+            target: TARGET,
+            batcher,
+            id = %id,
+            error,
+            "replayed item does not decode: it stays in the store",
+        );
+    }
+
+    /// (feature `durable`) The drainer replayed what the store held.
+    #[cfg(feature = "durable")]
+    #[cold]
+    pub(crate) fn replayed(batcher: &str, items: u64, incarnation: u32) {
+        tracing::info!(target: TARGET, batcher, items, incarnation, "durable store replayed");
+    }
 }
 
 /// The same API, zero-sized and empty: every call compiles to nothing.
@@ -374,4 +407,16 @@ mod off {
 
     #[inline(always)]
     pub(crate) fn drainer_failed(_batcher: &str, _message: &str) {}
+
+    #[cfg(feature = "durable")]
+    #[inline(always)]
+    pub(crate) fn store_failed(_batcher: &str, _error: &dyn std::error::Error) {}
+
+    #[cfg(feature = "durable")]
+    #[inline(always)]
+    pub(crate) fn replay_undecodable(_batcher: &str, _id: &dyn Display, _error: &str) {}
+
+    #[cfg(feature = "durable")]
+    #[inline(always)]
+    pub(crate) fn replayed(_batcher: &str, _items: u64, _incarnation: u32) {}
 }

@@ -73,6 +73,22 @@ pub(crate) struct BatchBuf<T> {
     /// What the handler can read about the batch (`Batch::id` and the
     /// rest), set at dispatch and kept through retries.
     pub(crate) meta: BatchMeta,
+    /// (feature `durable`) The items' ids in the store, once written, and
+    /// why the batch is not durable if a write failed.
+    #[cfg(feature = "durable")]
+    pub(crate) durable: DurableMarks,
+}
+
+/// A batch's place in the durable store.
+#[cfg(feature = "durable")]
+#[derive(Debug, Default)]
+pub(crate) struct DurableMarks {
+    /// Per item, in the items' order; empty until the batch is written (a
+    /// replayed batch has them from the start). Failure policies keep them
+    /// in step with the items; the items done are the ones past `len()`.
+    pub(crate) ids: Vec<crate::durable::ItemId>,
+    /// Why the batch could not be written.
+    pub(crate) error: Option<crate::durable::StoreError>,
 }
 
 /// A batch's identity and history, as the handler sees it.
@@ -122,6 +138,8 @@ impl<T> BatchBuf<T> {
             errors: Vec::new(),
             tag: crate::trace::BatchTag::new(),
             meta: BatchMeta::NEW,
+            #[cfg(feature = "durable")]
+            durable: DurableMarks::default(),
         }
     }
 
@@ -207,6 +225,11 @@ impl<T> BatchBuf<T> {
         }
         if !self.errors.is_empty() {
             self.errors.clear();
+        }
+        #[cfg(feature = "durable")]
+        {
+            self.durable.ids.clear();
+            self.durable.error = None;
         }
         panics
     }

@@ -49,7 +49,13 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         #[cfg(feature = "tokio")]
         let runtime = self.resolve_runtime(placement)?;
         let handler = self.handler.take().ok_or(ConfigError::MissingHandler)?;
-        let (shared, assembler) = self.make_shared(placement);
+        #[cfg(feature = "durable")]
+        let durable = self.open_durable()?;
+        let (shared, assembler) = self.make_shared(
+            placement,
+            #[cfg(feature = "durable")]
+            durable,
+        );
         let sink = match handler {
             HandlerKind::Sync(handler) => Sink::Sync(handler),
             HandlerKind::Threads(make) => {
@@ -104,7 +110,11 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             Some(HandlerKind::Sync(handler)) => handler,
             _ => panic!("a loom model runs a blocking handler"),
         };
-        let (shared, assembler) = self.make_shared(placement);
+        let (shared, assembler) = self.make_shared(
+            placement,
+            #[cfg(feature = "durable")]
+            None,
+        );
         let drainer = Drainer::new(Arc::clone(&shared), Sink::Sync(handler), assembler);
         let handle = thread::Builder::new()
             .spawn(move || drainer.run())
@@ -152,6 +162,13 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         self.check_buckets()?;
         if let Some(policy) = &self.failure.retry {
             policy.validate()?;
+            if policy.in_order && (is_async || threads.is_some()) {
+                return Err(ConfigError::Invalid {
+                    field: "retry_policy.in_order",
+                    reason: "keeps retries in order on the drainer thread: an async \
+                             handler or handler threads run several batches at once",
+                });
+            }
             // Batches waiting to retry hold buffers: keep some for new ones.
             if !self.pool_size_set {
                 self.config.pool_size = self.config.pool_size.max(8);
@@ -187,6 +204,8 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             threads,
         };
         self.check_placement(placement)?;
+        #[cfg(feature = "durable")]
+        self.check_durable(on_runtime)?;
         self.check_inline(placement)?;
         Ok(placement)
     }
@@ -338,7 +357,11 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
 
     /// Allocates the shared state (every lane, completion slot and batch
     /// buffer) and, with shaping on, the drainer's assembler.
-    fn make_shared(self, placement: Placement) -> (Arc<Shared<T, R>>, Option<Assembler<T>>) {
+    fn make_shared(
+        self,
+        placement: Placement,
+        #[cfg(feature = "durable")] durable: Option<crate::engine::durable::Durable<T>>,
+    ) -> (Arc<Shared<T, R>>, Option<Assembler<T>>) {
         let Self {
             config,
             mut shaping,
@@ -449,6 +472,8 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                 turn: Drainer::inline_turn,
                 direct: direct_ok.then_some(Drainer::direct as DirectFn<T, R>),
             }),
+            #[cfg(feature = "durable")]
+            durable,
             config,
         });
         #[cfg(not(feature = "tokio"))]

@@ -48,6 +48,12 @@ pub struct BatcherBuilder<T, R> {
     /// The first setting `with_config` could not apply; `build` reports it.
     #[cfg(feature = "serde")]
     pub(crate) refused: Option<crate::config::ConfigError>,
+    /// (feature `durable`) The store's settings and the items' codec.
+    #[cfg(feature = "durable")]
+    pub(crate) durable: Option<(
+        crate::durable::Durability,
+        Box<dyn crate::durable::Codec<T>>,
+    )>,
 }
 
 /// The handler given to the builder.

@@ -3,6 +3,8 @@
 
 mod build;
 mod builder;
+#[cfg(feature = "durable")]
+mod durable;
 mod producers;
 mod shaping;
 
@@ -99,6 +101,8 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             thread_routing: None,
             #[cfg(feature = "serde")]
             refused: None,
+            #[cfg(feature = "durable")]
+            durable: None,
         }
     }
 

@@ -11,7 +11,7 @@ use core::fmt;
 /// ([`Batch::store_error`](crate::Batch::store_error)), one that cannot be
 /// decoded stays in the store and is counted
 /// (`DurableStats::decode_errors`).
-pub trait Codec<T>: Send + Sync + 'static {
+pub trait Codec<T>: Send + Sync {
     /// Appends `item`'s bytes to `out`.
     ///
     /// # Errors

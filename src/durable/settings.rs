@@ -252,6 +252,51 @@ impl fmt::Display for StoreError {
     }
 }
 
+/// Equal when they say the same thing (I/O errors by their kind).
+impl PartialEq for StoreError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                StoreError::Io { op, path, error },
+                StoreError::Io {
+                    op: op2,
+                    path: path2,
+                    error: error2,
+                },
+            ) => op == op2 && path == path2 && error.kind() == error2.kind(),
+            (
+                StoreError::Full {
+                    needed,
+                    used,
+                    limit,
+                },
+                StoreError::Full {
+                    needed: n2,
+                    used: u2,
+                    limit: l2,
+                },
+            ) => needed == n2 && used == u2 && limit == l2,
+            (StoreError::Locked { dir }, StoreError::Locked { dir: d2 }) => dir == d2,
+            (
+                StoreError::Corrupt {
+                    path,
+                    offset,
+                    reason,
+                },
+                StoreError::Corrupt {
+                    path: p2,
+                    offset: o2,
+                    reason: r2,
+                },
+            ) => path == p2 && offset == o2 && reason == r2,
+            (StoreError::Encode { message }, StoreError::Encode { message: m2 }) => message == m2,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for StoreError {}
+
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {

@@ -3,6 +3,8 @@
 //! it hands batches to.
 
 pub(crate) mod drainer;
+#[cfg(feature = "durable")]
+pub(crate) mod durable;
 mod lane;
 #[cfg(feature = "tokio")]
 pub(crate) mod runtime;

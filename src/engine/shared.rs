@@ -116,6 +116,9 @@ pub(crate) struct Shared<T, R> {
     /// With `inline_when_idle`: the drainer's state, which a submitter that
     /// finds the drainer asleep may lock to run a turn itself.
     pub(crate) inline: Option<Inline<T, R>>,
+    /// (feature `durable`) The durable store, when configured.
+    #[cfg(feature = "durable")]
+    pub(crate) durable: Option<crate::engine::durable::Durable<T>>,
 }
 
 /// The drainer's state shared with submitters, and the turn they run.
@@ -309,6 +312,13 @@ impl<T, R> Shared<T, R> {
         }
         if let Some(groups) = &self.groups {
             crate::contain::lock(groups).fill(&mut stats);
+        }
+        #[cfg(feature = "durable")]
+        {
+            stats.durable = self
+                .durable
+                .as_ref()
+                .map(crate::engine::durable::Durable::stats);
         }
         stats.throughput = crate::contain::lock(&self.rates).observe(
             Instant::now(),

@@ -235,7 +235,7 @@ impl Stats {
         };
         let one = |v: u64| vec![(String::new(), v as f64)];
         let counters = self.counter_series();
-        for (name, help, value) in counters {
+        for (name, help, value) in counters.into_iter().chain(self.durable_counter_series()) {
             metric(name, "counter", help, &one(value));
         }
         let reasons: Vec<(String, f64)> = DispatchReason::ALL
@@ -254,7 +254,7 @@ impl Stats {
             &reasons,
         );
         let gauges = self.gauge_series();
-        for (name, help, value) in gauges {
+        for (name, help, value) in gauges.into_iter().chain(self.durable_gauge_series()) {
             metric(name, "gauge", help, &one(value));
         }
         let lanes = |f: fn(&crate::LaneStats) -> u64| -> Vec<(String, f64)> {
@@ -474,6 +474,73 @@ impl Stats {
             |l| l.high_water,
         ),
     ];
+
+    /// (feature `durable`) The durable store's counters, when the batcher
+    /// has one, as [`counter_series`](Self::counter_series).
+    pub(crate) fn durable_counter_series(&self) -> Vec<(&'static str, &'static str, u64)> {
+        #[cfg(feature = "durable")]
+        if let Some(d) = &self.durable {
+            return vec![
+                (
+                    "durable_items_written_total",
+                    "Items written to the durable store.",
+                    d.items_written,
+                ),
+                (
+                    "durable_written_at_shutdown_total",
+                    "Items written to the durable store at shutdown instead of handled.",
+                    d.written_at_shutdown,
+                ),
+                (
+                    "durable_replayed_total",
+                    "Items replayed from the durable store.",
+                    d.replayed,
+                ),
+                (
+                    "durable_fsyncs_total",
+                    "fsyncs of the durable store's files.",
+                    d.fsyncs,
+                ),
+                (
+                    "durable_corrupt_records_cut_total",
+                    "Corrupt records cut from the durable store when it was opened.",
+                    d.corrupt_records_cut,
+                ),
+                (
+                    "durable_write_errors_total",
+                    "Failed writes and syncs of the durable store.",
+                    d.write_errors,
+                ),
+                (
+                    "durable_decode_errors_total",
+                    "Replayed items that did not decode.",
+                    d.decode_errors,
+                ),
+            ];
+        }
+        Vec::new()
+    }
+
+    /// (feature `durable`) The durable store's gauges, as
+    /// [`durable_counter_series`](Self::durable_counter_series).
+    pub(crate) fn durable_gauge_series(&self) -> Vec<(&'static str, &'static str, u64)> {
+        #[cfg(feature = "durable")]
+        if let Some(d) = &self.durable {
+            return vec![
+                (
+                    "durable_bytes_on_disk",
+                    "Bytes of the durable store's segment files.",
+                    d.bytes_on_disk,
+                ),
+                (
+                    "durable_segments",
+                    "Segment files of the durable store.",
+                    d.segments,
+                ),
+            ];
+        }
+        Vec::new()
+    }
 
     /// The gauges every exporter writes, as [`counter_series`](Self::counter_series).
     pub(crate) fn gauge_series(&self) -> [(&'static str, &'static str, u64); 8] {

@@ -300,6 +300,9 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
         if let Some(jitter) = r.jitter {
             policy.jitter = jitter;
         }
+        if let Some(in_order) = r.in_order {
+            policy.in_order = in_order;
+        }
         self.failure.retry = Some(policy);
     }
 
@@ -378,6 +381,7 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                 max_delay: Some(policy.max_delay),
                 multiplier: Some(policy.multiplier),
                 jitter: Some(policy.jitter),
+                in_order: Some(policy.in_order),
             },
             circuit_breaker: BreakerSettings {
                 enabled: Some(breaker_on),

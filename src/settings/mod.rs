@@ -303,6 +303,8 @@ pub struct RetrySettings {
     pub multiplier: Option<f64>,
     /// The share by which each delay moves at random.
     pub jitter: Option<f64>,
+    /// Whether items waiting to retry keep their place ahead of later items.
+    pub in_order: Option<bool>,
 }
 
 /// `[failure.circuit_breaker]`: the fields of [`CircuitBreaker`](crate::CircuitBreaker).

@@ -123,6 +123,10 @@ pub struct JetStreamSink<T> {
     message: Box<dyn Fn(&T) -> JetStreamMessage + Send + Sync>,
     retry: RetryPolicy,
     metrics: JetStreamMetrics,
+    /// (feature `durable`) The prefix of the ids made from the store's
+    /// item ids, for messages without an id of their own.
+    #[cfg(feature = "durable")]
+    store_ids: Option<String>,
 }
 
 impl<T: Send + 'static> JetStreamSink<T> {
@@ -137,7 +141,22 @@ impl<T: Send + 'static> JetStreamSink<T> {
             message: Box::new(message),
             retry: super::default_retry_policy(),
             metrics: JetStreamMetrics::default(),
+            #[cfg(feature = "durable")]
+            store_ids: None,
         }
+    }
+
+    /// (feature `durable`) Gives every message without an id of its own
+    /// the id `{prefix}-{item id}`, from the batcher's durable store
+    /// ([`Batch::item_id`](crate::Batch::item_id)): a message replayed
+    /// after a restart then carries the id it was first published with,
+    /// and the stream stores it once (within its `duplicate_window`). The
+    /// prefix must be unique to the store's directory among everything
+    /// that publishes to the stream (item ids are unique per directory).
+    #[cfg(feature = "durable")]
+    pub fn with_store_ids(mut self, prefix: impl Into<String>) -> Self {
+        self.store_ids = Some(prefix.into());
+        self
     }
 
     /// How failed publishes are retried (default
@@ -188,12 +207,18 @@ impl<T> JetStreamSink<T> {
         let messages: Vec<Outgoing> = batch
             .items()
             .iter()
-            .map(|item| {
+            .zip(0usize..)
+            .map(|(item, _index)| {
                 let JetStreamMessage {
                     subject,
                     payload,
                     id,
                 } = (self.message)(item);
+                #[cfg(feature = "durable")]
+                let id = id.or_else(|| {
+                    let prefix = self.store_ids.as_ref()?;
+                    Some(format!("{prefix}-{}", batch.item_id(_index)?))
+                });
                 let mut publish = PublishMessage::build().payload(payload);
                 if let Some(id) = id {
                     publish = publish.message_id(id);

@@ -42,10 +42,13 @@ pub enum DispatchReason {
     Flush,
     /// The batcher is shutting down.
     Shutdown,
+    /// (feature `durable`) Items a previous batcher on the same store left,
+    /// replayed before new items.
+    Replay,
 }
 
 impl DispatchReason {
-    pub(crate) const COUNT: usize = 9;
+    pub(crate) const COUNT: usize = 10;
 
     /// Every reason, in the order of [`DispatchCounts`]' fields.
     pub const ALL: [DispatchReason; DispatchReason::COUNT] = [
@@ -58,6 +61,7 @@ impl DispatchReason {
         DispatchReason::Immediate,
         DispatchReason::Flush,
         DispatchReason::Shutdown,
+        DispatchReason::Replay,
     ];
 
     pub(crate) fn index(self) -> usize {
@@ -71,6 +75,7 @@ impl DispatchReason {
             DispatchReason::Immediate => 6,
             DispatchReason::Flush => 7,
             DispatchReason::Shutdown => 8,
+            DispatchReason::Replay => 9,
         }
     }
 
@@ -86,6 +91,7 @@ impl DispatchReason {
             DispatchReason::Immediate => "immediate",
             DispatchReason::Flush => "flush",
             DispatchReason::Shutdown => "shutdown",
+            DispatchReason::Replay => "replay",
         }
     }
 }
@@ -102,6 +108,7 @@ impl core::fmt::Display for DispatchReason {
             DispatchReason::Immediate => "immediate",
             DispatchReason::Flush => "flush",
             DispatchReason::Shutdown => "shutdown",
+            DispatchReason::Replay => "replay",
         })
     }
 }
@@ -128,6 +135,8 @@ pub struct DispatchCounts {
     pub flush: u64,
     /// Batches dispatched at shutdown.
     pub shutdown: u64,
+    /// Batches of items replayed from the durable store.
+    pub replay: u64,
 }
 
 impl DispatchCounts {
@@ -148,6 +157,7 @@ impl DispatchCounts {
             DispatchReason::Immediate => self.immediate,
             DispatchReason::Flush => self.flush,
             DispatchReason::Shutdown => self.shutdown,
+            DispatchReason::Replay => self.replay,
         }
     }
 
@@ -162,6 +172,7 @@ impl DispatchCounts {
             DispatchReason::Immediate => &mut self.immediate,
             DispatchReason::Flush => &mut self.flush,
             DispatchReason::Shutdown => &mut self.shutdown,
+            DispatchReason::Replay => &mut self.replay,
         } = value;
     }
 }
@@ -319,6 +330,43 @@ pub struct Stats {
     /// evicted or cleared away); each panic was contained, and whatever
     /// the drop had not freed yet is leaked.
     pub drop_panics: u64,
+    /// (feature `durable`) The durable store's counts, when the batcher
+    /// has one ([`BatcherBuilder::durable`](crate::BatcherBuilder::durable)).
+    #[cfg(feature = "durable")]
+    pub durable: Option<DurableStats>,
+}
+
+/// (feature `durable`) What the durable store wrote, replayed and holds.
+#[cfg(feature = "durable")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DurableStats {
+    /// This batcher's incarnation on its directory (from 1).
+    pub incarnation: u32,
+    /// Items written to the store: the batches dispatched, and the items
+    /// given back at shutdown.
+    pub items_written: u64,
+    /// Of those, the items given back at shutdown (by `shutdown_timeout`,
+    /// or after a failure of the drainer) rather than dispatched.
+    pub written_at_shutdown: u64,
+    /// Items the previous incarnations left, handed to the handler again.
+    pub replayed: u64,
+    /// Bytes of the store's segment files.
+    pub bytes_on_disk: u64,
+    /// Segment files.
+    pub segments: u64,
+    /// `fsync`s of the store's files.
+    pub fsyncs: u64,
+    /// Records cut from corrupt segment tails when the store was opened.
+    pub corrupt_records_cut: u64,
+    /// Bytes cut from corrupt segment tails when the store was opened.
+    pub corrupt_bytes_cut: u64,
+    /// Writes and syncs that failed (each reported to its batch, see
+    /// [`Batch::store_error`](crate::Batch::store_error), or at shutdown
+    /// by giving the items back).
+    pub write_errors: u64,
+    /// Replayed items whose bytes did not decode (they stay in the store).
+    pub decode_errors: u64,
 }
 
 impl Stats {

@@ -28,6 +28,12 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         debug_assert!(len > 0);
         self.buf.tag.set_reason(reason.name());
         self.stamp_batch();
+        #[cfg(feature = "durable")]
+        if self.shared.durable.is_some() {
+            // A replayed batch resumes the attempts its items had.
+            self.buf.meta.attempt = self.replay_attempt + 1;
+            self.write_durable();
+        }
         if let Some(recorder) = &self.shared.recorder {
             let now = self.shared.clock();
             lock(recorder).dispatched(
@@ -41,8 +47,13 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         match &mut self.sink {
             Sink::Sync(_) if self.shared.failure.is_some() => {
                 let mut buf = core::mem::replace(&mut self.buf, BatchBuf::with_capacity(0));
-                if let Some(retry) = self.handle_with_policies(&mut buf, 0) {
+                let attempt = buf.meta.attempt.saturating_sub(1);
+                if let Some(retry) = self.handle_with_policies(&mut buf, attempt) {
                     self.retries.push(retry);
+                    if self.in_order {
+                        // Nothing later passes the items waiting to retry.
+                        self.settle_retries();
+                    }
                     self.buf = self.free_buffer();
                 } else {
                     self.shared.pool.recycle(&mut buf);
@@ -111,6 +122,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         self.tally.items_failed += self.buf.failed as u64;
         self.shared
             .group_failed(self.buf.meta.group, self.buf.failed);
+        #[cfg(feature = "durable")]
+        if let Some(durable) = &shared.durable {
+            durable.done(&mut self.buf);
+        }
         shared.pool.recycle(&mut self.buf);
     }
 
@@ -184,6 +199,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             lock(failure).reject(buf, &mut { deliver_to });
             self.tally.items_failed += buf.failed as u64;
             self.shared.group_failed(buf.meta.group, buf.failed);
+            #[cfg(feature = "durable")]
+            if let Some(durable) = &shared.durable {
+                durable.settled(buf);
+            }
             return None;
         }
         buf.prepare_marks();
@@ -214,6 +233,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         self.tally.items_failed += buf.failed as u64;
         self.shared.group_failed(buf.meta.group, buf.failed);
         buf.failed = 0;
+        #[cfg(feature = "durable")]
+        if let Some(durable) = &shared.durable {
+            durable.settled(buf);
+        }
         match settled {
             Settled::Done => None,
             Settled::Retry { delay } => Some(Retry {
@@ -308,6 +331,20 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     /// finished (a flush or shutdown is complete only then); with a sync
     /// handler, until every batch waiting to retry has settled.
     pub(super) fn wait_for_batches_in_flight(&mut self) {
+        self.settle_retries();
+        #[cfg(feature = "tokio")]
+        if matches!(self.sink, Sink::Async) {
+            let pipeline = self.shared.pipeline();
+            self.wait_async(|| pipeline.in_flight() == 0);
+        }
+        if matches!(self.sink, Sink::Threads) {
+            self.shared.threads().wait_until(|in_flight| in_flight == 0);
+        }
+    }
+
+    /// Runs every batch waiting to retry until it settles, waiting out
+    /// the backoffs; `shutdown_timeout`'s deadline gives them back instead.
+    pub(super) fn settle_retries(&mut self) {
         while let Some(due) = self.next_retry() {
             if self.past_give_back() {
                 self.give_back_leftovers();
@@ -324,14 +361,6 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
                 std::thread::sleep(wait);
             }
             self.run_due_retries();
-        }
-        #[cfg(feature = "tokio")]
-        if matches!(self.sink, Sink::Async) {
-            let pipeline = self.shared.pipeline();
-            self.wait_async(|| pipeline.in_flight() == 0);
-        }
-        if matches!(self.sink, Sink::Threads) {
-            self.shared.threads().wait_until(|in_flight| in_flight == 0);
         }
     }
 

@@ -7,6 +7,8 @@
 //! grow by themselves, up to `max_batch`.
 
 mod dispatch;
+#[cfg(feature = "durable")]
+mod durable;
 mod inline;
 #[cfg(feature = "tokio")]
 mod on_runtime;
@@ -74,6 +76,8 @@ pub(crate) struct Drainer<T, R> {
     last_turn: LastTurn,
     /// `spin_between_short_runs` is set.
     slip: bool,
+    /// The retry policy keeps retries in order (`RetryPolicy::in_order`).
+    in_order: bool,
     /// The last flush request completed.
     flush_done: u64,
     tally: DrainerTally,
@@ -112,6 +116,10 @@ pub(crate) struct Drainer<T, R> {
     /// (`inline_when_idle`) The result of the item [`run_direct`](Self::run_direct)
     /// handles, until it takes it.
     direct: Option<Result<R, Error>>,
+    /// (feature `durable`) The calls of the handler the replayed batch
+    /// being dispatched has had (0 for a new batch).
+    #[cfg(feature = "durable")]
+    replay_attempt: u32,
 }
 
 /// What the drainer loop does after a [`step`](Drainer::step).
@@ -141,6 +149,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         let max_batch = shared.config.max_batch;
         let recording = shared.recorder.is_some();
         let slip = shared.config.spin_between_short_runs;
+        let shared_in_order = shared.failure.as_ref().is_some_and(|f| lock(f).in_order());
         let buf = shared.pool.take().unwrap_or_else(|| {
             let buf = BatchBuf::with_capacity(max_batch);
             if recording { buf.with_runs() } else { buf }
@@ -157,6 +166,8 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             retries: Vec::with_capacity(shared.config.pool_size),
             settings_seen: 0,
             direct: None,
+            #[cfg(feature = "durable")]
+            replay_attempt: 0,
             asm: asm.map(Box::new),
             flush_now_done: 0,
             adaptive_max,
@@ -169,6 +180,7 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             start: 0,
             last_turn: LastTurn::Emptied,
             slip,
+            in_order: shared_in_order,
             flush_done: 0,
             tally: DrainerTally::default(),
             #[cfg(feature = "tokio")]
@@ -184,7 +196,11 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
     /// code is contained where it is called) closes the batcher instead of
     /// ending the thread silently (see [`fail_fatally`](Self::fail_fatally)).
     pub(crate) fn run(mut self) {
-        if let Err(message) = crate::contain::call(|| self.run_loop()) {
+        if let Err(message) = crate::contain::call(|| {
+            #[cfg(feature = "durable")]
+            self.replay();
+            self.run_loop();
+        }) {
             self.fail_fatally(message);
         }
         self.finish();
@@ -227,6 +243,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
             if self.shaped_turn() {
                 backoff.reset();
             } else if backoff.snooze() {
+                #[cfg(feature = "durable")]
+                if let Some(durable) = &self.shared.durable {
+                    durable.idle();
+                }
                 self.park_until_due();
                 self.woke();
                 backoff.reset();
@@ -324,6 +344,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
         // Caught up: a drainer that never parks syncs the metrics here.
         self.shared.metrics_sync(Moment::Idle);
         if backoff.snooze() {
+            #[cfg(feature = "durable")]
+            if let Some(durable) = &self.shared.durable {
+                durable.idle();
+            }
             Step::Park
         } else {
             Step::Continue
@@ -332,6 +356,10 @@ impl<T: Send + 'static, R: Send + 'static> Drainer<T, R> {
 
     /// After the loop: the batch buffer goes back to the pool.
     fn finish(&mut self) {
+        #[cfg(feature = "durable")]
+        if let Some(durable) = &self.shared.durable {
+            durable.sync();
+        }
         self.shared.pool.put(core::mem::replace(
             &mut self.buf,
             BatchBuf::with_capacity(0),

@@ -48,6 +48,11 @@ impl<T, R> Drainer<T, R> {
     /// Moves every item not handled to the batcher's leftovers (for
     /// `shutdown_timeout` to return), failing their tickets with `error`.
     pub(super) fn give_back(&mut self, error: &Error) {
+        #[cfg(feature = "durable")]
+        if self.shared.durable.is_some() {
+            self.give_back_durable(error);
+            return;
+        }
         let shared = Arc::clone(&self.shared);
         let mut out = lock(&shared.leftovers);
         self.take_unhandled(&mut |item, origin| {

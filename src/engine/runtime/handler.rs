@@ -122,6 +122,25 @@ impl<T, R> AsyncBatch<T, R> {
         self.buf().meta.oldest
     }
 
+    /// (feature `durable`) Item `index`'s stable id: see [`Batch::item_id`].
+    #[cfg(feature = "durable")]
+    pub fn item_id(&self, index: usize) -> Option<crate::durable::ItemId> {
+        self.buf().durable.ids.get(index).copied()
+    }
+
+    /// (feature `durable`) Every item's id: see [`Batch::item_ids`].
+    #[cfg(feature = "durable")]
+    pub fn item_ids(&self) -> &[crate::durable::ItemId] {
+        &self.buf().durable.ids
+    }
+
+    /// (feature `durable`) Why the batch is not durable: see
+    /// [`Batch::store_error`].
+    #[cfg(feature = "durable")]
+    pub fn store_error(&self) -> Option<&crate::durable::StoreError> {
+        self.buf().durable.error.as_ref()
+    }
+
     /// Whether the batch has no items (never true for a dispatched batch).
     pub fn is_empty(&self) -> bool {
         self.buf().is_empty()

@@ -236,6 +236,10 @@ pub(super) fn finish<T, R>(shared: &Shared<T, R>, mut buf: BatchBuf<T>, error: E
             .fetch_add(buf.failed as u64, Ordering::Relaxed);
         shared.group_failed(buf.meta.group, buf.failed);
     }
+    #[cfg(feature = "durable")]
+    if let Some(durable) = &shared.durable {
+        durable.done(&mut buf);
+    }
     shared.pool.put(buf);
     // AcqRel: Release publishes the completions above to the drainer's
     // Acquire load in `in_flight` (a flush waits for zero).

@@ -115,7 +115,8 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
             }
         };
         let pipeline = shared.pipeline();
-        let mut attempt = 0;
+        // A replayed batch resumes the attempts its items had.
+        let mut attempt = buf.meta.attempt.saturating_sub(1);
         loop {
             let span = BatchSpan::new(&shared.config.thread_name, &buf.tag, buf.len(), attempt + 1);
             // Entered only between awaits (its guard is not `Send`).
@@ -127,6 +128,10 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
                 admitted
             });
             if !admitted {
+                #[cfg(feature = "durable")]
+                if let Some(durable) = &shared.durable {
+                    durable.settled(&mut buf);
+                }
                 break;
             }
             buf.meta.attempt = attempt + 1;
@@ -169,6 +174,10 @@ impl<T: Send + 'static, R: Send + 'static> Worker<T, R> {
                     .fetch_add(buf.failed as u64, Ordering::Relaxed);
                 shared.group_failed(buf.meta.group, buf.failed);
                 buf.failed = 0;
+            }
+            #[cfg(feature = "durable")]
+            if let Some(durable) = &shared.durable {
+                durable.settled(&mut buf);
             }
             match settled {
                 Settled::Done => break,

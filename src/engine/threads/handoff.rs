@@ -197,6 +197,10 @@ pub(super) fn finish<T, R>(shared: &Shared<T, R>, mut buf: BatchBuf<T>, error: E
             .fetch_add(buf.failed as u64, Ordering::Relaxed);
         shared.group_failed(buf.meta.group, buf.failed);
     }
+    #[cfg(feature = "durable")]
+    if let Some(durable) = &shared.durable {
+        durable.done(&mut buf);
+    }
     shared.pool.put(buf);
     threads.finished();
 }

@@ -193,7 +193,8 @@ fn run_with_policies<T: Send + 'static, R: Send + 'static>(
             deliver(&shared.table, lane, index, Err(error));
         }
     };
-    let mut attempt = 0;
+    // A replayed batch resumes the attempts its items had.
+    let mut attempt = buf.meta.attempt.saturating_sub(1);
     loop {
         buf.meta.attempt = attempt + 1;
         // Around the breaker's decision too, as on the drainer thread.
@@ -202,6 +203,10 @@ fn run_with_policies<T: Send + 'static, R: Send + 'static>(
         if !lock(failure).admit(Instant::now()) {
             lock(failure).reject(buf, &mut { deliver_to });
             count_failed(shared, buf);
+            #[cfg(feature = "durable")]
+            if let Some(durable) = &shared.durable {
+                durable.settled(buf);
+            }
             return Error::NotCompleted;
         }
         buf.prepare_marks();
@@ -230,6 +235,10 @@ fn run_with_policies<T: Send + 'static, R: Send + 'static>(
         let settled =
             lock(failure).settle(buf, outcome, attempt, Instant::now(), &mut { deliver_to });
         count_failed(shared, buf);
+        #[cfg(feature = "durable")]
+        if let Some(durable) = &shared.durable {
+            durable.settled(buf);
+        }
         match settled {
             Settled::Done => return Error::NotCompleted,
             Settled::Retry { delay } => {
