@@ -153,6 +153,7 @@ initial_delay = "5ms"
 max_delay = "1m 30s"
 multiplier = 3
 jitter = 0.5
+in_order = true
 
 [failure.circuit_breaker]
 enabled = true

@@ -321,7 +321,7 @@ fn retries_in_order_let_no_later_item_pass_a_failed_one() {
         (0..200).collect::<Vec<_>>(),
         "handled in submission order"
     );
-    assert_eq!(stats.retried, 1.max(stats.retried), "a retry happened");
+    assert!(stats.retried >= 1, "a retry happened");
     assert!(failed_once.load(Ordering::SeqCst) >= 1);
 }
 
