@@ -1,6 +1,9 @@
 //! The durable store: segment files of checksummed records in one
 //! directory. (Interface stub; the implementation replaces the bodies.)
 
+mod lock;
+mod record;
+
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
