@@ -3,6 +3,7 @@
 
 mod lock;
 mod record;
+mod segment;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
