@@ -3,6 +3,7 @@
 
 mod lock;
 mod record;
+mod recover;
 mod segment;
 
 use std::path::PathBuf;
