@@ -142,6 +142,8 @@ fn a_graceful_restart_hands_every_item_over_exactly_once_in_producer_order() {
     }
     gate.open();
     let (stats, unhandled) = stopping.join().unwrap();
+    // The store is released with the batcher's last handle.
+    drop(probe);
     assert!(
         unhandled.is_empty(),
         "every item went to the store, none came back"
@@ -210,6 +212,7 @@ fn a_batch_waiting_to_retry_resumes_its_attempts_and_keeps_its_ids_after_a_resta
     let policy = RetryPolicy::default()
         .with_max_retries(3)
         .with_initial_delay(Duration::from_secs(600))
+        .with_max_delay(Duration::from_secs(600))
         .with_jitter(0.0);
     let first = Batcher::builder()
         .max_batch(8)
@@ -239,6 +242,8 @@ fn a_batch_waiting_to_retry_resumes_its_attempts_and_keeps_its_ids_after_a_resta
         unhandled.is_empty(),
         "the batch waiting to retry is in the store"
     );
+    // The store is released with the batcher's last handle.
+    drop(producer);
     let first_calls = seen.lock().unwrap().clone();
     let ids_before: Vec<ItemId> = first_calls.iter().flat_map(|c| c.1.clone()).collect();
     let items_before: Vec<u64> = first_calls.iter().flat_map(|c| c.2.clone()).collect();
