@@ -637,3 +637,64 @@ fn the_prometheus_export_carries_the_store_counts() {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
 }
+
+#[cfg(feature = "tokio")]
+#[test]
+fn an_async_batch_abandoned_by_its_runtime_stays_in_the_store() {
+    let dir = TempDir::new("abandoned");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let started = Arc::new(AtomicUsize::new(0));
+    let batcher = {
+        let started = started.clone();
+        Batcher::<u64, u64>::builder()
+            .lanes(1)
+            .max_in_flight(1)
+            .durable(Durability::new(dir.path()), Postcard)
+            .runtime(runtime.handle().clone())
+            .async_handler_fn(move |mut batch: ringbatch::AsyncBatch<u64, u64>| {
+                let started = started.clone();
+                async move {
+                    // The first item is handled; the sink never answers for
+                    // the others.
+                    let first = batch.items()[0];
+                    batch.ok(0, first).unwrap();
+                    started.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                    drop(batch);
+                    Ok(())
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    let producer = batcher.producer();
+    batcher.pause();
+    let tickets: Vec<_> = (1..=4).map(|x| producer.submit(x).unwrap()).collect();
+    batcher.resume();
+    wait_for("the batch to reach the handler", || {
+        started.load(Ordering::SeqCst) == 1
+    });
+    drop(runtime);
+    let outcomes: Vec<_> = tickets.into_iter().map(|t| t.wait()).collect();
+    assert!(matches!(outcomes[0], Ok(1)), "{:?}", outcomes[0]);
+    for outcome in &outcomes[1..] {
+        assert!(
+            matches!(outcome, Err(Error::Persisted)),
+            "an abandoned item's ticket should say it is in the store: {outcome:?}"
+        );
+    }
+    drop(producer);
+    let stats = batcher.shutdown();
+    assert_eq!(stats.items_failed, 0, "abandoned items are not failed ones");
+
+    let (handled, stats) = replay(dir.path(), CorruptTail::Truncate).unwrap();
+    assert_eq!(
+        handled,
+        vec![2, 3, 4],
+        "the items the handler never finished"
+    );
+    assert_eq!(stats.durable.unwrap().replayed, 3);
+}

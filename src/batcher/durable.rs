@@ -36,6 +36,14 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     ///   in flight in an async handler or on a handler thread, are in the
     ///   store already. [`DurableStats::written_at_shutdown`](crate::DurableStats::written_at_shutdown)
     ///   says how many it wrote.
+    /// - An async handler's batch that its runtime drops before the handler
+    ///   returns (the runtime shut down) stays in the store too: the items
+    ///   the handler completed are done; the others' tickets fail with
+    ///   `Error::Persisted`, and the next incarnation handles them.
+    /// - The directory stays locked until the batcher and every handle on
+    ///   it (producers, the tasks of an async handler) are dropped: a
+    ///   batcher built on it before then fails with
+    ///   [`StoreError::Locked`](crate::durable::StoreError::Locked).
     /// - The next build on the directory replays what is not done before any
     ///   new item, in the order it was written (each producer's order), as
     ///   batches of at most `max_batch` fire-and-forget items

@@ -2,14 +2,17 @@
 //! when: each batch as it is dispatched, before the handler sees it; the
 //! items done once settled; the attempts of items kept for a retry; the
 //! items given back at shutdown. Replay happens on the drainer (see
-//! `drainer/replay.rs`).
+//! `drainer/durable.rs`).
 
 use std::time::Instant;
 
-use crate::batch::BatchBuf;
+use crate::batch::{BatchBuf, Origin};
+use crate::completion::TableOwner;
 use crate::contain::lock;
 use crate::durable::store::{RecoveredBatch, Store, StoreCounters};
 use crate::durable::{Codec, ItemId, StoreError};
+use crate::error::Error;
+use crate::handler::deliver;
 use crate::stats::DurableStats;
 use crate::sync::{AtomicU64, Mutex, Ordering};
 
@@ -173,6 +176,35 @@ impl<T> Durable<T> {
         }
         let result = lock(&self.inner).store.append_done(&buf.durable.ids);
         buf.durable.ids.clear();
+        if let Err(error) = result {
+            self.failed_to_write(&error);
+        }
+    }
+
+    /// A batch its handler never finished, abandoned when the runtime
+    /// shut down: the items the handler completed are done; the others
+    /// stay in the store for the next incarnation, their tickets failed
+    /// with `Persisted` (they are not failed items: they will be handled).
+    pub(crate) fn keep_unhandled<R>(&self, buf: &mut BatchBuf<T>, table: &TableOwner<R>) {
+        if buf.durable.ids.is_empty() {
+            return;
+        }
+        let completed: Vec<ItemId> = buf
+            .origins
+            .iter()
+            .zip(&buf.durable.ids)
+            .filter(|(origin, _)| **origin == Origin::DONE)
+            .map(|(_, id)| *id)
+            .collect();
+        for origin in buf.origins.iter_mut() {
+            if let Some((lane, index)) = origin.pending() {
+                deliver(table, lane, index, Err(Error::Persisted));
+            }
+            *origin = Origin::DONE;
+        }
+        buf.completed = buf.origins.len();
+        buf.durable.ids.clear();
+        let result = lock(&self.inner).store.append_done(&completed);
         if let Err(error) = result {
             self.failed_to_write(&error);
         }

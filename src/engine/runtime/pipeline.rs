@@ -227,6 +227,11 @@ pub(super) fn fail_queued<T, R>(shared: &Shared<T, R>) {
 /// Completes what the handler left with `error`, returns the buffer to the
 /// pool and wakes the drainer if it waits for one.
 pub(super) fn finish<T, R>(shared: &Shared<T, R>, mut buf: BatchBuf<T>, error: Error) {
+    #[cfg(feature = "durable")]
+    if let (Some(durable), Error::RuntimeShutdown) = (&shared.durable, &error) {
+        // Not handled: the items stay in the store, to be replayed.
+        durable.keep_unhandled(&mut buf, &shared.table);
+    }
     Batch::new(&mut buf, &shared.table).fail_remaining(error);
     let pipeline = shared.pipeline();
     if buf.failed > 0 {
