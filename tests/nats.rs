@@ -446,3 +446,112 @@ async fn losing_the_stream_leader_mid_run_loses_nothing() {
     .await
     .expect("the test finished within its bound");
 }
+
+/// (feature `durable`) A crash after the sink published a batch but before
+/// the store recorded it done: the next incarnation replays the batch with
+/// the same item ids, which the sink sends as message ids, and the stream
+/// keeps one copy of each message.
+#[cfg(feature = "durable")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_replayed_after_a_crash_are_stored_once_by_their_store_ids() {
+    use ringbatch::durable::{Durability, Postcard};
+    const TEST: &str = "messages_replayed_after_a_crash_are_stored_once_by_their_store_ids";
+    const ITEMS: u64 = 2_000;
+    let Some(urls) = nats_urls(TEST) else { return };
+    let _turn = SERIAL.lock().await;
+    tokio::time::timeout(TEST_BOUND, async {
+        let js = jetstream(&urls).await;
+        let (stream, prefix) = create_stream(&js, "store_ids").await;
+        let name = stream.cached_info().config.name.clone();
+        wait_stream_healthy(&js, &name).await;
+        // Messages without ids of their own: the store's ids stand in.
+        let sink = || {
+            let subject = format!("{prefix}.values");
+            JetStreamSink::new(js.clone(), move |v: &u64| {
+                JetStreamMessage::new(subject.clone(), v.to_le_bytes().to_vec())
+            })
+            .with_store_ids(format!("nats-{}", std::process::id()))
+        };
+        let store = common::TempDir::new("nats-store");
+        let image = common::TempDir::new("nats-image");
+
+        // The first incarnation: its handler holds every batch until the
+        // test has taken the crash image.
+        let (held, open) = common::Held::new(sink());
+        let entered = Arc::clone(&held.entered);
+        let first = Batcher::builder()
+            .max_batch(256)
+            .max_in_flight(4)
+            .durable(Durability::new(store.path()), Postcard)
+            .async_handler(held)
+            .build()
+            .expect("a valid batcher");
+        let mut producer = first.async_producer();
+        // At most `WINDOW` tickets outstanding: the submitter waits for the
+        // handler, which waits for the image.
+        let submitter = tokio::spawn(async move {
+            let mut pending = VecDeque::new();
+            for value in 0..ITEMS {
+                if pending.len() == WINDOW {
+                    let (v, ticket): (u64, ringbatch::Ticket<u64>) = pending.pop_front().unwrap();
+                    ticket
+                        .await
+                        .unwrap_or_else(|e| panic!("item {v} failed: {e}"));
+                }
+                pending.push_back((value, producer.submit(value).await.expect("submit")));
+            }
+            for (v, ticket) in pending {
+                ticket
+                    .await
+                    .unwrap_or_else(|e| panic!("item {v} failed: {e}"));
+            }
+        });
+        let deadline = Instant::now() + SETTLE;
+        while entered.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no batch reached the handler");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let in_handler = entered.load(Ordering::SeqCst);
+        store.crash_image(&image);
+        open.send(true).expect("open the handler");
+        submitter.await.expect("the submitter finished");
+        first.shutdown_async().await;
+        assert_eq!(
+            stream_state(&js, &name).await.messages,
+            ITEMS,
+            "messages in the stream after the first run"
+        );
+
+        // The next incarnation on the crash image: what the image holds as
+        // not done (at least the batches that were in the handler) is
+        // published again with the same ids, and the stream drops the copies.
+        let sink = sink();
+        let metrics = sink.metrics();
+        let second = Batcher::builder()
+            .max_batch(256)
+            .durable(Durability::new(image.path()), Postcard)
+            .async_handler(sink)
+            .build()
+            .expect("a valid batcher on the crash image");
+        let stats = second.shutdown_async().await;
+        let replayed = stats.durable.expect("durable stats").replayed;
+        assert!(
+            replayed >= in_handler,
+            "the image held {in_handler} items in the handler, {replayed} were replayed"
+        );
+        let m = metrics.get();
+        assert_eq!(
+            (m.duplicates, m.stored),
+            (replayed, 0),
+            "every replayed message was acknowledged as a duplicate: {m:?}"
+        );
+        assert_eq!(
+            stream_state(&js, &name).await.messages,
+            ITEMS,
+            "messages in the stream after the replay"
+        );
+        js.delete_stream(&name).await.expect("delete the stream");
+    })
+    .await
+    .expect("the test finished within its bound");
+}

@@ -561,3 +561,117 @@ async fn a_statement_error_fails_every_item_at_once() {
     .await
     .expect("the test finished within its bound");
 }
+
+/// (feature `durable`) A crash after the sink wrote a batch but before the
+/// store recorded it done: the next incarnation replays the batch with the
+/// same item ids, and the sink's store key finds the rows instead of
+/// writing them again.
+#[cfg(feature = "durable")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_replayed_after_a_crash_are_found_by_their_store_keys_not_written_twice() {
+    use ringbatch::durable::{Durability, Postcard};
+    const TEST: &str = "rows_replayed_after_a_crash_are_found_by_their_store_keys";
+    const ITEMS: i64 = 2_000;
+    let Some(config) = pg_url(TEST) else { return };
+    tokio::time::timeout(TEST_BOUND, async {
+        let admin = connect(&config).await;
+        let table = format!("rb_store_keys_{}", std::process::id());
+        admin
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table};
+                 CREATE TABLE {table} (
+                     id bigserial PRIMARY KEY,
+                     rb_key text NOT NULL UNIQUE,
+                     value int8 NOT NULL
+                 );"
+            ))
+            .await
+            .expect("create the test table");
+        let sink = |config: Config| {
+            PostgresSink::builder(config, &table)
+                .store_key("rb_key", format!("pg-{}", std::process::id()))
+                .column("value", "int8", |&v: &i64| v)
+                .returning(["id"], |row| row.try_get::<_, i64>("id"))
+                .build()
+                .expect("a valid sink")
+        };
+        let store = common::TempDir::new("pg-store");
+        let image = common::TempDir::new("pg-image");
+
+        // The first incarnation: its handler holds every batch until the
+        // test has taken the crash image.
+        let (held, open) = common::Held::new(sink(config.clone()));
+        let entered = Arc::clone(&held.entered);
+        let first = Batcher::builder()
+            .max_batch(256)
+            .max_in_flight(4)
+            .durable(Durability::new(store.path()), Postcard)
+            .async_handler(held)
+            .build()
+            .expect("a valid batcher");
+        let mut producer = first.async_producer();
+        // At most `WINDOW` tickets outstanding: the submitter waits for the
+        // handler, which waits for the image.
+        let submitter = tokio::spawn(async move {
+            let mut pending = std::collections::VecDeque::new();
+            for value in 0..ITEMS {
+                if pending.len() == WINDOW {
+                    let (v, ticket): (i64, ringbatch::Ticket<i64>) = pending.pop_front().unwrap();
+                    ticket
+                        .await
+                        .unwrap_or_else(|e| panic!("item {v} failed: {e}"));
+                }
+                pending.push_back((value, producer.submit(value).await.expect("submit")));
+            }
+            for (v, ticket) in pending {
+                ticket
+                    .await
+                    .unwrap_or_else(|e| panic!("item {v} failed: {e}"));
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while entered.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no batch reached the handler");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let in_handler = entered.load(Ordering::SeqCst);
+        store.crash_image(&image);
+        open.send(true).expect("open the handler");
+        submitter.await.expect("the submitter finished");
+        first.shutdown_async().await;
+        let counts = format!("SELECT count(*), count(DISTINCT rb_key) FROM {table}");
+        let rows = || async {
+            let row = admin.query_one(&counts, &[]).await.expect("count the rows");
+            (row.get::<_, i64>(0), row.get::<_, i64>(1))
+        };
+        assert_eq!(rows().await, (ITEMS, ITEMS), "rows after the first run");
+
+        // The next incarnation on the crash image: what the image holds
+        // as not done (at least the batches that were in the handler) is
+        // replayed, and every replayed row is found, none written again.
+        let sink = sink(config.clone());
+        let metrics = sink.metrics();
+        let second = Batcher::builder()
+            .max_batch(256)
+            .durable(Durability::new(image.path()), Postcard)
+            .async_handler(sink)
+            .build()
+            .expect("a valid batcher on the crash image");
+        let stats = second.shutdown_async().await;
+        let replayed = stats.durable.expect("durable stats").replayed;
+        assert!(
+            replayed >= in_handler,
+            "the image held {in_handler} items in the handler, {replayed} were replayed"
+        );
+        let m = metrics.get();
+        assert_eq!(
+            (m.rows_inserted, m.rows_existing),
+            (0, replayed),
+            "every replayed row is found by its store key: {m:?}"
+        );
+        assert_eq!(rows().await, (ITEMS, ITEMS), "rows after the replay");
+        drop_table(&admin, &table).await;
+    })
+    .await
+    .expect("the test finished within its bound");
+}

@@ -264,3 +264,87 @@ where
         Ok(())
     }
 }
+
+/// A fresh directory under the system's temporary one, removed on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ringbatch-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// Copies the files of `self` into `to` as they are now: what a crash
+    /// of the process at this moment would leave on disk (the files a
+    /// process wrote are in the operating system's cache, which a crash
+    /// of the process does not lose).
+    pub fn crash_image(&self, to: &TempDir) {
+        std::fs::create_dir_all(to.path()).expect("create the image directory");
+        for entry in std::fs::read_dir(self.path()).expect("read the store directory") {
+            let entry = entry.expect("a directory entry");
+            if entry.file_type().expect("its type").is_file() {
+                std::fs::copy(entry.path(), to.path().join(entry.file_name()))
+                    .expect("copy a store file");
+            }
+        }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An async handler that counts the items reaching it and holds each batch
+/// until the test opens it, then hands it to `inner`.
+#[cfg(feature = "tokio")]
+pub struct Held<H> {
+    pub inner: H,
+    pub entered: Arc<std::sync::atomic::AtomicU64>,
+    pub open: tokio::sync::watch::Receiver<bool>,
+}
+
+#[cfg(feature = "tokio")]
+impl<H> Held<H> {
+    /// `inner`, held; open it with `true` on the sender.
+    pub fn new(inner: H) -> (Self, tokio::sync::watch::Sender<bool>) {
+        let (open_tx, open) = tokio::sync::watch::channel(false);
+        let held = Held {
+            inner,
+            entered: Arc::default(),
+            open,
+        };
+        (held, open_tx)
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<T, R, H> ringbatch::AsyncHandler<T, R> for Held<H>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    H: ringbatch::AsyncHandler<T, R>,
+{
+    async fn handle(
+        &self,
+        batch: ringbatch::AsyncBatch<T, R>,
+    ) -> Result<(), ringbatch::BatchError> {
+        self.entered
+            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        let mut open = self.open.clone();
+        tokio::time::timeout(BOUND, open.wait_for(|open| *open))
+            .await
+            .expect("the test never opened the handler")
+            .expect("the test dropped the handler's opener");
+        self.inner.handle(batch).await
+    }
+}

@@ -25,6 +25,9 @@ pub struct PostgresSinkBuilder<T, R> {
     pub(super) returning: Option<(Vec<String>, Decode<R>)>,
     pub(super) retry: RetryPolicy,
     pub(super) attempt_timeout: Duration,
+    /// (feature `durable`) Whether the key is [`store_key`](Self::store_key).
+    #[cfg(feature = "durable")]
+    pub(super) store_key: bool,
 }
 
 impl<T: Send + 'static, R: Send + 'static> PostgresSinkBuilder<T, R> {
@@ -63,7 +66,49 @@ impl<T: Send + 'static, R: Send + 'static> PostgresSinkBuilder<T, R> {
         let index = self.columns.len();
         let mut this = self.column(name, sql_type, value);
         this.key = Some(index);
+        #[cfg(feature = "durable")]
+        {
+            this.store_key = false;
+        }
         this
+    }
+
+    /// (feature `durable`) The key column, made from the batcher's durable
+    /// store: each row's key is `{prefix}-{item id}`
+    /// ([`AsyncBatch::item_id`](crate::AsyncBatch::item_id)), a `text`
+    /// column with a unique constraint. An item keeps its id in every
+    /// delivery, the replays after a restart or a crash included, so a
+    /// batch the sink wrote whose completion the store had not recorded
+    /// is not written twice. The prefix must be unique to the store's
+    /// directory among everything that writes to the table (item ids are
+    /// unique per directory). An item without an id (no store, or the
+    /// store refused its batch) fails with
+    /// [`PostgresSinkError::NoStoreId`](super::PostgresSinkError::NoStoreId).
+    /// Replaces a [`key`](Self::key) set before.
+    ///
+    /// ```no_run
+    /// # use ringbatch::sinks::postgres::PostgresSink;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // CREATE TABLE events (id bigserial PRIMARY KEY, rb_key text UNIQUE NOT NULL,
+    /// //                      value int8 NOT NULL);
+    /// let sink = PostgresSink::builder("host=127.0.0.1 user=postgres".parse()?, "events")
+    ///     .store_key("rb_key", "host-a")
+    ///     .column("value", "int8", |&v: &i64| v)
+    ///     .returning(["id"], |row| row.try_get::<_, i64>("id"))
+    ///     .build()?;
+    /// # drop(sink);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "durable")]
+    pub fn store_key(mut self, name: impl Into<String>, prefix: impl Into<String>) -> Self {
+        self.key = Some(self.columns.len());
+        self.columns.push(Box::new(super::StoreKey {
+            name: name.into(),
+            prefix: prefix.into(),
+        }));
+        self.store_key = true;
+        self
     }
 
     /// The table's columns to return for each row (names as written in SQL,
@@ -136,6 +181,8 @@ impl<T: Send + 'static, R: Send + 'static> PostgresSinkBuilder<T, R> {
             attempt_timeout: self.attempt_timeout,
             pool: Mutex::new(Vec::new()),
             metrics: PostgresMetrics::default(),
+            #[cfg(feature = "durable")]
+            store_key: self.store_key,
         })
     }
 }

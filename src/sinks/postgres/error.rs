@@ -76,6 +76,13 @@ pub enum PostgresSinkError {
     /// ran, so no statement found the row it names (after as many rounds as
     /// the retry settings' `max_retries`).
     Unresolved,
+    /// (feature `durable`) The sink's key is the store's item id
+    /// ([`store_key`](PostgresSinkBuilder::store_key)) but the item has
+    /// none: the batcher has no durable store, or the store could not take
+    /// the batch ([`AsyncBatch::store_error`](crate::AsyncBatch::store_error)).
+    /// The row was not written.
+    #[cfg(feature = "durable")]
+    NoStoreId,
 }
 
 impl PostgresSinkError {
@@ -88,6 +95,8 @@ impl PostgresSinkError {
             | PostgresSinkError::Decode(e)
             | PostgresSinkError::Unavailable { last: e, .. } => e.as_db_error(),
             PostgresSinkError::TimedOut { .. } | PostgresSinkError::Unresolved => None,
+            #[cfg(feature = "durable")]
+            PostgresSinkError::NoStoreId => None,
         }
     }
 
@@ -116,6 +125,10 @@ impl fmt::Display for PostgresSinkError {
             PostgresSinkError::Unresolved => f.write_str(
                 "the row's key was being inserted concurrently by another transaction on every attempt",
             ),
+            #[cfg(feature = "durable")]
+            PostgresSinkError::NoStoreId => f.write_str(
+                "the key is the durable store's item id, and the item has none (no store, or the store refused its batch)",
+            ),
         }
     }
 }
@@ -128,6 +141,8 @@ impl std::error::Error for PostgresSinkError {
             | PostgresSinkError::Decode(e)
             | PostgresSinkError::Unavailable { last: e, .. } => Some(&**e),
             PostgresSinkError::TimedOut { .. } | PostgresSinkError::Unresolved => None,
+            #[cfg(feature = "durable")]
+            PostgresSinkError::NoStoreId => None,
         }
     }
 }

@@ -52,6 +52,12 @@
 //! written before with the same key (by anyone) are taken as this item's
 //! row.
 //!
+//! With the batcher's durable store (feature `durable`), the key can be the
+//! store's item id ([`store_key`](PostgresSinkBuilder::store_key)): the
+//! replay after a restart or a crash then sends a row the sink already
+//! wrote with the key it was written with, and the sink finds it instead of
+//! writing it again.
+//!
 //! # Failures
 //!
 //! - **Rows the database rejects** (SQLSTATE classes 22, data exception, and
@@ -110,13 +116,21 @@ use error::Failure;
 /// Decodes a result row into an item's result.
 type Decode<R> = Box<dyn Fn(&Row) -> Result<R, tokio_postgres::Error> + Send + Sync>;
 
+/// What a batch gives the columns: its items and (feature `durable`) their
+/// ids in the batcher's store.
+struct Source<'a, T> {
+    items: &'a [T],
+    #[cfg(feature = "durable")]
+    ids: &'a [crate::durable::ItemId],
+}
+
 /// One column of the table: its name, its SQL type and how an item gives
 /// its value.
 trait ColumnSpec<T>: Send + Sync {
     fn name(&self) -> &str;
     fn sql_type(&self) -> &str;
-    /// The values of `rows` (indexes into `items`), as one array parameter.
-    fn array(&self, items: &[T], rows: &[usize]) -> Box<dyn ToSql + Send + Sync>;
+    /// The values of `rows` (indexes into the batch), as one array parameter.
+    fn array(&self, source: &Source<'_, T>, rows: &[usize]) -> Box<dyn ToSql + Send + Sync>;
 }
 
 struct Column<F, V> {
@@ -139,8 +153,42 @@ where
         &self.sql_type
     }
 
-    fn array(&self, items: &[T], rows: &[usize]) -> Box<dyn ToSql + Send + Sync> {
-        let values: Vec<V> = rows.iter().map(|&i| (self.value)(&items[i])).collect();
+    fn array(&self, source: &Source<'_, T>, rows: &[usize]) -> Box<dyn ToSql + Send + Sync> {
+        let values: Vec<V> = rows
+            .iter()
+            .map(|&i| (self.value)(&source.items[i]))
+            .collect();
+        Box::new(values)
+    }
+}
+
+/// (feature `durable`) The key column made from the store's item ids:
+/// `{prefix}-{item id}` as `text`.
+#[cfg(feature = "durable")]
+struct StoreKey {
+    name: String,
+    prefix: String,
+}
+
+#[cfg(feature = "durable")]
+impl<T> ColumnSpec<T> for StoreKey {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn sql_type(&self) -> &str {
+        "text"
+    }
+
+    fn array(&self, source: &Source<'_, T>, rows: &[usize]) -> Box<dyn ToSql + Send + Sync> {
+        // `write` fails the rows without an id before any statement.
+        let values: Vec<Option<String>> = rows
+            .iter()
+            .map(|&i| {
+                let id = source.ids.get(i)?;
+                Some(format!("{}-{id}", self.prefix))
+            })
+            .collect();
         Box::new(values)
     }
 }
@@ -193,6 +241,9 @@ pub struct PostgresSink<T, R> {
     /// Idle connections, each with the statement prepared on it.
     pool: Mutex<Vec<Connection>>,
     metrics: PostgresMetrics,
+    /// (feature `durable`) Whether the key is the store's item id.
+    #[cfg(feature = "durable")]
+    store_key: bool,
 }
 
 /// A connection and the insert statement prepared on it.
@@ -215,6 +266,8 @@ impl<T: Send + 'static, R: Send + 'static> PostgresSink<T, R> {
             returning: None,
             retry: super::default_retry_policy(),
             attempt_timeout: Duration::from_secs(30),
+            #[cfg(feature = "durable")]
+            store_key: false,
         }
     }
 }
@@ -231,9 +284,9 @@ impl<T, R> PostgresSink<T, R> {
         &self.sql
     }
 
-    /// One array parameter per column, for `rows` of `items`.
-    fn params(&self, items: &[T], rows: &[usize]) -> Vec<Box<dyn ToSql + Send + Sync>> {
-        self.columns.iter().map(|c| c.array(items, rows)).collect()
+    /// One array parameter per column, for `rows` of the batch.
+    fn params(&self, source: &Source<'_, T>, rows: &[usize]) -> Vec<Box<dyn ToSql + Send + Sync>> {
+        self.columns.iter().map(|c| c.array(source, rows)).collect()
     }
 
     /// An idle connection, or a new one with the statement prepared.
@@ -347,10 +400,30 @@ impl<T, R> PostgresSink<T, R> {
         // Groups of item indexes still to write, each with the number of
         // times its rows came back unresolved (see `resolve`).
         let mut groups: Vec<(Vec<usize>, u32)> = vec![((0..n).collect(), 0)];
+        #[cfg(feature = "durable")]
+        if self.store_key && batch.item_ids().len() < n {
+            // Without a stable id there is no key that makes a replay
+            // safe: the rows are not written.
+            let error = SharedError::new(PostgresSinkError::NoStoreId);
+            for i in batch.item_ids().len()..n {
+                let _ = batch.complete(i, Err(Error::Failed(error.clone())));
+            }
+            groups[0].0.truncate(batch.item_ids().len());
+        }
         while let Some((rows, rounds)) = groups.pop() {
+            if rows.is_empty() {
+                continue;
+            }
             // Built before awaiting: the items are not borrowed across the
             // round trip (so `T` need not be `Sync`).
-            let arrays = self.params(batch.items(), &rows);
+            let arrays = {
+                let source = Source {
+                    items: batch.items(),
+                    #[cfg(feature = "durable")]
+                    ids: batch.item_ids(),
+                };
+                self.params(&source, &rows)
+            };
             match self.insert(arrays).await {
                 Ok(result) => {
                     let missing = self.resolve(batch, &rows, &result);
