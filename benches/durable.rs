@@ -2,9 +2,11 @@
 //! through a batcher whose handler completes them, with the store off, on
 //! with an fsync per batch, and on with an fsync every 10 ms (the default);
 //! against the obvious way to do without ringbatch, each record written to
-//! a file with its own `write` and `fsync`. Same run, `ROUNDS` rounds
-//! alternating the systems; the median round of each is reported in items
-//! per second, with its ratio to the store off.
+//! a file with its own `write` and `fsync`; and against an embedded store
+//! in the handler (redb: each batch inserted in one transaction, removed in
+//! another once handled), synced every batch and never. Same run, `ROUNDS`
+//! rounds alternating the systems; the median round of each is reported in
+//! items per second, with its ratio to the store off.
 //!
 //! ```text
 //! cargo bench --features durable --bench durable
@@ -40,14 +42,18 @@ enum System {
     EveryBatch,
     Interval,
     WriteFsyncPerItem,
+    RedbEveryBatch,
+    RedbNever,
 }
 
 impl System {
-    const ALL: [System; 4] = [
+    const ALL: [System; 6] = [
         System::Off,
         System::EveryBatch,
         System::Interval,
         System::WriteFsyncPerItem,
+        System::RedbEveryBatch,
+        System::RedbNever,
     ];
 
     fn name(self) -> &'static str {
@@ -56,6 +62,8 @@ impl System {
             System::EveryBatch => "ringbatch, durable, fsync every batch",
             System::Interval => "ringbatch, durable, fsync every 10 ms",
             System::WriteFsyncPerItem => "write + fsync per item",
+            System::RedbEveryBatch => "redb in the handler, synced every batch",
+            System::RedbNever => "redb in the handler, never synced",
         }
     }
 }
@@ -112,6 +120,66 @@ fn through_batcher(base: &Path, fsync: Option<FsyncPolicy>) -> f64 {
     ITEMS as f64 / elapsed.as_secs_f64()
 }
 
+/// The table an embedded store keeps the queued records in.
+const QUEUE: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("queue");
+
+/// Items per second through a batcher without the store whose handler
+/// keeps each batch in redb while it handles it: one transaction inserts
+/// the batch (synced when `sync`), another removes it (never synced
+/// itself: the next synced commit carries it, as the log's completion
+/// records ride on the next batch's `fsync`).
+fn through_redb(base: &Path, sync: bool) -> f64 {
+    let dir = scratch(base, "redb");
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = redb::Database::create(dir.join("queue.redb")).expect("the database opens");
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let batcher = Batcher::builder()
+        .lanes(1)
+        .capacity(4096)
+        .max_batch(256)
+        .handler_fn(move |batch: &mut Batch<'_, Record, ()>| {
+            let first = next.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let keys = first..first + batch.len() as u64;
+            let mut tx = db.begin_write().expect("a write transaction");
+            tx.set_durability(if sync {
+                redb::Durability::Immediate
+            } else {
+                redb::Durability::None
+            });
+            {
+                let mut table = tx.open_table(QUEUE).expect("the table");
+                for (key, item) in keys.clone().zip(batch.items()) {
+                    table.insert(key, &item[..]).expect("insert");
+                }
+            }
+            tx.commit().expect("commit the batch");
+            batch.ok_with(|_| ());
+            let mut tx = db.begin_write().expect("a write transaction");
+            tx.set_durability(redb::Durability::None);
+            {
+                let mut table = tx.open_table(QUEUE).expect("the table");
+                for key in keys {
+                    table.remove(key).expect("remove");
+                }
+            }
+            tx.commit().expect("commit the removal");
+            Ok(())
+        })
+        .build()
+        .expect("the batcher builds");
+    let producer = batcher.producer();
+    let start = Instant::now();
+    for i in 0..ITEMS {
+        producer.push(record(i)).expect("accepted");
+    }
+    batcher.flush();
+    let elapsed = start.elapsed();
+    let stats = batcher.shutdown();
+    assert_eq!(stats.items_handled, ITEMS, "every item handled");
+    let _ = std::fs::remove_dir_all(&dir);
+    ITEMS as f64 / elapsed.as_secs_f64()
+}
+
 /// Items per second written one by one, each with its own `fsync`.
 fn write_fsync_per_item(base: &Path) -> f64 {
     let dir = scratch(base, "per-item");
@@ -155,6 +223,8 @@ fn main() {
                     Some(FsyncPolicy::Interval(Duration::from_millis(10))),
                 ),
                 System::WriteFsyncPerItem => write_fsync_per_item(&base),
+                System::RedbEveryBatch => through_redb(&base, true),
+                System::RedbNever => through_redb(&base, false),
             };
             rates[index].push(rate);
         }
