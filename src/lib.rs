@@ -77,6 +77,7 @@
 //! | `drainer exited` | INFO | `batches`, `items` (dispatched in its life) |
 //! | `durable store failed` (feature `durable`): a write or sync failed, or a batch did not fit | ERROR | `error` |
 //! | `replayed item does not decode: it stays in the store` (feature `durable`) | ERROR | `id`, `error` |
+//! | `durable store cut a corrupt tail` (feature `durable`): opening the store cut records that did not check (`CorruptTail::Truncate`) | WARN | `records`, `bytes` |
 //! | `durable store replayed` (feature `durable`): what the previous incarnations left went to the handler | INFO | `items`, `incarnation` |
 //! | `drainer failed: the batcher is closed` (a bug of the batcher's) | ERROR | `panic` |
 //!

@@ -11,12 +11,12 @@
 #[cfg(feature = "tracing")]
 pub(crate) use on::{BatchSpan, BatchTag, Count, Tracer, drainer_exited, drainer_failed};
 #[cfg(all(feature = "tracing", feature = "durable"))]
-pub(crate) use on::{replay_undecodable, replayed, store_failed};
+pub(crate) use on::{corrupt_tail_cut, replay_undecodable, replayed, store_failed};
 
 #[cfg(not(feature = "tracing"))]
 pub(crate) use off::{BatchSpan, BatchTag, Count, Tracer, drainer_exited, drainer_failed};
 #[cfg(all(not(feature = "tracing"), feature = "durable"))]
-pub(crate) use off::{replay_undecodable, replayed, store_failed};
+pub(crate) use off::{corrupt_tail_cut, replay_undecodable, replayed, store_failed};
 
 #[cfg(feature = "tracing")]
 mod on {
@@ -301,6 +301,19 @@ mod on {
     pub(crate) fn replayed(batcher: &str, items: u64, incarnation: u32) {
         tracing::info!(target: TARGET, batcher, items, incarnation, "durable store replayed");
     }
+
+    /// (feature `durable`) Opening the store cut a corrupt segment tail.
+    #[cfg(feature = "durable")]
+    #[cold]
+    pub(crate) fn corrupt_tail_cut(batcher: &str, records: u64, bytes: u64) {
+        tracing::warn!(
+            target: TARGET,
+            batcher,
+            records,
+            bytes,
+            "durable store cut a corrupt tail"
+        );
+    }
 }
 
 /// The same API, zero-sized and empty: every call compiles to nothing.
@@ -419,4 +432,8 @@ mod off {
     #[cfg(feature = "durable")]
     #[inline(always)]
     pub(crate) fn replayed(_batcher: &str, _items: u64, _incarnation: u32) {}
+
+    #[cfg(feature = "durable")]
+    #[inline(always)]
+    pub(crate) fn corrupt_tail_cut(_batcher: &str, _records: u64, _bytes: u64) {}
 }

@@ -1,7 +1,8 @@
 //! The `tracing` feature: a span per batch with its size, reason, attempt
 //! and group; events for a failed batch, a handler panic, the breaker
 //! opening and closing, items dropped with no dead-letter callback, retries
-//! exhausted and the drainer's exit; blocking and async handlers.
+//! exhausted and the drainer's exit; blocking and async handlers; with
+//! `durable`, the store's cut tail, replay and failed write.
 //!
 //! One capturing subscriber is the global default (the drainer and the
 //! runtime's workers are other threads); each test names its batcher (its
@@ -658,4 +659,82 @@ fn an_async_handler_reports_in_its_span_with_and_without_policies() {
         batcher.shutdown();
         wait_event(name, EXITED);
     }
+}
+
+/// (feature `durable`) Opening a store whose last segment ends in garbage
+/// warns of the cut, the replay is reported, and a batch the store cannot
+/// take (here its codec refuses an item) is an error event.
+#[cfg(feature = "durable")]
+#[test]
+fn the_durable_store_reports_a_cut_tail_its_replay_and_a_failed_write() {
+    use ringbatch::durable::{CodecError, Durability, codec_fn};
+    capture();
+    let name = "trace-durable";
+    let dir = common::TempDir::new("trace-durable");
+    // Every item but 999 encodes.
+    let codec = || {
+        codec_fn(
+            |&x: &u64, out: &mut Vec<u8>| {
+                if x == 999 {
+                    return Err(CodecError::new("999 does not encode"));
+                }
+                out.extend_from_slice(&x.to_le_bytes());
+                Ok(())
+            },
+            |bytes: &[u8]| {
+                let bytes: [u8; 8] = bytes
+                    .try_into()
+                    .map_err(|_| CodecError::new("not 8 bytes"))?;
+                Ok(u64::from_le_bytes(bytes))
+            },
+        )
+    };
+    let build = || {
+        Batcher::<u64, ()>::builder()
+            .thread_name(name)
+            .durable(Durability::new(dir.path()), codec())
+            .handler_fn(|batch: &mut Batch<'_, u64, ()>| {
+                batch.ok_with(|_| ());
+                Ok(())
+            })
+            .build()
+            .unwrap()
+    };
+    // Ten items left in the store at shutdown.
+    let first = build();
+    first.pause();
+    let producer = first.producer();
+    for i in 0..10 {
+        producer.push(i).unwrap();
+    }
+    drop(producer);
+    let (_, unhandled) = first.shutdown_timeout(Duration::ZERO);
+    assert!(unhandled.is_empty(), "the store took every item");
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    let last = segments.pop().expect("a segment");
+    let mut bytes = std::fs::read(&last).unwrap();
+    bytes.extend_from_slice(&[0x2a, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
+    std::fs::write(&last, &bytes).unwrap();
+
+    let second = build();
+    let cut = wait_event(name, "durable store cut a corrupt tail");
+    assert_eq!(cut.level, Level::WARN, "{cut:?}");
+    assert!(cut.fields.number("records") >= 1, "{cut:?}");
+    assert_eq!(cut.fields.number("bytes"), 11, "{cut:?}");
+    let replayed = wait_event(name, "durable store replayed");
+    assert_eq!(replayed.level, Level::INFO, "{replayed:?}");
+    assert_eq!(replayed.fields.number("items"), 10, "{replayed:?}");
+    second.producer().submit(999).unwrap().wait().unwrap();
+    let failed = wait_event(name, "durable store failed");
+    assert_eq!(failed.level, Level::ERROR, "{failed:?}");
+    assert!(
+        failed.fields.must("error").contains("999 does not encode"),
+        "{failed:?}"
+    );
+    second.shutdown();
 }

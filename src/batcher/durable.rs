@@ -147,6 +147,13 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
             corrupt_tail: durability.corrupt_tail,
         };
         let (store, recovered) = Store::open(options).map_err(ConfigError::Store)?;
+        if recovered.records_cut > 0 {
+            crate::trace::corrupt_tail_cut(
+                &self.config.thread_name,
+                recovered.records_cut,
+                recovered.bytes_cut,
+            );
+        }
         Ok(Some(Durable::new(
             store,
             recovered.batches,

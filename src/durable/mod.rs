@@ -7,8 +7,6 @@
 
 mod codec;
 mod settings;
-// The engine uses the store once it is wired in.
-#[allow(dead_code)]
 pub(crate) mod store;
 
 pub use codec::{Codec, CodecError, FnCodec, Postcard, codec_fn};
