@@ -75,9 +75,13 @@ pub(super) struct Segment {
     high: u64,
     /// How many of its items are not done.
     pub(super) outstanding: u64,
-    /// Bit `i` set: sequence `low + i` is outstanding. Grows with the
-    /// segment's range, a word at a time.
-    pending: Vec<u64>,
+    /// The sequence of bit 0 of `pending`: every sequence below it is done.
+    base: u64,
+    /// Bit `i` set: sequence `base + i` is outstanding. Grows at the back
+    /// with the segment's range and drops done words at the front, so it
+    /// spans what is outstanding, not all the segment has held, and its
+    /// memory is reused once the handler keeps up (no allocation per item).
+    pending: VecDeque<u64>,
 }
 
 impl Segment {
@@ -97,7 +101,8 @@ impl Segment {
             low: start,
             high: start,
             outstanding: 0,
-            pending: Vec::new(),
+            base: start,
+            pending: VecDeque::new(),
         }
     }
 
@@ -116,6 +121,7 @@ impl Segment {
             }
             self.low = first;
             self.high = first;
+            self.base = first;
             self.pending.clear();
         } else if first != self.high {
             return Err("batch sequence does not follow the previous batch");
@@ -123,7 +129,7 @@ impl Segment {
         let end = first
             .checked_add(u64::from(count))
             .ok_or("batch sequences overflow")?;
-        let bits = end - self.low;
+        let bits = end - self.base;
         let words = usize::try_from(bits.div_ceil(64)).map_err(|_| "batch range too large")?;
         if words > self.pending.len() {
             self.pending.resize(words, 0);
@@ -136,10 +142,10 @@ impl Segment {
 
     /// Whether sequence `sequence` of this segment is outstanding.
     pub(super) fn is_pending(&self, sequence: u64) -> bool {
-        if sequence < self.low || sequence >= self.high {
+        if sequence < self.base || sequence >= self.high {
             return false;
         }
-        let bit = sequence - self.low;
+        let bit = sequence - self.base;
         self.pending[(bit / 64) as usize] & (1 << (bit % 64)) != 0
     }
 
@@ -150,13 +156,20 @@ impl Segment {
             return 0;
         }
         let end = run.first.saturating_add(u64::from(run.len));
-        let first = run.first.max(self.low);
+        // Below `base` every sequence is done already.
+        let first = run.first.max(self.base);
         let end = end.min(self.high);
         if first >= end {
             return 0;
         }
         let cleared = self.update(first, end, false);
         self.outstanding -= cleared;
+        // Drop the done words at the front, only whole ones below `high`
+        // (the bits above `high` are still to be set).
+        while self.pending.front() == Some(&0) && self.base + 64 <= self.high {
+            self.pending.pop_front();
+            self.base += 64;
+        }
         cleared
     }
 
@@ -164,8 +177,8 @@ impl Segment {
     /// returns how many bits changed.
     fn update(&mut self, first: u64, end: u64, set: bool) -> u64 {
         let mut changed = 0;
-        let mut bit = first - self.low;
-        let stop = end - self.low;
+        let mut bit = first - self.base;
+        let stop = end - self.base;
         while bit < stop {
             let word = (bit / 64) as usize;
             let from = bit % 64;
@@ -281,6 +294,30 @@ mod tests {
         for other in ["LOCK", "INCARNATION", "42.seg", "0000000000000000004x.seg"] {
             assert_eq!(segment_number(other), None, "expected {other} ignored");
         }
+    }
+
+    #[test]
+    fn the_outstanding_map_spans_what_is_outstanding_not_all_the_segment_held() {
+        let mut s = segment(1, 0);
+        // A handler that keeps up: each batch is done before the next but one.
+        for i in 0..10_000u64 {
+            s.add_batch(i * 10, 10).unwrap();
+            if i > 0 {
+                assert_eq!(s.mark_done(run(1, (i - 1) * 10, 10)), 10);
+            }
+        }
+        assert_eq!(s.outstanding, 10, "expected the last batch outstanding");
+        assert!(
+            s.pending.len() <= 2,
+            "expected the map to hold the last batch's words, got {} words",
+            s.pending.len()
+        );
+        assert!(!s.is_pending(0), "expected 1.0 done");
+        assert!(!s.is_pending(99_989), "expected 1.99989 done");
+        assert!(s.is_pending(99_990), "expected 1.99990 outstanding");
+        assert!(s.is_pending(99_999), "expected 1.99999 outstanding");
+        assert_eq!(s.mark_done(run(1, 0, 100_000)), 10, "expected the last 10");
+        assert_eq!((s.low, s.high), (0, 100_000), "the range is kept");
     }
 
     #[test]
