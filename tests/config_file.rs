@@ -55,8 +55,18 @@ fn build_error(builder: BatcherBuilder<u64, ()>) -> ConfigError {
 fn the_example_file_is_every_default() {
     let file = parse(EXAMPLE);
     let defaults = builder().settings();
+    // Without a store there are no `[durable]` keys to read back (the
+    // example file leaves the section out: it has no default directory).
+    #[cfg(feature = "durable")]
+    assert_eq!(defaults.durable, Default::default());
+    let sections = (
+        &defaults.core,
+        &defaults.shape,
+        &defaults.failure,
+        &defaults.metrics,
+    );
     assert!(
-        !format!("{defaults:?}").contains(": None"),
+        !format!("{sections:?}").contains(": None"),
         "expected a new builder to read back every key, got {defaults:#?}"
     );
     // Equal to a read-back that sets every key: the file names every key,
@@ -662,4 +672,88 @@ fn drain_on_runtime_needs_the_tokio_feature() {
             .is_ok(),
         "expected `false` to build without the feature"
     );
+}
+
+/// (feature `durable`) `[durable]`: every key reaches the store's
+/// settings, a builder's store reads back, bad values are named.
+#[cfg(feature = "durable")]
+mod durable {
+    use super::*;
+    use ringbatch::durable::{CorruptTail, Durability, FsyncPolicy, Postcard};
+
+    #[test]
+    fn every_durable_key_reaches_the_store_settings() {
+        let settings = parse(
+            r#"
+            [durable]
+            dir = "/var/lib/app/queue"
+            fsync = "25ms"
+            max_bytes = 1048576
+            segment_bytes = 65536
+            corrupt_tail = "refuse"
+            "#,
+        );
+        let durability = settings.durable.durability().expect("a directory");
+        assert_eq!(
+            durability,
+            Durability::new("/var/lib/app/queue")
+                .with_fsync(FsyncPolicy::Interval(Duration::from_millis(25)))
+                .with_max_bytes(1 << 20)
+                .with_segment_bytes(1 << 16)
+                .with_corrupt_tail(CorruptTail::Refuse)
+        );
+        for (text, fsync) in [
+            ("every_batch", FsyncPolicy::EveryBatch),
+            ("never", FsyncPolicy::Never),
+            ("1s", FsyncPolicy::Interval(Duration::from_secs(1))),
+        ] {
+            let settings = parse(&format!("[durable]\ndir = \"q\"\nfsync = \"{text}\"\n"));
+            assert_eq!(
+                settings.durable.durability().map(|d| d.fsync()),
+                Some(fsync),
+                "fsync = {text:?}"
+            );
+        }
+        let no_dir = parse("[durable]\nfsync = \"never\"\n");
+        assert_eq!(no_dir.durable.durability(), None, "no directory, no store");
+    }
+
+    #[test]
+    fn with_config_applies_durable_keys_to_the_store_set_before() {
+        let settings = parse("[durable]\nsegment_bytes = 65536\nfsync = \"never\"\n");
+        let configured = builder()
+            .durable(Durability::new("/tmp/a"), Postcard)
+            .with_config(&settings);
+        let read_back = configured.settings().durable;
+        let expected = Durability::new("/tmp/a")
+            .with_segment_bytes(1 << 16)
+            .with_fsync(FsyncPolicy::Never);
+        assert_eq!(read_back.dir.as_deref(), Some(expected.dir()));
+        assert_eq!(read_back.fsync, Some(expected.fsync()));
+        assert_eq!(read_back.segment_bytes, Some(1 << 16));
+        assert_eq!(read_back.max_bytes, Some(expected.max_bytes()));
+        assert_eq!(read_back.corrupt_tail, Some(CorruptTail::Truncate));
+        // The read-back sets the same again.
+        let again = builder()
+            .durable(Durability::new("/elsewhere"), Postcard)
+            .with_config(&configured.settings());
+        assert_eq!(again.settings().durable, read_back);
+    }
+
+    #[test]
+    fn bad_durable_values_are_named_with_their_key() {
+        for (text, key) in [
+            ("[durable]\nfsync = \"sometimes\"\n", "durable.fsync"),
+            (
+                "[durable]\ncorrupt_tail = \"ignore\"\n",
+                "durable.corrupt_tail",
+            ),
+            ("[durable]\nmax_bytes = -1\n", "durable.max_bytes"),
+            ("[durable]\npath = \"q\"\n", "durable.path"),
+        ] {
+            let error = parse_error(text);
+            assert_eq!(error.key(), Some(key), "{text:?}: {error}");
+            assert_eq!(error.line(), Some(2), "{text:?}: {error}");
+        }
+    }
 }

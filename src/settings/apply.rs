@@ -49,6 +49,10 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
     #[must_use = "a builder does nothing until it is built"]
     pub fn with_config(mut self, settings: &Settings) -> Self {
+        #[cfg(feature = "durable")]
+        if let Some((durability, _)) = &mut self.durable {
+            *durability = settings.durable.apply_to(durability.clone());
+        }
         self.apply_core(&settings.core);
         self.apply_shape(&settings.shape);
         self.apply_adaptive(&settings.shape.adaptive);
@@ -103,6 +107,12 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
                 handler_buckets: Some(self.buckets.times[1].clone()),
                 end_to_end_buckets: Some(self.buckets.times[2].clone()),
             },
+            #[cfg(feature = "durable")]
+            durable: self
+                .durable
+                .as_ref()
+                .map(|(durability, _)| super::DurableSettings::of(durability))
+                .unwrap_or_default(),
         }
     }
 

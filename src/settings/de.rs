@@ -60,6 +60,15 @@ impl Named for Oversize {
     const VALUES: &'static [Self] = &[Oversize::Fail, Oversize::Alone];
 }
 
+#[cfg(feature = "durable")]
+impl Named for crate::durable::CorruptTail {
+    const NAMES: &'static [&'static str] = &["truncate", "refuse"];
+    const VALUES: &'static [Self] = &[
+        crate::durable::CorruptTail::Truncate,
+        crate::durable::CorruptTail::Refuse,
+    ];
+}
+
 /// `Some` of the value named by the string.
 pub(crate) fn named<'de, D: Deserializer<'de>, T: Named>(d: D) -> Result<Option<T>, D::Error> {
     struct NameVisitor<T>(PhantomData<T>);
@@ -179,6 +188,29 @@ impl Scalar for Duration {
                 Self::EXPECTING
             ))
         })
+    }
+}
+
+/// `"every_batch"`, `"never"`, or a duration: an `Interval` of it.
+#[cfg(feature = "durable")]
+impl Scalar for crate::durable::FsyncPolicy {
+    const EXPECTING: &'static str = "\"every_batch\", \"never\" or a duration such as \"10ms\"";
+    const FROM_STR: bool = true;
+
+    fn from_str<E: de::Error>(value: &str) -> Result<Self, E> {
+        use crate::durable::FsyncPolicy;
+        match value {
+            "every_batch" => Ok(FsyncPolicy::EveryBatch),
+            "never" => Ok(FsyncPolicy::Never),
+            _ => humantime::parse_duration(value)
+                .map(FsyncPolicy::Interval)
+                .map_err(|e| {
+                    E::custom(format_args!(
+                        "invalid fsync policy {value:?}: {e}; expected {}",
+                        Self::EXPECTING
+                    ))
+                }),
+        }
     }
 }
 

@@ -9,7 +9,9 @@
 //! `[metrics]`; each key is named after its builder method and documented
 //! there. Every key is optional: a file sets only what it changes, and
 //! `with_config` leaves the rest as the builder has it. The crate ships
-//! `examples/ringbatch.toml`, which lists every key at its default.
+//! `examples/ringbatch.toml`, which lists every key at its default. With
+//! the `durable` feature a fifth, `[durable]`, sets the durable store
+//! ([`DurableSettings`]).
 //!
 //! - Enums by their snake_case names: `backpressure = "drop_newest"`,
 //!   `wait_strategy = "busy_spin"`.
@@ -87,6 +89,9 @@ pub struct Settings {
     pub failure: FailureSettings,
     /// `[metrics]`: histograms.
     pub metrics: MetricsSettings,
+    /// `[durable]` (feature `durable`): the durable store.
+    #[cfg(feature = "durable")]
+    pub durable: DurableSettings,
 }
 
 /// `[core]`: the settings of [`Config`](crate::Config) and the drainer's
@@ -349,6 +354,102 @@ pub struct MetricsSettings {
     /// The end-to-end histogram's bucket bounds; `"auto"` as above.
     #[serde(deserialize_with = "de::list_or_auto")]
     pub end_to_end_buckets: Option<Option<Vec<Duration>>>,
+}
+
+/// `[durable]` (feature `durable`): the durable store's
+/// [`Durability`](crate::durable::Durability). The store needs a codec,
+/// which a file cannot give: [`with_config`](crate::BatcherBuilder::with_config)
+/// applies these keys to a store set before it with
+/// [`durable`](crate::BatcherBuilder::durable), and
+/// [`durability`](Self::durability) makes one from them.
+///
+/// ```
+/// use ringbatch::durable::{FsyncPolicy, Postcard};
+/// use ringbatch::{Batch, Batcher, Settings};
+///
+/// let dir = std::env::temp_dir().join(format!("ringbatch-doc-settings-{}", std::process::id()));
+/// # let _ = std::fs::remove_dir_all(&dir);
+/// let text = format!("[durable]\ndir = {:?}\nfsync = \"every_batch\"\n", dir.display().to_string());
+/// let settings = Settings::from_toml_str(&text)?;
+/// let durability = settings.durable.durability().expect("the file names a directory");
+/// assert_eq!(durability.fsync(), FsyncPolicy::EveryBatch);
+/// let batcher = Batcher::builder()
+///     .durable(durability, Postcard)
+///     .handler_fn(|batch: &mut Batch<'_, u64, ()>| {
+///         batch.ok_with(|_| ());
+///         Ok(())
+///     })
+///     .build()?;
+/// batcher.shutdown();
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[cfg(feature = "durable")]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "serde", feature = "durable"))))]
+#[non_exhaustive]
+pub struct DurableSettings {
+    /// The store's directory ([`Durability::new`](crate::durable::Durability::new)).
+    pub dir: Option<std::path::PathBuf>,
+    /// [`with_fsync`](crate::durable::Durability::with_fsync):
+    /// `"every_batch"`, `"never"`, or a duration (`"10ms"`): at most that
+    /// long after a write.
+    #[serde(deserialize_with = "de::value")]
+    pub fsync: Option<crate::durable::FsyncPolicy>,
+    /// [`with_max_bytes`](crate::durable::Durability::with_max_bytes).
+    pub max_bytes: Option<u64>,
+    /// [`with_segment_bytes`](crate::durable::Durability::with_segment_bytes).
+    pub segment_bytes: Option<u64>,
+    /// [`with_corrupt_tail`](crate::durable::Durability::with_corrupt_tail):
+    /// `"truncate"` or `"refuse"`.
+    #[serde(deserialize_with = "de::named")]
+    pub corrupt_tail: Option<crate::durable::CorruptTail>,
+}
+
+#[cfg(feature = "durable")]
+impl DurableSettings {
+    /// A store in [`dir`](Self::dir) with these keys over the defaults;
+    /// `None` when the settings name no directory.
+    pub fn durability(&self) -> Option<crate::durable::Durability> {
+        let dir = self.dir.as_ref()?;
+        Some(self.apply_to(crate::durable::Durability::new(dir)))
+    }
+
+    /// `durability` with the keys these settings give (the directory
+    /// among them) set, and the others as they are.
+    pub fn apply_to(
+        &self,
+        mut durability: crate::durable::Durability,
+    ) -> crate::durable::Durability {
+        if let Some(dir) = &self.dir {
+            durability.dir.clone_from(dir);
+        }
+        if let Some(fsync) = self.fsync {
+            durability = durability.with_fsync(fsync);
+        }
+        if let Some(max_bytes) = self.max_bytes {
+            durability = durability.with_max_bytes(max_bytes);
+        }
+        if let Some(segment_bytes) = self.segment_bytes {
+            durability = durability.with_segment_bytes(segment_bytes);
+        }
+        if let Some(corrupt_tail) = self.corrupt_tail {
+            durability = durability.with_corrupt_tail(corrupt_tail);
+        }
+        durability
+    }
+
+    /// Every key of `durability`.
+    pub(crate) fn of(durability: &crate::durable::Durability) -> Self {
+        DurableSettings {
+            dir: Some(durability.dir.clone()),
+            fsync: Some(durability.fsync),
+            max_bytes: Some(durability.max_bytes),
+            segment_bytes: Some(durability.segment_bytes),
+            corrupt_tail: Some(durability.corrupt_tail),
+        }
+    }
 }
 
 impl Settings {
