@@ -70,7 +70,10 @@ impl<T: Send + 'static, R: Send + 'static> BatcherBuilder<T, R> {
     /// [`Batch::store_error`](crate::Batch::store_error) says why. Nothing is
     /// dropped for want of disk; every failure is counted in
     /// [`DurableStats::write_errors`](crate::DurableStats::write_errors) and
-    /// reported through `tracing`.
+    /// reported through `tracing`. Room is made by deleting whole segments
+    /// from the oldest once all their items are done: a batch that keeps
+    /// failing and retrying holds its segment, and every later one, on
+    /// disk until it settles.
     ///
     /// Not with [`inline_when_idle`](Self::inline_when_idle) (a submitter
     /// would write the store on its submit path) nor `drain_on_runtime`.
