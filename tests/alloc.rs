@@ -9,26 +9,8 @@
 
 mod counting;
 
-use counting::allocations;
-use ringbatch::{Batch, Batcher, Error, ThreadRouting, Ticket};
-
-/// Runs the mixed workload: `n` submissions waited for one by one, `n` pushes,
-/// and `n / 16` slices of 16 submitted with tickets into a reused vector.
-fn workload(producer: &ringbatch::Producer<u64, u64>, n: u64, tickets: &mut Vec<Ticket<u64>>) {
-    let slice: [u64; 16] = core::array::from_fn(|i| i as u64);
-    for i in 0..n {
-        let ticket = producer.submit(i).expect("accepted");
-        assert_eq!(ticket.wait().expect("handled"), i + 1);
-        producer.push(i).expect("accepted");
-    }
-    for _ in 0..n / 16 {
-        producer.submit_many(&slice, tickets).expect("accepted");
-        for (i, ticket) in tickets.drain(..).enumerate() {
-            assert_eq!(ticket.wait().expect("handled"), i as u64 + 1);
-        }
-        producer.push_slice(&slice).expect("accepted");
-    }
-}
+use counting::{allocations, workload};
+use ringbatch::{Batch, Batcher, Error, ThreadRouting};
 
 fn a_million_submissions_with_results_make_no_allocation() {
     let batcher = Batcher::builder()
