@@ -475,47 +475,11 @@ async fn messages_replayed_after_a_crash_are_stored_once_by_their_store_ids() {
         let store = common::TempDir::new("nats-store");
         let image = common::TempDir::new("nats-image");
 
-        // The first incarnation: its handler holds every batch until the
-        // test has taken the crash image.
-        let (held, open) = common::Held::new(sink());
-        let entered = Arc::clone(&held.entered);
-        let first = Batcher::builder()
-            .max_batch(256)
-            .max_in_flight(4)
-            .durable(Durability::new(store.path()), Postcard)
-            .async_handler(held)
-            .build()
-            .expect("a valid batcher");
-        let mut producer = first.async_producer();
-        // At most `WINDOW` tickets outstanding: the submitter waits for the
-        // handler, which waits for the image.
-        let submitter = tokio::spawn(async move {
-            let mut pending = VecDeque::new();
-            for value in 0..ITEMS {
-                if pending.len() == WINDOW {
-                    let (v, ticket): (u64, ringbatch::Ticket<u64>) = pending.pop_front().unwrap();
-                    ticket
-                        .await
-                        .unwrap_or_else(|e| panic!("item {v} failed: {e}"));
-                }
-                pending.push_back((value, producer.submit(value).await.expect("submit")));
-            }
-            for (v, ticket) in pending {
-                ticket
-                    .await
-                    .unwrap_or_else(|e| panic!("item {v} failed: {e}"));
-            }
-        });
-        let deadline = Instant::now() + SETTLE;
-        while entered.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < deadline, "no batch reached the handler");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let in_handler = entered.load(Ordering::SeqCst);
-        store.crash_image(&image);
-        open.send(true).expect("open the handler");
-        submitter.await.expect("the submitter finished");
-        first.shutdown_async().await;
+        // The first incarnation, with a crash image taken while batches
+        // were in its handler.
+        let in_handler =
+            common::run_then_crash_image(sink(), Postcard, &store, &image, (0..ITEMS).collect())
+                .await;
         assert_eq!(
             stream_state(&js, &name).await.messages,
             ITEMS,

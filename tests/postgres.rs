@@ -598,47 +598,16 @@ async fn rows_replayed_after_a_crash_are_found_by_their_store_keys_not_written_t
         let store = common::TempDir::new("pg-store");
         let image = common::TempDir::new("pg-image");
 
-        // The first incarnation: its handler holds every batch until the
-        // test has taken the crash image.
-        let (held, open) = common::Held::new(sink(config.clone()));
-        let entered = Arc::clone(&held.entered);
-        let first = Batcher::builder()
-            .max_batch(256)
-            .max_in_flight(4)
-            .durable(Durability::new(store.path()), Postcard)
-            .async_handler(held)
-            .build()
-            .expect("a valid batcher");
-        let mut producer = first.async_producer();
-        // At most `WINDOW` tickets outstanding: the submitter waits for the
-        // handler, which waits for the image.
-        let submitter = tokio::spawn(async move {
-            let mut pending = std::collections::VecDeque::new();
-            for value in 0..ITEMS {
-                if pending.len() == WINDOW {
-                    let (v, ticket): (i64, ringbatch::Ticket<i64>) = pending.pop_front().unwrap();
-                    ticket
-                        .await
-                        .unwrap_or_else(|e| panic!("item {v} failed: {e}"));
-                }
-                pending.push_back((value, producer.submit(value).await.expect("submit")));
-            }
-            for (v, ticket) in pending {
-                ticket
-                    .await
-                    .unwrap_or_else(|e| panic!("item {v} failed: {e}"));
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while entered.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < deadline, "no batch reached the handler");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let in_handler = entered.load(Ordering::SeqCst);
-        store.crash_image(&image);
-        open.send(true).expect("open the handler");
-        submitter.await.expect("the submitter finished");
-        first.shutdown_async().await;
+        // The first incarnation, with a crash image taken while batches
+        // were in its handler.
+        let in_handler = common::run_then_crash_image(
+            sink(config.clone()),
+            Postcard,
+            &store,
+            &image,
+            (0..ITEMS).collect(),
+        )
+        .await;
         let counts = format!("SELECT count(*), count(DISTINCT rb_key) FROM {table}");
         let rows = || async {
             let row = admin.query_one(&counts, &[]).await.expect("count the rows");

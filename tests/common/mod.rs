@@ -348,3 +348,68 @@ where
         self.inner.handle(batch).await
     }
 }
+
+/// (feature `durable`) The first incarnation of a crash test for a sink:
+/// a durable batcher on `store` whose handler, `inner`, is held until the
+/// first batch has reached it and the test has copied `store` into `image`
+/// (what a crash at that moment would leave). Then the handler is opened,
+/// every item of `items` is submitted (at most 256 tickets outstanding)
+/// and must succeed, and the batcher shuts down. Returns how many items
+/// were in the handler when the image was taken: the image holds them as
+/// not done.
+#[cfg(all(feature = "tokio", feature = "durable"))]
+pub async fn run_then_crash_image<T, R, H>(
+    inner: H,
+    codec: impl ringbatch::durable::Codec<T> + 'static,
+    store: &TempDir,
+    image: &TempDir,
+    items: Vec<T>,
+) -> u64
+where
+    T: Send + std::fmt::Debug + Clone + 'static,
+    R: Send + 'static,
+    H: ringbatch::AsyncHandler<T, R>,
+{
+    use std::sync::atomic::Ordering;
+    const WINDOW: usize = 256;
+    let (held, open) = Held::new(inner);
+    let entered = Arc::clone(&held.entered);
+    let batcher = ringbatch::Batcher::builder()
+        .max_batch(256)
+        .max_in_flight(4)
+        .durable(ringbatch::durable::Durability::new(store.path()), codec)
+        .async_handler(held)
+        .build()
+        .expect("a valid batcher");
+    let mut producer = batcher.async_producer();
+    // The submitter waits for the handler, which waits for the image.
+    let submitter = tokio::spawn(async move {
+        let mut pending = std::collections::VecDeque::new();
+        for item in items {
+            if pending.len() == WINDOW {
+                let (item, ticket): (T, ringbatch::Ticket<R>) = pending.pop_front().unwrap();
+                if let Err(e) = ticket.await {
+                    panic!("item {item:?} failed: {e}");
+                }
+            }
+            let ticket = producer.submit(item.clone()).await.expect("submit");
+            pending.push_back((item, ticket));
+        }
+        for (item, ticket) in pending {
+            if let Err(e) = ticket.await {
+                panic!("item {item:?} failed: {e}");
+            }
+        }
+    });
+    let deadline = Instant::now() + BOUND;
+    while entered.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no batch reached the handler");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let in_handler = entered.load(Ordering::SeqCst);
+    store.crash_image(image);
+    open.send(true).expect("open the handler");
+    submitter.await.expect("the submitter finished");
+    batcher.shutdown_async().await;
+    in_handler
+}
