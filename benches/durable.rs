@@ -103,6 +103,18 @@ fn through_batcher(base: &Path, fsync: Option<FsyncPolicy>) -> f64 {
         })
         .build()
         .expect("the batcher builds");
+    let (rate, stats) = push_all(batcher);
+    if let Some(durable) = stats.durable {
+        assert_eq!(durable.items_written, ITEMS, "every item written");
+        assert_eq!(durable.write_errors, 0);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    rate
+}
+
+/// Pushes `ITEMS` records through `batcher`, flushes and shuts it down;
+/// returns the items per second until the flush, and the final stats.
+fn push_all(batcher: Batcher<Record, ()>) -> (f64, ringbatch::Stats) {
     let producer = batcher.producer();
     let start = Instant::now();
     for i in 0..ITEMS {
@@ -110,14 +122,10 @@ fn through_batcher(base: &Path, fsync: Option<FsyncPolicy>) -> f64 {
     }
     batcher.flush();
     let elapsed = start.elapsed();
+    drop(producer);
     let stats = batcher.shutdown();
     assert_eq!(stats.items_handled, ITEMS, "every item handled");
-    if let Some(durable) = stats.durable {
-        assert_eq!(durable.items_written, ITEMS, "every item written");
-        assert_eq!(durable.write_errors, 0);
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    ITEMS as f64 / elapsed.as_secs_f64()
+    (ITEMS as f64 / elapsed.as_secs_f64(), stats)
 }
 
 /// The table an embedded store keeps the queued records in.
@@ -167,17 +175,9 @@ fn through_redb(base: &Path, sync: bool) -> f64 {
         })
         .build()
         .expect("the batcher builds");
-    let producer = batcher.producer();
-    let start = Instant::now();
-    for i in 0..ITEMS {
-        producer.push(record(i)).expect("accepted");
-    }
-    batcher.flush();
-    let elapsed = start.elapsed();
-    let stats = batcher.shutdown();
-    assert_eq!(stats.items_handled, ITEMS, "every item handled");
+    let (rate, _) = push_all(batcher);
     let _ = std::fs::remove_dir_all(&dir);
-    ITEMS as f64 / elapsed.as_secs_f64()
+    rate
 }
 
 /// Items per second written one by one, each with its own `fsync`.
